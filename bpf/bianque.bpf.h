@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Helpers shared by every bianque BPF program: per-CPU counters that user space reads through mmap,
+ * a global events-per-second limiter, ring-buffer submission with batched wakeups, and the current
+ * task's memory cgroup id. Include after vmlinux.h and the libbpf headers. */
+#ifndef BIANQUE_BPF_H
+#define BIANQUE_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+/* Counters: a flat mmapable array of u64, one row of `counter_slots` slots per possible CPU.
+ * User space sizes it (nr_cpus * counter_slots) before load and sums the rows at scrape time,
+ * so counting costs one array lookup and an uncontended atomic add, and reading costs no syscall. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+} counters SEC(".maps");
+
+const volatile __u32 counter_slots = 1;
+
+static __always_inline void counter_add(__u32 slot, __u64 n)
+{
+	__u32 idx = bpf_get_smp_processor_id() * counter_slots + slot;
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+
+	if (v)
+		__sync_fetch_and_add(v, n);
+}
+
+/* Global fixed-window limiter: at most `limit` passes per second across all CPUs. The deny path
+ * only reads, so a drop storm does not bounce the cache line between CPUs. Two CPUs may both reset
+ * the window at a second boundary; that lets at most a handful of extra events through. */
+struct rate_window {
+	__u64 second;
+	__u64 passed;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct rate_window);
+	__uint(max_entries, 1);
+} rate_limiter SEC(".maps");
+
+static __always_inline bool rate_limit_pass(__u32 limit)
+{
+	__u32 zero = 0;
+	struct rate_window *w;
+	__u64 second;
+
+	if (!limit)
+		return true;
+	w = bpf_map_lookup_elem(&rate_limiter, &zero);
+	if (!w)
+		return false;
+	second = bpf_ktime_get_boot_ns() / 1000000000ULL;
+	if (w->second == second && w->passed >= limit)
+		return false;
+	if (w->second != second) {
+		w->second = second;
+		w->passed = 0;
+	}
+	return __sync_fetch_and_add(&w->passed, 1) < limit;
+}
+
+/* Ring-buffer wakeups cost ~1.7 us each on this class of VM (reference/kernel-notes.md), so
+ * producers submit without waking the reader unless a backlog built up; the reader polls on a
+ * short timer instead. */
+#define RINGBUF_WAKEUP_BYTES (64 * 1024)
+
+static __always_inline long ringbuf_wakeup_flags(void *ringbuf)
+{
+	return bpf_ringbuf_query(ringbuf, BPF_RB_AVAIL_DATA) >= RINGBUF_WAKEUP_BYTES ?
+		       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+/* Memory cgroup id (kernfs inode of the cgroup directory) of a task; 0 without a memory
+ * controller. The subsystem index comes from BTF at load time, never a hard-coded number. */
+static __always_inline __u64 task_memcg_id(struct task_struct *task)
+{
+	struct cgroup_subsys_state *css;
+	struct css_set *cset;
+	int id;
+
+	if (!bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id))
+		return 0;
+	id = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+	if (id < 0 || id >= bpf_core_enum_value(enum cgroup_subsys_id, CGROUP_SUBSYS_COUNT))
+		return 0;
+	cset = BPF_CORE_READ(task, cgroups);
+	if (!cset)
+		return 0;
+	if (bpf_core_read(&css, sizeof(css), &cset->subsys[id]) || !css)
+		return 0;
+	return BPF_CORE_READ(css, cgroup, kn, id);
+}
+
+#endif /* BIANQUE_BPF_H */

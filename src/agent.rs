@@ -1,0 +1,191 @@
+//! `bianque run`: config → tracers → store → HTTP, then wait for SIGINT/SIGTERM and shut down
+//! in order (tracers detach, the store flushes, the server stops).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::bpf::KernelSymbolizer;
+use crate::config::{Config, ConfigError};
+use crate::container::ContainerResolver;
+use crate::host::{self, HostRoot};
+use crate::server::{self, scrape::Scraper, AppState};
+use crate::store::{Retention, Store};
+use crate::tracer::{runner, Runner, Services};
+
+/// Options of `bianque run` that override the config file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub region: Option<String>,
+    pub host_root: Option<PathBuf>,
+    pub disable: Vec<String>,
+}
+
+/// Why the agent stopped: a configuration problem (exit 2) or anything else (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0:#}")]
+    Runtime(#[from] anyhow::Error),
+}
+
+/// Loads the config file (if any) and applies CLI overrides.
+pub fn load_config(opts: &RunOptions) -> Result<Config, ConfigError> {
+    let mut cfg = match &opts.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = &opts.listen {
+        cfg.server.listen = listen.clone();
+    }
+    if let Some(dir) = &opts.data_dir {
+        cfg.store.data_dir = dir.clone();
+    }
+    if let Some(region) = &opts.region {
+        cfg.region = region.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+pub fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::new(v),
+        _ => EnvFilter::new(cfg.log.level.as_deref().unwrap_or("info")),
+    };
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+    // A panic is logged as one line; tracer threads catch their own and carry on.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("?"), "panic: {info}");
+    }));
+}
+
+pub fn run(opts: RunOptions) -> Result<(), AgentError> {
+    let started = Instant::now();
+    let cfg = load_config(&opts)?;
+    init_logging(&cfg);
+    let host_root = HostRoot::new(opts.host_root.clone().unwrap_or_else(|| PathBuf::from("/")));
+    let entries = runner::build_tracers(&cfg, &opts.disable, &host_root)?;
+
+    let addr: SocketAddr = cfg.server.listen.parse().map_err(|_| {
+        ConfigError(format!(
+            "server.listen: `{}` is not an address",
+            cfg.server.listen
+        ))
+    })?;
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    listener
+        .set_nonblocking(true)
+        .context("configuring the listening socket")?;
+
+    let retention = Retention {
+        max_age: Duration::from_secs(cfg.store.retention_max_age_hours * 3600),
+        max_size_bytes: cfg.store.retention_max_size_bytes,
+    };
+    let store = Arc::new(Store::open(&cfg.store.data_dir, retention)?);
+
+    crate::bpf::route_libbpf_log();
+    let services = Arc::new(Services {
+        host: host_root.clone(),
+        hostname: cfg.hostname.clone().unwrap_or_else(host::hostname),
+        region: cfg.region.clone(),
+        store: store.clone(),
+        containers: ContainerResolver::new(host_root),
+        symbolizer: KernelSymbolizer::new(),
+    });
+    let runner = Arc::new(Runner::new(entries, services));
+    let state = Arc::new(AppState {
+        scraper: Scraper::new(
+            &cfg.metrics.prefix,
+            Duration::from_millis(cfg.metrics.collector_timeout_ms),
+            &runner,
+        ),
+        runner: runner.clone(),
+        store: store.clone(),
+        token: cfg.server.token.clone(),
+        ready: AtomicBool::new(false),
+    });
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(32)
+        .thread_name("bianque-rt")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .context("configuring the listening socket")?;
+        let app = server::router(
+            state.clone(),
+            Duration::from_millis(cfg.server.request_timeout_ms),
+            cfg.server.max_body_bytes,
+        );
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let http = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        });
+        tracing::info!(listen = %addr, data_dir = %cfg.store.data_dir.display(), "bianque started");
+
+        let start_runner = runner.clone();
+        let start_state = state.clone();
+        tokio::task::spawn_blocking(move || {
+            start_runner.start_all();
+            start_runner.wait_started(Duration::from_secs(10));
+            start_state.ready.store(true, Ordering::Relaxed);
+            tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "all tracers started"
+            );
+        });
+
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        let stop_runner = runner.clone();
+        let stop_store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            stop_runner.shutdown(Duration::from_millis(1500));
+            stop_store.close();
+        })
+        .await
+        .context("shutting down tracers")?;
+        let _ = stop_tx.send(());
+        // Open keep-alive connections must not hold the exit.
+        let _ = tokio::time::timeout(Duration::from_millis(300), http).await;
+        anyhow::Ok(())
+    })?;
+    rt.shutdown_timeout(Duration::from_millis(200));
+    tracing::info!("bianque stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

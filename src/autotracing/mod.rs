@@ -1,0 +1,1 @@
+//! Anomaly-triggered tracers, one folder each: a detector over metrics and a capture.

@@ -1,0 +1,115 @@
+//! BPF services every tracer uses: libbpf logging, tracefs, ring-buffer polling, per-CPU
+//! counters read through mmap, BTF facts and kernel symbolization.
+
+pub mod btf;
+pub mod counters;
+pub mod symbolizer;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use libbpf_rs::{MapCore, PrintLevel, RingBufferBuilder};
+
+use crate::tracer::RunContext;
+
+pub use counters::PerCpuCounters;
+pub use symbolizer::KernelSymbolizer;
+
+/// How often a ring-buffer reader wakes up when the BPF side did not wake it (the BPF side
+/// submits without wakeups below a backlog threshold: see `bpf/bianque.bpf.h`).
+pub const RING_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Routes libbpf's own messages into the agent's log at debug level.
+pub fn route_libbpf_log() {
+    fn print(level: PrintLevel, msg: String) {
+        let msg = msg.trim_end();
+        match level {
+            PrintLevel::Warn => tracing::debug!(target: "libbpf", "warn: {msg}"),
+            PrintLevel::Info => tracing::debug!(target: "libbpf", "{msg}"),
+            PrintLevel::Debug => tracing::trace!(target: "libbpf", "{msg}"),
+        }
+    }
+    libbpf_rs::set_print(Some((PrintLevel::Debug, print)));
+}
+
+/// The tracefs mount, mounting it at /sys/kernel/tracing if nothing is mounted (classic
+/// tracepoints are attached through it).
+pub fn tracefs_dir() -> Result<PathBuf, String> {
+    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if Path::new(dir).join("events").is_dir() {
+            return Ok(PathBuf::from(dir));
+        }
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: all pointers are valid NUL-terminated strings; data is NULL as tracefs takes none.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(PathBuf::from("/sys/kernel/tracing"))
+    } else {
+        Err(format!(
+            "tracefs is not mounted and mounting it failed: {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+/// Polls the ring buffer in `map` and hands each record to `handle` until the tracer is told to
+/// stop. Records are also drained on a timer, since producers submit without wakeups.
+pub fn poll_ring_buffer<F>(ctx: &RunContext, map: &dyn MapCore, handle: F) -> Result<()>
+where
+    F: FnMut(&[u8]) -> i32,
+{
+    let mut builder = RingBufferBuilder::new();
+    builder
+        .add(map, handle)
+        .context("setting up the ring buffer reader")?;
+    let ring = builder
+        .build()
+        .context("setting up the ring buffer reader")?;
+    while !ctx.stopping() {
+        ring.poll(RING_POLL_INTERVAL)
+            .context("polling the ring buffer")?;
+        ring.consume().context("reading the ring buffer")?;
+    }
+    // Whatever the kernel queued before detaching is still delivered.
+    ring.consume().context("reading the ring buffer")?;
+    Ok(())
+}
+
+/// Offset that turns CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`) into wall-clock
+/// nanoseconds since the epoch.
+pub fn boottime_to_wall_offset_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let boot = ts.tv_sec * 1_000_000_000 + ts.tv_nsec;
+    crate::store::now_ns() - boot
+}
+
+/// Reads a C struct out of a ring-buffer record (records are not aligned for `T`).
+pub fn read_record<T: Copy>(data: &[u8]) -> Option<T> {
+    if data.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length was checked; T is a plain-old-data C struct generated from BTF
+    // (integers and byte arrays), valid for any bit pattern; read_unaligned handles alignment.
+    Some(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
+}
+
+/// A NUL-terminated C string from a fixed byte array.
+pub fn c_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}

@@ -1,0 +1,375 @@
+//! TOML configuration. Every key is optional; unknown keys are errors that name the key.
+//!
+//! The framework owns the top-level sections. Each tracer owns its own section
+//! (`[metrics.<name>]`, `[events.<name>]`, `[autotracing.<name>]`): the framework takes the keys
+//! common to all tracers (`enabled`, `restart_interval_secs`) and hands the rest to the tracer,
+//! which parses it with [`parse_section`] into its own `deny_unknown_fields` struct.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// A configuration problem: the message names the key and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub type ConfigResult<T> = Result<T, ConfigError>;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:19704";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/bianque";
+pub const DEFAULT_PREFIX: &str = "bianque";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Free-form region name carried by every record.
+    pub region: String,
+    /// Overrides the machine's hostname in records.
+    pub hostname: Option<String>,
+    pub log: LogConfig,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    #[serde(deserialize_with = "deserialize_metrics")]
+    pub metrics: MetricsConfig,
+    /// `[events.<tracer>]` sections, checked against the registry by [`crate::tracer::registry`].
+    pub events: BTreeMap<String, toml::Table>,
+    /// `[autotracing.<tracer>]` sections.
+    pub autotracing: BTreeMap<String, toml::Table>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            region: "default".into(),
+            hostname: None,
+            log: LogConfig::default(),
+            server: ServerConfig::default(),
+            store: StoreConfig::default(),
+            metrics: MetricsConfig::default(),
+            events: BTreeMap::new(),
+            autotracing: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`, or a full `RUST_LOG`-style filter.
+    /// `RUST_LOG` in the environment wins.
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Bearer token for `POST /tracers/{name}/start|stop`; without one, control is off.
+    pub token: Option<String>,
+    pub request_timeout_ms: u64,
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN.into(),
+            token: None,
+            request_timeout_ms: 30_000,
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    /// Records older than this are deleted.
+    pub retention_max_age_hours: u64,
+    /// The store is trimmed, oldest first, to stay under this size.
+    pub retention_max_size_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            retention_max_age_hours: 7 * 24,
+            retention_max_size_bytes: 1 << 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Metric name prefix; `huatuo_bamai` makes HuaTuo dashboards work.
+    pub prefix: String,
+    /// A collector that takes longer than this in a scrape reports `success 0`.
+    pub collector_timeout_ms: u64,
+    /// `[metrics.<collector>]` sections.
+    pub collectors: BTreeMap<String, toml::Table>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            prefix: DEFAULT_PREFIX.into(),
+            collector_timeout_ms: 5000,
+            collectors: BTreeMap::new(),
+        }
+    }
+}
+
+fn deserialize_metrics<'de, D: serde::Deserializer<'de>>(d: D) -> Result<MetricsConfig, D::Error> {
+    use serde::de::Error;
+    let mut table = toml::Table::deserialize(d)?;
+    let mut cfg = MetricsConfig::default();
+    if let Some(prefix) = table.remove("prefix") {
+        cfg.prefix = match prefix {
+            toml::Value::String(s) => s,
+            other => {
+                return Err(D::Error::custom(format!(
+                    "metrics.prefix: expected a string, found {}",
+                    other.type_str()
+                )))
+            }
+        };
+    }
+    if let Some(timeout) = table.remove("collector_timeout_ms") {
+        cfg.collector_timeout_ms = match timeout {
+            toml::Value::Integer(n) if n >= 0 => n as u64,
+            other => {
+                return Err(D::Error::custom(format!(
+                    "metrics.collector_timeout_ms: expected a non-negative integer, found {other}"
+                )))
+            }
+        };
+    }
+    for (name, value) in table {
+        match value {
+            toml::Value::Table(t) => {
+                cfg.collectors.insert(name, t);
+            }
+            other => {
+                return Err(D::Error::custom(format!(
+                    "unknown key `metrics.{name}` ({}): expected `prefix`, `collector_timeout_ms` or a `[metrics.<collector>]` section",
+                    other.type_str()
+                )))
+            }
+        }
+    }
+    Ok(cfg)
+}
+
+impl Config {
+    /// Reads and validates a config file. Errors name the file and the key.
+    pub fn load(path: &Path) -> ConfigResult<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        Config::parse(&text)
+            .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> ConfigResult<Config> {
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError(one_line(&e.to_string())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the framework's own keys; tracer sections are checked when tracers are built.
+    pub fn validate(&self) -> ConfigResult<()> {
+        check_prefix(&self.metrics.prefix)?;
+        check_range(
+            "metrics.collector_timeout_ms",
+            self.metrics.collector_timeout_ms,
+            10,
+            60_000,
+        )?;
+        check_range(
+            "store.retention_max_age_hours",
+            self.store.retention_max_age_hours,
+            1,
+            24 * 3650,
+        )?;
+        check_range(
+            "store.retention_max_size_bytes",
+            self.store.retention_max_size_bytes,
+            1 << 20,
+            1 << 44,
+        )?;
+        check_range(
+            "server.request_timeout_ms",
+            self.server.request_timeout_ms,
+            100,
+            600_000,
+        )?;
+        check_range(
+            "server.max_body_bytes",
+            self.server.max_body_bytes as u64,
+            1024,
+            1 << 30,
+        )?;
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError(format!(
+                "server.listen: `{}` is not an address like 127.0.0.1:19704",
+                self.server.listen
+            )));
+        }
+        if let Some(token) = &self.server.token {
+            if token.len() < 16 {
+                return Err(ConfigError(
+                    "server.token: must be at least 16 characters".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_prefix(prefix: &str) -> ConfigResult<()> {
+    let ok = !prefix.is_empty()
+        && prefix
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "metrics.prefix: `{prefix}` is not a valid metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*)"
+        )))
+    }
+}
+
+/// `key` must lie in `min..=max`.
+pub fn check_range<T: PartialOrd + fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> ConfigResult<()> {
+    if value < min || value > max {
+        Err(ConfigError(format!(
+            "{key}: {value} is out of range, allowed {min}..={max}"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses a tracer's own section into its config type; errors are prefixed with the section
+/// name (`events.dropwatch: unknown field ...`).
+pub fn parse_section<T: DeserializeOwned + Default>(
+    section: &str,
+    table: &toml::Table,
+) -> ConfigResult<T> {
+    if table.is_empty() {
+        return Ok(T::default());
+    }
+    T::deserialize(toml::Value::Table(table.clone()))
+        .map_err(|e| ConfigError(format!("{section}: {}", one_line(&e.to_string()))))
+}
+
+/// toml's messages span several lines (source excerpt); keep the first meaningful line plus
+/// the line/column so the error fits on one line.
+fn one_line(msg: &str) -> String {
+    let lines: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        [] => msg.to_string(),
+        [only] => only.to_string(),
+        [first, rest @ ..] => {
+            // toml-rs: "TOML parse error at line 3, column 1" then the excerpt, then the message.
+            let message = rest.iter().rev().find(|l| {
+                !l.starts_with('|') && !l.chars().next().is_some_and(|c| c.is_ascii_digit())
+            });
+            match message {
+                Some(m) => format!(
+                    "{m} ({})",
+                    first
+                        .trim_start_matches("TOML parse error ")
+                        .trim_end_matches(':')
+                ),
+                None => first.to_string(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let cfg = Config::parse("").unwrap();
+        assert_eq!(cfg.server.listen, DEFAULT_LISTEN);
+        assert_eq!(cfg.metrics.prefix, "bianque");
+        assert_eq!(cfg.store.retention_max_age_hours, 168);
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_named() {
+        let err = Config::parse("regoin = \"x\"\n").unwrap_err();
+        assert!(err.0.contains("regoin"), "{err}");
+        assert!(!err.0.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn unknown_nested_key_is_named() {
+        let err = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\ntokn = \"x\"\n").unwrap_err();
+        assert!(err.0.contains("tokn"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported() {
+        let err = Config::parse("[store]\nretention_max_age_hours = \"week\"\n").unwrap_err();
+        assert!(
+            err.0.contains("retention_max_age_hours") || err.0.contains("line 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn out_of_range_names_key_and_range() {
+        let err = Config::parse("[store]\nretention_max_age_hours = 0\n").unwrap_err();
+        assert!(err.0.contains("store.retention_max_age_hours"), "{err}");
+        assert!(err.0.contains("1..="), "{err}");
+    }
+
+    #[test]
+    fn metrics_sections_are_collected() {
+        let cfg = Config::parse(
+            "[metrics]\nprefix = \"huatuo_bamai\"\n[metrics.loadavg]\nenabled = false\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.metrics.prefix, "huatuo_bamai");
+        assert!(cfg.metrics.collectors.contains_key("loadavg"));
+        let err = Config::parse("[metrics]\nprefx = 3\n").unwrap_err();
+        assert!(err.0.contains("metrics.prefx"), "{err}");
+    }
+
+    #[test]
+    fn bad_prefix_rejected() {
+        assert!(Config::parse("[metrics]\nprefix = \"9x\"\n").is_err());
+    }
+}

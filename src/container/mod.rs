@@ -1,0 +1,276 @@
+//! Cgroup → container attribution: which memory cgroup a BPF event's id names, and which
+//! container (if any) that cgroup path belongs to. Unknown paths belong to the host, never to a
+//! guessed container.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::host::HostRoot;
+use crate::store::ContainerFields;
+
+/// Minimum time between two rescans of the cgroup tree on a cache miss, so a stream of events
+/// from an unknown cgroup cannot turn into a stream of directory walks.
+const RESCAN_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A container runtime recognised from a cgroup path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    Docker,
+    Containerd,
+    Crio,
+    Podman,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Containerd => "containerd",
+            Runtime::Crio => "cri-o",
+            Runtime::Podman => "podman",
+        }
+    }
+}
+
+/// The container id in a cgroup path, from its last container-looking segment.
+pub fn container_of_cgroup_path(path: &str) -> Option<(Runtime, String)> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    for (i, seg) in segments.iter().enumerate().rev() {
+        let seg = seg.strip_suffix(".scope").unwrap_or(seg);
+        // systemd driver: docker-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope, libpod-<id>.scope
+        for (prefix, rt) in [
+            ("docker-", Runtime::Docker),
+            ("cri-containerd-", Runtime::Containerd),
+            ("crio-", Runtime::Crio),
+            ("libpod-", Runtime::Podman),
+        ] {
+            if let Some(id) = seg.strip_prefix(prefix) {
+                if is_container_id(id) {
+                    return Some((rt, id.to_string()));
+                }
+            }
+        }
+        // Mangled form: kubepods-...slice:cri-containerd:<id>
+        if let Some((_, id)) = seg.rsplit_once(':') {
+            if is_container_id(id) {
+                let rt = if seg.contains("crio") {
+                    Runtime::Crio
+                } else if seg.contains("docker") {
+                    Runtime::Docker
+                } else {
+                    Runtime::Containerd
+                };
+                return Some((rt, id.to_string()));
+            }
+        }
+        // cgroupfs driver: /docker/<id>, /kubepods/<qos>/pod<uid>/<id>, /libpod_parent/libpod-<id>
+        if is_container_id(seg) {
+            let parent = if i > 0 { segments[i - 1] } else { "" };
+            let rt = match parent {
+                "docker" => Runtime::Docker,
+                p if p.starts_with("pod") => Runtime::Containerd,
+                _ => Runtime::Docker,
+            };
+            return Some((rt, seg.to_string()));
+        }
+    }
+    None
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// The mount point of the cgroup hierarchy holding `controller` (v1), else the cgroup2 mount.
+pub fn cgroup_mount(mountinfo: &str, controller: &str) -> Option<PathBuf> {
+    let mut v2 = None;
+    for line in mountinfo.lines() {
+        // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> <source> <super opts>"
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut fields = left.split_whitespace();
+        let mount_point = fields.nth(4);
+        let mut rfields = right.split_whitespace();
+        let fstype = rfields.next();
+        let super_opts = rfields.nth(1).unwrap_or("");
+        match (fstype, mount_point) {
+            (Some("cgroup"), Some(mp)) if super_opts.split(',').any(|o| o == controller) => {
+                return Some(PathBuf::from(mp));
+            }
+            (Some("cgroup2"), Some(mp)) if v2.is_none() => v2 = Some(PathBuf::from(mp)),
+            _ => {}
+        }
+    }
+    v2
+}
+
+/// Resolves memory cgroup ids (kernfs inode numbers, as BPF reads them) to paths and containers.
+pub struct ContainerResolver {
+    host: HostRoot,
+    memcg: Mutex<MemcgIndex>,
+}
+
+#[derive(Default)]
+struct MemcgIndex {
+    root: Option<PathBuf>,
+    paths: HashMap<u64, String>,
+    last_scan: Option<Instant>,
+}
+
+impl ContainerResolver {
+    pub fn new(host: HostRoot) -> ContainerResolver {
+        ContainerResolver {
+            host,
+            memcg: Mutex::new(MemcgIndex::default()),
+        }
+    }
+
+    /// The memory cgroup path (relative to the hierarchy root, starting with `/`) of an id.
+    pub fn memcg_path(&self, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        let mut idx = self.memcg.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = idx.paths.get(&id) {
+            return Some(p.clone());
+        }
+        if idx
+            .last_scan
+            .is_some_and(|t| t.elapsed() < RESCAN_MIN_INTERVAL)
+        {
+            return None;
+        }
+        if idx.root.is_none() {
+            let mountinfo =
+                std::fs::read_to_string(self.host.proc("self/mountinfo")).unwrap_or_default();
+            idx.root = cgroup_mount(&mountinfo, "memory")
+                .map(|p| self.host.root().join(p.strip_prefix("/").unwrap_or(&p)));
+        }
+        let Some(root) = idx.root.clone() else {
+            return None;
+        };
+        let mut paths = HashMap::new();
+        scan_cgroup_tree(&root, &root, &mut paths, 0);
+        idx.paths = paths;
+        idx.last_scan = Some(Instant::now());
+        idx.paths.get(&id).cloned()
+    }
+
+    /// The container of a memory cgroup id, if it is one.
+    pub fn container_of_memcg(&self, id: u64) -> Option<ContainerFields> {
+        let path = self.memcg_path(id)?;
+        let (runtime, cid) = container_of_cgroup_path(&path)?;
+        Some(ContainerFields {
+            id: cid,
+            kind: runtime.as_str().to_string(),
+            ..Default::default()
+        })
+    }
+}
+
+fn scan_cgroup_tree(root: &Path, dir: &Path, out: &mut HashMap<u64, String>, depth: usize) {
+    use std::os::unix::fs::MetadataExt;
+    if depth > 16 {
+        return;
+    }
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let rel = dir
+            .strip_prefix(root)
+            .map(|p| format!("/{}", p.display()))
+            .unwrap_or_else(|_| "/".into());
+        out.insert(meta.ino(), rel);
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            scan_cgroup_tree(root, &e.path(), out, depth + 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn recognises_runtime_path_formats() {
+        let cases = [
+            (format!("/docker/{ID}"), Runtime::Docker),
+            (format!("/system.slice/docker-{ID}.scope"), Runtime::Docker),
+            (format!("/kubepods/burstable/pod1234/{ID}"), Runtime::Containerd),
+            (format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12_34.slice/cri-containerd-{ID}.scope"), Runtime::Containerd),
+            (format!("/kubepods.slice/kubepods-pod12_34.slice/crio-{ID}.scope"), Runtime::Crio),
+            (format!("/libpod_parent/libpod-{ID}"), Runtime::Podman),
+            (format!("/machine.slice/libpod-{ID}.scope/container"), Runtime::Podman),
+            (format!("/kubepods-burstable-pod12.slice:cri-containerd:{ID}"), Runtime::Containerd),
+        ];
+        for (path, rt) in cases {
+            assert_eq!(
+                container_of_cgroup_path(&path),
+                Some((rt, ID.to_string())),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_paths_are_the_host() {
+        for p in [
+            "/",
+            "/user.slice/user-0.slice/session-1.scope",
+            "/process_api/abc",
+            "/docker/shortid",
+            "/libpod_parent/conmon",
+        ] {
+            assert_eq!(container_of_cgroup_path(p), None, "{p}");
+        }
+    }
+
+    #[test]
+    fn finds_memory_hierarchy_in_mountinfo() {
+        let mi = "\
+30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+35 30 0:31 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+40 30 0:36 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+41 30 0:37 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
+";
+        assert_eq!(
+            cgroup_mount(mi, "memory"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory"))
+        );
+        assert_eq!(
+            cgroup_mount(mi, "cpuacct"),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        assert_eq!(
+            cgroup_mount(mi, "blkio"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn resolves_a_real_memory_cgroup_by_inode() {
+        use std::os::unix::fs::MetadataExt;
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = cgroup_mount(&mountinfo, "memory").expect("memory cgroup mounted");
+        let dir = root.join(format!("bianque-test-resolve-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let ino = std::fs::metadata(&dir).unwrap().ino();
+        let r = ContainerResolver::new(HostRoot::default());
+        let got = r.memcg_path(ino);
+        let _ = std::fs::remove_dir(&dir);
+        assert_eq!(
+            got.as_deref(),
+            Some(format!("/bianque-test-resolve-{}", std::process::id()).as_str())
+        );
+    }
+}

@@ -1,0 +1,172 @@
+// SPDX-License-Identifier: GPL-2.0
+/* dropwatch: every freed-on-drop skb (tp_btf/kfree_skb). Counts drops by reason for every skb,
+ * then filters by protocol/port, rate-limits, and only then pays for the header reads. */
+#include "bianque.bpf.h"
+#include "dropwatch.h"
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IPPROTO_ICMPV6_NR 58
+
+const volatile __u32 max_events_per_second = 100;
+const volatile __u32 filter_protocols = 0;
+const volatile __u16 filter_ports[MAX_FILTER_PORTS] = {};
+const volatile __u32 filter_port_count = 0;
+
+/* Makes the skeleton generate the Rust twin of struct drop_event. */
+struct drop_event _event_type = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+static __always_inline void parse_headers(struct sk_buff *skb, struct drop_event *e)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 th = BPF_CORE_READ(skb, transport_header);
+	__u16 l4_off;
+
+	e->len = BPF_CORE_READ(skb, len);
+	e->l3_proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	if (nh == (__u16)~0U || !head)
+		return;
+
+	if (e->l3_proto == ETH_P_IP) {
+		struct iphdr ip;
+
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh) || ip.version != 4)
+			return;
+		e->has_l3 = 1;
+		e->l4_proto = ip.protocol;
+		__builtin_memcpy(e->saddr, &ip.saddr, 4);
+		__builtin_memcpy(e->daddr, &ip.daddr, 4);
+		l4_off = nh + ip.ihl * 4;
+	} else if (e->l3_proto == ETH_P_IPV6) {
+		struct ipv6hdr ip6;
+
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh) || ip6.version != 6)
+			return;
+		e->has_l3 = 1;
+		e->l4_proto = ip6.nexthdr;
+		__builtin_memcpy(e->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(e->daddr, &ip6.daddr, 16);
+		l4_off = nh + sizeof(ip6);
+	} else {
+		return;
+	}
+	/* The transport header is unset on some paths (e.g. dropped before L4 demux). */
+	if (th != (__u16)~0U && th > nh)
+		l4_off = th;
+
+	if (e->l4_proto == IPPROTO_TCP) {
+		struct tcphdr tcp;
+
+		if (bpf_probe_read_kernel(&tcp, sizeof(tcp), head + l4_off))
+			return;
+		e->sport = bpf_ntohs(tcp.source);
+		e->dport = bpf_ntohs(tcp.dest);
+		e->tcp_flags = ((__u8 *)&tcp)[13];
+		e->has_l4 = 1;
+	} else if (e->l4_proto == IPPROTO_UDP) {
+		struct udphdr udp;
+
+		if (bpf_probe_read_kernel(&udp, sizeof(udp), head + l4_off))
+			return;
+		e->sport = bpf_ntohs(udp.source);
+		e->dport = bpf_ntohs(udp.dest);
+		e->has_l4 = 1;
+	} else if (e->l4_proto == IPPROTO_ICMP || e->l4_proto == IPPROTO_ICMPV6_NR) {
+		__u8 tc[2];
+
+		if (bpf_probe_read_kernel(tc, sizeof(tc), head + l4_off))
+			return;
+		e->icmp_type = tc[0];
+		e->icmp_code = tc[1];
+		e->has_l4 = 1;
+	}
+}
+
+static __always_inline bool filter_match(const struct drop_event *e)
+{
+	__u32 bit;
+
+	if (filter_protocols) {
+		switch (e->l4_proto) {
+		case IPPROTO_TCP: bit = PROTO_BIT_TCP; break;
+		case IPPROTO_UDP: bit = PROTO_BIT_UDP; break;
+		case IPPROTO_ICMP:
+		case IPPROTO_ICMPV6_NR: bit = PROTO_BIT_ICMP; break;
+		default: bit = PROTO_BIT_OTHER; break;
+		}
+		if (!e->has_l3 || !(filter_protocols & bit))
+			return false;
+	}
+	if (filter_port_count) {
+		if (!e->has_l4 || (e->l4_proto != IPPROTO_TCP && e->l4_proto != IPPROTO_UDP))
+			return false;
+		for (int i = 0; i < MAX_FILTER_PORTS; i++) {
+			if (i >= filter_port_count)
+				break;
+			if (filter_ports[i] == e->sport || filter_ports[i] == e->dport)
+				return true;
+		}
+		return false;
+	}
+	return true;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(bq_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	struct drop_event e = {};
+	struct task_struct *task;
+	struct net_device *dev;
+	bool filtering = filter_protocols || filter_port_count;
+
+	counter_add(reason < REASON_SLOTS ? reason : REASON_SLOTS - 1, 1);
+
+	/* Without a filter, refuse before touching the packet: the storm path stays cheap. */
+	if (!filtering && !rate_limit_pass(max_events_per_second)) {
+		counter_add(SLOT_SUPPRESSED, 1);
+		return 0;
+	}
+	parse_headers(skb, &e);
+	if (filtering) {
+		if (!filter_match(&e)) {
+			counter_add(SLOT_FILTERED, 1);
+			return 0;
+		}
+		if (!rate_limit_pass(max_events_per_second)) {
+			counter_add(SLOT_SUPPRESSED, 1);
+			return 0;
+		}
+	}
+
+	e.time_ns = bpf_ktime_get_boot_ns();
+	e.location = (__u64)location;
+	e.reason = reason;
+	e.pid = bpf_get_current_pid_tgid() >> 32;
+	e.tid = (__u32)bpf_get_current_pid_tgid();
+	e.cpu = bpf_get_smp_processor_id();
+	bpf_get_current_comm(e.comm, sizeof(e.comm));
+	task = (struct task_struct *)bpf_get_current_task();
+	e.memcg_id = task_memcg_id(task);
+	dev = BPF_CORE_READ(skb, dev);
+	if (dev) {
+		e.ifindex = BPF_CORE_READ(dev, ifindex);
+		bpf_probe_read_kernel_str(e.ifname, sizeof(e.ifname), dev->name);
+		e.netns_inum = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	} else {
+		struct sock *sk = BPF_CORE_READ(skb, sk);
+
+		if (sk)
+			e.netns_inum = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	}
+	if (bpf_ringbuf_output(&events, &e, sizeof(e), ringbuf_wakeup_flags(&events)))
+		counter_add(SLOT_RINGBUF_FULL, 1);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,423 @@
+//! `dropwatch`: packets the kernel dropped, with the kernel's drop reason, where it happened,
+//! the packet's addresses and ports, and who was running.
+//!
+//! Hook: `tp_btf/kfree_skb` (no kprobes needed). In BPF every drop is counted by reason; drops
+//! that match the protocol/port filter pass a global rate limit (default 100/s) before their
+//! headers are read and sent up. Suppressed, filtered and ring-buffer-lost drops are counted.
+
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{anyhow, Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::bpf::btf::{self, EnumNames};
+use crate::bpf::{self as bq_bpf, PerCpuCounters};
+use crate::config::{check_range, parse_section, ConfigError, ConfigResult};
+use crate::container::container_of_cgroup_path;
+use crate::metrics::{Kind, MetricSink};
+use crate::tracer::{
+    BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
+    TRACERS,
+};
+
+mod skel {
+    #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
+    crate::bpf_skeleton!("dropwatch");
+}
+use skel::types::drop_event;
+use skel::DropwatchSkelBuilder;
+
+// Mirrors dropwatch.h.
+const REASON_SLOTS: u32 = 512;
+const SLOT_SUPPRESSED: usize = REASON_SLOTS as usize;
+const SLOT_RINGBUF_FULL: usize = REASON_SLOTS as usize + 1;
+const SLOT_FILTERED: usize = REASON_SLOTS as usize + 2;
+const COUNTER_SLOTS: u32 = REASON_SLOTS + 3;
+const MAX_FILTER_PORTS: usize = 8;
+const PROTO_BIT_TCP: u32 = 1;
+const PROTO_BIT_UDP: u32 = 2;
+const PROTO_BIT_ICMP: u32 = 4;
+const PROTO_BIT_OTHER: u32 = 8;
+
+#[linkme::distributed_slice(TRACERS)]
+static SPEC: TracerSpec = TracerSpec {
+    name: "dropwatch",
+    mode: Mode::Event,
+    description:
+        "packet drops (tp_btf/kfree_skb): reason, location, addresses, ports, task, cgroup",
+    requires: &[
+        Requirement::Root,
+        Requirement::Btf,
+        Requirement::BtfTracepoint("kfree_skb"),
+    ],
+    default_enabled: true,
+    build,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DropwatchConfig {
+    /// Records per second at most (0 = no limit); the rest are counted as suppressed.
+    pub max_events_per_second: u32,
+    /// Only these L4 protocols (`tcp`, `udp`, `icmp`, `other`); empty = all.
+    pub protocols: Vec<String>,
+    /// Only TCP/UDP packets with one of these source or destination ports; empty = all.
+    pub ports: Vec<u16>,
+}
+
+impl Default for DropwatchConfig {
+    fn default() -> Self {
+        DropwatchConfig {
+            max_events_per_second: 100,
+            protocols: Vec::new(),
+            ports: Vec::new(),
+        }
+    }
+}
+
+impl DropwatchConfig {
+    fn protocol_mask(&self, section: &str) -> ConfigResult<u32> {
+        let mut mask = 0;
+        for p in &self.protocols {
+            mask |= match p.as_str() {
+                "tcp" => PROTO_BIT_TCP,
+                "udp" => PROTO_BIT_UDP,
+                "icmp" => PROTO_BIT_ICMP,
+                "other" => PROTO_BIT_OTHER,
+                other => {
+                    return Err(ConfigError(format!(
+                        "{section}.protocols: unknown protocol `{other}`, allowed tcp, udp, icmp, other"
+                    )))
+                }
+            };
+        }
+        Ok(mask)
+    }
+}
+
+fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
+    let cfg: DropwatchConfig = parse_section(ctx.section, table)?;
+    check_range(
+        &format!("{}.max_events_per_second", ctx.section),
+        cfg.max_events_per_second,
+        0,
+        1_000_000,
+    )?;
+    let protocol_mask = cfg.protocol_mask(ctx.section)?;
+    if cfg.ports.len() > MAX_FILTER_PORTS {
+        return Err(ConfigError(format!(
+            "{}.ports: at most {MAX_FILTER_PORTS} ports, found {}",
+            ctx.section,
+            cfg.ports.len()
+        )));
+    }
+    Ok(Tracer::Event(Box::new(Dropwatch {
+        cfg,
+        protocol_mask,
+        reasons: RwLock::new(EnumNames::default()),
+        counters: Mutex::new(None),
+    })))
+}
+
+pub struct Dropwatch {
+    cfg: DropwatchConfig,
+    protocol_mask: u32,
+    reasons: RwLock<EnumNames>,
+    /// Outlives a run: the next run reuses the map, so counters never go back.
+    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+}
+
+/// Drop-reason names of the running kernel: BTF first, the tracepoint format as fallback.
+fn load_reason_names() -> Result<EnumNames> {
+    match btf::enum_members("skb_drop_reason", "SKB_DROP_REASON_") {
+        Ok(m) => Ok(EnumNames::from_members(&m)),
+        Err(btf_err) => {
+            let dir = bq_bpf::tracefs_dir().map_err(|e| anyhow!("{btf_err:#}; and {e}"))?;
+            let fmt = std::fs::read_to_string(dir.join("events/skb/kfree_skb/format"))
+                .with_context(|| format!("{btf_err:#}; reading the kfree_skb tracepoint format"))?;
+            Ok(EnumNames::from_members(&btf::parse_print_symbolic(&fmt)))
+        }
+    }
+}
+
+impl EventTracer for Dropwatch {
+    fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
+        match load_reason_names() {
+            Ok(names) => *self.reasons.write().unwrap_or_else(|e| e.into_inner()) = names,
+            Err(e) => {
+                tracing::warn!(tracer = "dropwatch", error = %format!("{e:#}"), "drop reasons will be numbers")
+            }
+        }
+        let mut storage = MaybeUninit::uninit();
+        let mut open = DropwatchSkelBuilder::default()
+            .open(&mut storage)
+            .context("opening the BPF object")?;
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .context("BPF object has no .rodata")?;
+        rodata.max_events_per_second = self.cfg.max_events_per_second;
+        rodata.filter_protocols = self.protocol_mask;
+        rodata.filter_port_count = self.cfg.ports.len() as u32;
+        for (slot, port) in rodata.filter_ports.iter_mut().zip(&self.cfg.ports) {
+            *slot = *port;
+        }
+        rodata.counter_slots = COUNTER_SLOTS;
+        let previous = self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match &previous {
+            Some(c) => open
+                .maps
+                .counters
+                .reuse_fd(c.fd())
+                .context("reusing the counters map")?,
+            None => bq_bpf::counters::size_counters_map(&mut open.maps.counters, COUNTER_SLOTS)?,
+        }
+        let skel = open.load().context("loading the BPF program")?;
+        if previous.is_none() {
+            let counters = PerCpuCounters::map(&skel.maps.counters, COUNTER_SLOTS)?;
+            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(counters));
+        }
+        let _link = skel
+            .progs
+            .bq_kfree_skb
+            .attach()
+            .context("attaching to tp_btf/kfree_skb")?;
+        ctx.attached();
+
+        let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
+        bq_bpf::poll_ring_buffer(ctx, &skel.maps.events, |data| {
+            if let Some(e) = bq_bpf::read_record::<drop_event>(data) {
+                self.record(ctx, &e, clock_offset);
+            }
+            0
+        })?;
+        Ok(())
+    }
+
+    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+        let Some(c) = self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
+        let names = self.reasons.read().unwrap_or_else(|e| e.into_inner());
+        out.family(
+            "events_total",
+            "Packets the kernel dropped, by drop reason (all drops, before filter and rate limit).",
+            Kind::Counter,
+        );
+        for reason in 0..REASON_SLOTS {
+            let n = c.get(reason as usize);
+            if n > 0 {
+                out.sample(&[("reason", &names.name(reason))], n as f64);
+            }
+        }
+        out.single(
+            "suppressed_total",
+            "Drops that matched the filter but were not recorded because of the rate limit.",
+            Kind::Counter,
+            c.get(SLOT_SUPPRESSED) as f64,
+        );
+        out.single(
+            "ringbuf_lost_total",
+            "Drops that passed the rate limit but found the ring buffer full.",
+            Kind::Counter,
+            c.get(SLOT_RINGBUF_FULL) as f64,
+        );
+        out.single(
+            "filtered_total",
+            "Drops that did not match the configured protocol/port filter.",
+            Kind::Counter,
+            c.get(SLOT_FILTERED) as f64,
+        );
+        Ok(())
+    }
+}
+
+/// The record's `tracer_data`.
+#[derive(Debug, Serialize)]
+struct DropData {
+    drop_reason: String,
+    drop_reason_code: u32,
+    drop_location: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    l3_protocol: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    saddr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daddr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp_flags: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp_type: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp_code: Option<u8>,
+    packet_len_bytes: u32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    netdev_name: String,
+    netdev_ifindex: u32,
+    net_namespace_inum: u32,
+    pid: u32,
+    tid: u32,
+    comm: String,
+    cpu: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_cgroup_path: Option<String>,
+}
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+
+fn tcp_flags_text(flags: u8) -> String {
+    const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
+    NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| flags & (1 << i) != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+fn ip_addr(l3: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
+    match l3 {
+        0x0800 => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        0x86dd => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        _ => None,
+    }
+}
+
+impl Dropwatch {
+    fn record(&self, ctx: &RunContext, e: &drop_event, clock_offset: i64) {
+        let l3_protocol = match e.l3_proto {
+            0x0800 => Some("ipv4"),
+            0x86dd => Some("ipv6"),
+            _ => None,
+        };
+        let has_l3 = e.has_l3 != 0;
+        let has_l4 = e.has_l4 != 0;
+        let protocol = has_l3.then(|| match e.l4_proto {
+            IPPROTO_TCP => "tcp".to_string(),
+            IPPROTO_UDP => "udp".to_string(),
+            IPPROTO_ICMP => "icmp".to_string(),
+            IPPROTO_ICMPV6 => "icmpv6".to_string(),
+            n => n.to_string(),
+        });
+        let is_icmp = matches!(e.l4_proto, IPPROTO_ICMP | IPPROTO_ICMPV6);
+        let ports = has_l4 && matches!(e.l4_proto, IPPROTO_TCP | IPPROTO_UDP);
+        let memcg_path = ctx.containers().memcg_path(e.memcg_id);
+        let container = memcg_path
+            .as_deref()
+            .and_then(container_of_cgroup_path)
+            .map(|(rt, id)| crate::store::ContainerFields {
+                id,
+                kind: rt.as_str().to_string(),
+                ..Default::default()
+            });
+        let data = DropData {
+            drop_reason: self
+                .reasons
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .name(e.reason)
+                .into_owned(),
+            drop_reason_code: e.reason,
+            drop_location: ctx.symbolizer().symbolize(e.location),
+            l3_protocol,
+            protocol,
+            saddr: if has_l3 {
+                ip_addr(e.l3_proto, &e.saddr).map(|a| a.to_string())
+            } else {
+                None
+            },
+            daddr: if has_l3 {
+                ip_addr(e.l3_proto, &e.daddr).map(|a| a.to_string())
+            } else {
+                None
+            },
+            sport: ports.then_some(e.sport),
+            dport: ports.then_some(e.dport),
+            tcp_flags: (has_l4 && e.l4_proto == IPPROTO_TCP).then(|| tcp_flags_text(e.tcp_flags)),
+            icmp_type: (has_l4 && is_icmp).then_some(e.icmp_type),
+            icmp_code: (has_l4 && is_icmp).then_some(e.icmp_code),
+            packet_len_bytes: e.len,
+            netdev_name: bq_bpf::c_str(&e.ifname.map(|c| c as u8)),
+            netdev_ifindex: e.ifindex,
+            net_namespace_inum: e.netns_inum,
+            pid: e.pid,
+            tid: e.tid,
+            comm: bq_bpf::c_str(&e.comm.map(|c| c as u8)),
+            cpu: e.cpu,
+            memory_cgroup_path: memcg_path,
+        };
+        match serde_json::to_value(&data) {
+            Ok(v) => ctx.save_at(e.time_ns as i64 + clock_offset, container, v),
+            Err(err) => tracing::warn!(tracer = "dropwatch", error = %err, "cannot encode record"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_text() {
+        assert_eq!(tcp_flags_text(0x12), "SYN|ACK");
+        assert_eq!(tcp_flags_text(0x04), "RST");
+        assert_eq!(tcp_flags_text(0), "");
+    }
+
+    #[test]
+    fn config_validation_names_keys() {
+        let host = crate::host::HostRoot::default();
+        let bctx = BuildContext {
+            host: &host,
+            section: "events.dropwatch",
+        };
+        let t: toml::Table = toml::from_str("protocols = [\"sctp\"]").unwrap();
+        let err = build(&bctx, &t).err().unwrap();
+        assert!(
+            err.0.contains("events.dropwatch.protocols") && err.0.contains("sctp"),
+            "{err}"
+        );
+        let t: toml::Table = toml::from_str("max_events_per_second = 2000000").unwrap();
+        let err = build(&bctx, &t).err().unwrap();
+        assert!(
+            err.0.contains("events.dropwatch.max_events_per_second"),
+            "{err}"
+        );
+        let t: toml::Table = toml::from_str("ports = [1,2,3,4,5,6,7,8,9]").unwrap();
+        assert!(build(&bctx, &t).is_err());
+        let t: toml::Table = toml::from_str("max_events = 5").unwrap();
+        let err = build(&bctx, &t).err().unwrap();
+        assert!(err.0.contains("max_events"), "{err}");
+    }
+
+    #[test]
+    fn event_struct_matches_c_layout() {
+        // 3×u64 + 7×u32 + u16 + 2×u8 + 2×u16 + 4×u8 + 16+16 (addresses) + 16+16 (names).
+        assert_eq!(std::mem::size_of::<drop_event>(), 128);
+    }
+}

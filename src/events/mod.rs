@@ -1,0 +1,3 @@
+//! Always-on kernel event tracers, one folder each (Rust + BPF C).
+
+pub mod dropwatch;

@@ -1,0 +1,26 @@
+//! bianque: a Linux kernel observability agent.
+//!
+//! Three kinds of tracer share one framework ([`tracer`]): metric collectors computed at scrape
+//! time ([`metrics`]), always-on kernel event tracers ([`events`]) and anomaly-triggered
+//! autotracers ([`autotracing`]). Records go to the local [`store`] first; [`server`] serves
+//! `/metrics`, the tracer table and the stored events.
+
+pub mod agent;
+pub mod autotracing;
+pub mod bpf;
+pub mod config;
+pub mod container;
+pub mod events;
+pub mod host;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod tracer;
+
+/// Includes the libbpf-rs skeleton that build.rs generated from `<stem>.bpf.c`.
+#[macro_export]
+macro_rules! bpf_skeleton {
+    ($stem:literal) => {
+        include!(concat!(env!("OUT_DIR"), "/", $stem, ".skel.rs"));
+    };
+}

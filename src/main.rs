@@ -1,0 +1,356 @@
+//! The `bianque` command: `run` the agent, read stored `events`, list `tracers`, `check` this
+//! kernel.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bianque::agent::{self, AgentError, RunOptions};
+use bianque::config::{ConfigError, DEFAULT_DATA_DIR};
+use bianque::host::HostRoot;
+use bianque::store::{self, Query, Store};
+use bianque::tracer::{self, check};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bianque",
+    version,
+    about = "Linux kernel observability agent: eBPF events, Prometheus metrics, autotracing"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent.
+    Run(RunArgs),
+    /// Show stored events, newest first.
+    Events(EventsArgs),
+    /// List tracers and their status (live from a running agent when one answers).
+    Tracers(TracersArgs),
+    /// Report which tracers can run on this kernel, and why not.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML config file (every key optional).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// HTTP listen address (default 127.0.0.1:19704).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Directory of the local store (default /var/lib/bianque).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Region name carried by every record.
+    #[arg(long)]
+    region: Option<String>,
+    /// A directory that stands for `/` (proc/, sys/, dev/ are read under it).
+    #[arg(long)]
+    host_root: Option<PathBuf>,
+    /// Disable a tracer by name (repeatable).
+    #[arg(long, value_name = "NAME")]
+    disable: Vec<String>,
+}
+
+#[derive(Args)]
+struct EventsArgs {
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Only this tracer's events.
+    #[arg(long)]
+    tracer: Option<String>,
+    /// Only events since: a duration back (10m, 2h), an RFC 3339 time, or Unix seconds.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only events before this time (same forms as --since).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only events of this container (id or id prefix).
+    #[arg(long)]
+    container: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// One JSON record per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct TracersArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address of a running agent (default: the config's server.listen).
+    #[arg(long)]
+    listen: Option<String>,
+    #[arg(long)]
+    host_root: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    host_root: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => agent::run(RunOptions {
+            config: a.config,
+            listen: a.listen,
+            data_dir: a.data_dir,
+            region: a.region,
+            host_root: a.host_root,
+            disable: a.disable,
+        }),
+        Command::Events(a) => events(a),
+        Command::Tracers(a) => tracers(a),
+        Command::Check(a) => check_cmd(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(AgentError::Config(e)) => {
+            eprintln!("bianque: config error: {e}");
+            ExitCode::from(2)
+        }
+        Err(AgentError::Runtime(e)) => {
+            eprintln!("bianque: error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn events(a: EventsArgs) -> Result<(), AgentError> {
+    let now = store::now_ns();
+    let time = |key: &str, v: &Option<String>| -> Result<Option<i64>, AgentError> {
+        v.as_deref()
+            .map(|s| {
+                store::parse_time_arg(s, now)
+                    .map_err(|e| ConfigError(format!("--{key}: {e}")).into())
+            })
+            .transpose()
+    };
+    let q = Query {
+        tracer: a.tracer.clone(),
+        container: a.container.clone(),
+        since_ns: time("since", &a.since)?,
+        until_ns: time("until", &a.until)?,
+        limit: a.limit.max(1),
+    };
+    let store = Store::open_read_only(&a.data_dir)?;
+    let rows = store.query(&q)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        for r in &rows {
+            let _ = writeln!(out, "{r}");
+        }
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "{:<30}  {:<14}  {:<12}  DETAILS",
+        "TIME", "TRACER", "CONTAINER"
+    );
+    for r in &rows {
+        let v: serde_json::Value = serde_json::from_str(r).unwrap_or_default();
+        let container = v
+            .get("container_id")
+            .and_then(|c| c.as_str())
+            .map(|c| &c[..c.len().min(12)])
+            .unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "{:<30}  {:<14}  {:<12}  {}",
+            v.get("tracer_time").and_then(|t| t.as_str()).unwrap_or("?"),
+            v.get("tracer_name").and_then(|t| t.as_str()).unwrap_or("?"),
+            container,
+            summarize(
+                v.get("tracer_data").unwrap_or(&serde_json::Value::Null),
+                140
+            )
+        );
+    }
+    if rows.is_empty() {
+        let _ = writeln!(out, "(no events)");
+    }
+    Ok(())
+}
+
+/// `key=value` pairs of a record's scalar fields, in the tracer's own order, cut to `width`.
+fn summarize(data: &serde_json::Value, width: usize) -> String {
+    let mut s = String::new();
+    if let Some(obj) = data.as_object() {
+        for (k, v) in obj {
+            let text = match v {
+                serde_json::Value::String(x) => x.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => continue,
+            };
+            if !s.is_empty() {
+                s.push(' ');
+            }
+            s.push_str(k);
+            s.push('=');
+            s.push_str(&text);
+            if s.len() >= width {
+                break;
+            }
+        }
+    }
+    if s.len() > width {
+        let mut cut = width;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// `GET path` from a running agent; None when nothing answers.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+fn tracers(a: TracersArgs) -> Result<(), AgentError> {
+    let opts = RunOptions {
+        config: a.config.clone(),
+        listen: a.listen.clone(),
+        ..Default::default()
+    };
+    let cfg = agent::load_config(&opts)?;
+    let addr: SocketAddr = cfg
+        .server
+        .listen
+        .parse()
+        .map_err(|_| ConfigError(format!("bad address {}", cfg.server.listen)))?;
+    let rows: Vec<serde_json::Value> = match http_get(addr, "/tracers") {
+        Some(body) => {
+            let v: serde_json::Value = serde_json::from_str(&body)
+                .map_err(|e| anyhow::anyhow!("bad /tracers answer: {e}"))?;
+            v.get("tracers")
+                .and_then(|t| t.as_array())
+                .cloned()
+                .unwrap_or_default()
+        }
+        None => {
+            eprintln!("no agent answers at {addr}; showing what would run here");
+            let host = HostRoot::new(a.host_root.clone().unwrap_or_else(|| PathBuf::from("/")));
+            let entries = tracer::runner::build_tracers(&cfg, &[], &host)?;
+            entries
+                .iter()
+                .map(|e| {
+                    let (mut status, mut reason) = e.state.status();
+                    if status != tracer::Status::Disabled {
+                        match check::check_all(e.spec.requires, &host) {
+                            Ok(()) => {
+                                status = tracer::Status::Active;
+                                reason = "can run (agent not running)".into();
+                            }
+                            Err(r) => {
+                                status = tracer::Status::Inactive;
+                                reason = r;
+                            }
+                        }
+                    }
+                    serde_json::json!({"name": e.spec.name, "mode": e.spec.mode.as_str(), "status": status.as_str(),
+                        "reason": reason, "hits": 0, "restarts": 0, "description": e.spec.description})
+                })
+                .collect()
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let _ = writeln!(out, "{}", serde_json::json!({"tracers": rows}));
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "{:<16}  {:<11}  {:<8}  {:>8}  {:>8}  REASON",
+        "NAME", "MODE", "STATUS", "HITS", "RESTARTS"
+    );
+    for r in rows {
+        let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let n = |k: &str| r.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{:<16}  {:<11}  {:<8}  {:>8}  {:>8}  {}",
+            s("name"),
+            s("mode"),
+            s("status"),
+            n("hits"),
+            n("restarts"),
+            s("reason")
+        );
+    }
+    Ok(())
+}
+
+fn check_cmd(a: CheckArgs) -> Result<(), AgentError> {
+    let opts = RunOptions {
+        config: a.config.clone(),
+        ..Default::default()
+    };
+    let cfg = agent::load_config(&opts)?;
+    let host = HostRoot::new(a.host_root.clone().unwrap_or_else(|| PathBuf::from("/")));
+    let entries = tracer::runner::build_tracers(&cfg, &[], &host)?;
+    let rows: Vec<(&str, &str, Result<(), String>, bool)> = entries
+        .iter()
+        .map(|e| {
+            let enabled = e.state.status().0 != tracer::Status::Disabled;
+            (
+                e.spec.name,
+                e.spec.mode.as_str(),
+                check::check_all(e.spec.requires, &host),
+                enabled,
+            )
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(n, m, r, en)| serde_json::json!({"name": n, "mode": m, "supported": r.is_ok(), "enabled": en, "reason": r.as_ref().err()}))
+            .collect();
+        let _ = writeln!(out, "{}", serde_json::json!({"tracers": v}));
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "{:<16}  {:<11}  {:<9}  {:<8}  REASON",
+        "NAME", "MODE", "SUPPORTED", "ENABLED"
+    );
+    for (name, mode, r, en) in rows {
+        let _ = writeln!(
+            out,
+            "{:<16}  {:<11}  {:<9}  {:<8}  {}",
+            name,
+            mode,
+            if r.is_ok() { "yes" } else { "no" },
+            if en { "yes" } else { "no" },
+            r.err().unwrap_or_default()
+        );
+    }
+    Ok(())
+}

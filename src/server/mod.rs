@@ -1,0 +1,314 @@
+//! HTTP API (axum): `/metrics`, health, the tracer table and control, and stored events.
+//! Errors are JSON `{"error":{"code","message"}}` with a matching status code.
+
+pub mod scrape;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::store::{self, Store};
+use crate::tracer::Runner;
+
+pub struct AppState {
+    pub runner: Arc<Runner>,
+    pub store: Arc<Store>,
+    pub scraper: scrape::Scraper,
+    pub token: Option<String>,
+    pub ready: AtomicBool,
+}
+
+pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .route("/tracers", get(tracers))
+        .route("/tracers/{name}/{action}", post(control))
+        .route("/events", get(events))
+        .route("/events/{id}", get(event_by_id))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(RequestBodyLimitLayer::new(max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+}
+
+/// An API error: status code, machine-readable code, human message.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    fn internal(e: anyhow::Error) -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            format!("{e:#}"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such endpoint: {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    let body = app.scraper.scrape(&app.runner, &app.store).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    if app.ready.load(Ordering::Relaxed) {
+        axum::Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "tracers are still starting",
+        )
+        .into_response()
+    }
+}
+
+async fn version() -> impl IntoResponse {
+    axum::Json(serde_json::json!({
+        "name": env!("CARGO_PKG_NAME"),
+        "version": env!("CARGO_PKG_VERSION"),
+        "target": std::env::consts::ARCH,
+    }))
+}
+
+#[derive(Serialize)]
+pub struct TracerInfo {
+    pub name: &'static str,
+    pub mode: &'static str,
+    pub status: &'static str,
+    pub reason: String,
+    pub hits: u64,
+    pub restarts: u64,
+    pub description: &'static str,
+}
+
+pub fn tracer_table(runner: &Runner) -> Vec<TracerInfo> {
+    runner
+        .entries()
+        .iter()
+        .map(|e| {
+            let (status, reason) = e.state.status();
+            TracerInfo {
+                name: e.spec.name,
+                mode: e.spec.mode.as_str(),
+                status: status.as_str(),
+                reason,
+                hits: e.state.hits(),
+                restarts: e.state.restarts(),
+                description: e.spec.description,
+            }
+        })
+        .collect()
+}
+
+async fn tracers(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({"tracers": tracer_table(&app.runner)}))
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = given.len() ^ expected.len();
+    for (i, b) in expected.iter().enumerate() {
+        diff |= (given.get(i).copied().unwrap_or(0) ^ b) as usize;
+    }
+    diff == 0
+}
+
+async fn control(
+    State(app): State<Arc<AppState>>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let Some(expected) = app.token.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "tracer control is off: no server.token configured",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !token_matches(given.as_bytes(), expected.as_bytes()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token",
+        ));
+    }
+    if app.runner.find(&name).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("unknown tracer {name}"),
+        ));
+    }
+    let runner = app.runner.clone();
+    let tracer = name.clone();
+    let result = match action.as_str() {
+        "start" => tokio::task::spawn_blocking(move || runner.start(&tracer)).await,
+        "stop" => tokio::task::spawn_blocking(move || runner.stop(&tracer)).await,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown action {other}: use start or stop"
+            )))
+        }
+    };
+    match result {
+        Ok(Ok(())) => Ok(axum::Json(
+            serde_json::json!({"tracer": name, "action": action}),
+        )),
+        Ok(Err(msg)) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", msg)),
+        Err(e) => Err(ApiError::internal(e.into())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsParams {
+    tracer: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    container: Option<String>,
+    limit: Option<usize>,
+}
+
+pub const EVENTS_DEFAULT_LIMIT: usize = 100;
+pub const EVENTS_MAX_LIMIT: usize = 10_000;
+
+async fn events(
+    State(app): State<Arc<AppState>>,
+    params: Result<Query<EventsParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let now = store::now_ns();
+    let parse = |key: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
+        v.as_deref()
+            .map(|s| {
+                store::parse_time_arg(s, now)
+                    .map_err(|e| ApiError::bad_request(format!("{key}: {e}")))
+            })
+            .transpose()
+    };
+    let limit = p.limit.unwrap_or(EVENTS_DEFAULT_LIMIT);
+    if limit == 0 || limit > EVENTS_MAX_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "limit: {limit} is out of range, allowed 1..={EVENTS_MAX_LIMIT}"
+        )));
+    }
+    let q = store::Query {
+        tracer: p.tracer,
+        container: p.container,
+        since_ns: parse("since", &p.since)?,
+        until_ns: parse("until", &p.until)?,
+        limit,
+    };
+    let store = app.store.clone();
+    let rows = tokio::task::spawn_blocking(move || store.query(&q))
+        .await
+        .map_err(|e| ApiError::internal(e.into()))?
+        .map_err(ApiError::internal)?;
+    // The store keeps each record's JSON; join them without re-parsing.
+    let mut body = String::with_capacity(rows.iter().map(|r| r.len() + 1).sum::<usize>() + 16);
+    body.push_str("{\"events\":[");
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(r);
+    }
+    body.push_str("]}");
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn event_by_id(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = app.store.clone();
+    let lookup = id.clone();
+    let row = tokio::task::spawn_blocking(move || store.get(&lookup))
+        .await
+        .map_err(|e| ApiError::internal(e.into()))?
+        .map_err(ApiError::internal)?;
+    match row {
+        Some(body) => Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no event with id {id}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches(b"abcdefghijklmnop", b"abcdefghijklmnop"));
+        assert!(!token_matches(b"abcdefghijklmnoq", b"abcdefghijklmnop"));
+        assert!(!token_matches(b"abc", b"abcdefghijklmnop"));
+        assert!(!token_matches(b"abcdefghijklmnopq", b"abcdefghijklmnop"));
+        assert!(!token_matches(b"", b"abcdefghijklmnop"));
+    }
+}

@@ -1,0 +1,222 @@
+//! One `/metrics` scrape: every running tracer's `collect` concurrently on the blocking pool,
+//! each under a timeout, then the framework's own families. A slow or failing collector reports
+//! `success 0` and delays nobody; one still busy from the previous scrape is not started again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::metrics::{Kind, MetricSink};
+use crate::store::Store;
+use crate::tracer::{Mode, Runner, Status};
+
+pub struct Scraper {
+    prefix: String,
+    timeout: Duration,
+    busy: HashMap<&'static str, Arc<AtomicBool>>,
+}
+
+struct Outcome {
+    name: &'static str,
+    body: String,
+    seconds: f64,
+    ok: bool,
+}
+
+impl Scraper {
+    pub fn new(prefix: &str, timeout: Duration, runner: &Runner) -> Scraper {
+        let busy = runner
+            .entries()
+            .iter()
+            .map(|e| (e.spec.name, Arc::new(AtomicBool::new(false))))
+            .collect();
+        Scraper {
+            prefix: prefix.to_string(),
+            timeout,
+            busy,
+        }
+    }
+
+    pub async fn scrape(&self, runner: &Runner, store: &Store) -> String {
+        let mut pending = Vec::new();
+        for entry in runner.entries() {
+            let (status, _) = entry.state.status();
+            // Metric collectors run while active or failed (a failure may be transient); event
+            // tracers and autotracers export counters whenever they ever ran.
+            let wanted = match entry.spec.mode {
+                Mode::Metric => matches!(status, Status::Active | Status::Failed),
+                _ => {
+                    status != Status::Disabled
+                        || entry.state.restarts() > 0
+                        || entry.state.hits() > 0
+                }
+            };
+            if !wanted {
+                continue;
+            }
+            let name = entry.spec.name;
+            let Some(busy) = self.busy.get(name).cloned() else {
+                continue;
+            };
+            if busy.swap(true, Ordering::AcqRel) {
+                pending.push((name, None));
+                continue;
+            }
+            let entry = entry.clone();
+            let prefix = self.prefix.clone();
+            let job = tokio::task::spawn_blocking(move || {
+                let start = Instant::now();
+                let mut sink = MetricSink::new(&prefix, entry.spec.name);
+                let result = entry.tracer.collect(&mut sink);
+                busy.store(false, Ordering::Release);
+                if entry.spec.mode == Mode::Metric {
+                    match &result {
+                        Ok(()) => {
+                            if entry.state.status().0 == Status::Failed {
+                                entry.state.set_status(Status::Active, "");
+                            }
+                        }
+                        Err(e) => entry.state.set_status(Status::Failed, format!("{e:#}")),
+                    }
+                }
+                if let Err(e) = &result {
+                    tracing::warn!(collector = entry.spec.name, error = %format!("{e:#}"), "collector failed");
+                    sink.clear();
+                }
+                (sink.into_string(), result.is_ok(), start.elapsed())
+            });
+            pending.push((name, Some(tokio::time::timeout(self.timeout, job))));
+        }
+        let mut outcomes = Vec::with_capacity(pending.len());
+        for (name, job) in pending {
+            let outcome = match job {
+                None => Outcome {
+                    name,
+                    body: String::new(),
+                    seconds: 0.0,
+                    ok: false,
+                },
+                Some(fut) => match fut.await {
+                    Ok(Ok((body, ok, took))) => Outcome {
+                        name,
+                        body,
+                        seconds: took.as_secs_f64(),
+                        ok,
+                    },
+                    Ok(Err(_join)) => Outcome {
+                        name,
+                        body: String::new(),
+                        seconds: 0.0,
+                        ok: false,
+                    },
+                    Err(_timeout) => {
+                        tracing::warn!(collector = name, "collector timed out");
+                        Outcome {
+                            name,
+                            body: String::new(),
+                            seconds: self.timeout.as_secs_f64(),
+                            ok: false,
+                        }
+                    }
+                },
+            };
+            outcomes.push(outcome);
+        }
+        let mut out =
+            String::with_capacity(outcomes.iter().map(|o| o.body.len()).sum::<usize>() + 4096);
+        for o in &outcomes {
+            out.push_str(&o.body);
+        }
+        out.push_str(self.framework_metrics(runner, store, &outcomes).as_str());
+        out
+    }
+
+    fn framework_metrics(&self, runner: &Runner, store: &Store, outcomes: &[Outcome]) -> String {
+        let mut m = MetricSink::framework(&self.prefix);
+        m.family(
+            "scrape_collector_duration_seconds",
+            "Time each collector took in this scrape.",
+            Kind::Gauge,
+        );
+        for o in outcomes {
+            m.sample(&[("collector", o.name)], o.seconds);
+        }
+        m.family(
+            "scrape_collector_success",
+            "Whether each collector succeeded in this scrape (1) or failed or timed out (0).",
+            Kind::Gauge,
+        );
+        for o in outcomes {
+            m.sample(&[("collector", o.name)], if o.ok { 1.0 } else { 0.0 });
+        }
+        m.family(
+            "tracer_status",
+            "Tracer status: 1 for the current status, 0 for the others.",
+            Kind::Gauge,
+        );
+        for e in runner.entries() {
+            let (status, _) = e.state.status();
+            for s in Status::ALL {
+                m.sample(
+                    &[
+                        ("tracer", e.spec.name),
+                        ("mode", e.spec.mode.as_str()),
+                        ("status", s.as_str()),
+                    ],
+                    if s == status { 1.0 } else { 0.0 },
+                );
+            }
+        }
+        m.family(
+            "tracer_hits_total",
+            "Records each tracer produced.",
+            Kind::Counter,
+        );
+        for e in runner.entries() {
+            m.sample(&[("tracer", e.spec.name)], e.state.hits() as f64);
+        }
+        m.family(
+            "tracer_restarts_total",
+            "Times each tracer was restarted after it ended or failed.",
+            Kind::Counter,
+        );
+        for e in runner.entries() {
+            m.sample(&[("tracer", e.spec.name)], e.state.restarts() as f64);
+        }
+        let st = store.stats();
+        m.single(
+            "store_records_written_total",
+            "Records written to the local store.",
+            Kind::Counter,
+            st.written.load(Ordering::Relaxed) as f64,
+        );
+        m.single(
+            "store_write_errors_total",
+            "Records that could not be written to the local store.",
+            Kind::Counter,
+            st.write_errors.load(Ordering::Relaxed) as f64,
+        );
+        m.single(
+            "store_queue_length",
+            "Records waiting to be written.",
+            Kind::Gauge,
+            st.queued.load(Ordering::Relaxed) as f64,
+        );
+        m.single(
+            "store_retention_deleted_total",
+            "Records removed by retention (age or size limit).",
+            Kind::Counter,
+            st.retention_deleted.load(Ordering::Relaxed) as f64,
+        );
+        m.single(
+            "store_size_bytes",
+            "Bytes used by records in the local store.",
+            Kind::Gauge,
+            st.size_bytes.load(Ordering::Relaxed) as f64,
+        );
+        m.family("build_info", "Build of the running agent.", Kind::Gauge)
+            .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+        m.into_string()
+    }
+}

@@ -1,0 +1,542 @@
+//! The local store: SQLite in the data dir, the source of truth for records.
+//!
+//! Tracers hand records to [`Store::save`], which only queues them; one writer thread inserts
+//! them in batched transactions and enforces retention in small chunks between batches, so a
+//! burst never blocks a ring-buffer reader. Readers (HTTP, CLI) use their own connection; WAL
+//! mode lets them read while the writer writes.
+
+pub mod record;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+pub use record::{format_time_ns, now_ns, parse_time_arg, ContainerFields, Record, TracerType};
+
+pub const DB_FILE: &str = "bianque.db";
+const BATCH_MAX: usize = 4096;
+const RETENTION_CHUNK: i64 = 5000;
+const RETENTION_EVERY: Duration = Duration::from_secs(30);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    time_ns INTEGER NOT NULL,
+    tracer TEXT NOT NULL,
+    container_id TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_time ON records(time_ns);
+CREATE INDEX IF NOT EXISTS records_tracer_time ON records(tracer, time_ns);
+CREATE INDEX IF NOT EXISTS records_container_time ON records(container_id, time_ns);
+";
+
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_size_bytes: u64,
+}
+
+/// Counters the store exports in `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub queued: AtomicU64,
+    pub written: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub retention_deleted: AtomicU64,
+    pub size_bytes: AtomicU64,
+}
+
+/// Filters for reading records back, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub tracer: Option<String>,
+    pub container: Option<String>,
+    pub since_ns: Option<i64>,
+    pub until_ns: Option<i64>,
+    pub limit: usize,
+}
+
+pub struct Store {
+    tx: Mutex<Option<Sender<Record>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    reader: Mutex<Connection>,
+    stats: Arc<StoreStats>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Creates the data dir and database if needed and starts the writer thread.
+    pub fn open(data_dir: &Path, retention: Retention) -> Result<Store> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open(&path)
+            .with_context(|| format!("cannot open store {}", path.display()))?;
+        init_writer_connection(&conn)
+            .with_context(|| format!("cannot write to store {}", path.display()))?;
+        let reader = open_reader_connection(&path)?;
+        let stats = Arc::new(StoreStats::default());
+        let (tx, rx) = mpsc::channel();
+        let writer_stats = stats.clone();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                Writer {
+                    conn,
+                    stats: writer_stats,
+                    retention,
+                    last_retention: None,
+                }
+                .run(rx)
+            })
+            .context("cannot start the store writer thread")?;
+        Ok(Store {
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            reader: Mutex::new(reader),
+            stats,
+            path,
+        })
+    }
+
+    /// Opens an existing store read-only (the `bianque events` command).
+    pub fn open_read_only(data_dir: &Path) -> Result<Store> {
+        let path = data_dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(anyhow!(
+                "no store at {} (is --data-dir right?)",
+                path.display()
+            ));
+        }
+        let reader = open_reader_connection(&path)?;
+        Ok(Store {
+            tx: Mutex::new(None),
+            writer: Mutex::new(None),
+            reader: Mutex::new(reader),
+            stats: Arc::new(StoreStats::default()),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// Queues a record for writing; never blocks on disk.
+    pub fn save(&self, record: Record) {
+        let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(tx) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+                if tx.send(record).is_err() {
+                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Stops accepting records, writes everything queued, and waits for the writer.
+    pub fn close(&self) {
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(handle) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+
+    /// Records' JSON bodies, newest first.
+    pub fn query(&self, q: &Query) -> Result<Vec<String>> {
+        let mut sql = String::from("SELECT body FROM records WHERE 1=1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(t) = &q.tracer {
+            sql.push_str(" AND tracer = ?");
+            args.push(t.clone().into());
+        }
+        if let Some(c) = &q.container {
+            // A prefix of the id is enough, as with docker/podman.
+            sql.push_str(" AND container_id >= ? AND container_id < ?");
+            args.push(c.clone().into());
+            args.push(format!("{c}\u{10FFFF}").into());
+        }
+        if let Some(s) = q.since_ns {
+            sql.push_str(" AND time_ns >= ?");
+            args.push(s.into());
+        }
+        if let Some(u) = q.until_ns {
+            sql.push_str(" AND time_ns < ?");
+            args.push(u.into());
+        }
+        sql.push_str(" ORDER BY time_ns DESC, seq DESC LIMIT ?");
+        args.push((q.limit.max(1) as i64).into());
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |row| {
+            row.get::<_, String>(0)
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// One record's JSON body by `tracer_id`.
+    pub fn get(&self, id: &str) -> Result<Option<String>> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached("SELECT body FROM records WHERE id = ?")?;
+        let body = stmt
+            .query_row([id], |row| row.get::<_, String>(0))
+            .optional()?;
+        Ok(body)
+    }
+
+    pub fn count(&self) -> Result<u64> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(conn.query_row("SELECT COUNT(*) FROM records", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn init_writer_connection(conn: &Connection) -> rusqlite::Result<()> {
+    // auto_vacuum must be set before the first table exists to take effect.
+    conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")?;
+    conn.execute_batch(SCHEMA)
+}
+
+fn open_reader_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open store {} for reading", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+struct Writer {
+    conn: Connection,
+    stats: Arc<StoreStats>,
+    retention: Retention,
+    last_retention: Option<Instant>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Record>) {
+        if let Err(e) = self.enforce_retention() {
+            tracing::warn!(error = %e, "store retention failed");
+        }
+        self.last_retention = Some(Instant::now());
+        let mut batch = Vec::with_capacity(BATCH_MAX);
+        loop {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(first) => {
+                    batch.push(first);
+                    while batch.len() < BATCH_MAX {
+                        match rx.try_recv() {
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    self.write_batch(&mut batch);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self
+                .last_retention
+                .is_some_and(|t| t.elapsed() >= RETENTION_EVERY)
+            {
+                if let Err(e) = self.enforce_retention() {
+                    tracing::warn!(error = %e, "store retention failed");
+                }
+                self.last_retention = Some(Instant::now());
+            }
+        }
+        tracing::debug!("store writer flushed and stopped");
+    }
+
+    fn write_batch(&mut self, batch: &mut Vec<Record>) {
+        let n = batch.len() as u64;
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = self.conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO records (id, time_ns, tracer, container_id, body) VALUES (?, ?, ?, ?, ?)",
+                )?;
+                for r in batch.iter() {
+                    let body = serde_json::to_string(r).unwrap_or_else(|_| "{}".to_string());
+                    stmt.execute(params![
+                        r.tracer_id,
+                        r.time_ns,
+                        r.tracer_name,
+                        r.container.as_ref().map(|c| c.id.as_str()),
+                        body
+                    ])?;
+                }
+            }
+            tx.commit()
+        })();
+        match result {
+            Ok(()) => {
+                self.stats.written.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.write_errors.fetch_add(n, Ordering::Relaxed);
+                tracing::error!(error = %e, records = n, "store write failed");
+            }
+        }
+        self.stats.queued.fetch_sub(
+            n.min(self.stats.queued.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        batch.clear();
+    }
+
+    /// Deletes records past the age limit, then the oldest ones while over the size limit, in
+    /// chunks so that no single statement holds the write lock for long.
+    fn enforce_retention(&mut self) -> rusqlite::Result<()> {
+        let cutoff = now_ns() - self.retention.max_age.as_nanos() as i64;
+        let mut deleted = 0u64;
+        loop {
+            let n = self.conn.execute(
+                "DELETE FROM records WHERE seq IN (SELECT seq FROM records WHERE time_ns < ? ORDER BY seq LIMIT ?)",
+                params![cutoff, RETENTION_CHUNK],
+            )?;
+            deleted += n as u64;
+            if (n as i64) < RETENTION_CHUNK {
+                break;
+            }
+        }
+        while self.used_bytes()? > self.retention.max_size_bytes {
+            let n = self.conn.execute(
+                "DELETE FROM records WHERE seq IN (SELECT seq FROM records ORDER BY seq LIMIT ?)",
+                params![RETENTION_CHUNK],
+            )?;
+            deleted += n as u64;
+            if n == 0 {
+                break;
+            }
+        }
+        if deleted > 0 {
+            self.conn.execute_batch("PRAGMA incremental_vacuum;")?;
+            self.stats
+                .retention_deleted
+                .fetch_add(deleted, Ordering::Relaxed);
+            tracing::info!(deleted, "store retention removed old records");
+        }
+        self.stats
+            .size_bytes
+            .store(self.used_bytes()?, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn used_bytes(&self) -> rusqlite::Result<u64> {
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok(((pages - free).max(0) * size) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("bianque-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn retention() -> Retention {
+        Retention {
+            max_age: Duration::from_secs(3600),
+            max_size_bytes: 1 << 30,
+        }
+    }
+
+    fn rec(tracer: &str, t: i64, container: Option<&str>) -> Record {
+        Record::new(
+            tracer,
+            TracerType::Event,
+            t,
+            "h",
+            "r",
+            container.map(|c| ContainerFields {
+                id: c.into(),
+                ..Default::default()
+            }),
+            json!({"t": t}),
+        )
+    }
+
+    #[test]
+    fn save_close_query_roundtrip() {
+        let dir = tmpdir("roundtrip");
+        let store = Store::open(&dir, retention()).unwrap();
+        let now = now_ns();
+        store.save(rec("a", now - 3, None));
+        store.save(rec("b", now - 2, Some("c0ffee")));
+        store.save(rec("a", now - 1, None));
+        store.close();
+        let all = store
+            .query(&Query {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(all.len(), 3);
+        let first: serde_json::Value = serde_json::from_str(&all[0]).unwrap();
+        assert_eq!(first["tracer_data"]["t"], now - 1, "newest first");
+        let a = store
+            .query(&Query {
+                tracer: Some("a".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(a.len(), 2);
+        let c = store
+            .query(&Query {
+                container: Some("c0f".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(c.len(), 1);
+        let since = store
+            .query(&Query {
+                since_ns: Some(now - 2),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(since.len(), 2);
+        let id = serde_json::from_str::<serde_json::Value>(&c[0]).unwrap()["tracer_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(store.get(&id).unwrap().is_some());
+        assert!(store.get("nope").unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn burst_of_100k_is_queued_without_blocking_and_all_written() {
+        let dir = tmpdir("burst");
+        let store = Store::open(&dir, retention()).unwrap();
+        let now = now_ns();
+        let start = Instant::now();
+        for i in 0..100_000 {
+            store.save(rec("burst", now + i, None));
+        }
+        let queued_in = start.elapsed();
+        store.close();
+        assert_eq!(store.count().unwrap(), 100_000);
+        assert_eq!(store.stats().write_errors.load(Ordering::Relaxed), 0);
+        // Queueing is an in-memory channel send; writing happens on the writer thread.
+        assert!(
+            queued_in < Duration::from_secs(5),
+            "queueing took {queued_in:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn retention_removes_old_records() {
+        let dir = tmpdir("retention");
+        let store = Store::open(
+            &dir,
+            Retention {
+                max_age: Duration::from_secs(60),
+                max_size_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+        let now = now_ns();
+        store.save(rec("old", now - 3_600_000_000_000, None));
+        store.save(rec("new", now, None));
+        store.close();
+        // Reopen: the writer enforces retention when it starts.
+        drop(store);
+        let store = Store::open(
+            &dir,
+            Retention {
+                max_age: Duration::from_secs(60),
+                max_size_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+        store.close();
+        let all = store
+            .query(&Query {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(all.len(), 1);
+        assert!(all[0].contains("\"new\""));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn size_limit_trims_oldest() {
+        let dir = tmpdir("size");
+        let store = Store::open(
+            &dir,
+            Retention {
+                max_age: Duration::from_secs(3600),
+                max_size_bytes: 1 << 20,
+            },
+        )
+        .unwrap();
+        let now = now_ns();
+        let pad = "x".repeat(1000);
+        for i in 0..4000 {
+            let mut r = rec("big", now + i, None);
+            r.tracer_data = json!({"pad": pad, "i": i});
+            store.save(r);
+        }
+        store.close();
+        drop(store);
+        let store = Store::open(
+            &dir,
+            Retention {
+                max_age: Duration::from_secs(3600),
+                max_size_bytes: 1 << 20,
+            },
+        )
+        .unwrap();
+        store.close();
+        let n = store.count().unwrap();
+        assert!(n < 4000 && n > 0, "kept {n}");
+        let newest = store
+            .query(&Query {
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(newest[0].contains("\"i\":3999"), "newest kept");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,119 @@
+//! What a running tracer gets from the framework: the stop signal, record saving, and the
+//! shared services (container resolution, kernel symbols, host paths).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::bpf::KernelSymbolizer;
+use crate::container::ContainerResolver;
+use crate::host::HostRoot;
+use crate::store::{ContainerFields, Record, Store, TracerType};
+use crate::tracer::runner::TracerState;
+use crate::tracer::{Mode, Status};
+
+/// Shared by all tracers.
+pub struct Services {
+    pub host: HostRoot,
+    pub hostname: String,
+    pub region: String,
+    pub store: Arc<Store>,
+    pub containers: ContainerResolver,
+    pub symbolizer: KernelSymbolizer,
+}
+
+pub struct RunContext {
+    name: &'static str,
+    mode: Mode,
+    services: Arc<Services>,
+    state: Arc<TracerState>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl RunContext {
+    pub(crate) fn new(
+        name: &'static str,
+        mode: Mode,
+        services: Arc<Services>,
+        state: Arc<TracerState>,
+        shutdown: Arc<AtomicBool>,
+    ) -> RunContext {
+        RunContext {
+            name,
+            mode,
+            services,
+            state,
+            shutdown,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// True once the agent shuts down or this tracer was stopped; `run` should return soon
+    /// (within ~100 ms) after this turns true.
+    pub fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed) || self.state.stop_requested()
+    }
+
+    /// Sleeps up to `d`, waking early when told to stop. Returns false if stopping.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        while !self.stopping() {
+            let now = Instant::now();
+            if now >= end {
+                return true;
+            }
+            std::thread::sleep((end - now).min(Duration::from_millis(50)));
+        }
+        false
+    }
+
+    /// Marks the tracer attached and running (status `active`); call once hooks are in place.
+    pub fn attached(&self) {
+        self.state.set_status(Status::Active, "");
+        tracing::info!(tracer = self.name, "tracer attached");
+    }
+
+    pub fn host(&self) -> &HostRoot {
+        &self.services.host
+    }
+
+    pub fn containers(&self) -> &ContainerResolver {
+        &self.services.containers
+    }
+
+    pub fn symbolizer(&self) -> &KernelSymbolizer {
+        &self.services.symbolizer
+    }
+
+    /// Saves a record stamped now.
+    pub fn save(&self, container: Option<ContainerFields>, data: serde_json::Value) {
+        self.save_at(crate::store::now_ns(), container, data)
+    }
+
+    /// Saves a record with the event's own wall-clock time (ns since the epoch). Counts a hit.
+    pub fn save_at(
+        &self,
+        time_ns: i64,
+        container: Option<ContainerFields>,
+        data: serde_json::Value,
+    ) {
+        let kind = match self.mode {
+            Mode::Autotracing => TracerType::Autotracing,
+            _ => TracerType::Event,
+        };
+        let record = Record::new(
+            self.name,
+            kind,
+            time_ns,
+            &self.services.hostname,
+            &self.services.region,
+            container,
+            data,
+        );
+        self.services.store.save(record);
+        self.state.add_hit();
+    }
+}

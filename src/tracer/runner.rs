@@ -1,0 +1,552 @@
+//! Builds every registered tracer from the config, starts the enabled ones, restarts event
+//! tracers that end, and keeps each tracer's status, hits and restarts.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::{check_range, Config, ConfigError, ConfigResult};
+use crate::host::HostRoot;
+use crate::tracer::{
+    check, registry, AutoTracer, BuildContext, EventTracer, Mode, RunContext, Services, Status,
+    Tracer, TracerError, TracerSpec,
+};
+
+const DEFAULT_RESTART_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A tracer's live state, shared by its thread, the HTTP server and `/metrics`.
+#[derive(Debug)]
+pub struct TracerState {
+    status: Mutex<(Status, String)>,
+    hits: AtomicU64,
+    restarts: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl TracerState {
+    fn new(status: Status, reason: String) -> TracerState {
+        TracerState {
+            status: Mutex::new((status, reason)),
+            hits: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    pub fn status(&self) -> (Status, String) {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_status(&self, status: Status, reason: impl Into<String>) {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = (status, reason.into());
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn add_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+pub struct TracerEntry {
+    pub spec: &'static TracerSpec,
+    pub tracer: Arc<Tracer>,
+    pub state: Arc<TracerState>,
+    pub restart_interval: Duration,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl TracerEntry {
+    pub fn name(&self) -> &'static str {
+        self.spec.name
+    }
+}
+
+/// The common keys every tracer section may hold, taken out before the tracer sees its section.
+struct CommonKeys {
+    enabled: Option<bool>,
+    restart_interval: Duration,
+}
+
+fn take_common_keys(section: &str, table: &mut toml::Table) -> ConfigResult<CommonKeys> {
+    let enabled = match table.remove("enabled") {
+        None => None,
+        Some(toml::Value::Boolean(b)) => Some(b),
+        Some(v) => {
+            return Err(ConfigError(format!(
+                "{section}.enabled: expected true or false, found {}",
+                v.type_str()
+            )))
+        }
+    };
+    let restart_interval = match table.remove("restart_interval_secs") {
+        None => DEFAULT_RESTART_INTERVAL,
+        Some(toml::Value::Integer(n)) => {
+            check_range(&format!("{section}.restart_interval_secs"), n, 1, 3600)?;
+            Duration::from_secs(n as u64)
+        }
+        Some(v) => {
+            return Err(ConfigError(format!(
+                "{section}.restart_interval_secs: expected an integer, found {}",
+                v.type_str()
+            )))
+        }
+    };
+    Ok(CommonKeys {
+        enabled,
+        restart_interval,
+    })
+}
+
+/// Builds all registered tracers. Fails on any config error: unknown tracer sections, unknown
+/// names in `--disable`, or a tracer rejecting its section.
+pub fn build_tracers(
+    cfg: &Config,
+    disabled: &[String],
+    host: &HostRoot,
+) -> ConfigResult<Vec<Arc<TracerEntry>>> {
+    let specs = registry();
+    let known = || specs.iter().map(|s| s.name).collect::<Vec<_>>().join(", ");
+    for name in disabled {
+        if !specs.iter().any(|s| s.name == name) {
+            return Err(ConfigError(format!(
+                "--disable {name}: unknown tracer (known: {})",
+                known()
+            )));
+        }
+    }
+    // Every section must name a registered tracer of that section's mode.
+    for (mode, sections) in [
+        (Mode::Metric, &cfg.metrics.collectors),
+        (Mode::Event, &cfg.events),
+        (Mode::Autotracing, &cfg.autotracing),
+    ] {
+        for name in sections.keys() {
+            match specs.iter().find(|s| s.name == name) {
+                None => {
+                    return Err(ConfigError(format!(
+                        "[{}.{name}]: unknown tracer (known: {})",
+                        mode.section(),
+                        known()
+                    )))
+                }
+                Some(s) if s.mode != mode => {
+                    return Err(ConfigError(format!(
+                        "[{}.{name}]: {name} is a {} tracer; configure it under [{}.{name}]",
+                        mode.section(),
+                        s.mode.as_str(),
+                        s.mode.section()
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let mut entries = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let section_name = format!("{}.{}", spec.mode.section(), spec.name);
+        let mut table = match spec.mode {
+            Mode::Metric => cfg.metrics.collectors.get(spec.name),
+            Mode::Event => cfg.events.get(spec.name),
+            Mode::Autotracing => cfg.autotracing.get(spec.name),
+        }
+        .cloned()
+        .unwrap_or_default();
+        let common = take_common_keys(&section_name, &mut table)?;
+        let tracer = (spec.build)(
+            &BuildContext {
+                host,
+                section: &section_name,
+            },
+            &table,
+        )?;
+        let (status, reason) = if disabled.iter().any(|d| d == spec.name) {
+            (Status::Disabled, "disabled by --disable".to_string())
+        } else if !common.enabled.unwrap_or(spec.default_enabled) {
+            (
+                Status::Disabled,
+                format!("disabled by config ({section_name}.enabled)"),
+            )
+        } else {
+            (Status::Inactive, "not started".to_string())
+        };
+        entries.push(Arc::new(TracerEntry {
+            spec,
+            tracer: Arc::new(tracer),
+            state: Arc::new(TracerState::new(status, reason)),
+            restart_interval: common.restart_interval,
+            thread: Mutex::new(None),
+        }));
+    }
+    Ok(entries)
+}
+
+pub struct Runner {
+    entries: Vec<Arc<TracerEntry>>,
+    services: Arc<Services>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Runner {
+    pub fn new(entries: Vec<Arc<TracerEntry>>, services: Arc<Services>) -> Runner {
+        Runner {
+            entries,
+            services,
+            shutdown: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn entries(&self) -> &[Arc<TracerEntry>] {
+        &self.entries
+    }
+
+    pub fn find(&self, name: &str) -> Option<&Arc<TracerEntry>> {
+        self.entries.iter().find(|e| e.spec.name == name)
+    }
+
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// Starts every tracer not disabled. Returns when event tracers' threads are spawned (they
+    /// attach concurrently); see [`Runner::wait_started`].
+    pub fn start_all(&self) {
+        for entry in &self.entries {
+            if entry.state.status().0 != Status::Disabled {
+                self.start_entry(entry);
+            }
+        }
+    }
+
+    /// Waits until no enabled tracer is still `not started`, or the timeout.
+    pub fn wait_started(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            let pending = self.entries.iter().any(|e| {
+                let (s, r) = e.state.status();
+                s == Status::Inactive && r == "not started"
+                    || s == Status::Active && r == "starting"
+            });
+            if !pending {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn start_entry(&self, entry: &Arc<TracerEntry>) {
+        let name = entry.spec.name;
+        if let Err(reason) = check::check_all(entry.spec.requires, &self.services.host) {
+            tracing::warn!(tracer = name, %reason, "tracer inactive");
+            entry.state.set_status(Status::Inactive, reason);
+            return;
+        }
+        entry.state.stop.store(false, Ordering::Relaxed);
+        match entry.tracer.as_ref() {
+            Tracer::Metric(_) => {
+                entry.state.set_status(Status::Active, "");
+                tracing::info!(tracer = name, mode = "metric", "tracer started");
+            }
+            Tracer::Event(_) | Tracer::Autotracing(_) => {
+                entry.state.set_status(Status::Active, "starting");
+                let ctx = RunContext::new(
+                    name,
+                    entry.spec.mode,
+                    self.services.clone(),
+                    entry.state.clone(),
+                    self.shutdown.clone(),
+                );
+                let thread_entry = entry.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("tracer-{name}"))
+                    .spawn(move || run_loop(&thread_entry, &ctx));
+                match spawned {
+                    Ok(handle) => {
+                        *entry.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle)
+                    }
+                    Err(e) => entry
+                        .state
+                        .set_status(Status::Failed, format!("cannot start thread: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Starts one tracer by name (HTTP control). Err names what is wrong.
+    pub fn start(&self, name: &str) -> Result<(), String> {
+        let entry = self
+            .find(name)
+            .ok_or_else(|| format!("unknown tracer {name}"))?;
+        let running = entry
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|h| !h.is_finished());
+        if running || (entry.spec.mode == Mode::Metric && entry.state.status().0 == Status::Active)
+        {
+            return Err(format!("tracer {name} is already running"));
+        }
+        self.start_entry(entry);
+        Ok(())
+    }
+
+    /// Stops one tracer by name and waits for it to detach.
+    pub fn stop(&self, name: &str) -> Result<(), String> {
+        let entry = self
+            .find(name)
+            .ok_or_else(|| format!("unknown tracer {name}"))?;
+        if entry.state.status().0 == Status::Disabled {
+            return Err(format!("tracer {name} is not running"));
+        }
+        entry.state.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = entry
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = h.join();
+        }
+        entry
+            .state
+            .set_status(Status::Disabled, "stopped through the API");
+        tracing::info!(tracer = name, "tracer stopped through the API");
+        Ok(())
+    }
+
+    /// Tells every tracer to stop and waits for their threads (BPF links are dropped, so
+    /// programs detach) up to `timeout`.
+    pub fn shutdown(&self, timeout: Duration) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        let end = Instant::now() + timeout;
+        for entry in &self.entries {
+            let handle = entry
+                .thread
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(h) = handle {
+                while !h.is_finished() && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                if h.is_finished() {
+                    let _ = h.join();
+                } else {
+                    tracing::warn!(tracer = entry.spec.name, "tracer did not stop in time");
+                }
+            }
+        }
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn run_loop(entry: &TracerEntry, ctx: &RunContext) {
+    let name = entry.spec.name;
+    match entry.tracer.as_ref() {
+        Tracer::Event(t) => run_event_loop(entry, t.as_ref(), ctx),
+        Tracer::Autotracing(t) => run_autotracing_loop(entry, t.as_ref(), ctx),
+        Tracer::Metric(_) => {}
+    }
+    tracing::info!(tracer = name, "tracer stopped");
+}
+
+fn run_event_loop(entry: &TracerEntry, tracer: &dyn EventTracer, ctx: &RunContext) {
+    let name = entry.spec.name;
+    let state = &entry.state;
+    loop {
+        tracing::info!(tracer = name, mode = "event", "tracer starting");
+        let outcome = catch_unwind(AssertUnwindSafe(|| tracer.run(ctx)));
+        if ctx.stopping() {
+            return;
+        }
+        match outcome {
+            Ok(Ok(())) => {
+                tracing::warn!(
+                    tracer = name,
+                    "tracer ended; restarting after {:?}",
+                    entry.restart_interval
+                );
+                state.set_status(Status::Failed, "ended unexpectedly; restarting");
+            }
+            Ok(Err(TracerError::Unsupported(reason))) => {
+                tracing::warn!(tracer = name, %reason, "tracer inactive");
+                state.set_status(Status::Inactive, reason);
+                return;
+            }
+            Ok(Err(TracerError::Failed(e))) => {
+                let msg = format!("{e:#}");
+                tracing::error!(tracer = name, error = %msg, "tracer failed; restarting after {:?}", entry.restart_interval);
+                state.set_status(Status::Failed, msg);
+            }
+            Err(p) => {
+                let msg = format!("panicked: {}", panic_message(p.as_ref()));
+                tracing::error!(tracer = name, error = %msg, "tracer failed; restarting after {:?}", entry.restart_interval);
+                state.set_status(Status::Failed, msg);
+            }
+        }
+        state.restarts.fetch_add(1, Ordering::Relaxed);
+        if !ctx.sleep(entry.restart_interval) {
+            return;
+        }
+    }
+}
+
+fn run_autotracing_loop(entry: &TracerEntry, tracer: &dyn AutoTracer, ctx: &RunContext) {
+    let name = entry.spec.name;
+    let state = &entry.state;
+    let mut last_fired: HashMap<String, Instant> = HashMap::new();
+    state.set_status(Status::Active, "");
+    tracing::info!(tracer = name, mode = "autotracing", "tracer started");
+    while !ctx.stopping() {
+        match catch_unwind(AssertUnwindSafe(|| tracer.detect(ctx))) {
+            Ok(Ok(anomalies)) => {
+                if state.status().0 == Status::Failed {
+                    state.set_status(Status::Active, "");
+                }
+                for anomaly in anomalies {
+                    if last_fired
+                        .get(&anomaly.target)
+                        .is_some_and(|t| t.elapsed() < tracer.cooldown())
+                    {
+                        continue;
+                    }
+                    last_fired.insert(anomaly.target.clone(), Instant::now());
+                    tracing::info!(tracer = name, target = %anomaly.target, "anomaly detected; capturing");
+                    match catch_unwind(AssertUnwindSafe(|| tracer.capture(&anomaly, ctx))) {
+                        Ok(Ok(captured)) => {
+                            ctx.save(anomaly.container.clone(), merge(anomaly.data, captured))
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(tracer = name, error = %format!("{e:#}"), "capture failed")
+                        }
+                        Err(p) => {
+                            tracing::error!(tracer = name, error = %panic_message(p.as_ref()), "capture panicked")
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                let msg = format!("{e:#}");
+                tracing::warn!(tracer = name, error = %msg, "detector failed");
+                state.set_status(Status::Failed, msg);
+            }
+            Err(p) => state.set_status(
+                Status::Failed,
+                format!("panicked: {}", panic_message(p.as_ref())),
+            ),
+        }
+        // Forget targets whose cooldown is over, so the map stays bounded by live anomalies.
+        last_fired.retain(|_, t| t.elapsed() < tracer.cooldown());
+        if !ctx.sleep(tracer.interval()) {
+            break;
+        }
+    }
+}
+
+/// Detector values and captured context in one object (capture wins on a clash).
+fn merge(detector: serde_json::Value, captured: serde_json::Value) -> serde_json::Value {
+    match (detector, captured) {
+        (serde_json::Value::Object(mut a), serde_json::Value::Object(b)) => {
+            a.extend(b);
+            serde_json::Value::Object(a)
+        }
+        (serde_json::Value::Null, c) => c,
+        (d, serde_json::Value::Null) => d,
+        (d, c) => serde_json::json!({"detector": d, "capture": c}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_section_and_disable_are_rejected() {
+        let host = HostRoot::default();
+        let cfg = Config::parse("[events.nosuch]\nenabled = true\n").unwrap();
+        let err = build_tracers(&cfg, &[], &host).err().unwrap();
+        assert!(
+            err.0.contains("events.nosuch") && err.0.contains("unknown tracer"),
+            "{err}"
+        );
+        let err = build_tracers(&Config::default(), &["bogus".into()], &host)
+            .err()
+            .unwrap();
+        assert!(err.0.contains("--disable bogus"), "{err}");
+    }
+
+    #[test]
+    fn section_in_the_wrong_mode_is_explained() {
+        let host = HostRoot::default();
+        let cfg = Config::parse("[events.loadavg]\nenabled = true\n").unwrap();
+        let err = build_tracers(&cfg, &[], &host).err().unwrap();
+        assert!(err.0.contains("[metrics.loadavg]"), "{err}");
+    }
+
+    #[test]
+    fn common_keys_are_validated() {
+        let host = HostRoot::default();
+        let cfg = Config::parse("[metrics.loadavg]\nenabled = \"yes\"\n").unwrap();
+        let err = build_tracers(&cfg, &[], &host).err().unwrap();
+        assert!(err.0.contains("metrics.loadavg.enabled"), "{err}");
+        let cfg = Config::parse("[events.dropwatch]\nrestart_interval_secs = 0\n").unwrap();
+        let err = build_tracers(&cfg, &[], &host).err().unwrap();
+        assert!(
+            err.0.contains("events.dropwatch.restart_interval_secs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn disabled_by_flag_and_config() {
+        let host = HostRoot::default();
+        let cfg = Config::parse("[metrics.loadavg]\nenabled = false\n").unwrap();
+        let entries = build_tracers(&cfg, &["dropwatch".into()], &host).unwrap();
+        let status = |n: &str| {
+            entries
+                .iter()
+                .find(|e| e.name() == n)
+                .unwrap()
+                .state
+                .status()
+        };
+        assert_eq!(status("dropwatch").0, Status::Disabled);
+        assert_eq!(status("loadavg").0, Status::Disabled);
+        assert!(status("loadavg").1.contains("metrics.loadavg.enabled"));
+    }
+
+    #[test]
+    fn merge_combines_objects() {
+        let m = merge(
+            serde_json::json!({"a": 1, "b": 1}),
+            serde_json::json!({"b": 2, "c": 3}),
+        );
+        assert_eq!(m, serde_json::json!({"a": 1, "b": 2, "c": 3}));
+    }
+}
