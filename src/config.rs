@@ -183,8 +183,26 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> ConfigResult<Config> {
-        let cfg: Config =
-            toml::from_str(text).map_err(|e| ConfigError(one_line(&e.to_string())))?;
+        let de = toml::Deserializer::new(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = one_line(&inner.to_string());
+            // toml reports type errors with a source position but no key: name it from the text.
+            let key = if path.is_empty() || path == "." {
+                inner
+                    .span()
+                    .map(|span| span.start)
+                    .or_else(|| line_offset(text, &msg))
+                    .and_then(|at| key_at(text, at))
+            } else {
+                Some(path)
+            };
+            match key {
+                Some(k) => ConfigError(format!("{k}: {msg}")),
+                None => ConfigError(msg),
+            }
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -257,6 +275,48 @@ fn check_prefix(prefix: &str) -> ConfigResult<()> {
     }
 }
 
+/// Byte offset of the line named in a message like `... (at line 3, column 27)`.
+fn line_offset(text: &str, msg: &str) -> Option<usize> {
+    let line: usize = msg
+        .split("at line ")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    let skipped: usize = text
+        .split_inclusive('\n')
+        .take(line.checked_sub(1)?)
+        .map(str::len)
+        .sum();
+    Some(skipped)
+}
+
+/// The dotted key (`section.key`) whose value sits at byte `offset` of a TOML text.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let mut section = String::new();
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') && !trimmed.starts_with("[[") {
+            section = trimmed
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
+        }
+        if offset < pos + line.len() {
+            let key = trimmed.split_once('=')?.0.trim().trim_matches('"');
+            return Some(if section.is_empty() {
+                key.to_string()
+            } else {
+                format!("{section}.{key}")
+            });
+        }
+        pos += line.len();
+    }
+    None
+}
+
 /// `key` must lie in `min..=max`.
 pub fn check_range<T: PartialOrd + fmt::Display>(
     key: &str,
@@ -282,8 +342,15 @@ pub fn parse_section<T: DeserializeOwned + Default>(
     if table.is_empty() {
         return Ok(T::default());
     }
-    T::deserialize(toml::Value::Table(table.clone()))
-        .map_err(|e| ConfigError(format!("{section}: {}", one_line(&e.to_string()))))
+    serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = one_line(&e.into_inner().to_string());
+        if path.is_empty() || path == "." {
+            ConfigError(format!("{section}: {msg}"))
+        } else {
+            ConfigError(format!("{section}.{path}: {msg}"))
+        }
+    })
 }
 
 /// toml's messages span several lines (source excerpt); keep the first meaningful line plus
@@ -345,6 +412,16 @@ mod tests {
         let err = Config::parse("[store]\nretention_max_age_hours = \"week\"\n").unwrap_err();
         assert!(
             err.0.contains("retention_max_age_hours") || err.0.contains("line 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn type_error_names_the_dotted_key() {
+        let err =
+            Config::parse("region = \"x\"\n[store]\nretention_max_age_hours = -1\n").unwrap_err();
+        assert!(
+            err.0.starts_with("store.retention_max_age_hours: "),
             "{err}"
         );
     }

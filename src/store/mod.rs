@@ -324,10 +324,23 @@ impl Writer {
                 break;
             }
         }
-        while self.used_bytes()? > self.retention.max_size_bytes {
+        loop {
+            let used = self.used_bytes()?;
+            if used <= self.retention.max_size_bytes {
+                break;
+            }
+            // Delete about as many records as the excess holds, judged by the average size.
+            let count: i64 = self
+                .conn
+                .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))?;
+            if count == 0 {
+                break;
+            }
+            let avg = (used / count as u64).max(1);
+            let excess = (used - self.retention.max_size_bytes).div_ceil(avg) as i64;
             let n = self.conn.execute(
                 "DELETE FROM records WHERE seq IN (SELECT seq FROM records ORDER BY seq LIMIT ?)",
-                params![RETENTION_CHUNK],
+                params![excess.clamp(1, RETENTION_CHUNK)],
             )?;
             deleted += n as u64;
             if n == 0 {

@@ -245,22 +245,18 @@ impl EventTracer for Dropwatch {
     }
 }
 
-/// The record's `tracer_data`.
+/// The record's `tracer_data`; the most telling fields first (the CLI table shows them).
 #[derive(Debug, Serialize)]
 struct DropData {
     drop_reason: String,
-    drop_reason_code: u32,
-    drop_location: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    l3_protocol: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     protocol: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     saddr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    daddr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     sport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    daddr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dport: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -269,17 +265,21 @@ struct DropData {
     icmp_type: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     icmp_code: Option<u8>,
-    packet_len_bytes: u32,
+    comm: String,
+    pid: u32,
+    drop_location: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     netdev_name: String,
     netdev_ifindex: u32,
     net_namespace_inum: u32,
-    pid: u32,
-    tid: u32,
-    comm: String,
-    cpu: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     memory_cgroup_path: Option<String>,
+    packet_len_bytes: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    l3_protocol: Option<&'static str>,
+    drop_reason_code: u32,
+    tid: u32,
+    cpu: u32,
 }
 
 const IPPROTO_ICMP: u8 = 1;

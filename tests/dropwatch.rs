@@ -1,0 +1,200 @@
+//! dropwatch on the real kernel: real drops in, records and counters out.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn drops_to(agent: &Agent, port: u16) -> Vec<serde_json::Value> {
+    agent
+        .events("tracer=dropwatch&limit=10000")
+        .into_iter()
+        .filter(|e| e["tracer_data"]["dport"] == port)
+        .collect()
+}
+
+#[test]
+fn udp_to_a_closed_port_is_recorded_as_no_socket() {
+    let agent = Agent::start("", &[]);
+    let port = closed_udp_port();
+    send_udp_from_thread("bq-udp-sender", &format!("127.0.0.1:{port}"), 3);
+    assert!(
+        wait_until(Duration::from_secs(5), || drops_to(&agent, port).len() >= 3),
+        "log:\n{}",
+        agent.log()
+    );
+    let events = drops_to(&agent, port);
+    for e in &events {
+        let d = &e["tracer_data"];
+        assert_eq!(e["tracer_name"], "dropwatch");
+        assert_eq!(e["tracer_type"], "event");
+        assert_eq!(d["drop_reason"], "NO_SOCKET", "{e}");
+        assert_eq!(d["protocol"], "udp");
+        assert_eq!(d["l3_protocol"], "ipv4");
+        assert_eq!(d["saddr"], "127.0.0.1");
+        assert_eq!(d["daddr"], "127.0.0.1");
+        assert_eq!(d["comm"], "bq-udp-sender", "{e}");
+        assert_eq!(d["pid"], std::process::id(), "pid is the sender's tgid");
+        assert!(
+            d["drop_location"]
+                .as_str()
+                .unwrap()
+                .starts_with("__udp4_lib_rcv+0x"),
+            "{e}"
+        );
+        assert_eq!(d["netdev_name"], "lo");
+        assert!(d["net_namespace_inum"].as_u64().unwrap() > 0);
+        assert!(d["packet_len_bytes"].as_u64().unwrap() > 0);
+        assert!(
+            d["memory_cgroup_path"].as_str().unwrap().starts_with('/'),
+            "{e}"
+        );
+        assert!(e["tracer_time"].as_str().unwrap().ends_with('Z'));
+    }
+    // Counted by reason in /metrics too.
+    assert!(
+        agent
+            .metric("bianque_dropwatch_events_total{reason=\"NO_SOCKET\"}")
+            .unwrap()
+            >= 3.0
+    );
+    // One record by id.
+    let id = events[0]["tracer_id"].as_str().unwrap();
+    let (code, body) = agent.get(&format!("/events/{id}"));
+    assert_eq!(code, 200);
+    assert!(body.contains(id));
+}
+
+#[test]
+fn udp_over_ipv6_is_recorded() {
+    let agent = Agent::start("", &[]);
+    let port = {
+        let s = std::net::UdpSocket::bind("[::1]:0").expect("bind ::1");
+        s.local_addr().unwrap().port()
+    };
+    send_udp_from_thread("bq-udp6-sender", &format!("[::1]:{port}"), 2);
+    assert!(
+        wait_until(Duration::from_secs(5), || !drops_to(&agent, port)
+            .is_empty()),
+        "log:\n{}",
+        agent.log()
+    );
+    let e = &drops_to(&agent, port)[0];
+    let d = &e["tracer_data"];
+    assert_eq!(d["l3_protocol"], "ipv6", "{e}");
+    assert_eq!(d["daddr"], "::1");
+    assert_eq!(d["drop_reason"], "NO_SOCKET");
+    assert_eq!(d["comm"], "bq-udp6-sender");
+}
+
+#[test]
+fn an_nftables_drop_rule_is_recorded_as_netfilter_drop() {
+    let agent = Agent::start("", &[]);
+    let port = closed_udp_port();
+    let table = format!("bq_test_{}", std::process::id());
+    let _cleanup = Cleanup(format!("nft delete table inet {table}"));
+    sh(&format!(
+        "nft add table inet {table} && \
+         nft add chain inet {table} input '{{ type filter hook input priority -10; policy accept; }}' && \
+         nft add rule inet {table} input iif lo udp dport {port} drop"
+    ));
+    send_udp_from_thread("bq-nft-sender", &format!("127.0.0.1:{port}"), 2);
+    assert!(
+        wait_until(Duration::from_secs(5), || !drops_to(&agent, port)
+            .is_empty()),
+        "log:\n{}",
+        agent.log()
+    );
+    let e = &drops_to(&agent, port)[0];
+    assert_eq!(e["tracer_data"]["drop_reason"], "NETFILTER_DROP", "{e}");
+    assert_eq!(e["tracer_data"]["comm"], "bq-nft-sender");
+}
+
+#[test]
+fn the_rate_limit_holds_and_every_drop_is_accounted_for() {
+    let port = closed_udp_port();
+    let agent = Agent::start(
+        &format!("[events.dropwatch]\nmax_events_per_second = 10\nports = [{port}]\n"),
+        &[],
+    );
+    let secs = 3.0;
+    let sent = std::thread::Builder::new()
+        .name("bq-storm".into())
+        .spawn(move || {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed().as_secs_f64() < secs {
+                if s.send_to(b"x", ("127.0.0.1", port)).is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500)); // reader poll + store batch
+    let recorded = drops_to(&agent, port).len() as f64;
+    let suppressed = agent.metric("bianque_dropwatch_suppressed_total").unwrap();
+    let lost = agent
+        .metric("bianque_dropwatch_ringbuf_lost_total")
+        .unwrap();
+    println!("sent {sent}, recorded {recorded}, suppressed {suppressed}, lost {lost}");
+    assert!(sent > 1000, "the storm was too small: {sent}");
+    // 3 s of storm spans 3 or 4 one-second windows of 10; a racy window reset may add a few.
+    assert!((20.0..=50.0).contains(&recorded), "recorded {recorded}");
+    assert_eq!(
+        recorded + suppressed + lost,
+        sent as f64,
+        "every matching drop is recorded or counted"
+    );
+    assert!(agent.metric("bianque_dropwatch_filtered_total").is_some());
+}
+
+#[test]
+fn sigterm_exits_zero_fast_and_leaves_no_bpf_program() {
+    let mut agent = Agent::start("", &[]);
+    let pid = agent.pid();
+    let progs: serde_json::Value = serde_json::from_str(&sh("bpftool prog show -j")).unwrap();
+    let ours: Vec<u64> = progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["pids"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|x| x["pid"] == pid))
+        })
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect();
+    assert!(
+        !ours.is_empty(),
+        "the agent holds BPF programs while running"
+    );
+    let start = Instant::now();
+    let status = agent
+        .terminate(Duration::from_secs(5))
+        .expect("agent exited");
+    let took = start.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        agent.log()
+    );
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+    let left: serde_json::Value = serde_json::from_str(&sh("bpftool prog show -j")).unwrap();
+    let still: Vec<u64> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .filter(|id| ours.contains(id))
+        .collect();
+    assert!(
+        still.is_empty(),
+        "programs {still:?} still loaded after exit"
+    );
+    assert!(agent.log().contains("bianque stopped"));
+}
