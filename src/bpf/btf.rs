@@ -52,6 +52,27 @@ pub fn enum_members(enum_name: &str, strip_prefix: &str) -> Result<Vec<(i64, Str
         .collect())
 }
 
+/// Members of the (possibly anonymous) kernel enum that has a member named `member`.
+pub fn enum_members_with(member: &str, strip_prefix: &str) -> Result<Vec<(i64, String)>> {
+    let btf = Btf::from_vmlinux().context("reading /sys/kernel/btf/vmlinux")?;
+    let e = btf
+        .type_by_kind::<Enum>()
+        .find(|e| {
+            e.iter()
+                .any(|m| m.name.and_then(|n| n.to_str()) == Some(member))
+        })
+        .with_context(|| format!("no kernel enum has a member {member}"))?;
+    Ok(e.iter()
+        .filter_map(|m| {
+            let name = m.name?.to_str()?;
+            Some((
+                m.value,
+                name.strip_prefix(strip_prefix).unwrap_or(name).to_string(),
+            ))
+        })
+        .collect())
+}
+
 /// Symbolic values from a tracepoint's `print fmt` (`__print_symbolic(REC->x, { 2, "NAME" }, …)`),
 /// the fallback when BTF lacks the enum.
 pub fn parse_print_symbolic(format: &str) -> Vec<(i64, String)> {
