@@ -560,7 +560,10 @@ mod tests {
             hostname: "h".into(),
             region: "r".into(),
             store: Arc::new(store),
-            containers: crate::container::ContainerResolver::new(HostRoot::default()),
+            containers: Arc::new(crate::container::ContainerRegistry::new(
+                HostRoot::default(),
+                Default::default(),
+            )),
             symbolizer: crate::bpf::KernelSymbolizer::new(),
         });
         (services, dir)

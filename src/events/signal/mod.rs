@@ -252,15 +252,7 @@ impl EventTracer for SignalTracer {
 
 impl SignalTracer {
     fn record(&self, ctx: &RunContext, e: &signal_event, clock_offset: i64) {
-        let path = ctx.containers().memcg_path(e.target_memcg_id);
-        let container = path
-            .as_deref()
-            .and_then(crate::container::container_of_cgroup_path)
-            .map(|(rt, id)| crate::store::ContainerFields {
-                id,
-                kind: rt.as_str().to_string(),
-                ..Default::default()
-            });
+        let (path, container) = ctx.containers().attribute_memcg(e.target_memcg_id);
         let result = self
             .results
             .lock()
