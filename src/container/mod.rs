@@ -346,7 +346,16 @@ impl ContainerRegistry {
         for (id, (m, ino)) in &found {
             let old = st.containers.get(id).filter(|c| c.exited.is_none());
             let md = meta.get(id);
-            let init_pid = first_pid(&root.join(m.container_path.trim_start_matches('/')));
+            // The init process and its netns do not change while the container lives.
+            let (init_pid, netns) = match old {
+                Some(o) if o.memory_cgroup_id == *ino && o.init_pid != 0 => {
+                    (o.init_pid, o.net_namespace_inum)
+                }
+                _ => {
+                    let pid = first_pid(&root.join(m.container_path.trim_start_matches('/')));
+                    (pid, netns_inum(&self.host, pid))
+                }
+            };
             let c = Container {
                 id: id.clone(),
                 runtime: m.runtime.as_str(),
@@ -385,7 +394,7 @@ impl ContainerRegistry {
                 cgroup_path: m.container_path.clone(),
                 memory_cgroup_id: *ino,
                 init_pid,
-                net_namespace_inum: netns_inum(&self.host, init_pid),
+                net_namespace_inum: netns,
                 first_seen: old
                     .map(|o| o.first_seen.clone())
                     .unwrap_or_else(|| now_text.clone()),
@@ -552,24 +561,30 @@ fn containerd_task_match(tasks: &[String], path: &str) -> Option<CgroupMatch> {
     })
 }
 
+/// Every cgroup directory under `root`: inode → path relative to `root`. Inodes come from the
+/// directory entries themselves (no stat per cgroup).
 fn walk_cgroups(root: &Path, dir: &Path, out: &mut HashMap<u64, String>, depth: usize) {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    if depth == 0 {
+        if let Ok(meta) = std::fs::metadata(dir) {
+            out.insert(meta.ino(), "/".into());
+        }
+    }
     if depth > 32 {
         return;
-    }
-    if let Ok(meta) = std::fs::metadata(dir) {
-        let rel = dir
-            .strip_prefix(root)
-            .map(|p| format!("/{}", p.display()))
-            .unwrap_or_else(|_| "/".into());
-        out.insert(meta.ino(), rel);
     }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
-            walk_cgroups(root, &e.path(), out, depth + 1);
+            let path = e.path();
+            let rel = path
+                .strip_prefix(root)
+                .map(|p| format!("/{}", p.display()))
+                .unwrap_or_default();
+            out.insert(e.ino(), rel);
+            walk_cgroups(root, &path, out, depth + 1);
         }
     }
 }
