@@ -101,4 +101,26 @@ static __always_inline __u64 task_memcg_id(struct task_struct *task)
 	return BPF_CORE_READ(css, cgroup, kn, id);
 }
 
+/* Container filter: memory cgroup ids the agent listed from `[containers] filter_*` patterns.
+ * One map shared by every program (user space creates it and each object reuses its fd). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, __u8);
+	__uint(max_entries, 16384);
+} container_filter SEC(".maps");
+
+/* 0: no filter; 1: only cgroups in the map; 2: all but cgroups in the map. */
+const volatile __u8 container_filter_mode = 0;
+
+static __always_inline bool container_filter_pass(__u64 memcg_id)
+{
+	bool listed;
+
+	if (!container_filter_mode)
+		return true;
+	listed = bpf_map_lookup_elem(&container_filter, &memcg_id) != NULL;
+	return container_filter_mode == 1 ? listed : !listed;
+}
+
 #endif /* BIANQUE_BPF_H */

@@ -101,9 +101,12 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     let store = Arc::new(Store::open(&cfg.store.data_dir, retention)?);
 
     crate::bpf::route_libbpf_log();
-    let containers = Arc::new(ContainerRegistry::new(
+    let patterns = crate::container::filter::Patterns::from_config(&cfg.containers)?;
+    let filter = crate::container::filter::ContainerFilter::new(patterns)?;
+    let containers = Arc::new(ContainerRegistry::with_filter(
         host_root.clone(),
         cfg.containers.clone(),
+        filter,
     ));
     let containers_stop = Arc::new(AtomicBool::new(false));
     let containers_thread = containers

@@ -224,8 +224,22 @@ fn a_real_podman_container_gets_its_events_and_leaves_when_removed() {
         ),
         &[],
     );
+    // A second agent that excludes this container by name: the filter works in BPF.
+    let filtered = Agent::start(
+        &format!(
+            "[containers]\nengine_sockets = [\"{}\"]\nkubelet_read_only_address = \"\"\nresync_secs = 1\nfilter_exclude_names = [\"bq-web-.*\"]\n",
+            podman.socket()
+        ),
+        &[],
+    );
     let name = format!("bq-web-{}", std::process::id());
     let id = podman.run(&name, "", "/bin/busybox sleep 120");
+    assert!(
+        wait_until(Duration::from_secs(10), || containers(&filtered)
+            .iter()
+            .any(|c| c["name"] == name.as_str())),
+        "filtering agent does not know the container"
+    );
     assert!(
         wait_until(Duration::from_secs(10), || containers(&agent)
             .iter()
@@ -257,6 +271,16 @@ fn a_real_podman_container_gets_its_events_and_leaves_when_removed() {
     assert_eq!(e["container_type"], "normal");
     assert_eq!(e["tracer_data"]["drop_reason"], "NO_SOCKET");
     assert_eq!(e["tracer_data"]["comm"], "busybox");
+    assert!(
+        filtered
+            .events(&format!(
+                "tracer=dropwatch&container={}&limit=100",
+                &id[..12]
+            ))
+            .is_empty(),
+        "the excluded container's drop was recorded"
+    );
+    assert!(filtered.metric("bianque_dropwatch_filtered_total").unwrap() >= 1.0);
 
     // An OOM kill inside a second container: the kernel's SIGKILL names the container.
     let oom_name = format!("bq-oom-{}", std::process::id());

@@ -98,6 +98,21 @@ pub fn boottime_to_wall_offset_ns() -> i64 {
     crate::store::now_ns() - boot
 }
 
+/// Points a program's `container_filter` map at the agent's shared one and sets its mode
+/// (see bpf/bianque.bpf.h). Without a configured filter the program's own empty map stays.
+pub fn use_container_filter(
+    map: &mut libbpf_rs::OpenMapMut<'_>,
+    mode: &mut u8,
+    containers: &crate::container::ContainerRegistry,
+) -> Result<()> {
+    if let Some(fd) = containers.filter().map_fd() {
+        map.reuse_fd(fd)
+            .context("sharing the container filter map")?;
+        *mode = containers.filter().mode() as u8;
+    }
+    Ok(())
+}
+
 /// Reads a C struct out of a ring-buffer record (records are not aligned for `T`).
 pub fn read_record<T: Copy>(data: &[u8]) -> Option<T> {
     if data.len() < std::mem::size_of::<T>() {

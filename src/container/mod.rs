@@ -8,6 +8,7 @@
 //! is kept a while after it exits so that late events still resolve.
 
 pub mod cgroup_path;
+pub mod filter;
 pub mod metadata;
 
 use std::collections::HashMap;
@@ -45,6 +46,13 @@ pub struct ContainersConfig {
     pub resync_secs: u64,
     /// How long an exited container's metadata is kept for late events.
     pub keep_exited_secs: u64,
+    /// Record events only of containers whose name fully matches one of these regexes (or whose
+    /// namespace matches `filter_include_namespaces`); applied in BPF. Empty = no include filter.
+    pub filter_include_names: Vec<String>,
+    pub filter_include_namespaces: Vec<String>,
+    /// Drop events of containers whose name / namespace fully matches; applied in BPF.
+    pub filter_exclude_names: Vec<String>,
+    pub filter_exclude_namespaces: Vec<String>,
 }
 
 impl Default for ContainersConfig {
@@ -59,6 +67,10 @@ impl Default for ContainersConfig {
             containerd_state_dirs: vec![PathBuf::from("/run/containerd")],
             resync_secs: 10,
             keep_exited_secs: 300,
+            filter_include_names: Vec::new(),
+            filter_include_namespaces: Vec::new(),
+            filter_exclude_names: Vec::new(),
+            filter_exclude_namespaces: Vec::new(),
         }
     }
 }
@@ -72,6 +84,7 @@ impl ContainersConfig {
             0,
             86_400,
         )?;
+        filter::Patterns::from_config(self)?;
         if !self.kubelet_read_only_address.is_empty()
             && self
                 .kubelet_read_only_address
@@ -173,6 +186,7 @@ struct State {
 pub struct ContainerRegistry {
     host: HostRoot,
     cfg: ContainersConfig,
+    filter: filter::ContainerFilter,
     state: RwLock<State>,
     /// Serialises resyncs; holds when the last one finished.
     last_sync: Mutex<Option<Instant>>,
@@ -181,10 +195,20 @@ pub struct ContainerRegistry {
 }
 
 impl ContainerRegistry {
+    /// A registry without a BPF container filter (tests, benchmarks).
     pub fn new(host: HostRoot, cfg: ContainersConfig) -> ContainerRegistry {
+        Self::with_filter(host, cfg, filter::ContainerFilter::off())
+    }
+
+    pub fn with_filter(
+        host: HostRoot,
+        cfg: ContainersConfig,
+        filter: filter::ContainerFilter,
+    ) -> ContainerRegistry {
         ContainerRegistry {
             host,
             cfg,
+            filter,
             state: RwLock::new(State::default()),
             last_sync: Mutex::new(None),
             missed: Mutex::new(HashMap::new()),
@@ -193,6 +217,11 @@ impl ContainerRegistry {
 
     pub fn config(&self) -> &ContainersConfig {
         &self.cfg
+    }
+
+    /// The BPF container filter tracers share.
+    pub fn filter(&self) -> &filter::ContainerFilter {
+        &self.filter
     }
 
     /// The memory cgroup path (relative to the hierarchy root, starting with `/`) of an id.
@@ -431,6 +460,8 @@ impl ContainerRegistry {
                 by_memcg.insert(ino, c.clone());
             }
         }
+        self.filter
+            .apply(by_memcg.iter().map(|(id, c)| (*id, c.as_ref())));
         let by_netns = containers
             .values()
             .filter(|c| {

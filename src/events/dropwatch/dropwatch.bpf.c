@@ -127,6 +127,12 @@ int BPF_PROG(bq_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 
 	counter_add(reason < REASON_SLOTS ? reason : REASON_SLOTS - 1, 1);
 
+	if (container_filter_mode &&
+	    !container_filter_pass(task_memcg_id((struct task_struct *)bpf_get_current_task()))) {
+		counter_add(SLOT_FILTERED, 1);
+		return 0;
+	}
+
 	/* Without a filter, refuse before touching the packet: the storm path stays cheap. */
 	if (!filtering && !rate_limit_pass(max_events_per_second)) {
 		counter_add(SLOT_SUPPRESSED, 1);

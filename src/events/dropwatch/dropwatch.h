@@ -8,7 +8,7 @@
 #define REASON_SLOTS 512
 #define SLOT_SUPPRESSED (REASON_SLOTS + 0)   /* matched the filter, refused by the rate limit */
 #define SLOT_RINGBUF_FULL (REASON_SLOTS + 1) /* passed the limit, ring buffer had no room */
-#define SLOT_FILTERED (REASON_SLOTS + 2)     /* did not match the protocol/port filter */
+#define SLOT_FILTERED (REASON_SLOTS + 2)     /* did not match the protocol/port or container filter */
 #define COUNTER_SLOTS (REASON_SLOTS + 3)
 
 /* Filter bits for `filter_protocols`; 0 means any. */

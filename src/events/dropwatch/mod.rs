@@ -166,6 +166,11 @@ impl EventTracer for Dropwatch {
             *slot = *port;
         }
         rodata.counter_slots = COUNTER_SLOTS;
+        bq_bpf::use_container_filter(
+            &mut open.maps.container_filter,
+            &mut rodata.container_filter_mode,
+            ctx.containers(),
+        )?;
         let previous = self
             .counters
             .lock()

@@ -181,6 +181,11 @@ impl EventTracer for SignalTracer {
         rodata.watched_signals = self.mask;
         rodata.max_events_per_second = self.cfg.max_events_per_second;
         rodata.counter_slots = COUNTER_SLOTS;
+        bq_bpf::use_container_filter(
+            &mut open.maps.container_filter,
+            &mut rodata.container_filter_mode,
+            ctx.containers(),
+        )?;
         let previous = self
             .counters
             .lock()

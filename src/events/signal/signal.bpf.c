@@ -22,6 +22,8 @@ int BPF_PROG(bq_signal_generate, int sig, struct kernel_siginfo *info, struct ta
 
 	if (sig <= 0 || sig >= 64 || !(watched_signals & (1ULL << sig)))
 		return 0;
+	if (!container_filter_pass(task_memcg_id(task)))
+		return 0;
 	counter_add(sig, 1);
 	if (!rate_limit_pass(max_events_per_second)) {
 		counter_add(SLOT_SUPPRESSED, 1);
