@@ -277,20 +277,15 @@ fn tracers(a: TracersArgs) -> Result<(), AgentError> {
             entries
                 .iter()
                 .map(|e| {
-                    let (mut status, mut reason) = e.state.status();
-                    if status != tracer::Status::Disabled {
-                        match check::check_all(e.spec.requires, &host) {
-                            Ok(()) => {
-                                status = tracer::Status::Active;
-                                reason = "can run (agent not running)".into();
-                            }
-                            Err(r) => {
-                                status = tracer::Status::Inactive;
-                                reason = r;
-                            }
-                        }
-                    }
-                    serde_json::json!({"name": e.spec.name, "mode": e.spec.mode.as_str(), "status": status.as_str(),
+                    // Not live statuses: the agent is not running. "ready" = would start here.
+                    let (status, reason) = match e.state.status() {
+                        (tracer::Status::Disabled, reason) => ("disabled", reason),
+                        _ => match check::check_all(e.spec.requires, &host) {
+                            Ok(()) => ("ready", "agent not running".to_string()),
+                            Err(r) => ("inactive", r),
+                        },
+                    };
+                    serde_json::json!({"name": e.spec.name, "mode": e.spec.mode.as_str(), "status": status,
                         "reason": reason, "hits": 0, "restarts": 0, "description": e.spec.description})
                 })
                 .collect()
