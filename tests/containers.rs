@@ -271,14 +271,13 @@ fn a_real_podman_container_gets_its_events_and_leaves_when_removed() {
     assert_eq!(e["container_type"], "normal");
     assert_eq!(e["tracer_data"]["drop_reason"], "NO_SOCKET");
     assert_eq!(e["tracer_data"]["comm"], "busybox");
+    let leaked = filtered.events(&format!(
+        "tracer=dropwatch&container={}&limit=100",
+        &id[..12]
+    ));
     assert!(
-        filtered
-            .events(&format!(
-                "tracer=dropwatch&container={}&limit=100",
-                &id[..12]
-            ))
-            .is_empty(),
-        "the excluded container's drop was recorded"
+        leaked.is_empty(),
+        "the excluded container's drop was recorded: {leaked:?}"
     );
     assert!(filtered.metric("bianque_dropwatch_filtered_total").unwrap() >= 1.0);
 
@@ -302,13 +301,31 @@ fn a_real_podman_container_gets_its_events_and_leaves_when_removed() {
         "busybox runs the tail applet"
     );
 
-    // Removed → no longer listed.
+    // Its start was recorded when its cgroup appeared.
+    let lifecycle = |a: &Agent, event: &str| {
+        a.events("tracer=container_lifecycle&limit=100")
+            .into_iter()
+            .find(|e| e["container_id"] == id.as_str() && e["tracer_data"]["event"] == event)
+    };
+    let started = lifecycle(&agent, "started").expect("container start recorded");
+    assert_eq!(started["tracer_data"]["runtime"], "podman");
+
+    // Removed → recorded as stopped (with its name) and no longer listed.
     sh(&format!("podman rm -f -t 0 {name}"));
     assert!(
         wait_until(Duration::from_secs(10), || !containers(&agent)
             .iter()
             .any(|c| c["id"] == id.as_str())),
         "removed container still listed"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || lifecycle(&agent, "stopped")
+            .is_some()),
+        "stop not recorded"
+    );
+    assert_eq!(
+        lifecycle(&agent, "stopped").unwrap()["container_name"],
+        name.as_str()
     );
 }
 

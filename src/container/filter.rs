@@ -137,6 +137,16 @@ impl ContainerFilter {
         }
     }
 
+    /// Whether events of this container are wanted (for events attributed in user space, e.g.
+    /// through their network namespace, which the BPF side cannot filter).
+    pub fn allows(&self, c: &Container) -> bool {
+        match self.mode() {
+            FilterMode::Off => true,
+            FilterMode::Include => self.patterns.listed(c),
+            FilterMode::Exclude => !self.patterns.listed(c),
+        }
+    }
+
     /// The map for `OpenMapMut::reuse_fd`, when a filter is configured.
     pub fn map_fd(&self) -> Option<BorrowedFd<'_>> {
         self.map.as_ref().map(|m| m.as_fd())

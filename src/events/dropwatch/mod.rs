@@ -334,10 +334,14 @@ impl Dropwatch {
         // A drop in softirq context runs on behalf of whoever was interrupted; the packet's
         // network namespace names its container better then.
         if container.is_none() {
-            container = ctx
-                .containers()
-                .by_netns(e.netns_inum as u64)
-                .map(|c| c.fields());
+            if let Some(c) = ctx.containers().by_netns(e.netns_inum as u64) {
+                // The BPF side filtered by the running task's cgroup; apply the container
+                // filter to this attribution too.
+                if !ctx.containers().filter().allows(&c) {
+                    return;
+                }
+                container = Some(c.fields());
+            }
         }
         let data = DropData {
             drop_reason: self
