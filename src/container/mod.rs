@@ -145,20 +145,29 @@ impl ContainerResolver {
         {
             return None;
         }
+        let root = self.memcg_root_locked(&mut idx)?;
+        let mut paths = HashMap::new();
+        scan_cgroup_tree(&root, &root, &mut paths, 0);
+        idx.paths = paths;
+        idx.last_scan = Some(Instant::now());
+        idx.paths.get(&id).cloned()
+    }
+
+    /// The directory of the memory cgroup hierarchy (v1 `memory` mount, else the cgroup2
+    /// mount) under the host root: `<root><path>` is the directory of a memcg path.
+    pub fn memcg_root(&self) -> Option<PathBuf> {
+        let mut idx = self.memcg.lock().unwrap_or_else(|e| e.into_inner());
+        self.memcg_root_locked(&mut idx)
+    }
+
+    fn memcg_root_locked(&self, idx: &mut MemcgIndex) -> Option<PathBuf> {
         if idx.root.is_none() {
             let mountinfo =
                 std::fs::read_to_string(self.host.proc("self/mountinfo")).unwrap_or_default();
             idx.root = cgroup_mount(&mountinfo, "memory")
                 .map(|p| self.host.root().join(p.strip_prefix("/").unwrap_or(&p)));
         }
-        let Some(root) = idx.root.clone() else {
-            return None;
-        };
-        let mut paths = HashMap::new();
-        scan_cgroup_tree(&root, &root, &mut paths, 0);
-        idx.paths = paths;
-        idx.last_scan = Some(Instant::now());
-        idx.paths.get(&id).cloned()
+        idx.root.clone()
     }
 
     /// The container of a memory cgroup id, if it is one.

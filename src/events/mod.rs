@@ -1,3 +1,4 @@
 //! Always-on kernel event tracers, one folder each (Rust + BPF C).
 
 pub mod dropwatch;
+pub mod oom;

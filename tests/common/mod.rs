@@ -260,3 +260,89 @@ pub fn send_udp_from_thread(comm: &str, target: &str, n: usize) {
         .join()
         .expect("join");
 }
+
+/// The mount point of the v1 memory hierarchy, else the cgroup2 mount.
+pub fn memcg_mount() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    bianque::container::cgroup_mount(&mountinfo, "memory").expect("a memory cgroup hierarchy")
+}
+
+/// A memory cgroup made for one test, with a memory limit; its tasks are killed and the
+/// directory removed on drop.
+pub struct MemCgroup {
+    pub dir: PathBuf,
+    /// The path inside the hierarchy, e.g. `/bq-oom-123-0`.
+    pub path: String,
+}
+
+impl MemCgroup {
+    pub fn new(tag: &str, limit_bytes: u64) -> MemCgroup {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("bq-{tag}-{}-{n}", std::process::id());
+        let dir = memcg_mount().join(&name);
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).expect("create memory cgroup");
+        let cg = MemCgroup {
+            dir,
+            path: format!("/{name}"),
+        };
+        let v1 = cg.dir.join("memory.limit_in_bytes");
+        let file = if v1.exists() {
+            v1
+        } else {
+            cg.dir.join("memory.max")
+        };
+        std::fs::write(&file, limit_bytes.to_string()).expect("set the memory limit");
+        cg
+    }
+
+    /// `sh -c '<join the cgroup>; exec <cmd>'`: the returned child's pid is `cmd`'s pid.
+    pub fn spawn(&self, cmd: &str) -> Child {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec {cmd}",
+                self.dir.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn into the memory cgroup")
+    }
+
+    pub fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            let procs = self.read("cgroup.procs");
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill(2) on pids in our own test cgroup; at worst ESRCH.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Waits for a child up to `timeout`; kills it if it is still running then.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
