@@ -1,4 +1,5 @@
 //! Always-on kernel event tracers, one folder each (Rust + BPF C).
 
 pub mod dropwatch;
+pub mod memreclaim;
 pub mod oom;
