@@ -1,5 +1,6 @@
 //! Always-on kernel event tracers, one folder each (Rust + BPF C).
 
 pub mod dropwatch;
+pub mod hungtask;
 pub mod memreclaim;
 pub mod oom;
