@@ -79,6 +79,25 @@ pub fn container_of_cgroup_path(path: &str) -> Option<(Runtime, String)> {
     None
 }
 
+/// The cgroup path of `controller` (e.g. `memory`) in a /proc/<pid>/cgroup text: the v1 line
+/// naming the controller, else the v2 line (`0::/path`).
+pub fn proc_cgroup_path(text: &str, controller: &str) -> Option<String> {
+    let mut v2 = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if ctrls.is_empty() {
+            v2 = Some(path.to_string());
+        } else if ctrls.split(',').any(|c| c == controller) {
+            return Some(path.to_string());
+        }
+    }
+    v2
+}
+
 fn is_container_id(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
@@ -242,6 +261,22 @@ mod tests {
         ] {
             assert_eq!(container_of_cgroup_path(p), None, "{p}");
         }
+    }
+
+    #[test]
+    fn proc_cgroup_lines() {
+        let v1 = "9:name=systemd:/\n4:memory:/libpod_parent/libpod-abc\n1:cpu,cpuacct:/x\n0::/\n";
+        assert_eq!(
+            proc_cgroup_path(v1, "memory").as_deref(),
+            Some("/libpod_parent/libpod-abc")
+        );
+        assert_eq!(proc_cgroup_path(v1, "cpuacct").as_deref(), Some("/x"));
+        assert_eq!(proc_cgroup_path(v1, "blkio").as_deref(), Some("/"));
+        assert_eq!(
+            proc_cgroup_path("0::/system.slice/a.scope\n", "memory").as_deref(),
+            Some("/system.slice/a.scope")
+        );
+        assert_eq!(proc_cgroup_path("", "memory"), None);
     }
 
     #[test]

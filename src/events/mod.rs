@@ -4,3 +4,4 @@ pub mod dropwatch;
 pub mod hungtask;
 pub mod memreclaim;
 pub mod oom;
+pub mod softlockup;
