@@ -4,4 +4,5 @@ pub mod dropwatch;
 pub mod hungtask;
 pub mod memreclaim;
 pub mod oom;
+pub mod softirq;
 pub mod softlockup;
