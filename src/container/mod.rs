@@ -128,10 +128,22 @@ pub fn cgroup_mount(mountinfo: &str, controller: &str) -> Option<PathBuf> {
     v2
 }
 
-/// Resolves memory cgroup ids (kernfs inode numbers, as BPF reads them) to paths and containers.
+/// Minimum time between two /proc scans for network namespaces on a cache miss.
+const NETNS_RESCAN_MIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Resolves memory cgroup ids (kernfs inode numbers, as BPF reads them) to paths and containers,
+/// and network namespaces (inode numbers) to the container living in them.
 pub struct ContainerResolver {
     host: HostRoot,
     memcg: Mutex<MemcgIndex>,
+    netns: Mutex<NetnsIndex>,
+}
+
+#[derive(Default)]
+struct NetnsIndex {
+    /// netns inode → the container of a process in it (None: the host or no container).
+    containers: HashMap<u32, Option<(Runtime, String)>>,
+    last_scan: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -146,6 +158,7 @@ impl ContainerResolver {
         ContainerResolver {
             host,
             memcg: Mutex::new(MemcgIndex::default()),
+            netns: Mutex::new(NetnsIndex::default()),
         }
     }
 
@@ -189,6 +202,35 @@ impl ContainerResolver {
         idx.root.clone()
     }
 
+    /// The container whose processes live in network namespace `inum` (as BPF reads
+    /// `net->ns.inum`), found through /proc/<pid>/ns/net and the process's memory cgroup. A miss
+    /// rescans /proc at most every few seconds.
+    pub fn container_of_netns(&self, inum: u32) -> Option<ContainerFields> {
+        if inum == 0 {
+            return None;
+        }
+        let mut idx = self.netns.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = match idx.containers.get(&inum) {
+            Some(hit) => hit.clone(),
+            None => {
+                if idx
+                    .last_scan
+                    .is_some_and(|t| t.elapsed() < NETNS_RESCAN_MIN_INTERVAL)
+                {
+                    return None;
+                }
+                idx.containers = scan_netns(&self.host);
+                idx.last_scan = Some(Instant::now());
+                idx.containers.get(&inum).cloned().flatten()
+            }
+        };
+        hit.map(|(runtime, id)| ContainerFields {
+            id,
+            kind: runtime.as_str().to_string(),
+            ..Default::default()
+        })
+    }
+
     /// The container of a memory cgroup id, if it is one.
     pub fn container_of_memcg(&self, id: u64) -> Option<ContainerFields> {
         let path = self.memcg_path(id)?;
@@ -199,6 +241,53 @@ impl ContainerResolver {
             ..Default::default()
         })
     }
+}
+
+/// `net:[4026531840]` → 4026531840.
+pub fn parse_ns_link(link: &str) -> Option<u32> {
+    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Every network namespace with a process in it, and the container of such a process if any.
+/// The host's namespace (PID 1's) never belongs to a container, even when containers share it
+/// (`--network=host`).
+fn scan_netns(host: &HostRoot) -> HashMap<u32, Option<(Runtime, String)>> {
+    let mut out: HashMap<u32, Option<(Runtime, String)>> = HashMap::new();
+    let host_ns = std::fs::read_link(host.proc("1/ns/net"))
+        .ok()
+        .and_then(|l| parse_ns_link(&l.to_string_lossy()));
+    if let Some(inum) = host_ns {
+        out.insert(inum, None);
+    }
+    let Ok(procs) = std::fs::read_dir(host.proc("")) else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let name = p.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Some(inum) = std::fs::read_link(p.path().join("ns/net"))
+            .ok()
+            .and_then(|l| parse_ns_link(&l.to_string_lossy()))
+        else {
+            continue;
+        };
+        if Some(inum) == host_ns || matches!(out.get(&inum), Some(Some(_))) {
+            continue;
+        }
+        let container = std::fs::read_to_string(p.path().join("cgroup"))
+            .ok()
+            .and_then(|t| proc_cgroup_path(&t, "memory"))
+            .and_then(|path| container_of_cgroup_path(&path));
+        if container.is_some() || !out.contains_key(&inum) {
+            out.insert(inum, container);
+        }
+    }
+    out
 }
 
 fn scan_cgroup_tree(root: &Path, dir: &Path, out: &mut HashMap<u64, String>, depth: usize) {
@@ -261,6 +350,21 @@ mod tests {
         ] {
             assert_eq!(container_of_cgroup_path(p), None, "{p}");
         }
+    }
+
+    #[test]
+    fn ns_links() {
+        assert_eq!(parse_ns_link("net:[4026531840]"), Some(4026531840));
+        assert_eq!(parse_ns_link("mnt:[4026531840]"), None);
+    }
+
+    #[test]
+    fn the_host_netns_has_no_container() {
+        use std::os::unix::fs::MetadataExt;
+        let inum = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let r = ContainerResolver::new(HostRoot::default());
+        assert_eq!(r.container_of_netns(inum), None);
+        assert!(r.netns.lock().unwrap().containers.contains_key(&inum));
     }
 
     #[test]

@@ -6,3 +6,4 @@ pub mod memreclaim;
 pub mod oom;
 pub mod softirq;
 pub mod softlockup;
+pub mod tcp_retransmit;

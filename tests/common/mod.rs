@@ -346,3 +346,105 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let _ = child.wait();
     None
 }
+
+/// A network namespace joined to the test's namespace by a veth pair, on a /24 of its own:
+/// `host_addr` (.1) on this side, `ns_addr` (.2) inside. Deleted (with the veth pair and any
+/// firewall rules inside) on drop.
+pub struct NetnsPair {
+    pub name: String,
+    pub host_if: String,
+    pub ns_if: String,
+    pub host_addr: std::net::Ipv4Addr,
+    pub ns_addr: std::net::Ipv4Addr,
+    _cleanup: Cleanup,
+}
+
+impl NetnsPair {
+    pub fn new(tag: &str) -> NetnsPair {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let name = format!("bq-{tag}-{pid}-{n}");
+        // veth names are at most 15 bytes.
+        let short = format!("{}{n}", pid % 100_000);
+        let host_if = format!("bqh{short}");
+        let ns_if = format!("bqn{short}");
+        // A subnet per (process, pair): parallel test binaries differ in pid.
+        let subnet = ((pid as u64 * 7 + n as u64 * 131) % 250) as u8 + 1;
+        let third = (pid % 200) as u8 + 20;
+        let host_addr = std::net::Ipv4Addr::new(10, third, subnet, 1);
+        let ns_addr = std::net::Ipv4Addr::new(10, third, subnet, 2);
+        let cleanup = Cleanup(format!("ip netns del {name}; ip link del {host_if}"));
+        sh(&format!(
+            "ip netns add {name} && \
+             ip link add {host_if} type veth peer name {ns_if} && \
+             ip link set {ns_if} netns {name} && \
+             ip addr add {host_addr}/24 dev {host_if} && ip link set {host_if} up && \
+             ip -n {name} addr add {ns_addr}/24 dev {ns_if} && \
+             ip -n {name} link set {ns_if} up && ip -n {name} link set lo up"
+        ));
+        NetnsPair {
+            name,
+            host_if,
+            ns_if,
+            host_addr,
+            ns_addr,
+            _cleanup: cleanup,
+        }
+    }
+
+    /// Runs `f` on a thread that entered the namespace; sockets it creates stay in there.
+    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            enter_netns(&path);
+            f()
+        })
+        .join()
+        .expect("thread in netns")
+    }
+
+    /// Spawns a named thread inside the namespace.
+    pub fn spawn_in<T: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                enter_netns(&path);
+                f()
+            })
+            .expect("spawn thread in netns")
+    }
+
+    /// `ip netns exec <ns> <cmd>`.
+    pub fn exec(&self, cmd: &str) -> String {
+        sh(&format!("ip netns exec {} {cmd}", self.name))
+    }
+
+    /// The namespace's inode number (what BPF reads as `net->ns.inum`).
+    pub fn inum(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .expect("netns file")
+            .ino()
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter_netns(path: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).expect("open netns");
+    // SAFETY: setns on a valid namespace fd; it changes only this thread's network namespace.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// The inode number of this process's network namespace.
+pub fn own_netns_inum() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net").expect("ns").ino()
+}
