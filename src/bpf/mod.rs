@@ -68,6 +68,21 @@ pub fn poll_ring_buffer<F>(ctx: &RunContext, map: &dyn MapCore, handle: F) -> Re
 where
     F: FnMut(&[u8]) -> i32,
 {
+    poll_ring_buffer_with_tick(ctx, map, handle, || {})
+}
+
+/// [`poll_ring_buffer`], calling `tick` once per poll round (at least every
+/// [`RING_POLL_INTERVAL`]): for tracers that refresh something the BPF side reads.
+pub fn poll_ring_buffer_with_tick<F, T>(
+    ctx: &RunContext,
+    map: &dyn MapCore,
+    handle: F,
+    mut tick: T,
+) -> Result<()>
+where
+    F: FnMut(&[u8]) -> i32,
+    T: FnMut(),
+{
     let mut builder = RingBufferBuilder::new();
     builder
         .add(map, handle)
@@ -79,6 +94,7 @@ where
         ring.poll(RING_POLL_INTERVAL)
             .context("polling the ring buffer")?;
         ring.consume().context("reading the ring buffer")?;
+        tick();
     }
     // Whatever the kernel queued before detaching is still delivered.
     ring.consume().context("reading the ring buffer")?;
