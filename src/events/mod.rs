@@ -3,6 +3,7 @@
 pub mod dropwatch;
 pub mod hungtask;
 pub mod memreclaim;
+pub mod netdev_events;
 pub mod netrecvlat;
 pub mod oom;
 pub mod softirq;
