@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use crate::bpf::KernelSymbolizer;
 use crate::config::{Config, ConfigError};
-use crate::container::ContainerResolver;
+use crate::container::ContainerRegistry;
 use crate::host::{self, HostRoot};
 use crate::server::{self, scrape::Scraper, AppState};
 use crate::store::{Retention, Store};
@@ -101,12 +101,20 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     let store = Arc::new(Store::open(&cfg.store.data_dir, retention)?);
 
     crate::bpf::route_libbpf_log();
+    let containers = Arc::new(ContainerRegistry::new(
+        host_root.clone(),
+        cfg.containers.clone(),
+    ));
+    let containers_stop = Arc::new(AtomicBool::new(false));
+    let containers_thread = containers
+        .keep_current(containers_stop.clone())
+        .context("starting the container registry thread")?;
     let services = Arc::new(Services {
         host: host_root.clone(),
         hostname: cfg.hostname.clone().unwrap_or_else(host::hostname),
         region: cfg.region.clone(),
         store: store.clone(),
-        containers: ContainerResolver::new(host_root),
+        containers: containers.clone(),
         symbolizer: KernelSymbolizer::new(),
     });
     let runner = Arc::new(Runner::new(entries, services));
@@ -163,9 +171,12 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         tracing::info!("shutting down");
         let stop_runner = runner.clone();
         let stop_store = store.clone();
+        let stop_containers = containers_stop.clone();
         tokio::task::spawn_blocking(move || {
             stop_runner.shutdown(Duration::from_millis(1500));
             stop_store.close();
+            stop_containers.store(true, Ordering::Relaxed);
+            let _ = containers_thread.join();
         })
         .await
         .context("shutting down tracers")?;

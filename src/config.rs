@@ -46,6 +46,7 @@ pub struct Config {
     pub events: BTreeMap<String, toml::Table>,
     /// `[autotracing.<tracer>]` sections.
     pub autotracing: BTreeMap<String, toml::Table>,
+    pub containers: crate::container::ContainersConfig,
 }
 
 impl Default for Config {
@@ -59,6 +60,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             events: BTreeMap::new(),
             autotracing: BTreeMap::new(),
+            containers: crate::container::ContainersConfig::default(),
         }
     }
 }
@@ -246,6 +248,7 @@ impl Config {
                 self.server.listen
             )));
         }
+        self.containers.validate()?;
         if let Some(token) = &self.server.token {
             if token.len() < 16 {
                 return Err(ConfigError(

@@ -35,6 +35,19 @@ enum Command {
     Tracers(TracersArgs),
     /// Report which tracers can run on this kernel, and why not.
     Check(CheckArgs),
+    /// List the containers a running agent knows.
+    Containers(ContainersArgs),
+}
+
+#[derive(Args)]
+struct ContainersArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address of the running agent (default: the config's server.listen).
+    #[arg(long)]
+    listen: Option<String>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -119,6 +132,7 @@ fn main() -> ExitCode {
         Command::Events(a) => events(a),
         Command::Tracers(a) => tracers(a),
         Command::Check(a) => check_cmd(a),
+        Command::Containers(a) => containers_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -226,11 +240,13 @@ fn summarize(data: &serde_json::Value, width: usize) -> String {
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .ok()?;
     let mut resp = String::new();
     stream.read_to_string(&mut resp).ok()?;
     let (head, body) = resp.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
 }
 
 fn tracers(a: TracersArgs) -> Result<(), AgentError> {
@@ -350,6 +366,50 @@ fn check_cmd(a: CheckArgs) -> Result<(), AgentError> {
             if r.is_ok() { "yes" } else { "no" },
             if en { "yes" } else { "no" },
             r.err().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn containers_cmd(a: ContainersArgs) -> Result<(), AgentError> {
+    let opts = RunOptions {
+        config: a.config.clone(),
+        listen: a.listen.clone(),
+        ..Default::default()
+    };
+    let cfg = agent::load_config(&opts)?;
+    let addr: SocketAddr = cfg
+        .server
+        .listen
+        .parse()
+        .map_err(|_| ConfigError(format!("bad address {}", cfg.server.listen)))?;
+    let body = http_get(addr, "/containers")
+        .ok_or_else(|| anyhow::anyhow!("no agent answers at {addr}"))?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let _ = writeln!(out, "{body}");
+        return Ok(());
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("bad /containers answer: {e}"))?;
+    let _ = writeln!(
+        out,
+        "{:<12}  {:<10}  {:<24}  {:<16}  {:<10}  {:>7}  POD",
+        "ID", "RUNTIME", "NAME", "NAMESPACE", "QOS", "PID"
+    );
+    for c in v["containers"].as_array().into_iter().flatten() {
+        let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+        let id = s("id");
+        let _ = writeln!(
+            out,
+            "{:<12}  {:<10}  {:<24}  {:<16}  {:<10}  {:>7}  {}",
+            &id[..id.len().min(12)],
+            s("runtime"),
+            s("name"),
+            s("namespace"),
+            s("qos"),
+            c["init_pid"].as_u64().unwrap_or(0),
+            s("pod")
         );
     }
     Ok(())

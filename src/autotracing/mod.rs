@@ -1,1 +1,3 @@
 //! Anomaly-triggered tracers, one folder each: a detector over metrics and a capture.
+
+pub mod cpu_pressure;

@@ -1,82 +1,131 @@
-//! Cgroup → container attribution: which memory cgroup a BPF event's id names, and which
-//! container (if any) that cgroup path belongs to. Unknown paths belong to the host, never to a
-//! guessed container.
+//! Which container an event or a cgroup belongs to, and what is known about it.
+//!
+//! The registry walks the memory cgroup hierarchy (v1 `memory` controller, or the cgroup2 tree)
+//! and recognises container cgroups by their path ([`cgroup_path::parse`]); names and pod fields
+//! come from the runtime's API and the kubelet when those answer ([`metadata`]). BPF events carry
+//! a memory cgroup id (the cgroup directory's inode), so attributing an event is one hash lookup
+//! under a read lock. Unknown ids trigger a resync at most once a second; a container's metadata
+//! is kept a while after it exits so that late events still resolve.
+
+pub mod cgroup_path;
+pub mod metadata;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
+pub use cgroup_path::{is_container_id, CgroupMatch, Runtime};
+
+use crate::config::{check_range, ConfigResult};
 use crate::host::HostRoot;
 use crate::store::ContainerFields;
 
-/// Minimum time between two rescans of the cgroup tree on a cache miss, so a stream of events
-/// from an unknown cgroup cannot turn into a stream of directory walks.
-const RESCAN_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// An unknown cgroup id triggers a resync (it is usually a container that just started), but
+/// each id at most once a second, and resyncs at most every 200 ms: a stream of events from
+/// unknown cgroups cannot turn into a stream of directory walks.
+const MISS_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+const MISS_RESYNC_MIN_INTERVAL: Duration = Duration::from_millis(200);
+const API_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A container runtime recognised from a cgroup path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Runtime {
-    Docker,
-    Containerd,
-    Crio,
-    Podman,
+/// `[containers]` in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainersConfig {
+    /// Docker/podman API sockets (docker-compatible `GET /containers/json`), under the host root.
+    pub engine_sockets: Vec<PathBuf>,
+    /// Kubelet read-only port, e.g. `127.0.0.1:10255`; empty disables.
+    pub kubelet_read_only_address: String,
+    /// containerd state directories (`--state`): its tasks name containers whose cgroup path
+    /// is `/<namespace>/<id>`, a form that cannot be recognised from the path alone.
+    pub containerd_state_dirs: Vec<PathBuf>,
+    /// Full resync period (cgroup walk + metadata).
+    pub resync_secs: u64,
+    /// How long an exited container's metadata is kept for late events.
+    pub keep_exited_secs: u64,
 }
 
-impl Runtime {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Runtime::Docker => "docker",
-            Runtime::Containerd => "containerd",
-            Runtime::Crio => "cri-o",
-            Runtime::Podman => "podman",
+impl Default for ContainersConfig {
+    fn default() -> Self {
+        ContainersConfig {
+            engine_sockets: vec![
+                PathBuf::from("/run/docker.sock"),
+                PathBuf::from("/run/podman/podman.sock"),
+                PathBuf::from("/run/containerd/docker.sock"),
+            ],
+            kubelet_read_only_address: "127.0.0.1:10255".into(),
+            containerd_state_dirs: vec![PathBuf::from("/run/containerd")],
+            resync_secs: 10,
+            keep_exited_secs: 300,
         }
     }
 }
 
-/// The container id in a cgroup path, from its last container-looking segment.
-pub fn container_of_cgroup_path(path: &str) -> Option<(Runtime, String)> {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    for (i, seg) in segments.iter().enumerate().rev() {
-        let seg = seg.strip_suffix(".scope").unwrap_or(seg);
-        // systemd driver: docker-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope, libpod-<id>.scope
-        for (prefix, rt) in [
-            ("docker-", Runtime::Docker),
-            ("cri-containerd-", Runtime::Containerd),
-            ("crio-", Runtime::Crio),
-            ("libpod-", Runtime::Podman),
-        ] {
-            if let Some(id) = seg.strip_prefix(prefix) {
-                if is_container_id(id) {
-                    return Some((rt, id.to_string()));
-                }
-            }
+impl ContainersConfig {
+    pub fn validate(&self) -> ConfigResult<()> {
+        check_range("containers.resync_secs", self.resync_secs, 1, 3600)?;
+        check_range(
+            "containers.keep_exited_secs",
+            self.keep_exited_secs,
+            0,
+            86_400,
+        )?;
+        if !self.kubelet_read_only_address.is_empty()
+            && self
+                .kubelet_read_only_address
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(crate::config::ConfigError(format!(
+                "containers.kubelet_read_only_address: `{}` is not an address like 127.0.0.1:10255",
+                self.kubelet_read_only_address
+            )));
         }
-        // Mangled form: kubepods-...slice:cri-containerd:<id>
-        if let Some((_, id)) = seg.rsplit_once(':') {
-            if is_container_id(id) {
-                let rt = if seg.contains("crio") {
-                    Runtime::Crio
-                } else if seg.contains("docker") {
-                    Runtime::Docker
-                } else {
-                    Runtime::Containerd
-                };
-                return Some((rt, id.to_string()));
-            }
-        }
-        // cgroupfs driver: /docker/<id>, /kubepods/<qos>/pod<uid>/<id>, /libpod_parent/libpod-<id>
-        if is_container_id(seg) {
-            let parent = if i > 0 { segments[i - 1] } else { "" };
-            let rt = match parent {
-                "docker" => Runtime::Docker,
-                p if p.starts_with("pod") => Runtime::Containerd,
-                _ => Runtime::Docker,
-            };
-            return Some((rt, seg.to_string()));
+        Ok(())
+    }
+}
+
+/// A container as the agent knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Container {
+    pub id: String,
+    pub runtime: &'static str,
+    pub name: String,
+    pub hostname: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    pub pod: String,
+    pub pod_uid: String,
+    pub qos: String,
+    /// `normal`, `daemonset` or `sidecar`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Path in the memory (or unified) cgroup hierarchy.
+    pub cgroup_path: String,
+    pub memory_cgroup_id: u64,
+    pub init_pid: u32,
+    pub net_namespace_inum: u64,
+    /// RFC 3339 time the agent first saw it.
+    pub first_seen: String,
+    /// Set once it is gone; kept `keep_exited_secs` for late events, not listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exited: Option<String>,
+}
+
+impl Container {
+    /// The container fields of a record.
+    pub fn fields(&self) -> ContainerFields {
+        ContainerFields {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            hostname: self.hostname.clone(),
+            host_namespace: self.namespace.clone(),
+            kind: self.kind.clone(),
+            qos: self.qos.clone(),
         }
     }
-    None
 }
 
 /// The cgroup path of `controller` (e.g. `memory`) in a /proc/<pid>/cgroup text: the v1 line
@@ -98,10 +147,9 @@ pub fn proc_cgroup_path(text: &str, controller: &str) -> Option<String> {
     v2
 }
 
-fn is_container_id(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+/// The container id in a cgroup path, from its container segment (compatibility helper).
+pub fn container_of_cgroup_path(path: &str) -> Option<(Runtime, String)> {
+    cgroup_path::parse(path).map(|m| (m.runtime, m.id))
 }
 
 /// The mount point of the cgroup hierarchy holding `controller` (v1), else the cgroup2 mount.
@@ -112,8 +160,7 @@ pub fn cgroup_mount(mountinfo: &str, controller: &str) -> Option<PathBuf> {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
         };
-        let mut fields = left.split_whitespace();
-        let mount_point = fields.nth(4);
+        let mount_point = left.split_whitespace().nth(4);
         let mut rfields = right.split_whitespace();
         let fstype = rfields.next();
         let super_opts = rfields.nth(1).unwrap_or("");
@@ -128,171 +175,406 @@ pub fn cgroup_mount(mountinfo: &str, controller: &str) -> Option<PathBuf> {
     v2
 }
 
-/// Minimum time between two /proc scans for network namespaces on a cache miss.
-const NETNS_RESCAN_MIN_INTERVAL: Duration = Duration::from_secs(5);
+#[derive(Default)]
+struct State {
+    /// Every memory cgroup: id → path.
+    paths: HashMap<u64, Arc<str>>,
+    /// Memory cgroup id of a container's cgroup or any cgroup below it → the container.
+    by_memcg: HashMap<u64, Arc<Container>>,
+    /// Live and recently exited containers by id.
+    containers: HashMap<String, Arc<Container>>,
+    /// When each exited container was last seen.
+    exited_at: HashMap<String, Instant>,
+    /// Network namespace inode → the container owning it (its init process's netns).
+    by_netns: HashMap<u64, Arc<Container>>,
+}
 
-/// Resolves memory cgroup ids (kernfs inode numbers, as BPF reads them) to paths and containers,
-/// and network namespaces (inode numbers) to the container living in them.
-pub struct ContainerResolver {
+pub struct ContainerRegistry {
     host: HostRoot,
-    memcg: Mutex<MemcgIndex>,
-    netns: Mutex<NetnsIndex>,
+    cfg: ContainersConfig,
+    state: RwLock<State>,
+    /// Serialises resyncs; holds when the last one finished.
+    last_sync: Mutex<Option<Instant>>,
+    /// Unknown ids recently looked up, so each triggers at most one resync a second.
+    missed: Mutex<HashMap<u64, Instant>>,
 }
 
-#[derive(Default)]
-struct NetnsIndex {
-    /// netns inode → the container of a process in it (None: the host or no container).
-    containers: HashMap<u32, Option<(Runtime, String)>>,
-    last_scan: Option<Instant>,
-}
-
-#[derive(Default)]
-struct MemcgIndex {
-    root: Option<PathBuf>,
-    paths: HashMap<u64, String>,
-    last_scan: Option<Instant>,
-}
-
-impl ContainerResolver {
-    pub fn new(host: HostRoot) -> ContainerResolver {
-        ContainerResolver {
+impl ContainerRegistry {
+    pub fn new(host: HostRoot, cfg: ContainersConfig) -> ContainerRegistry {
+        ContainerRegistry {
             host,
-            memcg: Mutex::new(MemcgIndex::default()),
-            netns: Mutex::new(NetnsIndex::default()),
+            cfg,
+            state: RwLock::new(State::default()),
+            last_sync: Mutex::new(None),
+            missed: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn config(&self) -> &ContainersConfig {
+        &self.cfg
     }
 
     /// The memory cgroup path (relative to the hierarchy root, starting with `/`) of an id.
-    pub fn memcg_path(&self, id: u64) -> Option<String> {
+    pub fn memcg_path(&self, id: u64) -> Option<Arc<str>> {
         if id == 0 {
             return None;
         }
-        let mut idx = self.memcg.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = idx.paths.get(&id) {
+        if let Some(p) = self
+            .state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .paths
+            .get(&id)
+        {
             return Some(p.clone());
         }
-        if idx
-            .last_scan
-            .is_some_and(|t| t.elapsed() < RESCAN_MIN_INTERVAL)
-        {
+        self.resync_on_miss(id);
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .paths
+            .get(&id)
+            .cloned()
+    }
+
+    /// The container a memory cgroup id belongs to (its own cgroup or one below it).
+    pub fn by_memcg(&self, id: u64) -> Option<Arc<Container>> {
+        if id == 0 {
             return None;
         }
-        let root = self.memcg_root_locked(&mut idx)?;
-        let mut paths = HashMap::new();
-        scan_cgroup_tree(&root, &root, &mut paths, 0);
-        idx.paths = paths;
-        idx.last_scan = Some(Instant::now());
-        idx.paths.get(&id).cloned()
-    }
-
-    /// The directory of the memory cgroup hierarchy (v1 `memory` mount, else the cgroup2
-    /// mount) under the host root: `<root><path>` is the directory of a memcg path.
-    pub fn memcg_root(&self) -> Option<PathBuf> {
-        let mut idx = self.memcg.lock().unwrap_or_else(|e| e.into_inner());
-        self.memcg_root_locked(&mut idx)
-    }
-
-    fn memcg_root_locked(&self, idx: &mut MemcgIndex) -> Option<PathBuf> {
-        if idx.root.is_none() {
-            let mountinfo =
-                std::fs::read_to_string(self.host.proc("self/mountinfo")).unwrap_or_default();
-            idx.root = cgroup_mount(&mountinfo, "memory")
-                .map(|p| self.host.root().join(p.strip_prefix("/").unwrap_or(&p)));
+        {
+            let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = st.by_memcg.get(&id) {
+                return Some(c.clone());
+            }
+            if st.paths.contains_key(&id) {
+                return None; // a known cgroup of the host
+            }
         }
-        idx.root.clone()
+        self.resync_on_miss(id);
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_memcg
+            .get(&id)
+            .cloned()
     }
 
-    /// The container whose processes live in network namespace `inum` (as BPF reads
-    /// `net->ns.inum`), found through /proc/<pid>/ns/net and the process's memory cgroup. A miss
-    /// rescans /proc at most every few seconds.
-    pub fn container_of_netns(&self, inum: u32) -> Option<ContainerFields> {
+    /// Path and container fields for a record, from a BPF event's memory cgroup id.
+    pub fn attribute_memcg(&self, id: u64) -> (Option<String>, Option<ContainerFields>) {
+        let container = self.by_memcg(id);
+        let path = self.memcg_path(id).map(|p| p.to_string());
+        (path, container.map(|c| c.fields()))
+    }
+
+    /// A container by id or unique id prefix.
+    pub fn get(&self, id: &str) -> Option<Arc<Container>> {
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = st.containers.get(id) {
+            return Some(c.clone());
+        }
+        let mut matches = st.containers.values().filter(|c| c.id.starts_with(id));
+        match (matches.next(), matches.next()) {
+            (Some(c), None) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// Running containers, by id.
+    pub fn list(&self) -> Vec<Arc<Container>> {
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = st
+            .containers
+            .values()
+            .filter(|c| c.exited.is_none())
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// The container owning a network namespace (events in softirq context, where the running
+    /// task is unrelated, still name the packet's namespace).
+    pub fn by_netns(&self, inum: u64) -> Option<Arc<Container>> {
         if inum == 0 {
             return None;
         }
-        let mut idx = self.netns.lock().unwrap_or_else(|e| e.into_inner());
-        let hit = match idx.containers.get(&inum) {
-            Some(hit) => hit.clone(),
-            None => {
-                if idx
-                    .last_scan
-                    .is_some_and(|t| t.elapsed() < NETNS_RESCAN_MIN_INTERVAL)
-                {
-                    return None;
-                }
-                idx.containers = scan_netns(&self.host);
-                idx.last_scan = Some(Instant::now());
-                idx.containers.get(&inum).cloned().flatten()
-            }
-        };
-        hit.map(|(runtime, id)| ContainerFields {
-            id,
-            kind: runtime.as_str().to_string(),
-            ..Default::default()
-        })
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_netns
+            .get(&inum)
+            .cloned()
     }
 
-    /// The container of a memory cgroup id, if it is one.
-    pub fn container_of_memcg(&self, id: u64) -> Option<ContainerFields> {
-        let path = self.memcg_path(id)?;
-        let (runtime, cid) = container_of_cgroup_path(&path)?;
-        Some(ContainerFields {
-            id: cid,
-            kind: runtime.as_str().to_string(),
-            ..Default::default()
-        })
-    }
-}
-
-/// `net:[4026531840]` → 4026531840.
-pub fn parse_ns_link(link: &str) -> Option<u32> {
-    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
-}
-
-/// Every network namespace with a process in it, and the container of such a process if any.
-/// The host's namespace (PID 1's) never belongs to a container, even when containers share it
-/// (`--network=host`).
-fn scan_netns(host: &HostRoot) -> HashMap<u32, Option<(Runtime, String)>> {
-    let mut out: HashMap<u32, Option<(Runtime, String)>> = HashMap::new();
-    let host_ns = std::fs::read_link(host.proc("1/ns/net"))
-        .ok()
-        .and_then(|l| parse_ns_link(&l.to_string_lossy()));
-    if let Some(inum) = host_ns {
-        out.insert(inum, None);
-    }
-    let Ok(procs) = std::fs::read_dir(host.proc("")) else {
-        return out;
-    };
-    for p in procs.flatten() {
-        let name = p.file_name();
-        if !name
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+    fn resync_on_miss(&self, id: u64) {
         {
-            continue;
+            let mut missed = self.missed.lock().unwrap_or_else(|e| e.into_inner());
+            if missed
+                .get(&id)
+                .is_some_and(|t| t.elapsed() < MISS_RETRY_INTERVAL)
+            {
+                return;
+            }
+            if missed.len() > 4096 {
+                missed.retain(|_, t| t.elapsed() < MISS_RETRY_INTERVAL);
+            }
+            missed.insert(id, Instant::now());
         }
-        let Some(inum) = std::fs::read_link(p.path().join("ns/net"))
-            .ok()
-            .and_then(|l| parse_ns_link(&l.to_string_lossy()))
-        else {
-            continue;
-        };
-        if Some(inum) == host_ns || matches!(out.get(&inum), Some(Some(_))) {
-            continue;
-        }
-        let container = std::fs::read_to_string(p.path().join("cgroup"))
-            .ok()
-            .and_then(|t| proc_cgroup_path(&t, "memory"))
-            .and_then(|path| container_of_cgroup_path(&path));
-        if container.is_some() || !out.contains_key(&inum) {
-            out.insert(inum, container);
+        let due = self
+            .last_sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|t| t.elapsed() >= MISS_RESYNC_MIN_INTERVAL);
+        if due {
+            self.resync();
         }
     }
-    out
+
+    /// Walks the cgroup tree, refreshes metadata, and swaps in the new view.
+    pub fn resync(&self) {
+        let mut last = self.last_sync.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(root) = self.memory_root() else {
+            *last = Some(Instant::now());
+            return;
+        };
+        let mut paths = HashMap::new();
+        walk_cgroups(&root, &root, &mut paths, 0);
+
+        // Container cgroups and everything below them.
+        let mut found: HashMap<String, (CgroupMatch, u64)> = HashMap::new();
+        let mut members: Vec<(u64, String)> = Vec::new();
+        let tasks = self.containerd_tasks();
+        for (ino, path) in &paths {
+            if let Some(m) =
+                cgroup_path::parse(path).or_else(|| containerd_task_match(&tasks, path))
+            {
+                if m.container_path == **path {
+                    found.insert(m.id.clone(), (m.clone(), *ino));
+                }
+                members.push((*ino, m.id));
+            }
+        }
+        let meta = self.fetch_metadata();
+        // Containers sharing the host's network namespace must not claim its packets.
+        let host_netns = netns_inum(&self.host, 1);
+        let now_text = crate::store::format_time_ns(crate::store::now_ns());
+
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut containers: HashMap<String, Arc<Container>> = HashMap::with_capacity(found.len());
+        for (id, (m, ino)) in &found {
+            let old = st.containers.get(id).filter(|c| c.exited.is_none());
+            let md = meta.get(id);
+            let init_pid = first_pid(&root.join(m.container_path.trim_start_matches('/')));
+            let c = Container {
+                id: id.clone(),
+                runtime: m.runtime.as_str(),
+                name: md
+                    .map(|x| x.name.clone())
+                    .filter(|s| !s.is_empty())
+                    .or_else(|| old.map(|o| o.name.clone()))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| {
+                        if is_container_id(id) {
+                            String::new()
+                        } else {
+                            id.clone()
+                        }
+                    }),
+                hostname: md
+                    .map(|x| x.hostname.clone())
+                    .unwrap_or_else(|| old.map(|o| o.hostname.clone()).unwrap_or_default()),
+                namespace: md
+                    .map(|x| x.namespace.clone())
+                    .unwrap_or_else(|| old.map(|o| o.namespace.clone()).unwrap_or_default()),
+                pod: md.map(|x| x.pod.clone()).unwrap_or_default(),
+                pod_uid: md
+                    .map(|x| x.pod_uid.clone())
+                    .filter(|s| !s.is_empty())
+                    .or_else(|| m.pod_uid.clone())
+                    .unwrap_or_default(),
+                qos: md
+                    .map(|x| x.qos.clone())
+                    .filter(|s| !s.is_empty())
+                    .or_else(|| m.qos.map(str::to_string))
+                    .unwrap_or_default(),
+                kind: md
+                    .map(|x| x.kind.clone())
+                    .unwrap_or_else(|| "normal".into()),
+                cgroup_path: m.container_path.clone(),
+                memory_cgroup_id: *ino,
+                init_pid,
+                net_namespace_inum: netns_inum(&self.host, init_pid),
+                first_seen: old
+                    .map(|o| o.first_seen.clone())
+                    .unwrap_or_else(|| now_text.clone()),
+                exited: None,
+            };
+            containers.insert(id.clone(), Arc::new(c));
+        }
+        // Gone containers stay resolvable for keep_exited_secs.
+        let keep = Duration::from_secs(self.cfg.keep_exited_secs);
+        let previous = std::mem::take(&mut st.containers);
+        let mut exited_at = std::mem::take(&mut st.exited_at);
+        let mut by_memcg: HashMap<u64, Arc<Container>> = HashMap::new();
+        for (id, old) in previous {
+            if containers.contains_key(&id) {
+                continue;
+            }
+            let since = *exited_at.entry(id.clone()).or_insert_with(Instant::now);
+            if since.elapsed() < keep {
+                let mut gone = (*old).clone();
+                if gone.exited.is_none() {
+                    gone.exited = Some(now_text.clone());
+                }
+                let gone = Arc::new(gone);
+                by_memcg.insert(gone.memory_cgroup_id, gone.clone());
+                paths
+                    .entry(gone.memory_cgroup_id)
+                    .or_insert_with(|| gone.cgroup_path.clone().into());
+                containers.insert(id, gone);
+            }
+        }
+        exited_at.retain(|id, _| containers.get(id).is_some_and(|c| c.exited.is_some()));
+        for (ino, id) in members {
+            if let Some(c) = containers.get(&id) {
+                by_memcg.insert(ino, c.clone());
+            }
+        }
+        let by_netns = containers
+            .values()
+            .filter(|c| {
+                c.exited.is_none()
+                    && c.net_namespace_inum != 0
+                    && c.net_namespace_inum != host_netns
+            })
+            .map(|c| (c.net_namespace_inum, c.clone()))
+            .collect();
+        *st = State {
+            paths: paths.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            by_memcg,
+            containers,
+            exited_at,
+            by_netns,
+        };
+        drop(st);
+        *last = Some(Instant::now());
+    }
+
+    /// The memory controller's hierarchy under the host root (v1 `memory`, else cgroup2):
+    /// `<root><path>` is the directory of a memory cgroup path.
+    pub fn memory_root(&self) -> Option<PathBuf> {
+        let mountinfo = std::fs::read_to_string(self.host.proc("self/mountinfo")).ok()?;
+        let mp = cgroup_mount(&mountinfo, "memory")?;
+        Some(self.host.root().join(mp.strip_prefix("/").unwrap_or(&mp)))
+    }
+
+    /// `/<namespace>/<id>` of every containerd task (runtime v2 shim state directories).
+    fn containerd_tasks(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for dir in &self.cfg.containerd_state_dirs {
+            let base = self
+                .host
+                .root()
+                .join(dir.strip_prefix("/").unwrap_or(dir))
+                .join("io.containerd.runtime.v2.task");
+            let Ok(namespaces) = std::fs::read_dir(&base) else {
+                continue;
+            };
+            for ns in namespaces.flatten() {
+                let Ok(tasks) = std::fs::read_dir(ns.path()) else {
+                    continue;
+                };
+                for t in tasks.flatten() {
+                    out.push(format!(
+                        "/{}/{}",
+                        ns.file_name().to_string_lossy(),
+                        t.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Metadata from every source that answers; none answering is normal on a bare host.
+    fn fetch_metadata(&self) -> HashMap<String, metadata::Meta> {
+        let mut out = HashMap::new();
+        for sock in &self.cfg.engine_sockets {
+            let path = self
+                .host
+                .root()
+                .join(sock.strip_prefix("/").unwrap_or(sock));
+            if !path.exists() {
+                continue;
+            }
+            match metadata::get_unix(&path, "/containers/json", API_TIMEOUT)
+                .and_then(|b| metadata::parse_engine_containers(&b))
+            {
+                Ok(m) => out.extend(m),
+                Err(e) => {
+                    tracing::debug!(socket = %path.display(), error = %format!("{e:#}"), "container engine API")
+                }
+            }
+        }
+        if !self.cfg.kubelet_read_only_address.is_empty() {
+            match metadata::get_tcp(&self.cfg.kubelet_read_only_address, "/pods", API_TIMEOUT)
+                .and_then(|b| metadata::parse_kubelet_pods(&b))
+            {
+                // The kubelet knows pods; the engine may know better names for plain containers.
+                Ok(m) => {
+                    for (id, meta) in m {
+                        out.insert(id, meta);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "kubelet pod list"),
+            }
+        }
+        out
+    }
+
+    /// Resyncs every `resync_secs` until `stop` is set (runs on its own thread).
+    pub fn keep_current(
+        self: &Arc<Self>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("containers".into())
+            .spawn(move || {
+                let period = Duration::from_secs(me.cfg.resync_secs);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    me.resync();
+                    let end = Instant::now() + period;
+                    while Instant::now() < end && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            })
+    }
 }
 
-fn scan_cgroup_tree(root: &Path, dir: &Path, out: &mut HashMap<u64, String>, depth: usize) {
+/// A cgroup at or below a containerd task's `/<namespace>/<id>`.
+fn containerd_task_match(tasks: &[String], path: &str) -> Option<CgroupMatch> {
+    let task = tasks.iter().find(|t| {
+        path == t.as_str()
+            || path
+                .strip_prefix(t.as_str())
+                .is_some_and(|r| r.starts_with('/'))
+    })?;
+    let id = task.rsplit('/').next()?.to_string();
+    Some(CgroupMatch {
+        runtime: Runtime::Containerd,
+        id,
+        pod_uid: None,
+        qos: None,
+        container_path: task.clone(),
+    })
+}
+
+fn walk_cgroups(root: &Path, dir: &Path, out: &mut HashMap<u64, String>, depth: usize) {
     use std::os::unix::fs::MetadataExt;
-    if depth > 16 {
+    if depth > 32 {
         return;
     }
     if let Ok(meta) = std::fs::metadata(dir) {
@@ -307,65 +589,39 @@ fn scan_cgroup_tree(root: &Path, dir: &Path, out: &mut HashMap<u64, String>, dep
     };
     for e in entries.flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
-            scan_cgroup_tree(root, &e.path(), out, depth + 1);
+            walk_cgroups(root, &e.path(), out, depth + 1);
         }
     }
+}
+
+/// The lowest pid in a cgroup (its init process, for containers), 0 if none.
+fn first_pid(dir: &Path) -> u32 {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .ok()
+        .and_then(|t| t.lines().filter_map(|l| l.trim().parse::<u32>().ok()).min())
+        .unwrap_or(0)
+}
+
+/// The network namespace inode of a process (`net:[4026531840]`), 0 if unknown.
+pub fn netns_inum(host: &HostRoot, pid: u32) -> u64 {
+    if pid == 0 {
+        return 0;
+    }
+    std::fs::read_link(host.proc(&format!("{pid}/ns/net")))
+        .ok()
+        .and_then(|l| {
+            l.to_str()?
+                .strip_prefix("net:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-    #[test]
-    fn recognises_runtime_path_formats() {
-        let cases = [
-            (format!("/docker/{ID}"), Runtime::Docker),
-            (format!("/system.slice/docker-{ID}.scope"), Runtime::Docker),
-            (format!("/kubepods/burstable/pod1234/{ID}"), Runtime::Containerd),
-            (format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12_34.slice/cri-containerd-{ID}.scope"), Runtime::Containerd),
-            (format!("/kubepods.slice/kubepods-pod12_34.slice/crio-{ID}.scope"), Runtime::Crio),
-            (format!("/libpod_parent/libpod-{ID}"), Runtime::Podman),
-            (format!("/machine.slice/libpod-{ID}.scope/container"), Runtime::Podman),
-            (format!("/kubepods-burstable-pod12.slice:cri-containerd:{ID}"), Runtime::Containerd),
-        ];
-        for (path, rt) in cases {
-            assert_eq!(
-                container_of_cgroup_path(&path),
-                Some((rt, ID.to_string())),
-                "{path}"
-            );
-        }
-    }
-
-    #[test]
-    fn unknown_paths_are_the_host() {
-        for p in [
-            "/",
-            "/user.slice/user-0.slice/session-1.scope",
-            "/process_api/abc",
-            "/docker/shortid",
-            "/libpod_parent/conmon",
-        ] {
-            assert_eq!(container_of_cgroup_path(p), None, "{p}");
-        }
-    }
-
-    #[test]
-    fn ns_links() {
-        assert_eq!(parse_ns_link("net:[4026531840]"), Some(4026531840));
-        assert_eq!(parse_ns_link("mnt:[4026531840]"), None);
-    }
-
-    #[test]
-    fn the_host_netns_has_no_container() {
-        use std::os::unix::fs::MetadataExt;
-        let inum = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
-        let r = ContainerResolver::new(HostRoot::default());
-        assert_eq!(r.container_of_netns(inum), None);
-        assert!(r.netns.lock().unwrap().containers.contains_key(&inum));
-    }
 
     #[test]
     fn proc_cgroup_lines() {
@@ -406,19 +662,46 @@ mod tests {
     }
 
     #[test]
-    fn resolves_a_real_memory_cgroup_by_inode() {
+    fn resolves_real_memory_cgroups_and_containers_by_inode() {
         use std::os::unix::fs::MetadataExt;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let root = cgroup_mount(&mountinfo, "memory").expect("memory cgroup mounted");
-        let dir = root.join(format!("bianque-test-resolve-{}", std::process::id()));
-        std::fs::create_dir(&dir).unwrap();
-        let ino = std::fs::metadata(&dir).unwrap().ino();
-        let r = ContainerResolver::new(HostRoot::default());
-        let got = r.memcg_path(ino);
-        let _ = std::fs::remove_dir(&dir);
-        assert_eq!(
-            got.as_deref(),
-            Some(format!("/bianque-test-resolve-{}", std::process::id()).as_str())
+        let id = format!("{:064x}", 0xb1a9e_u64 + std::process::id() as u64);
+        let parent = root.join(format!("bianque-test-{}", std::process::id()));
+        let docker = parent.join("docker");
+        let container = docker.join(&id);
+        std::fs::create_dir_all(&container).unwrap();
+        let cleanup = || {
+            let _ = std::fs::remove_dir(&container);
+            let _ = std::fs::remove_dir(&docker);
+            let _ = std::fs::remove_dir(&parent);
+        };
+        let host_ino = std::fs::metadata(&parent).unwrap().ino();
+        let ino = std::fs::metadata(&container).unwrap().ino();
+        let r = ContainerRegistry::new(
+            HostRoot::default(),
+            ContainersConfig {
+                kubelet_read_only_address: String::new(),
+                ..Default::default()
+            },
         );
+        let c = r.by_memcg(ino);
+        let host = r.by_memcg(host_ino);
+        let listed = r.list().iter().any(|c| c.id == id);
+        let path = r.memcg_path(ino);
+        cleanup();
+        let c = c.expect("container resolved");
+        assert_eq!(c.id, id);
+        assert_eq!(c.runtime, "docker");
+        assert!(listed);
+        assert!(host.is_none(), "a host cgroup is not a container");
+        assert_eq!(
+            path.as_deref(),
+            Some(format!("/bianque-test-{}/docker/{id}", std::process::id()).as_str())
+        );
+        // After removal it is kept (exited) for late events but not listed.
+        r.resync();
+        assert!(r.by_memcg(ino).is_some_and(|c| c.exited.is_some()));
+        assert!(!r.list().iter().any(|c| c.id == id));
     }
 }

@@ -5,6 +5,7 @@
 //! Names are `<prefix>_<collector>_<metric>`; the sink adds the `<prefix>_<collector>_` part.
 
 pub mod loadavg;
+pub mod uptime;
 
 use std::fmt::Write as _;
 

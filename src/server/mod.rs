@@ -37,6 +37,8 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: u
         .route("/tracers/{name}/{action}", post(control))
         .route("/events", get(events))
         .route("/events/{id}", get(event_by_id))
+        .route("/containers", get(containers))
+        .route("/containers/{id}", get(container_by_id))
         .fallback(not_found)
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
@@ -295,6 +297,25 @@ async fn event_by_id(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no event with id {id}"),
+        )),
+    }
+}
+
+async fn containers(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    let list = app.runner.services().containers.list();
+    axum::Json(serde_json::json!({ "containers": list }))
+}
+
+async fn container_by_id(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match app.runner.services().containers.get(&id) {
+        Some(c) => Ok(axum::Json(c).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no container with id {id}"),
         )),
     }
 }

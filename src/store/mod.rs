@@ -216,7 +216,10 @@ fn init_writer_connection(conn: &Connection) -> rusqlite::Result<()> {
     // auto_vacuum must be set before the first table exists to take effect.
     conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")?;
+    // A small page cache: records are written once and read rarely; memory is the budget.
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA cache_size = -1024;",
+    )?;
     conn.execute_batch(SCHEMA)
 }
 
@@ -227,6 +230,7 @@ fn open_reader_connection(path: &Path) -> Result<Connection> {
     )
     .with_context(|| format!("cannot open store {} for reading", path.display()))?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch("PRAGMA cache_size = -1024;")?;
     Ok(conn)
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bpf::KernelSymbolizer;
-use crate::container::ContainerResolver;
+use crate::container::ContainerRegistry;
 use crate::host::HostRoot;
 use crate::store::{ContainerFields, Record, Store, TracerType};
 use crate::tracer::runner::TracerState;
@@ -18,7 +18,7 @@ pub struct Services {
     pub hostname: String,
     pub region: String,
     pub store: Arc<Store>,
-    pub containers: ContainerResolver,
+    pub containers: Arc<ContainerRegistry>,
     pub symbolizer: KernelSymbolizer,
 }
 
@@ -80,7 +80,7 @@ impl RunContext {
         &self.services.host
     }
 
-    pub fn containers(&self) -> &ContainerResolver {
+    pub fn containers(&self) -> &ContainerRegistry {
         &self.services.containers
     }
 

@@ -541,6 +541,247 @@ mod tests {
         assert!(status("loadavg").1.contains("metrics.loadavg.enabled"));
     }
 
+    use crate::tracer::{Anomaly, AutoTracer, EventTracer, TracerError};
+    use std::sync::atomic::AtomicU32;
+
+    fn services(tag: &str) -> (Arc<Services>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("bianque-runner-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = crate::store::Store::open(
+            &dir,
+            crate::store::Retention {
+                max_age: Duration::from_secs(3600),
+                max_size_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+        let services = Arc::new(Services {
+            host: HostRoot::default(),
+            hostname: "h".into(),
+            region: "r".into(),
+            store: Arc::new(store),
+            containers: Arc::new(crate::container::ContainerRegistry::new(
+                HostRoot::default(),
+                Default::default(),
+            )),
+            symbolizer: crate::bpf::KernelSymbolizer::new(),
+        });
+        (services, dir)
+    }
+
+    fn entry(spec: &'static TracerSpec, tracer: Tracer, restart: Duration) -> Arc<TracerEntry> {
+        Arc::new(TracerEntry {
+            spec,
+            tracer: Arc::new(tracer),
+            state: Arc::new(TracerState::new(Status::Inactive, "not started".into())),
+            restart_interval: restart,
+            thread: Mutex::new(None),
+        })
+    }
+
+    fn never_build(_: &BuildContext, _: &toml::Table) -> ConfigResult<Tracer> {
+        Err(ConfigError("test spec".into()))
+    }
+
+    /// Fails on its first run, panics on its second, then runs until stopped.
+    struct Flaky(AtomicU32);
+
+    impl EventTracer for Flaky {
+        fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
+            match self.0.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(TracerError::Failed(anyhow::anyhow!("first run fails"))),
+                1 => panic!("second run panics"),
+                _ => {
+                    ctx.attached();
+                    while !ctx.stopping() {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    static FLAKY_SPEC: TracerSpec = TracerSpec {
+        name: "flaky",
+        mode: Mode::Event,
+        description: "test",
+        requires: &[],
+        default_enabled: true,
+        build: never_build,
+    };
+
+    #[test]
+    fn failed_and_panicking_event_tracers_are_restarted() {
+        let (services, dir) = services("flaky");
+        let e = entry(
+            &FLAKY_SPEC,
+            Tracer::Event(Box::new(Flaky(AtomicU32::new(0)))),
+            Duration::from_millis(50),
+        );
+        let runner = Runner::new(vec![e.clone()], services);
+        runner.start_all();
+        let end = Instant::now() + Duration::from_secs(5);
+        while !(e.state.status() == (Status::Active, String::new()) && e.state.restarts() == 2)
+            && Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(e.state.status(), (Status::Active, String::new()));
+        assert_eq!(e.state.restarts(), 2);
+        runner.stop("flaky").unwrap();
+        assert_eq!(e.state.status().0, Status::Disabled);
+        assert!(runner.stop("flaky").is_err(), "already stopped");
+        runner.start("flaky").unwrap();
+        assert!(runner.wait_started(Duration::from_secs(2)));
+        assert_eq!(e.state.status().0, Status::Active);
+        runner.shutdown(Duration::from_secs(2));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    struct Unsupported;
+
+    impl EventTracer for Unsupported {
+        fn run(&self, _ctx: &RunContext) -> Result<(), TracerError> {
+            Err(TracerError::Unsupported("hook missing".into()))
+        }
+    }
+
+    static UNSUPPORTED_SPEC: TracerSpec = TracerSpec {
+        name: "unsupported",
+        mode: Mode::Event,
+        description: "test",
+        requires: &[],
+        default_enabled: true,
+        build: never_build,
+    };
+
+    static MISSING_FILE_SPEC: TracerSpec = TracerSpec {
+        name: "missing_file",
+        mode: Mode::Event,
+        description: "test",
+        requires: &[crate::tracer::Requirement::HostFile("proc/no-such-file")],
+        default_enabled: true,
+        build: never_build,
+    };
+
+    #[test]
+    fn unsupported_tracers_are_inactive_with_the_reason_and_others_run() {
+        let (services, dir) = services("unsupported");
+        let a = entry(
+            &UNSUPPORTED_SPEC,
+            Tracer::Event(Box::new(Unsupported)),
+            Duration::from_millis(10),
+        );
+        let b = entry(
+            &MISSING_FILE_SPEC,
+            Tracer::Event(Box::new(Unsupported)),
+            Duration::from_millis(10),
+        );
+        let c = entry(
+            &FLAKY_SPEC,
+            Tracer::Event(Box::new(Flaky(AtomicU32::new(2)))),
+            Duration::from_millis(10),
+        );
+        let runner = Runner::new(vec![a.clone(), b.clone(), c.clone()], services);
+        runner.start_all();
+        assert!(runner.wait_started(Duration::from_secs(2)));
+        assert_eq!(
+            a.state.status(),
+            (Status::Inactive, "hook missing".to_string())
+        );
+        assert_eq!(a.state.restarts(), 0, "not retried");
+        assert_eq!(b.state.status().0, Status::Inactive);
+        assert!(b.state.status().1.contains("proc/no-such-file"));
+        assert_eq!(c.state.status().0, Status::Active);
+        runner.shutdown(Duration::from_secs(2));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Fires for target "t" on every sample.
+    struct Always(AtomicU32);
+
+    impl AutoTracer for Always {
+        fn interval(&self) -> Duration {
+            Duration::from_millis(10)
+        }
+        fn cooldown(&self) -> Duration {
+            Duration::from_secs(60)
+        }
+        fn detect(&self, _ctx: &RunContext) -> anyhow::Result<Vec<Anomaly>> {
+            Ok(vec![Anomaly {
+                target: "t".into(),
+                container: None,
+                data: serde_json::json!({"value": 1}),
+            }])
+        }
+        fn capture(&self, _a: &Anomaly, _ctx: &RunContext) -> anyhow::Result<serde_json::Value> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(serde_json::json!({"captured": true}))
+        }
+    }
+
+    static ALWAYS_SPEC: TracerSpec = TracerSpec {
+        name: "always",
+        mode: Mode::Autotracing,
+        description: "test",
+        requires: &[],
+        default_enabled: true,
+        build: never_build,
+    };
+
+    #[test]
+    fn autotracer_captures_once_per_cooldown_and_records_merged_data() {
+        let (services, dir) = services("always");
+        let always = Arc::new(Always(AtomicU32::new(0)));
+        struct Shared(Arc<Always>);
+        impl AutoTracer for Shared {
+            fn interval(&self) -> Duration {
+                self.0.interval()
+            }
+            fn cooldown(&self) -> Duration {
+                self.0.cooldown()
+            }
+            fn detect(&self, ctx: &RunContext) -> anyhow::Result<Vec<Anomaly>> {
+                self.0.detect(ctx)
+            }
+            fn capture(&self, a: &Anomaly, ctx: &RunContext) -> anyhow::Result<serde_json::Value> {
+                self.0.capture(a, ctx)
+            }
+        }
+        let e = entry(
+            &ALWAYS_SPEC,
+            Tracer::Autotracing(Box::new(Shared(always.clone()))),
+            Duration::from_millis(10),
+        );
+        let store = services.store.clone();
+        let runner = Runner::new(vec![e.clone()], services);
+        runner.start_all();
+        std::thread::sleep(Duration::from_millis(200));
+        runner.shutdown(Duration::from_secs(2));
+        assert_eq!(
+            always.0.load(Ordering::SeqCst),
+            1,
+            "~20 samples, one capture"
+        );
+        assert_eq!(e.state.hits(), 1);
+        store.close();
+        let rows = store
+            .query(&crate::store::Query {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&rows[0]).unwrap();
+        assert_eq!(v["tracer_type"], "autotracing");
+        assert_eq!(
+            v["tracer_data"],
+            serde_json::json!({"value": 1, "captured": true})
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn merge_combines_objects() {
         let m = merge(

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use crate::bpf::btf::{self, EnumNames};
 use crate::bpf::{self as bq_bpf, PerCpuCounters};
 use crate::config::{check_range, parse_section, ConfigError, ConfigResult};
-use crate::container::container_of_cgroup_path;
 use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
@@ -386,15 +385,15 @@ impl Dropwatch {
         });
         let is_icmp = matches!(e.l4_proto, IPPROTO_ICMP | IPPROTO_ICMPV6);
         let ports = has_l4 && matches!(e.l4_proto, IPPROTO_TCP | IPPROTO_UDP);
-        let memcg_path = ctx.containers().memcg_path(e.memcg_id);
-        let container = memcg_path
-            .as_deref()
-            .and_then(container_of_cgroup_path)
-            .map(|(rt, id)| crate::store::ContainerFields {
-                id,
-                kind: rt.as_str().to_string(),
-                ..Default::default()
-            });
+        let (memcg_path, mut container) = ctx.containers().attribute_memcg(e.memcg_id);
+        // A drop in softirq context runs on behalf of whoever was interrupted; the packet's
+        // network namespace names its container better then.
+        if container.is_none() {
+            container = ctx
+                .containers()
+                .by_netns(e.netns_inum as u64)
+                .map(|c| c.fields());
+        }
         let data = DropData {
             drop_reason: self
                 .reasons

@@ -21,10 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::bpf::{self as bq_bpf, PerCpuCounters};
 use crate::config::{check_range, parse_section, ConfigResult};
-use crate::container::container_of_cgroup_path;
+use crate::events::memcg_container;
 use crate::host::HostRoot;
 use crate::metrics::{Kind, MetricSink};
-use crate::store::ContainerFields;
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -350,14 +349,7 @@ impl Handler<'_> {
                 e.memcg_path.names.iter().map(|n| &n.s[..]),
             )
         });
-        let container = path
-            .as_deref()
-            .and_then(container_of_cgroup_path)
-            .map(|(rt, id)| ContainerFields {
-                id,
-                kind: rt.as_str().to_string(),
-                ..Default::default()
-            });
+        let container = memcg_container(self.ctx, e.memcg_id, path.as_deref());
         let blocked_ns = (e.hz > 0 && e.last_switch_time > 0).then(|| {
             e.jiffies_now.saturating_sub(e.last_switch_time) * (1_000_000_000 / e.hz as u64)
         });

@@ -15,9 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::bpf::{self as bq_bpf, PerCpuCounters};
 use crate::config::{check_range, parse_section, ConfigResult};
-use crate::container::container_of_cgroup_path;
+use crate::events::memcg_container;
 use crate::metrics::{Kind, MetricSink};
-use crate::store::ContainerFields;
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -218,14 +217,7 @@ fn record(ctx: &RunContext, e: &reclaim_event, clock_offset: i64, threshold_ns: 
             e.memcg_path.names.iter().map(|n| &n.s[..]),
         )
     });
-    let container = path
-        .as_deref()
-        .and_then(container_of_cgroup_path)
-        .map(|(rt, id)| ContainerFields {
-            id,
-            kind: rt.as_str().to_string(),
-            ..Default::default()
-        });
+    let container = memcg_container(ctx, e.memcg_id, path.as_deref());
     let data = ReclaimData {
         pid: e.pid,
         tid: e.tid,

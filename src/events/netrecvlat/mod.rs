@@ -162,10 +162,7 @@ fn realtime_minus_monotonic_ns() -> i64 {
 }
 
 fn host_netns_inum(ctx: &RunContext) -> u32 {
-    std::fs::read_link(ctx.host().proc("1/ns/net"))
-        .ok()
-        .and_then(|l| crate::container::parse_ns_link(&l.to_string_lossy()))
-        .unwrap_or(0)
+    crate::container::netns_inum(ctx.host(), 1) as u32
 }
 
 impl EventTracer for Netrecvlat {
@@ -355,7 +352,7 @@ fn record(ctx: &RunContext, e: &netrecv_event, clock_offset: i64, thresholds: &[
             _ => "realtime",
         },
     };
-    let container = ctx.containers().container_of_netns(e.netns_inum);
+    let container = crate::events::netns_container(ctx, e.netns_inum);
     match serde_json::to_value(&data) {
         Ok(v) => ctx.save_at(e.time_ns as i64 + clock_offset, container, v),
         Err(err) => tracing::warn!(tracer = "netrecvlat", error = %err, "cannot encode record"),

@@ -18,9 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::bpf::{self as bq_bpf, PerCpuCounters};
 use crate::config::{check_range, parse_section, ConfigResult};
-use crate::container::container_of_cgroup_path;
+use crate::events::memcg_container;
 use crate::metrics::{Kind, MetricSink};
-use crate::store::ContainerFields;
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -199,6 +198,12 @@ struct TaskInfo {
     container_id: Option<String>,
 }
 
+impl VictimInfo {
+    fn task_path(&self) -> String {
+        self.task.memory_cgroup_path.clone().unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct VictimInfo {
     #[serde(flatten)]
@@ -318,7 +323,7 @@ impl Oom {
             failcnt,
             ..Default::default()
         };
-        if let Some(root) = ctx.containers().memcg_root() {
+        if let Some(root) = ctx.containers().memory_root() {
             if !path.contains('…') {
                 let dir = root.join(path.trim_start_matches('/'));
                 read_memcg_files(&dir, self.cfg.memory_stat, &mut info);
@@ -341,16 +346,16 @@ impl Oom {
             e.victim_memcg_path.truncated != 0,
             e.victim_memcg_path.names.iter().map(|n| &n.s[..]),
         );
-        let victim_container = container_of_cgroup_path(&vpath);
+        let victim_container = memcg_container(ctx, e.victim_memcg_id, Some(&vpath)).map(|c| c.id);
         let trigger_path = if e.trigger_memcg_id == e.victim_memcg_id {
             Some(vpath.clone())
         } else {
-            ctx.containers().memcg_path(e.trigger_memcg_id)
+            ctx.containers()
+                .memcg_path(e.trigger_memcg_id)
+                .map(|p| p.to_string())
         };
-        let trigger_container = trigger_path
-            .as_deref()
-            .and_then(container_of_cgroup_path)
-            .map(|(_, id)| id);
+        let trigger_container =
+            memcg_container(ctx, e.trigger_memcg_id, trigger_path.as_deref()).map(|c| c.id);
         let constraint_memcg = (e.constraint == CONSTRAINT_MEMCG).then(|| {
             let path = bq_bpf::cgroup_path_from_names(
                 e.constraint_memcg_path.depth,
@@ -384,7 +389,7 @@ impl Oom {
                     tid: e.victim_tid,
                     comm: comm(&e.victim_comm),
                     memory_cgroup_path: Some(vpath.clone()),
-                    container_id: victim_container.as_ref().map(|(_, id)| id.clone()),
+                    container_id: victim_container,
                 },
                 uid: e.victim_uid,
                 oom_score_adj: e.victim_oom_score_adj,
@@ -413,11 +418,7 @@ impl Oom {
             }),
             cpu: e.cpu,
         };
-        let container = victim_container.map(|(rt, id)| ContainerFields {
-            id,
-            kind: rt.as_str().to_string(),
-            ..Default::default()
-        });
+        let container = memcg_container(ctx, e.victim_memcg_id, Some(&data.victim.task_path()));
         match serde_json::to_value(&data) {
             Ok(v) => ctx.save_at(e.time_ns as i64 + clock_offset, container, v),
             Err(err) => tracing::warn!(tracer = "oom", error = %err, "cannot encode record"),

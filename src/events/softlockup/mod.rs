@@ -19,7 +19,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{check_range, parse_section, ConfigError, ConfigResult};
-use crate::container::{container_of_cgroup_path, proc_cgroup_path};
+use crate::container::proc_cgroup_path;
 use crate::metrics::{Kind, MetricSink};
 use crate::store::ContainerFields;
 use crate::tracer::{
@@ -298,20 +298,23 @@ impl EventTracer for Softlockup {
     }
 }
 
+/// The container of a running task: its memory cgroup (from /proc) looked up by inode.
+fn task_container(ctx: &RunContext, pid: u32) -> Option<ContainerFields> {
+    use std::os::unix::fs::MetadataExt;
+    let text = std::fs::read_to_string(ctx.host().proc(&format!("{pid}/cgroup"))).ok()?;
+    let path = proc_cgroup_path(&text, "memory")?;
+    let root = ctx.containers().memory_root()?;
+    let id = std::fs::metadata(root.join(path.trim_start_matches('/')))
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    crate::events::memcg_container(ctx, id, Some(&path))
+}
+
 impl Softlockup {
     fn save_lockup(&self, ctx: &RunContext, l: Lockup, clock_offset: i64) {
         self.lockups.fetch_add(1, Ordering::Relaxed);
         // The stuck task's container, if it still exists (it usually does: it is spinning).
-        let container =
-            std::fs::read_to_string(ctx.host().proc(&format!("{}/cgroup", l.header.pid)))
-                .ok()
-                .and_then(|t| proc_cgroup_path(&t, "memory"))
-                .and_then(|p| container_of_cgroup_path(&p))
-                .map(|(rt, id)| ContainerFields {
-                    id,
-                    kind: rt.as_str().to_string(),
-                    ..Default::default()
-                });
+        let container = task_container(ctx, l.header.pid);
         let data = LockupData {
             kind: "soft_lockup",
             cpu: l.header.cpu,

@@ -316,7 +316,7 @@ impl TcpRetransmit {
             pid: e.pid,
         };
         drop(names);
-        let container = ctx.containers().container_of_netns(e.netns_inum);
+        let container = crate::events::netns_container(ctx, e.netns_inum);
         match serde_json::to_value(&data) {
             Ok(v) => ctx.save_at(e.time_ns as i64 + clock_offset, container, v),
             Err(err) => {

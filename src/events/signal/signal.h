@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+#ifndef SIGNAL_H
+#define SIGNAL_H
+
+/* Counter slots: [1, 64) count generated signals by number (watched ones only). */
+#define SLOT_SUPPRESSED 64  /* watched, refused by the rate limit */
+#define SLOT_RINGBUF_FULL 65
+#define COUNTER_SLOTS 66
+
+struct signal_event {
+	__u64 time_ns;        /* CLOCK_BOOTTIME */
+	__u64 target_memcg_id;
+	__s32 sig;
+	__s32 code;           /* si_code: who sent it (SI_USER, SI_KERNEL, ...) */
+	__s32 result;         /* delivered, ignored, already pending, ... */
+	__s32 group;          /* sent to the whole thread group */
+	__u32 sender_pid;     /* tgid of the current task */
+	__u32 sender_tid;
+	__u32 target_pid;     /* tgid of the receiving task */
+	__u32 target_tid;
+	char sender_comm[16];
+	char target_comm[16];
+};
+
+#endif /* SIGNAL_H */

@@ -1,0 +1,86 @@
+//! `uptime`: seconds since boot and aggregate idle seconds from `/proc/uptime`.
+//!
+//! The smallest complete collector, used as the worked example in docs/custom-tracers.md.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::config::{parse_section, ConfigResult};
+use crate::metrics::{Kind, MetricSink};
+use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+
+#[linkme::distributed_slice(TRACERS)]
+static SPEC: TracerSpec = TracerSpec {
+    name: "uptime",
+    mode: Mode::Metric,
+    description: "seconds since boot and idle seconds summed over CPUs, from /proc/uptime",
+    requires: &[Requirement::HostFile("proc/uptime")],
+    default_enabled: true,
+    build,
+};
+
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UptimeConfig {}
+
+fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
+    let _: UptimeConfig = parse_section(ctx.section, table)?;
+    Ok(Tracer::Metric(Box::new(Uptime {
+        path: ctx.host.proc("uptime"),
+    })))
+}
+
+struct Uptime {
+    path: PathBuf,
+}
+
+/// Parses `/proc/uptime`: `12345.67 23456.78` (uptime, idle; seconds).
+pub fn parse_uptime(text: &str) -> Result<(f64, f64)> {
+    let mut fields = text.split_whitespace();
+    let mut next = |what: &str| -> Result<f64> {
+        let f = fields
+            .next()
+            .with_context(|| format!("missing {what} field"))?;
+        f.parse()
+            .with_context(|| format!("{what} {f:?} is not a number"))
+    };
+    Ok((next("uptime")?, next("idle")?))
+}
+
+impl Collector for Uptime {
+    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+        let text = std::fs::read_to_string(&self.path)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        let (up, idle) =
+            parse_uptime(&text).with_context(|| format!("parsing {}", self.path.display()))?;
+        out.single("seconds", "Seconds since boot.", Kind::Gauge, up);
+        out.single(
+            "idle_seconds_total",
+            "Idle time summed over all CPUs, in seconds.",
+            Kind::Counter,
+            idle,
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_uptime() {
+        assert_eq!(
+            parse_uptime("350735.47 234388.90\n").unwrap(),
+            (350735.47, 234388.90)
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_text() {
+        for bad in ["", "12.5", "a b", "1.0 x"] {
+            assert!(parse_uptime(bad).is_err(), "{bad:?}");
+        }
+    }
+}

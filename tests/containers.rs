@@ -1,0 +1,365 @@
+//! Container attribution end to end: fixture cgroup trees (v1 cgroupfs and v2 systemd layouts)
+//! with a kubelet answered by a local HTTP server serving a recorded pod list; a real podman
+//! container; a real containerd container.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Serves the recorded kubelet pod list on `GET /pods` until the test ends.
+fn fake_kubelet() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let body = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kubelet/pods.json"),
+    )
+    .unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&req);
+            let resp = if req.starts_with("GET /pods ") {
+                format!("HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            } else {
+                "HTTP/1.0 404 Not Found\r\n\r\n".to_string()
+            };
+            let _ = conn.write_all(resp.as_bytes());
+        }
+    });
+    addr
+}
+
+fn containers(agent: &Agent) -> Vec<serde_json::Value> {
+    let (code, body) = agent.get("/containers");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn fixture_agent(root: &str, kubelet: &str) -> Agent {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(root);
+    let mut args = vec![
+        "--host-root".to_string(),
+        root.to_str().unwrap().to_string(),
+    ];
+    for s in bianque::tracer::registry() {
+        if s.mode != bianque::tracer::Mode::Metric {
+            args.push("--disable".into());
+            args.push(s.name.into());
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Agent::start(
+        &format!("[containers]\nkubelet_read_only_address = \"{kubelet}\"\nengine_sockets = []\nresync_secs = 1\n"),
+        &args,
+    )
+}
+
+fn by_id<'a>(list: &'a [serde_json::Value], prefix: char) -> &'a serde_json::Value {
+    list.iter()
+        .find(|c| c["id"].as_str().unwrap().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no container {prefix}…: {list:?}"))
+}
+
+#[test]
+fn kubelet_metadata_on_a_v1_cgroupfs_tree() {
+    let agent = fixture_agent("containers-v1", &fake_kubelet());
+    assert!(
+        wait_until(Duration::from_secs(5), || containers(&agent).len() == 5),
+        "{:?}",
+        containers(&agent)
+    );
+    let list = containers(&agent);
+    let web = by_id(&list, '1');
+    assert_eq!(web["name"], "web");
+    assert_eq!(web["pod"], "web-7d9f");
+    assert_eq!(web["namespace"], "shop");
+    assert_eq!(web["qos"], "burstable");
+    assert_eq!(web["type"], "normal");
+    assert_eq!(web["pod_uid"], "9c9a7d39-0b1a-4e0e-8f0d-5b8a0c1d2e3f");
+    assert_eq!(by_id(&list, '2')["type"], "sidecar");
+    let ds = by_id(&list, '3');
+    assert_eq!(
+        (ds["type"].as_str(), ds["qos"].as_str()),
+        (Some("daemonset"), Some("guaranteed"))
+    );
+    assert_eq!(by_id(&list, '4')["runtime"], "cri-o");
+    assert_eq!(by_id(&list, '4')["qos"], "besteffort");
+    // A plain docker container the kubelet does not know: found from its path, no pod fields.
+    let plain = by_id(&list, '5');
+    assert_eq!(
+        (plain["runtime"].as_str(), plain["pod"].as_str()),
+        (Some("docker"), Some(""))
+    );
+    // One container by id prefix; unknown → 404.
+    assert_eq!(agent.get("/containers/1111").0, 200);
+    assert_eq!(agent.get("/containers/9999").0, 404);
+}
+
+#[test]
+fn systemd_driver_on_a_v2_tree_without_a_kubelet() {
+    // Nothing listens on this kubelet address: metadata comes from the cgroup paths alone.
+    let agent = fixture_agent("containers-v2", &format!("127.0.0.1:{}", free_port()));
+    assert!(
+        wait_until(Duration::from_secs(5), || containers(&agent).len() == 3),
+        "{:?}",
+        containers(&agent)
+    );
+    let list = containers(&agent);
+    let web = by_id(&list, '1');
+    assert_eq!(
+        (web["runtime"].as_str(), web["qos"].as_str()),
+        (Some("containerd"), Some("burstable"))
+    );
+    assert_eq!(web["pod_uid"], "9c9a7d39-0b1a-4e0e-8f0d-5b8a0c1d2e3f");
+    assert_eq!(by_id(&list, '3')["qos"], "guaranteed");
+    let podman = by_id(&list, '6');
+    assert_eq!(podman["runtime"], "podman");
+    assert!(
+        podman["cgroup_path"].as_str().unwrap().ends_with(".scope"),
+        "{podman}"
+    );
+}
+
+/// podman set up as this machine needs it (runc, ulimits; see reference/kernel-notes.md), an
+/// image built from busybox-static, and the API service on a private socket. Removed on drop.
+struct Podman {
+    dir: TempDir,
+    tag: String,
+    service: Child,
+    names: Vec<String>,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        let dir = TempDir::new("podman");
+        let conf = dir.path().join("containers.conf");
+        std::fs::write(
+            &conf,
+            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n[engine]\nruntime = \"runc\"\n",
+        )
+        .unwrap();
+        // SAFETY: set before any thread of this test reads the environment for podman.
+        std::env::set_var("CONTAINERS_CONF", &conf);
+        let rootfs = dir.path().join("rootfs/bin");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        std::fs::copy("/bin/busybox", rootfs.join("busybox")).unwrap();
+        let tag = format!("localhost/bq-bb:{}", std::process::id());
+        sh(&format!(
+            "tar -C {}/rootfs -c . | podman import - {tag} >/dev/null",
+            dir.path().display()
+        ));
+        let sock = dir.path().join("podman.sock");
+        let service = Command::new("podman")
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", sock.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || sock.exists()),
+            "podman API socket"
+        );
+        Podman {
+            dir,
+            tag,
+            service,
+            names: Vec::new(),
+        }
+    }
+
+    fn socket(&self) -> String {
+        self.dir.path().join("podman.sock").display().to_string()
+    }
+
+    /// `podman run -d --name <name> <extra> <image> <cmd>`; returns the full id.
+    fn run(&mut self, name: &str, extra: &str, cmd: &str) -> String {
+        self.names.push(name.to_string());
+        sh(&format!(
+            "podman run -d --name {name} --network=none {extra} {} {cmd}",
+            self.tag
+        ))
+        .trim()
+        .to_string()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for n in &self.names {
+            sh_quiet(&format!("podman rm -f -t 0 {n}"));
+        }
+        sh_quiet(&format!("podman rmi -f {}", self.tag));
+        let _ = self.service.kill();
+        let _ = self.service.wait();
+    }
+}
+
+#[test]
+fn a_real_podman_container_gets_its_events_and_leaves_when_removed() {
+    let mut podman = Podman::new();
+    let agent = Agent::start(
+        &format!(
+            "[containers]\nengine_sockets = [\"{}\"]\nkubelet_read_only_address = \"\"\nresync_secs = 1\n",
+            podman.socket()
+        ),
+        &[],
+    );
+    let name = format!("bq-web-{}", std::process::id());
+    let id = podman.run(&name, "", "/bin/busybox sleep 120");
+    assert!(
+        wait_until(Duration::from_secs(10), || containers(&agent)
+            .iter()
+            .any(|c| c["id"] == id.as_str() && c["name"] == name.as_str())),
+        "container not listed with its name: {:?}",
+        containers(&agent)
+    );
+    // A packet drop inside it: DNS to a closed port on the container's own loopback.
+    sh_quiet(&format!(
+        "podman exec {name} /bin/busybox nslookup -retry=1 -timeout=1 x.test 127.0.0.1"
+    ));
+    let drop_in_container = |a: &Agent| {
+        a.events(&format!(
+            "tracer=dropwatch&container={}&limit=100",
+            &id[..12]
+        ))
+        .into_iter()
+        .find(|e| e["tracer_data"]["dport"] == 53)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || drop_in_container(&agent)
+            .is_some()),
+        "log:\n{}",
+        agent.log()
+    );
+    let e = drop_in_container(&agent).unwrap();
+    assert_eq!(e["container_id"], id.as_str());
+    assert_eq!(e["container_name"], name.as_str());
+    assert_eq!(e["container_type"], "normal");
+    assert_eq!(e["tracer_data"]["drop_reason"], "NO_SOCKET");
+    assert_eq!(e["tracer_data"]["comm"], "busybox");
+
+    // An OOM kill inside a second container: the kernel's SIGKILL names the container.
+    let oom_name = format!("bq-oom-{}", std::process::id());
+    let oom_id = podman.run(&oom_name, "--memory 32m", "/bin/busybox tail /dev/zero");
+    let killed = |a: &Agent| {
+        a.events("tracer=signal&limit=100").into_iter().find(|e| {
+            e["container_id"] == oom_id.as_str() && e["tracer_data"]["signal"] == "SIGKILL"
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || killed(&agent).is_some()),
+        "no SIGKILL in the OOM container; log:\n{}",
+        agent.log()
+    );
+    let k = killed(&agent).unwrap();
+    assert_eq!(k["container_name"], oom_name.as_str());
+    assert_eq!(
+        k["tracer_data"]["target_comm"], "busybox",
+        "busybox runs the tail applet"
+    );
+
+    // Removed → no longer listed.
+    sh(&format!("podman rm -f -t 0 {name}"));
+    assert!(
+        wait_until(Duration::from_secs(10), || !containers(&agent)
+            .iter()
+            .any(|c| c["id"] == id.as_str())),
+        "removed container still listed"
+    );
+}
+
+#[test]
+fn a_real_containerd_container_gets_its_events() {
+    // containerd started by the test without systemd, image imported with ctr.
+    let podman = Podman::new();
+    let dir = TempDir::new("containerd");
+    let sock = dir.path().join("containerd.sock");
+    let state = dir.path().join("state");
+    let mut containerd = Command::new("containerd")
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--state")
+        .arg(&state)
+        .arg("--address")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child, String);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            sh_quiet(&format!("ctr -a {} task kill -s KILL bqc1; sleep 0.5; ctr -a {} task delete bqc1; ctr -a {} container delete bqc1", self.1, self.1, self.1));
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let sock_s = sock.display().to_string();
+    let _guard = Kill(&mut containerd, sock_s.clone());
+    assert!(
+        wait_until(Duration::from_secs(10), || sock.exists()),
+        "containerd socket"
+    );
+    let archive = dir.path().join("bb.tar");
+    sh(&format!(
+        "podman save --format oci-archive -o {} {}",
+        archive.display(),
+        podman.tag
+    ));
+    sh(&format!(
+        "ctr -a {sock_s} image import --base-name localhost/bq-bb {} >/dev/null",
+        archive.display()
+    ));
+    let agent = Agent::start(
+        &format!(
+            "[containers]\nengine_sockets = []\nkubelet_read_only_address = \"\"\ncontainerd_state_dirs = [\"{}\"]\nresync_secs = 1\n",
+            state.display()
+        ),
+        &[],
+    );
+    sh(&format!(
+        "ctr -a {sock_s} run -d {} bqc1 /bin/busybox sleep 120 >/dev/null",
+        podman.tag
+    ));
+    assert!(
+        wait_until(Duration::from_secs(10), || containers(&agent)
+            .iter()
+            .any(|c| c["id"] == "bqc1")),
+        "containerd container not listed: {:?}",
+        containers(&agent)
+    );
+    sh_quiet(&format!("ctr -a {sock_s} task exec --exec-id dns bqc1 /bin/busybox nslookup -retry=1 -timeout=1 x.test 127.0.0.1"));
+    let found = |a: &Agent| {
+        a.events("tracer=dropwatch&container=bqc1&limit=100")
+            .into_iter()
+            .find(|e| e["tracer_data"]["dport"] == 53)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || found(&agent).is_some()),
+        "log:\n{}",
+        agent.log()
+    );
+    let e = found(&agent).unwrap();
+    assert_eq!(e["container_id"], "bqc1");
+    assert_eq!(e["container_type"], "normal");
+}
