@@ -9,7 +9,7 @@ BUILD_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config make gcc bpftool
 # Tests: packet-drop rules, netns/veth, a real Prometheus (promtool) and node_exporter,
 # real containers (podman with runc, containerd) from a busybox-static image built locally.
 TEST_PACKAGES := iptables nftables iproute2 prometheus prometheus-node-exporter curl procps \
-	podman runc busybox-static containerd
+	podman runc busybox-static containerd e2fsprogs util-linux mount coreutils
 
 .PHONY: all build release run test deps test-deps vmlinux bench fmt lint clean
 

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* Helpers shared by every bianque BPF program: per-CPU counters that user space reads through mmap,
  * a global events-per-second limiter, ring-buffer submission with batched wakeups, and the current
- * task's memory cgroup id. Include after vmlinux.h and the libbpf headers. */
+ * task's memory cgroup (id, css, path). Include after vmlinux.h and the libbpf headers. */
 #ifndef BIANQUE_BPF_H
 #define BIANQUE_BPF_H
 
@@ -80,25 +80,89 @@ static __always_inline long ringbuf_wakeup_flags(void *ringbuf)
 		       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
-/* Memory cgroup id (kernfs inode of the cgroup directory) of a task; 0 without a memory
+/* Memory cgroup css of a task (a `struct mem_cgroup *` starts with it); NULL without a memory
  * controller. The subsystem index comes from BTF at load time, never a hard-coded number. */
-static __always_inline __u64 task_memcg_id(struct task_struct *task)
+static __always_inline struct cgroup_subsys_state *task_memcg_css(struct task_struct *task)
 {
 	struct cgroup_subsys_state *css;
 	struct css_set *cset;
 	int id;
 
 	if (!bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id))
-		return 0;
+		return NULL;
 	id = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
 	if (id < 0 || id >= bpf_core_enum_value(enum cgroup_subsys_id, CGROUP_SUBSYS_COUNT))
-		return 0;
+		return NULL;
 	cset = BPF_CORE_READ(task, cgroups);
 	if (!cset)
-		return 0;
+		return NULL;
 	if (bpf_core_read(&css, sizeof(css), &cset->subsys[id]) || !css)
-		return 0;
-	return BPF_CORE_READ(css, cgroup, kn, id);
+		return NULL;
+	return css;
+}
+
+/* Id of a css's cgroup: the kernfs inode number of its directory (what user space stats). */
+static __always_inline __u64 css_cgroup_id(struct cgroup_subsys_state *css)
+{
+	return css ? BPF_CORE_READ(css, cgroup, kn, id) : 0;
+}
+
+/* Memory cgroup id (kernfs inode of the cgroup directory) of a task; 0 without a memory
+ * controller. */
+static __always_inline __u64 task_memcg_id(struct task_struct *task)
+{
+	return css_cgroup_id(task_memcg_css(task));
+}
+
+/* A cgroup's path as its directory names, leaf first (user space reverses and joins them:
+ * crate::bpf::cgroup_path_from_names). Read in the kernel so the path is right even when the
+ * cgroup is gone by the time user space sees the event. The root contributes no name. */
+#define CGROUP_PATH_DEPTH 8
+#define CGROUP_NAME_LEN 80
+
+struct cgroup_name {
+	char s[CGROUP_NAME_LEN];
+};
+
+struct cgroup_path {
+	__u32 depth;     /* names filled */
+	__u32 truncated; /* 1 when the path had more than CGROUP_PATH_DEPTH levels */
+	struct cgroup_name names[CGROUP_PATH_DEPTH];
+};
+
+/* kernfs_node::parent was renamed __parent in 6.15. */
+struct kernfs_node___old {
+	struct kernfs_node *parent;
+} __attribute__((preserve_access_index));
+
+static __always_inline struct kernfs_node *kernfs_parent(struct kernfs_node *kn)
+{
+	if (bpf_core_field_exists(struct kernfs_node, __parent))
+		return BPF_CORE_READ(kn, __parent);
+	return BPF_CORE_READ((struct kernfs_node___old *)kn, parent);
+}
+
+static __always_inline void read_cgroup_path(struct cgroup_subsys_state *css, struct cgroup_path *out)
+{
+	struct kernfs_node *kn, *parent;
+
+	out->depth = 0;
+	out->truncated = 0;
+	if (!css)
+		return;
+	kn = BPF_CORE_READ(css, cgroup, kn);
+	for (int i = 0; i < CGROUP_PATH_DEPTH; i++) {
+		if (!kn)
+			return;
+		parent = kernfs_parent(kn);
+		if (!parent)
+			return; /* kn is the hierarchy root */
+		bpf_probe_read_kernel_str(out->names[i].s, CGROUP_NAME_LEN, BPF_CORE_READ(kn, name));
+		out->depth = i + 1;
+		kn = parent;
+	}
+	if (kn && kernfs_parent(kn))
+		out->truncated = 1;
 }
 
 /* Container filter: memory cgroup ids the agent listed from `[containers] filter_*` patterns.

@@ -300,6 +300,25 @@ fn a_real_podman_container_gets_its_events_and_leaves_when_removed() {
         k["tracer_data"]["target_comm"], "busybox",
         "busybox runs the tail applet"
     );
+    // The oom tracer's record of the same kill belongs to the container too.
+    let oom = |a: &Agent| {
+        a.events("tracer=oom&limit=100")
+            .into_iter()
+            .find(|e| e["container_id"] == oom_id.as_str())
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || oom(&agent).is_some()),
+        "no oom record in the container; log:\n{}",
+        agent.log()
+    );
+    let o = oom(&agent).unwrap();
+    assert_eq!(o["container_name"], oom_name.as_str());
+    assert_eq!(o["tracer_data"]["constraint"], "memcg");
+    assert_eq!(o["tracer_data"]["victim"]["container_id"], oom_id.as_str());
+    assert_eq!(
+        o["tracer_data"]["victim"]["memory_cgroup"]["limit_bytes"],
+        32u64 << 20
+    );
 
     // Its start was recorded when its cgroup appeared.
     let lifecycle = |a: &Agent, event: &str| {

@@ -216,3 +216,42 @@ fn sigterm_exits_zero_fast_and_leaves_no_bpf_program() {
     );
     assert!(agent.log().contains("bianque stopped"));
 }
+
+#[test]
+fn a_dropped_icmp_port_unreachable_is_recorded_with_type_names() {
+    let _quiet = quiet();
+    let agent = Agent::start("", &[]);
+    let port = closed_udp_port();
+    let table = format!("bq_icmp_{}", std::process::id());
+    let _cleanup = Cleanup(format!("nft delete table inet {table}"));
+    // Drop the kernel's port-unreachable answer whose quoted UDP header names our port
+    // (at bit 64 + 160 + 16: past the ICMP header, the quoted IPv4 header and source port).
+    sh(&format!(
+        "nft add table inet {table} && \
+         nft add chain inet {table} input '{{ type filter hook input priority -10; policy accept; }}' && \
+         nft add rule inet {table} input iif lo icmp type destination-unreachable @th,240,16 {port} drop"
+    ));
+    send_udp_from_thread("bq-icmp-sender", &format!("127.0.0.1:{port}"), 1);
+    let icmp = || {
+        agent
+            .events("tracer=dropwatch&limit=10000")
+            .into_iter()
+            .find(|e| {
+                let d = &e["tracer_data"];
+                d["protocol"] == "icmp" && d["drop_reason"] == "NETFILTER_DROP"
+            })
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || icmp().is_some()),
+        "log:\n{}",
+        agent.log()
+    );
+    let e = icmp().unwrap();
+    let d = &e["tracer_data"];
+    assert_eq!(d["icmp_type"], 3, "{e}");
+    assert_eq!(d["icmp_code"], 3);
+    assert_eq!(d["icmp_type_name"], "destination-unreachable");
+    assert_eq!(d["icmp_code_name"], "port-unreachable");
+    assert_eq!(d["saddr"], "127.0.0.1");
+    assert!(d.get("dport").is_none());
+}

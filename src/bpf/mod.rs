@@ -68,6 +68,21 @@ pub fn poll_ring_buffer<F>(ctx: &RunContext, map: &dyn MapCore, handle: F) -> Re
 where
     F: FnMut(&[u8]) -> i32,
 {
+    poll_ring_buffer_with_tick(ctx, map, handle, || {})
+}
+
+/// [`poll_ring_buffer`], calling `tick` once per poll round (at least every
+/// [`RING_POLL_INTERVAL`]): for tracers that refresh something the BPF side reads.
+pub fn poll_ring_buffer_with_tick<F, T>(
+    ctx: &RunContext,
+    map: &dyn MapCore,
+    handle: F,
+    mut tick: T,
+) -> Result<()>
+where
+    F: FnMut(&[u8]) -> i32,
+    T: FnMut(),
+{
     let mut builder = RingBufferBuilder::new();
     builder
         .add(map, handle)
@@ -79,6 +94,7 @@ where
         ring.poll(RING_POLL_INTERVAL)
             .context("polling the ring buffer")?;
         ring.consume().context("reading the ring buffer")?;
+        tick();
     }
     // Whatever the kernel queued before detaching is still delivered.
     ring.consume().context("reading the ring buffer")?;
@@ -127,4 +143,51 @@ pub fn read_record<T: Copy>(data: &[u8]) -> Option<T> {
 pub fn c_str(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// The cgroup path (`/a/b`, `/` for the root) from the leaf-first directory names that
+/// `read_cgroup_path()` (bpf/bianque.bpf.h) fills; `/…` marks a path cut at the depth limit.
+/// Pass the names as `path.names.iter().map(|n| &n.s[..])`.
+pub fn cgroup_path_from_names<'a>(
+    depth: u32,
+    truncated: bool,
+    names: impl IntoIterator<Item = &'a [i8]>,
+) -> String {
+    let names: Vec<&[i8]> = names.into_iter().take(depth as usize).collect();
+    let mut path = String::new();
+    if truncated {
+        path.push_str("/…");
+    }
+    for name in names.iter().rev() {
+        let bytes: Vec<u8> = name.iter().map(|&c| c as u8).collect();
+        path.push('/');
+        path.push_str(&c_str(&bytes));
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> [i8; 8] {
+        let mut out = [0i8; 8];
+        for (o, b) in out.iter_mut().zip(s.bytes()) {
+            *o = b as i8;
+        }
+        out
+    }
+
+    #[test]
+    fn cgroup_paths_are_joined_root_first() {
+        let names = [name("leaf"), name("mid"), name("top"), name("")];
+        let it = |n: usize| names[..n].iter().map(|n| &n[..]);
+        assert_eq!(cgroup_path_from_names(3, false, it(4)), "/top/mid/leaf");
+        assert_eq!(cgroup_path_from_names(1, true, it(4)), "/…/leaf");
+        assert_eq!(cgroup_path_from_names(0, false, it(4)), "/");
+        assert_eq!(cgroup_path_from_names(99, false, it(2)), "/mid/leaf");
+    }
 }

@@ -66,13 +66,21 @@ impl KernelSymbolizer {
         text
     }
 
-    /// Symbolizes a kernel stack (innermost first), skipping zero frames.
+    /// Symbolizes a kernel stack (innermost first), skipping zero frames and the frames of the
+    /// BPF program that took it (`bpf_prog_*`, `bpf_trace_run*`: `bpf_get_stack` from a
+    /// tracepoint starts inside them).
     pub fn stack(&self, addrs: &[u64]) -> Vec<String> {
-        addrs
+        let mut frames: Vec<String> = addrs
             .iter()
             .take_while(|&&a| a != 0)
             .map(|&a| self.symbolize(a))
-            .collect()
+            .collect();
+        let bpf = frames
+            .iter()
+            .take_while(|f| f.starts_with("bpf_prog_") || f.starts_with("bpf_trace_run"))
+            .count();
+        frames.drain(..bpf);
+        frames
     }
 }
 

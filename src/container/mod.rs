@@ -141,6 +141,25 @@ impl Container {
     }
 }
 
+/// The cgroup path of `controller` (e.g. `memory`) in a /proc/<pid>/cgroup text: the v1 line
+/// naming the controller, else the v2 line (`0::/path`).
+pub fn proc_cgroup_path(text: &str, controller: &str) -> Option<String> {
+    let mut v2 = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if ctrls.is_empty() {
+            v2 = Some(path.to_string());
+        } else if ctrls.split(',').any(|c| c == controller) {
+            return Some(path.to_string());
+        }
+    }
+    v2
+}
+
 /// The container id in a cgroup path, from its container segment (compatibility helper).
 pub fn container_of_cgroup_path(path: &str) -> Option<(Runtime, String)> {
     cgroup_path::parse(path).map(|m| (m.runtime, m.id))
@@ -482,8 +501,9 @@ impl ContainerRegistry {
         *last = Some(Instant::now());
     }
 
-    /// The memory controller's hierarchy under the host root (v1 `memory`, else cgroup2).
-    fn memory_root(&self) -> Option<PathBuf> {
+    /// The memory controller's hierarchy under the host root (v1 `memory`, else cgroup2):
+    /// `<root><path>` is the directory of a memory cgroup path.
+    pub fn memory_root(&self) -> Option<PathBuf> {
         let mountinfo = std::fs::read_to_string(self.host.proc("self/mountinfo")).ok()?;
         let mp = cgroup_mount(&mountinfo, "memory")?;
         Some(self.host.root().join(mp.strip_prefix("/").unwrap_or(&mp)))
@@ -629,7 +649,7 @@ fn first_pid(dir: &Path) -> u32 {
 }
 
 /// The network namespace inode of a process (`net:[4026531840]`), 0 if unknown.
-fn netns_inum(host: &HostRoot, pid: u32) -> u64 {
+pub fn netns_inum(host: &HostRoot, pid: u32) -> u64 {
     if pid == 0 {
         return 0;
     }
@@ -648,6 +668,22 @@ fn netns_inum(host: &HostRoot, pid: u32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_cgroup_lines() {
+        let v1 = "9:name=systemd:/\n4:memory:/libpod_parent/libpod-abc\n1:cpu,cpuacct:/x\n0::/\n";
+        assert_eq!(
+            proc_cgroup_path(v1, "memory").as_deref(),
+            Some("/libpod_parent/libpod-abc")
+        );
+        assert_eq!(proc_cgroup_path(v1, "cpuacct").as_deref(), Some("/x"));
+        assert_eq!(proc_cgroup_path(v1, "blkio").as_deref(), Some("/"));
+        assert_eq!(
+            proc_cgroup_path("0::/system.slice/a.scope\n", "memory").as_deref(),
+            Some("/system.slice/a.scope")
+        );
+        assert_eq!(proc_cgroup_path("", "memory"), None);
+    }
 
     #[test]
     fn finds_memory_hierarchy_in_mountinfo() {

@@ -260,3 +260,191 @@ pub fn send_udp_from_thread(comm: &str, target: &str, n: usize) {
         .join()
         .expect("join");
 }
+
+/// The mount point of the v1 memory hierarchy, else the cgroup2 mount.
+pub fn memcg_mount() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    bianque::container::cgroup_mount(&mountinfo, "memory").expect("a memory cgroup hierarchy")
+}
+
+/// A memory cgroup made for one test, with a memory limit; its tasks are killed and the
+/// directory removed on drop.
+pub struct MemCgroup {
+    pub dir: PathBuf,
+    /// The path inside the hierarchy, e.g. `/bq-oom-123-0`.
+    pub path: String,
+}
+
+impl MemCgroup {
+    pub fn new(tag: &str, limit_bytes: u64) -> MemCgroup {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("bq-{tag}-{}-{n}", std::process::id());
+        let dir = memcg_mount().join(&name);
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).expect("create memory cgroup");
+        let cg = MemCgroup {
+            dir,
+            path: format!("/{name}"),
+        };
+        let v1 = cg.dir.join("memory.limit_in_bytes");
+        let file = if v1.exists() {
+            v1
+        } else {
+            cg.dir.join("memory.max")
+        };
+        std::fs::write(&file, limit_bytes.to_string()).expect("set the memory limit");
+        cg
+    }
+
+    /// `sh -c '<join the cgroup>; exec <cmd>'`: the returned child's pid is `cmd`'s pid.
+    pub fn spawn(&self, cmd: &str) -> Child {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec {cmd}",
+                self.dir.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn into the memory cgroup")
+    }
+
+    pub fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            let procs = self.read("cgroup.procs");
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill(2) on pids in our own test cgroup; at worst ESRCH.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Waits for a child up to `timeout`; kills it if it is still running then.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// A network namespace joined to the test's namespace by a veth pair, on a /24 of its own:
+/// `host_addr` (.1) on this side, `ns_addr` (.2) inside. Deleted (with the veth pair and any
+/// firewall rules inside) on drop.
+pub struct NetnsPair {
+    pub name: String,
+    pub host_if: String,
+    pub ns_if: String,
+    pub host_addr: std::net::Ipv4Addr,
+    pub ns_addr: std::net::Ipv4Addr,
+    _cleanup: Cleanup,
+}
+
+impl NetnsPair {
+    pub fn new(tag: &str) -> NetnsPair {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let name = format!("bq-{tag}-{pid}-{n}");
+        // veth names are at most 15 bytes.
+        let short = format!("{}{n}", pid % 100_000);
+        let host_if = format!("bqh{short}");
+        let ns_if = format!("bqn{short}");
+        // A subnet per (process, pair): parallel test binaries differ in pid.
+        let subnet = ((pid as u64 * 7 + n as u64 * 131) % 250) as u8 + 1;
+        let third = (pid % 200) as u8 + 20;
+        let host_addr = std::net::Ipv4Addr::new(10, third, subnet, 1);
+        let ns_addr = std::net::Ipv4Addr::new(10, third, subnet, 2);
+        let cleanup = Cleanup(format!("ip netns del {name}; ip link del {host_if}"));
+        sh(&format!(
+            "ip netns add {name} && \
+             ip link add {host_if} type veth peer name {ns_if} && \
+             ip link set {ns_if} netns {name} && \
+             ip addr add {host_addr}/24 dev {host_if} && ip link set {host_if} up && \
+             ip -n {name} addr add {ns_addr}/24 dev {ns_if} && \
+             ip -n {name} link set {ns_if} up && ip -n {name} link set lo up"
+        ));
+        NetnsPair {
+            name,
+            host_if,
+            ns_if,
+            host_addr,
+            ns_addr,
+            _cleanup: cleanup,
+        }
+    }
+
+    /// Runs `f` on a thread that entered the namespace; sockets it creates stay in there.
+    pub fn run_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            enter_netns(&path);
+            f()
+        })
+        .join()
+        .expect("thread in netns")
+    }
+
+    /// Spawns a named thread inside the namespace.
+    pub fn spawn_in<T: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                enter_netns(&path);
+                f()
+            })
+            .expect("spawn thread in netns")
+    }
+
+    /// `ip netns exec <ns> <cmd>`.
+    pub fn exec(&self, cmd: &str) -> String {
+        sh(&format!("ip netns exec {} {cmd}", self.name))
+    }
+
+    /// The namespace's inode number (what BPF reads as `net->ns.inum`).
+    pub fn inum(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.name))
+            .expect("netns file")
+            .ino()
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter_netns(path: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).expect("open netns");
+    // SAFETY: setns on a valid namespace fd; it changes only this thread's network namespace.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+/// The inode number of this process's network namespace.
+pub fn own_netns_inum() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net").expect("ns").ino()
+}

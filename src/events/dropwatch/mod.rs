@@ -269,6 +269,11 @@ struct DropData {
     icmp_type: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     icmp_code: Option<u8>,
+    /// `echo-request`, `destination-unreachable`… (IANA names; ICMPv6 has its own table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp_type_name: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp_code_name: Option<&'static str>,
     comm: String,
     pid: u32,
     drop_location: String,
@@ -300,6 +305,61 @@ fn tcp_flags_text(flags: u8) -> String {
         .map(|(_, n)| *n)
         .collect::<Vec<_>>()
         .join("|")
+}
+
+/// ICMP / ICMPv6 message type names (IANA registries; wire values, not kernel enums).
+fn icmp_type_name(v6: bool, t: u8) -> Option<&'static str> {
+    Some(match (v6, t) {
+        (false, 0) => "echo-reply",
+        (false, 3) => "destination-unreachable",
+        (false, 4) => "source-quench",
+        (false, 5) => "redirect",
+        (false, 8) => "echo-request",
+        (false, 9) => "router-advertisement",
+        (false, 10) => "router-solicitation",
+        (false, 11) => "time-exceeded",
+        (false, 12) => "parameter-problem",
+        (false, 13) => "timestamp-request",
+        (false, 14) => "timestamp-reply",
+        (true, 1) => "destination-unreachable",
+        (true, 2) => "packet-too-big",
+        (true, 3) => "time-exceeded",
+        (true, 4) => "parameter-problem",
+        (true, 128) => "echo-request",
+        (true, 129) => "echo-reply",
+        (true, 130) => "mld-listener-query",
+        (true, 131) => "mld-listener-report",
+        (true, 133) => "router-solicitation",
+        (true, 134) => "router-advertisement",
+        (true, 135) => "neighbor-solicitation",
+        (true, 136) => "neighbor-advertisement",
+        (true, 137) => "redirect",
+        (true, 143) => "mld2-listener-report",
+        _ => return None,
+    })
+}
+
+/// Code names of the destination-unreachable and time-exceeded types.
+fn icmp_code_name(v6: bool, t: u8, c: u8) -> Option<&'static str> {
+    Some(match (v6, t, c) {
+        (false, 3, 0) => "net-unreachable",
+        (false, 3, 1) => "host-unreachable",
+        (false, 3, 2) => "protocol-unreachable",
+        (false, 3, 3) => "port-unreachable",
+        (false, 3, 4) => "fragmentation-needed",
+        (false, 3, 9) => "net-prohibited",
+        (false, 3, 10) => "host-prohibited",
+        (false, 3, 13) => "admin-prohibited",
+        (false, 11, 0) => "ttl-exceeded",
+        (false, 11, 1) => "reassembly-time-exceeded",
+        (true, 1, 0) => "no-route",
+        (true, 1, 1) => "admin-prohibited",
+        (true, 1, 3) => "address-unreachable",
+        (true, 1, 4) => "port-unreachable",
+        (true, 3, 0) => "hop-limit-exceeded",
+        (true, 3, 1) => "reassembly-time-exceeded",
+        _ => return None,
+    })
 }
 
 fn ip_addr(l3: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
@@ -369,6 +429,12 @@ impl Dropwatch {
             tcp_flags: (has_l4 && e.l4_proto == IPPROTO_TCP).then(|| tcp_flags_text(e.tcp_flags)),
             icmp_type: (has_l4 && is_icmp).then_some(e.icmp_type),
             icmp_code: (has_l4 && is_icmp).then_some(e.icmp_code),
+            icmp_type_name: (has_l4 && is_icmp)
+                .then(|| icmp_type_name(e.l4_proto == IPPROTO_ICMPV6, e.icmp_type))
+                .flatten(),
+            icmp_code_name: (has_l4 && is_icmp)
+                .then(|| icmp_code_name(e.l4_proto == IPPROTO_ICMPV6, e.icmp_type, e.icmp_code))
+                .flatten(),
             packet_len_bytes: e.len,
             netdev_name: bq_bpf::c_str(&e.ifname.map(|c| c as u8)),
             netdev_ifindex: e.ifindex,
@@ -395,6 +461,17 @@ mod tests {
         assert_eq!(tcp_flags_text(0x12), "SYN|ACK");
         assert_eq!(tcp_flags_text(0x04), "RST");
         assert_eq!(tcp_flags_text(0), "");
+    }
+
+    #[test]
+    fn icmp_names() {
+        assert_eq!(icmp_type_name(false, 8), Some("echo-request"));
+        assert_eq!(icmp_type_name(true, 128), Some("echo-request"));
+        assert_eq!(icmp_type_name(false, 3), Some("destination-unreachable"));
+        assert_eq!(icmp_code_name(false, 3, 3), Some("port-unreachable"));
+        assert_eq!(icmp_code_name(true, 1, 4), Some("port-unreachable"));
+        assert_eq!(icmp_type_name(false, 200), None);
+        assert_eq!(icmp_code_name(false, 8, 0), None);
     }
 
     #[test]

@@ -1,0 +1,418 @@
+//! `hungtask`: tasks in uninterruptible sleep (D) longer than `kernel.hung_task_timeout_secs`,
+//! as the kernel's hung-task detector reports them.
+//!
+//! Hook: `tp_btf/sched_process_hang`. BPF takes the hung task's kernel stack
+//! (`bpf_get_task_stack`), how long the detector has seen it not switching, and its memory
+//! cgroup. User space symbolizes the stack and adds the stacks of the other D-state tasks
+//! (from /proc; one scan serves every report of a detector pass). The detector reports a task
+//! again on every pass it is still stuck; one task is recorded at most once per
+//! `repeat_interval_secs`.
+
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::bpf::{self as bq_bpf, PerCpuCounters};
+use crate::config::{check_range, parse_section, ConfigResult};
+use crate::events::memcg_container;
+use crate::host::HostRoot;
+use crate::metrics::{Kind, MetricSink};
+use crate::tracer::{
+    BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
+    TRACERS,
+};
+
+mod skel {
+    #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
+    crate::bpf_skeleton!("hungtask");
+}
+use skel::types::hung_event;
+use skel::HungtaskSkelBuilder;
+
+// Mirrors hungtask.h.
+const SLOT_REPORTED: usize = 0;
+const SLOT_SUPPRESSED: usize = 1;
+const SLOT_RINGBUF_FULL: usize = 2;
+const COUNTER_SLOTS: u32 = 3;
+
+/// A /proc scan of D-state tasks younger than this is reused: the detector reports all hung
+/// tasks of one pass within microseconds.
+const BLOCKED_SCAN_REUSE: Duration = Duration::from_secs(2);
+
+#[linkme::distributed_slice(TRACERS)]
+static SPEC: TracerSpec = TracerSpec {
+    name: "hungtask",
+    mode: Mode::Event,
+    description: "hung tasks (tp_btf/sched_process_hang): task, blocked time, kernel stack, other D-state tasks' stacks",
+    requires: &[
+        Requirement::Root,
+        Requirement::Btf,
+        Requirement::BtfTracepoint("sched_process_hang"),
+        Requirement::HostFile("proc/sys/kernel/hung_task_timeout_secs"),
+    ],
+    default_enabled: true,
+    build,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HungtaskConfig {
+    /// Records per second at most, in BPF (0 = no limit).
+    pub max_events_per_second: u32,
+    /// A task still hung is recorded again only after this long (0 = every report).
+    pub repeat_interval_secs: u64,
+    /// Stacks of at most this many other D-state tasks go into a record (0 = none).
+    pub max_blocked_tasks: usize,
+}
+
+impl Default for HungtaskConfig {
+    fn default() -> Self {
+        HungtaskConfig {
+            max_events_per_second: 100,
+            repeat_interval_secs: 600,
+            max_blocked_tasks: 32,
+        }
+    }
+}
+
+fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
+    let cfg: HungtaskConfig = parse_section(ctx.section, table)?;
+    check_range(
+        &format!("{}.max_events_per_second", ctx.section),
+        cfg.max_events_per_second,
+        0,
+        100_000,
+    )?;
+    check_range(
+        &format!("{}.repeat_interval_secs", ctx.section),
+        cfg.repeat_interval_secs,
+        0,
+        7 * 86_400,
+    )?;
+    check_range(
+        &format!("{}.max_blocked_tasks", ctx.section),
+        cfg.max_blocked_tasks,
+        0,
+        4096,
+    )?;
+    Ok(Tracer::Event(Box::new(Hungtask {
+        cfg,
+        counters: Mutex::new(None),
+        repeats_suppressed: AtomicU64::new(0),
+    })))
+}
+
+pub struct Hungtask {
+    cfg: HungtaskConfig,
+    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+    repeats_suppressed: AtomicU64,
+}
+
+/// Per-run state of the event handler.
+struct Handler<'a> {
+    tracer: &'a Hungtask,
+    ctx: &'a RunContext,
+    clock_offset: i64,
+    last_recorded: HashMap<u32, Instant>,
+    blocked_scan: Option<(Instant, Vec<BlockedTask>)>,
+}
+
+impl EventTracer for Hungtask {
+    fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
+        let mut storage = MaybeUninit::uninit();
+        let mut open = HungtaskSkelBuilder::default()
+            .open(&mut storage)
+            .context("opening the BPF object")?;
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .context("BPF object has no .rodata")?;
+        rodata.max_events_per_second = self.cfg.max_events_per_second;
+        rodata.counter_slots = COUNTER_SLOTS;
+        let previous = self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match &previous {
+            Some(c) => open
+                .maps
+                .counters
+                .reuse_fd(c.fd())
+                .context("reusing the counters map")?,
+            None => bq_bpf::counters::size_counters_map(&mut open.maps.counters, COUNTER_SLOTS)?,
+        }
+        let skel = open.load().context("loading the BPF program")?;
+        if previous.is_none() {
+            let counters = PerCpuCounters::map(&skel.maps.counters, COUNTER_SLOTS)?;
+            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(counters));
+        }
+        let _link = skel
+            .progs
+            .bq_process_hang
+            .attach()
+            .context("attaching to tp_btf/sched_process_hang")?;
+        ctx.attached();
+
+        let mut handler = Handler {
+            tracer: self,
+            ctx,
+            clock_offset: bq_bpf::boottime_to_wall_offset_ns(),
+            last_recorded: HashMap::new(),
+            blocked_scan: None,
+        };
+        bq_bpf::poll_ring_buffer(ctx, &skel.maps.events, |data| {
+            if let Some(e) = bq_bpf::read_record::<hung_event>(data) {
+                handler.handle(&e);
+            }
+            0
+        })?;
+        Ok(())
+    }
+
+    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+        let Some(c) = self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
+        out.single(
+            "events_total",
+            "Hung-task reports of the kernel's detector (a task still hung is reported on every pass).",
+            Kind::Counter,
+            c.get(SLOT_REPORTED) as f64,
+        );
+        out.single(
+            "suppressed_total",
+            "Hung-task reports not recorded: over the rate limit, or a repeat within repeat_interval_secs.",
+            Kind::Counter,
+            (c.get(SLOT_SUPPRESSED) + self.repeats_suppressed.load(Ordering::Relaxed)) as f64,
+        );
+        out.single(
+            "ringbuf_lost_total",
+            "Hung-task reports that passed the rate limit but found the ring buffer full.",
+            Kind::Counter,
+            c.get(SLOT_RINGBUF_FULL) as f64,
+        );
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct HungData {
+    pid: u32,
+    tid: u32,
+    comm: String,
+    /// How long the detector has seen the task not switching: a lower bound of the time blocked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocked_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hung_task_timeout_secs: Option<u64>,
+    /// The hung task's kernel stack, innermost first.
+    stack: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_cgroup_path: Option<String>,
+    /// Other tasks in D state at the time, with their kernel stacks.
+    blocked_tasks: Vec<BlockedTask>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BlockedTask {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub stack: Vec<String>,
+}
+
+/// `(comm, state)` from a /proc/<pid>/stat line (comm may hold spaces and parentheses).
+pub fn parse_stat_comm_state(stat: &str) -> Option<(&str, char)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?;
+    let state = stat.get(close + 1..)?.trim_start().chars().next()?;
+    Some((comm, state))
+}
+
+/// Frames of /proc/<pid>/stack (`[<0>] func+0x1/0x2`) as `func+0x1`.
+pub fn parse_proc_stack(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let frame = l.split_once("] ").map(|(_, f)| f).unwrap_or(l).trim();
+            let frame = frame.split('/').next().unwrap_or(frame);
+            (!frame.is_empty()).then(|| frame.to_string())
+        })
+        .collect()
+}
+
+/// Tasks in D state (threads included), with their kernel stacks; at most `max`.
+pub fn d_state_tasks(host: &HostRoot, max: usize) -> Vec<BlockedTask> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir(host.proc("")) else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            if out.len() >= max {
+                return out;
+            }
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(task) = blocked_task(&t.path(), pid, tid) {
+                out.push(task);
+            }
+        }
+    }
+    out
+}
+
+fn blocked_task(dir: &Path, pid: u32, tid: u32) -> Option<BlockedTask> {
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    let (comm, state) = parse_stat_comm_state(&stat)?;
+    if state != 'D' {
+        return None;
+    }
+    let stack = std::fs::read_to_string(dir.join("stack"))
+        .map(|s| parse_proc_stack(&s))
+        .unwrap_or_default();
+    Some(BlockedTask {
+        pid,
+        tid,
+        comm: comm.to_string(),
+        stack,
+    })
+}
+
+impl Handler<'_> {
+    fn handle(&mut self, e: &hung_event) {
+        let cfg = &self.tracer.cfg;
+        let repeat = Duration::from_secs(cfg.repeat_interval_secs);
+        if !repeat.is_zero() {
+            if self
+                .last_recorded
+                .get(&e.tid)
+                .is_some_and(|t| t.elapsed() < repeat)
+            {
+                self.tracer
+                    .repeats_suppressed
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.last_recorded.retain(|_, t| t.elapsed() < repeat);
+            self.last_recorded.insert(e.tid, Instant::now());
+        }
+        let blocked = if cfg.max_blocked_tasks == 0 {
+            Vec::new()
+        } else {
+            match &self.blocked_scan {
+                Some((at, tasks)) if at.elapsed() < BLOCKED_SCAN_REUSE => tasks.clone(),
+                _ => {
+                    // One more, as the hung task itself is taken out below.
+                    let tasks = d_state_tasks(self.ctx.host(), cfg.max_blocked_tasks + 1);
+                    self.blocked_scan = Some((Instant::now(), tasks.clone()));
+                    tasks
+                }
+            }
+        };
+        let blocked_tasks: Vec<BlockedTask> = blocked
+            .into_iter()
+            .filter(|t| t.tid != e.tid)
+            .take(cfg.max_blocked_tasks)
+            .collect();
+        let frames = if e.stack_bytes > 0 {
+            let n = (e.stack_bytes as usize / 8).min(e.stack.len());
+            self.ctx.symbolizer().stack(&e.stack[..n])
+        } else {
+            Vec::new()
+        };
+        let path = (e.memcg_id != 0).then(|| {
+            bq_bpf::cgroup_path_from_names(
+                e.memcg_path.depth,
+                e.memcg_path.truncated != 0,
+                e.memcg_path.names.iter().map(|n| &n.s[..]),
+            )
+        });
+        let container = memcg_container(self.ctx, e.memcg_id, path.as_deref());
+        let blocked_ns = (e.hz > 0 && e.last_switch_time > 0).then(|| {
+            e.jiffies_now.saturating_sub(e.last_switch_time) * (1_000_000_000 / e.hz as u64)
+        });
+        let data = HungData {
+            pid: e.pid,
+            tid: e.tid,
+            comm: bq_bpf::c_str(&e.comm.map(|c| c as u8)),
+            blocked_ns,
+            hung_task_timeout_secs: std::fs::read_to_string(
+                self.ctx.host().proc("sys/kernel/hung_task_timeout_secs"),
+            )
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
+            stack: frames,
+            memory_cgroup_path: path,
+            blocked_tasks,
+        };
+        match serde_json::to_value(&data) {
+            Ok(v) => self
+                .ctx
+                .save_at(e.time_ns as i64 + self.clock_offset, container, v),
+            Err(err) => tracing::warn!(tracer = "hungtask", error = %err, "cannot encode record"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_state_with_odd_comm() {
+        let stat = "1234 (a (b) c) D 1 1234 1234 0 -1 4194560 98 0 0 0";
+        assert_eq!(parse_stat_comm_state(stat), Some(("a (b) c", 'D')));
+        assert_eq!(parse_stat_comm_state("1 (init) S 0"), Some(("init", 'S')));
+        assert_eq!(parse_stat_comm_state("garbage"), None);
+    }
+
+    #[test]
+    fn proc_stack_frames() {
+        let text = "[<0>] percpu_rwsem_wait+0x11b/0x140\n[<0>] mnt_want_write+0x93/0xc0\n[<0>] do_syscall_64+0x71/0x290\n";
+        assert_eq!(
+            parse_proc_stack(text),
+            vec![
+                "percpu_rwsem_wait+0x11b",
+                "mnt_want_write+0x93",
+                "do_syscall_64+0x71"
+            ]
+        );
+        assert!(parse_proc_stack("").is_empty());
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let host = crate::host::HostRoot::default();
+        let bctx = BuildContext {
+            host: &host,
+            section: "events.hungtask",
+        };
+        let t: toml::Table = toml::from_str("max_blocked_tasks = 100000").unwrap();
+        let err = build(&bctx, &t).err().unwrap();
+        assert!(err.0.contains("events.hungtask.max_blocked_tasks"), "{err}");
+        let t: toml::Table = toml::from_str("repeat_interval_secs = 0").unwrap();
+        assert!(build(&bctx, &t).is_ok());
+    }
+}

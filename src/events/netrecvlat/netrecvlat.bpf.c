@@ -1,0 +1,196 @@
+// SPDX-License-Identifier: GPL-2.0
+/* netrecvlat: received packets that took too long from their receive timestamp (skb->tstamp,
+ * stamped by the stack when the agent keeps RX timestamps on) to a later stage: entering the
+ * stack (netif_receive_skb), TCP processing (tcp_probe), or the copy to the reading process
+ * (skb_copy_datagram_iovec). The hot path is a timestamp read and a compare per packet; only
+ * packets over their stage's threshold are parsed, rate-limited and sent up. */
+#include "bianque.bpf.h"
+#include "netrecvlat.h"
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+
+const volatile __u64 threshold_ns[STAGES] = { 5000000, 10000000, 115000000 };
+const volatile __u32 max_events_per_second = 100;
+/* Packets in this network namespace are not recorded (0: none excluded). */
+const volatile __u32 exclude_netns_inum = 0;
+
+/* CLOCK_REALTIME - CLOCK_MONOTONIC, refreshed by user space (skb->tstamp is usually realtime). */
+volatile __s64 realtime_offset_ns = 0;
+
+struct netrecv_event _event_type = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+/* sk_buff::mono_delivery_time (5.18-6.10) became the 2-bit tstamp_type in 6.11. */
+struct sk_buff___old {
+	__u8 mono_delivery_time: 1;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u8 skb_clock(const struct sk_buff *skb)
+{
+	if (bpf_core_field_exists(skb->tstamp_type)) {
+		__u8 t = BPF_CORE_READ_BITFIELD_PROBED(skb, tstamp_type);
+
+		if (bpf_core_enum_value_exists(enum skb_tstamp_type, SKB_CLOCK_MONOTONIC) &&
+		    t == bpf_core_enum_value(enum skb_tstamp_type, SKB_CLOCK_MONOTONIC))
+			return 1;
+		if (bpf_core_enum_value_exists(enum skb_tstamp_type, SKB_CLOCK_TAI) &&
+		    t == bpf_core_enum_value(enum skb_tstamp_type, SKB_CLOCK_TAI))
+			return 2;
+		return 0;
+	}
+	if (bpf_core_field_exists(((struct sk_buff___old *)skb)->mono_delivery_time))
+		return BPF_CORE_READ_BITFIELD_PROBED((struct sk_buff___old *)skb, mono_delivery_time);
+	return 0;
+}
+
+/* Nanoseconds since the skb's timestamp; 0 without one. */
+static __always_inline __u64 skb_latency(const struct sk_buff *skb, __u8 *clock)
+{
+	__u64 ts = BPF_CORE_READ(skb, tstamp);
+	__u64 now;
+
+	if (!ts)
+		return 0;
+	*clock = skb_clock(skb);
+	if (*clock == 1)
+		now = bpf_ktime_get_ns();
+	else if (*clock == 2)
+		now = bpf_ktime_get_tai_ns();
+	else
+		now = bpf_ktime_get_ns() + realtime_offset_ns;
+	return now > ts ? now - ts : 0;
+}
+
+/* Addresses and ports from the headers at `l3` (the IP header). False if not IPv4/IPv6. */
+static __always_inline bool parse_headers(const struct sk_buff *skb, unsigned char *l3,
+					  struct netrecv_event *e)
+{
+	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	unsigned char *l4;
+
+	if (proto == ETH_P_IP) {
+		struct iphdr ip;
+
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), l3) || ip.version != 4)
+			return false;
+		e->l4_proto = ip.protocol;
+		__builtin_memcpy(e->saddr, &ip.saddr, 4);
+		__builtin_memcpy(e->daddr, &ip.daddr, 4);
+		l4 = l3 + ip.ihl * 4;
+	} else if (proto == ETH_P_IPV6) {
+		struct ipv6hdr ip6;
+
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), l3) || ip6.version != 6)
+			return false;
+		e->l4_proto = ip6.nexthdr;
+		__builtin_memcpy(e->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(e->daddr, &ip6.daddr, 16);
+		l4 = l3 + sizeof(ip6);
+	} else {
+		return false;
+	}
+	e->l3_proto = proto;
+	if (e->l4_proto == IPPROTO_TCP) {
+		struct tcphdr tcp;
+
+		if (!bpf_probe_read_kernel(&tcp, sizeof(tcp), l4)) {
+			e->sport = bpf_ntohs(tcp.source);
+			e->dport = bpf_ntohs(tcp.dest);
+			e->tcp_seq = bpf_ntohl(tcp.seq);
+		}
+	} else if (e->l4_proto == IPPROTO_UDP) {
+		struct udphdr udp;
+
+		if (!bpf_probe_read_kernel(&udp, sizeof(udp), l4)) {
+			e->sport = bpf_ntohs(udp.source);
+			e->dport = bpf_ntohs(udp.dest);
+		}
+	}
+	return true;
+}
+
+static __always_inline void handle(const struct sk_buff *skb, __u32 stage, bool at_data)
+{
+	struct net_device *dev;
+	unsigned char *l3;
+	__u64 latency;
+	__u8 clock = 0;
+
+	if (stage >= STAGES)
+		return;
+	latency = skb_latency(skb, &clock);
+	if (latency < threshold_ns[stage])
+		return;
+	/* Past the threshold: the rare path starts here. */
+	struct netrecv_event e = {};
+
+	e.clock = clock;
+	/* Only IP packets: unix-socket skbs reach skb_copy_datagram_iovec too. */
+	if (at_data)
+		l3 = BPF_CORE_READ(skb, data);
+	else
+		l3 = BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header);
+	if (!parse_headers(skb, l3, &e))
+		return;
+	if (stage == STAGE_USERCOPY) {
+		/* skb->dev is reused as scratch space once queued on a socket: use the reader's
+		 * namespace and the input interface index. */
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+		e.netns_inum = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
+		e.ifindex = BPF_CORE_READ(skb, skb_iif);
+		e.pid = bpf_get_current_pid_tgid() >> 32;
+		e.tid = (__u32)bpf_get_current_pid_tgid();
+		bpf_get_current_comm(e.comm, sizeof(e.comm));
+	} else {
+		dev = BPF_CORE_READ(skb, dev);
+		if (dev) {
+			e.ifindex = BPF_CORE_READ(dev, ifindex);
+			bpf_probe_read_kernel_str(e.ifname, sizeof(e.ifname), dev->name);
+			e.netns_inum = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+		}
+	}
+	counter_add(SLOT_SLOW(stage), 1);
+	if (exclude_netns_inum && e.netns_inum == exclude_netns_inum) {
+		counter_add(SLOT_EXCLUDED, 1);
+		return;
+	}
+	if (!rate_limit_pass(max_events_per_second)) {
+		counter_add(SLOT_SUPPRESSED, 1);
+		return;
+	}
+	e.time_ns = bpf_ktime_get_boot_ns();
+	e.latency_ns = latency;
+	e.stage = stage;
+	e.len = BPF_CORE_READ(skb, len);
+	if (bpf_ringbuf_output(&events, &e, sizeof(e), ringbuf_wakeup_flags(&events)))
+		counter_add(SLOT_RINGBUF_FULL, 1);
+}
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(bq_netif_receive_skb, struct sk_buff *skb)
+{
+	handle(skb, STAGE_NETIF, true);
+	return 0;
+}
+
+SEC("tp_btf/tcp_probe")
+int BPF_PROG(bq_tcp_probe, struct sock *sk, const struct sk_buff *skb)
+{
+	handle(skb, STAGE_TCP, false);
+	return 0;
+}
+
+SEC("tp_btf/skb_copy_datagram_iovec")
+int BPF_PROG(bq_skb_copy_datagram_iovec, const struct sk_buff *skb, int len)
+{
+	handle(skb, STAGE_USERCOPY, false);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

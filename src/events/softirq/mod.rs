@@ -1,0 +1,285 @@
+//! `softirq`: a CPU that spent longer than a threshold (default 10 ms) in one softirq run —
+//! the time nothing else runs on that CPU but interrupts.
+//!
+//! Hooks: `tp_btf/softirq_entry` and `softirq_exit`. Runs over the threshold are counted by type
+//! and, through the rate limit, recorded with the interrupted task and the kernel stack. Type
+//! names (`NET_RX`, `TIMER`…) come from the tracepoint's format, never a built-in table.
+
+use std::mem::MaybeUninit;
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::bpf::btf::{self, EnumNames};
+use crate::bpf::{self as bq_bpf, PerCpuCounters};
+use crate::config::{check_range, parse_section, ConfigResult};
+use crate::metrics::{Kind, MetricSink};
+use crate::tracer::{
+    BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
+    TRACERS,
+};
+
+mod skel {
+    #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
+    crate::bpf_skeleton!("softirq");
+}
+use skel::types::softirq_event;
+use skel::SoftirqSkelBuilder;
+
+// Mirrors softirq.h.
+const VEC_SLOTS: usize = 16;
+const SLOT_SUPPRESSED: usize = VEC_SLOTS;
+const SLOT_RINGBUF_FULL: usize = VEC_SLOTS + 1;
+const COUNTER_SLOTS: u32 = VEC_SLOTS as u32 + 2;
+
+#[linkme::distributed_slice(TRACERS)]
+static SPEC: TracerSpec = TracerSpec {
+    name: "softirq",
+    mode: Mode::Event,
+    description: "softirq runs longer than a threshold (tp_btf/softirq_entry/exit): cpu, type, duration, interrupted task, stack",
+    requires: &[
+        Requirement::Root,
+        Requirement::Btf,
+        Requirement::BtfTracepoint("softirq_entry"),
+        Requirement::BtfTracepoint("softirq_exit"),
+    ],
+    default_enabled: true,
+    build,
+};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SoftirqConfig {
+    /// A softirq run at least this long is recorded (microseconds).
+    pub threshold_us: u64,
+    /// Records per second at most (0 = no limit); the rest are counted as suppressed.
+    pub max_events_per_second: u32,
+}
+
+impl Default for SoftirqConfig {
+    fn default() -> Self {
+        SoftirqConfig {
+            threshold_us: 10_000,
+            max_events_per_second: 100,
+        }
+    }
+}
+
+fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
+    let cfg: SoftirqConfig = parse_section(ctx.section, table)?;
+    check_range(
+        &format!("{}.threshold_us", ctx.section),
+        cfg.threshold_us,
+        10,
+        10_000_000,
+    )?;
+    check_range(
+        &format!("{}.max_events_per_second", ctx.section),
+        cfg.max_events_per_second,
+        0,
+        100_000,
+    )?;
+    Ok(Tracer::Event(Box::new(Softirq {
+        cfg,
+        names: RwLock::new(EnumNames::default()),
+        counters: Mutex::new(None),
+    })))
+}
+
+pub struct Softirq {
+    cfg: SoftirqConfig,
+    names: RwLock<EnumNames>,
+    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+}
+
+/// Softirq type names from `irq/softirq_entry`'s print format (`{ 3, "NET_RX" }`…).
+fn load_names() -> Result<EnumNames> {
+    let dir = bq_bpf::tracefs_dir().map_err(anyhow::Error::msg)?;
+    let fmt = std::fs::read_to_string(dir.join("events/irq/softirq_entry/format"))
+        .context("reading the softirq_entry tracepoint format")?;
+    let members = btf::parse_print_symbolic(&fmt);
+    anyhow::ensure!(
+        !members.is_empty(),
+        "no softirq names in the softirq_entry format"
+    );
+    Ok(EnumNames::from_members(&members))
+}
+
+impl EventTracer for Softirq {
+    fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
+        match load_names() {
+            Ok(n) => *self.names.write().unwrap_or_else(|e| e.into_inner()) = n,
+            Err(e) => {
+                tracing::warn!(tracer = "softirq", error = %format!("{e:#}"), "softirq types will be numbers")
+            }
+        }
+        let mut storage = MaybeUninit::uninit();
+        let mut open = SoftirqSkelBuilder::default()
+            .open(&mut storage)
+            .context("opening the BPF object")?;
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .context("BPF object has no .rodata")?;
+        rodata.threshold_ns = self.cfg.threshold_us * 1000;
+        rodata.max_events_per_second = self.cfg.max_events_per_second;
+        rodata.counter_slots = COUNTER_SLOTS;
+        let previous = self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match &previous {
+            Some(c) => open
+                .maps
+                .counters
+                .reuse_fd(c.fd())
+                .context("reusing the counters map")?,
+            None => bq_bpf::counters::size_counters_map(&mut open.maps.counters, COUNTER_SLOTS)?,
+        }
+        let skel = open.load().context("loading the BPF program")?;
+        if previous.is_none() {
+            let counters = PerCpuCounters::map(&skel.maps.counters, COUNTER_SLOTS)?;
+            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(counters));
+        }
+        // Exit first: an exit without its entry is ignored, an entry alone would be stale.
+        let _exit = skel
+            .progs
+            .bq_softirq_exit
+            .attach()
+            .context("attaching to tp_btf/softirq_exit")?;
+        let _entry = skel
+            .progs
+            .bq_softirq_entry
+            .attach()
+            .context("attaching to tp_btf/softirq_entry")?;
+        ctx.attached();
+
+        let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
+        let threshold_ns = self.cfg.threshold_us * 1000;
+        bq_bpf::poll_ring_buffer(ctx, &skel.maps.events, |data| {
+            if let Some(e) = bq_bpf::read_record::<softirq_event>(data) {
+                self.record(ctx, &e, clock_offset, threshold_ns);
+            }
+            0
+        })?;
+        Ok(())
+    }
+
+    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+        let Some(c) = self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        out.family(
+            "events_total",
+            "Softirq runs at or over the threshold, by softirq type.",
+            Kind::Counter,
+        );
+        let known = names.len().clamp(1, VEC_SLOTS);
+        for vec in 0..VEC_SLOTS {
+            let n = c.get(vec);
+            if vec < known || n > 0 {
+                out.sample(&[("type", &names.name(vec as u32))], n as f64);
+            }
+        }
+        out.single(
+            "suppressed_total",
+            "Softirq runs over the threshold not recorded because of the rate limit.",
+            Kind::Counter,
+            c.get(SLOT_SUPPRESSED) as f64,
+        );
+        out.single(
+            "ringbuf_lost_total",
+            "Softirq runs over the threshold that found the ring buffer full.",
+            Kind::Counter,
+            c.get(SLOT_RINGBUF_FULL) as f64,
+        );
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct SoftirqData {
+    cpu: u32,
+    #[serde(rename = "type")]
+    kind: String,
+    vec: u32,
+    duration_ns: u64,
+    threshold_ns: u64,
+    /// The task the softirq ran on top of (ksoftirqd when deferred there).
+    pid: u32,
+    tid: u32,
+    comm: String,
+    /// Kernel stack at the end of the run, innermost first.
+    stack: Vec<String>,
+}
+
+impl Softirq {
+    fn record(&self, ctx: &RunContext, e: &softirq_event, clock_offset: i64, threshold_ns: u64) {
+        let stack = if e.stack_bytes > 0 {
+            let n = (e.stack_bytes as usize / 8).min(e.stack.len());
+            ctx.symbolizer().stack(&e.stack[..n])
+        } else {
+            Vec::new()
+        };
+        let data = SoftirqData {
+            cpu: e.cpu,
+            kind: self
+                .names
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .name(e.vec)
+                .into_owned(),
+            vec: e.vec,
+            duration_ns: e.duration_ns,
+            threshold_ns,
+            pid: e.pid,
+            tid: e.tid,
+            comm: bq_bpf::c_str(&e.comm.map(|c| c as u8)),
+            stack,
+        };
+        match serde_json::to_value(&data) {
+            Ok(v) => ctx.save_at(e.time_ns as i64 + clock_offset, None, v),
+            Err(err) => tracing::warn!(tracer = "softirq", error = %err, "cannot encode record"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_the_tracepoint_format() {
+        let names = load_names().unwrap();
+        assert!(names.len() >= 10, "{}", names.len());
+        let all: Vec<String> = (0..names.len() as u32)
+            .map(|v| names.name(v).into_owned())
+            .collect();
+        assert!(all.contains(&"NET_RX".to_string()), "{all:?}");
+        assert!(all.contains(&"TIMER".to_string()), "{all:?}");
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let host = crate::host::HostRoot::default();
+        let bctx = BuildContext {
+            host: &host,
+            section: "events.softirq",
+        };
+        let t: toml::Table = toml::from_str("threshold_us = 1").unwrap();
+        let err = build(&bctx, &t).err().unwrap();
+        assert!(err.0.contains("events.softirq.threshold_us"), "{err}");
+        let t: toml::Table = toml::from_str("threshold_us = 100").unwrap();
+        assert!(build(&bctx, &t).is_ok());
+    }
+}

@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The record softirq.bpf.c sends for a softirq that ran longer than the threshold. */
+#ifndef SOFTIRQ_H
+#define SOFTIRQ_H
+
+#define STACK_DEPTH 32
+
+/* Counter slots: [0, VEC_SLOTS) softirqs over the threshold by vector, then the rest. */
+#define VEC_SLOTS 16
+#define SLOT_SUPPRESSED (VEC_SLOTS + 0)
+#define SLOT_RINGBUF_FULL (VEC_SLOTS + 1)
+#define COUNTER_SLOTS (VEC_SLOTS + 2)
+
+struct softirq_start {
+	__u64 start_ns;
+	__u32 vec;
+	__u32 _pad;
+};
+
+struct softirq_event {
+	__u64 time_ns;      /* CLOCK_BOOTTIME, at the exit */
+	__u64 duration_ns;
+	__u32 cpu;
+	__u32 vec;
+	__u32 pid;          /* tgid of the task the softirq interrupted (or ksoftirqd) */
+	__u32 tid;
+	__s32 stack_bytes;
+	__u32 _pad;
+	char comm[16];
+	__u64 stack[STACK_DEPTH];
+};
+
+#endif /* SOFTIRQ_H */

@@ -1,0 +1,118 @@
+//! softirq on the real kernel: a TCP flood over loopback makes NET_RX softirq runs long enough
+//! to cross a low threshold (20 µs); they are recorded with the type name, the task they ran on
+//! (the flooding sender) and a kernel stack.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const THRESHOLD_US: u64 = 20;
+
+/// Floods loopback TCP for up to `max`, or until `stop` is set.
+fn flood(stop: Arc<AtomicBool>, max: Duration) {
+    let srv = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = srv.local_addr().unwrap();
+    let rx = std::thread::Builder::new()
+        .name("bq-sirq-rx".into())
+        .spawn(move || {
+            let (mut c, _) = srv.accept().unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            while c.read(&mut buf).is_ok_and(|n| n > 0) {}
+        })
+        .unwrap();
+    let tx = std::thread::Builder::new()
+        .name("bq-sirq-tx".into())
+        .spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let buf = vec![b'x'; 1 << 16];
+            let start = Instant::now();
+            while start.elapsed() < max && !stop.load(Ordering::Relaxed) {
+                if s.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        })
+        .unwrap();
+    tx.join().unwrap();
+    rx.join().unwrap();
+}
+
+#[test]
+fn long_net_rx_softirqs_under_a_loopback_flood_are_recorded() {
+    let agent = Agent::start(
+        &format!(
+            "[events.softirq]\nthreshold_us = {THRESHOLD_US}\nmax_events_per_second = 1000\n\
+             [events.dropwatch]\nenabled = false\n"
+        ),
+        &[],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || flood(stop, Duration::from_secs(20)))
+    };
+    let ours = |agent: &Agent| -> Vec<serde_json::Value> {
+        agent
+            .events("tracer=softirq&limit=10000")
+            .into_iter()
+            .filter(|e| {
+                let d = &e["tracer_data"];
+                d["type"] == "NET_RX"
+                    && d["comm"].as_str().is_some_and(|c| c.starts_with("bq-sirq"))
+            })
+            .collect()
+    };
+    let found = wait_until(Duration::from_secs(20), || !ours(&agent).is_empty());
+    stop.store(true, Ordering::Relaxed);
+    flooder.join().unwrap();
+    assert!(
+        found,
+        "no NET_RX record from the flood; metrics:\n{}\nlog:\n{}",
+        agent.metrics(),
+        agent.log()
+    );
+    let events = ours(&agent);
+    println!(
+        "{} records from the flood; first: {}",
+        events.len(),
+        events[0]
+    );
+    let cpus = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count() as u64;
+    for e in &events {
+        let d = &e["tracer_data"];
+        assert_eq!(d["threshold_ns"], THRESHOLD_US * 1000);
+        assert!(
+            d["duration_ns"].as_u64().unwrap() >= THRESHOLD_US * 1000,
+            "{d}"
+        );
+        assert!(d["cpu"].as_u64().unwrap() < cpus, "{d}");
+        assert_eq!(d["pid"], std::process::id());
+        let stack: Vec<&str> = d["stack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f.as_str())
+            .collect();
+        assert!(
+            stack.iter().any(|f| f.starts_with("handle_softirqs+0x")),
+            "{stack:?}"
+        );
+        assert!(!stack[0].starts_with("bpf_"), "{stack:?}");
+    }
+    assert!(
+        agent
+            .metric("bianque_softirq_events_total{type=\"NET_RX\"}")
+            .unwrap()
+            >= events.len() as f64
+    );
+}
