@@ -211,6 +211,9 @@ pub struct ContainerRegistry {
     last_sync: Mutex<Option<Instant>>,
     /// Unknown ids recently looked up, so each triggers at most one resync a second.
     missed: Mutex<HashMap<u64, Instant>>,
+    /// The last metadata answer and when it was fetched: asked again only for new containers
+    /// or after `resync_secs`, so resyncs on container removal never wait on an API.
+    metadata: Mutex<(Option<Instant>, Arc<HashMap<String, metadata::Meta>>)>,
 }
 
 impl ContainerRegistry {
@@ -231,6 +234,7 @@ impl ContainerRegistry {
             state: RwLock::new(State::default()),
             last_sync: Mutex::new(None),
             missed: Mutex::new(HashMap::new()),
+            metadata: Mutex::new((None, Arc::new(HashMap::new()))),
         }
     }
 
@@ -384,7 +388,19 @@ impl ContainerRegistry {
                 members.push((*ino, m.id));
             }
         }
-        let meta = self.fetch_metadata();
+        let meta = {
+            let mut cached = self.metadata.lock().unwrap_or_else(|e| e.into_inner());
+            let stale = cached
+                .0
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(self.cfg.resync_secs));
+            // Containers no source knows (cgroup-only) must not make every resync ask again.
+            let unknown = found.keys().any(|id| !cached.1.contains_key(id))
+                && cached.0.is_none_or(|t| t.elapsed() >= MISS_RETRY_INTERVAL);
+            if stale || unknown {
+                *cached = (Some(Instant::now()), Arc::new(self.fetch_metadata()));
+            }
+            cached.1.clone()
+        };
         // Containers sharing the host's network namespace must not claim its packets.
         let host_netns = netns_inum(&self.host, 1);
         let now_text = crate::store::format_time_ns(crate::store::now_ns());
