@@ -395,7 +395,9 @@ impl ContainerRegistry {
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(self.cfg.resync_secs));
             // Containers no source knows (cgroup-only) must not make every resync ask again.
             let unknown = found.keys().any(|id| !cached.1.contains_key(id))
-                && cached.0.is_none_or(|t| t.elapsed() >= MISS_RETRY_INTERVAL);
+                && cached
+                    .0
+                    .is_none_or(|t| t.elapsed() >= MISS_RESYNC_MIN_INTERVAL);
             if stale || unknown {
                 *cached = (Some(Instant::now()), Arc::new(self.fetch_metadata()));
             }
@@ -564,7 +566,9 @@ impl ContainerRegistry {
             if !path.exists() {
                 continue;
             }
-            match metadata::get_unix(&path, "/containers/json", API_TIMEOUT)
+            // all=1: created and exited containers too, so a container is named from its
+            // first event (an OOM kill can come within milliseconds of the start).
+            match metadata::get_unix(&path, "/containers/json?all=1", API_TIMEOUT)
                 .and_then(|b| metadata::parse_engine_containers(&b))
             {
                 Ok(m) => out.extend(m),
