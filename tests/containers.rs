@@ -289,7 +289,13 @@ fn a_real_podman_container_gets_its_events_and_leaves_when_removed() {
 
     // An OOM kill inside a second container: the kernel's SIGKILL names the container.
     let oom_name = format!("bq-oom-{}", std::process::id());
-    let oom_id = podman.run(&oom_name, "--memory 32m", "/bin/busybox tail /dev/zero");
+    // The allocation starts a moment after the start: while `podman run` holds its locks the
+    // podman API cannot name the container (a kill within that window is recorded by id only).
+    let oom_id = podman.run(
+        &oom_name,
+        "--memory 32m",
+        "/bin/busybox sh -c 'sleep 1.5; exec /bin/busybox tail /dev/zero'",
+    );
     let killed = |a: &Agent| {
         a.events("tracer=signal&limit=100").into_iter().find(|e| {
             e["container_id"] == oom_id.as_str() && e["tracer_data"]["signal"] == "SIGKILL"
