@@ -41,7 +41,7 @@ run: release
 	./target/release/bianque run $(ARGS)
 
 test: test-deps
-	$(CARGO) test -- --test-threads=2
+	$(CARGO) test --no-fail-fast -- --test-threads=2
 
 # Regenerate bpf/vmlinux.h from this machine's kernel BTF (committed, so builds do not need BTF).
 vmlinux:

@@ -14,6 +14,10 @@ fn quiet() -> std::sync::RwLockReadGuard<'static, ()> {
     STORM.read().unwrap_or_else(|e| e.into_inner())
 }
 
+fn only_port(port: u16) -> String {
+    format!("[events.dropwatch]\nports = [{port}]\n")
+}
+
 fn drops_to(agent: &Agent, port: u16) -> Vec<serde_json::Value> {
     agent
         .events("tracer=dropwatch&limit=10000")
@@ -25,8 +29,9 @@ fn drops_to(agent: &Agent, port: u16) -> Vec<serde_json::Value> {
 #[test]
 fn udp_to_a_closed_port_is_recorded_as_no_socket() {
     let _quiet = quiet();
-    let agent = Agent::start("", &[]);
     let port = closed_udp_port();
+    // Only this test's port: other drops on the machine must not use up the rate limit.
+    let agent = Agent::start(&only_port(port), &[]);
     send_udp_from_thread("bq-udp-sender", &format!("127.0.0.1:{port}"), 3);
     assert!(
         wait_until(Duration::from_secs(5), || drops_to(&agent, port).len() >= 3),
@@ -78,11 +83,11 @@ fn udp_to_a_closed_port_is_recorded_as_no_socket() {
 #[test]
 fn udp_over_ipv6_is_recorded() {
     let _quiet = quiet();
-    let agent = Agent::start("", &[]);
     let port = {
         let s = std::net::UdpSocket::bind("[::1]:0").expect("bind ::1");
         s.local_addr().unwrap().port()
     };
+    let agent = Agent::start(&only_port(port), &[]);
     send_udp_from_thread("bq-udp6-sender", &format!("[::1]:{port}"), 2);
     assert!(
         wait_until(Duration::from_secs(5), || !drops_to(&agent, port)
@@ -101,8 +106,8 @@ fn udp_over_ipv6_is_recorded() {
 #[test]
 fn an_nftables_drop_rule_is_recorded_as_netfilter_drop() {
     let _quiet = quiet();
-    let agent = Agent::start("", &[]);
     let port = closed_udp_port();
+    let agent = Agent::start(&only_port(port), &[]);
     let table = format!("bq_test_{}", std::process::id());
     let _cleanup = Cleanup(format!("nft delete table inet {table}"));
     sh(&format!(
@@ -220,8 +225,9 @@ fn sigterm_exits_zero_fast_and_leaves_no_bpf_program() {
 #[test]
 fn a_dropped_icmp_port_unreachable_is_recorded_with_type_names() {
     let _quiet = quiet();
-    let agent = Agent::start("", &[]);
     let port = closed_udp_port();
+    // Only ICMP drops count against the rate limit here.
+    let agent = Agent::start("[events.dropwatch]\nprotocols = [\"icmp\"]\n", &[]);
     let table = format!("bq_icmp_{}", std::process::id());
     let _cleanup = Cleanup(format!("nft delete table inet {table}"));
     // Drop the kernel's port-unreachable answer whose quoted UDP header names our port
