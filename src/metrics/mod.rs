@@ -5,21 +5,26 @@
 //! Names are `<prefix>_<collector>_<metric>`; the sink adds the `<prefix>_<collector>_` part.
 
 pub mod arp;
+pub mod bpfhist;
 pub mod cgroup;
 pub mod cpu;
 pub mod diskio;
 pub mod filter;
+pub mod iolatency;
 pub mod loadavg;
 pub mod memory_buddyinfo;
 pub mod memory_events;
 pub mod memory_meminfo;
+pub mod memory_reclaim;
 pub mod memory_vmstat;
 pub mod mountpoint_perm;
 pub mod netdev;
 pub mod netstat;
 pub mod pressure;
 pub mod procfile;
+pub mod runqlat;
 pub mod sockstat;
+pub mod softirq;
 pub mod tcp_memory;
 
 use std::fmt::Write as _;
