@@ -331,8 +331,30 @@ fn urlencode(s: &str) -> String {
 fn prometheus_scrapes_the_agent_and_answers_for_host_and_cgroup() {
     let agent = Agent::start("", &["--disable", "dropwatch"]);
     let cg = TestCgroup::new(&["memory", "cpu", "cpuacct"]);
-    let _idle = Kids(vec![cg.spawn("sleep 120")]);
+    // Its own network namespace, so the per-container network collectors have something.
+    let _idle = Kids(vec![cg.spawn("unshare -n sleep 120")]);
     wait_for_container(&agent, &cg.id);
+    let labels = container_labels(&cg.id);
+    let wanted = [
+        format!("bianque_sockstat_container_sockets_used{{{labels}}}"),
+        format!("bianque_arp_container_entries{{{labels}}}"),
+        format!("bianque_netstat_container_tcp_activeopens_total{{{labels}}}"),
+    ];
+    // The shell enters the cgroup before `unshare` gives it its namespace: wait for that.
+    let mut m = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        m = agent.metrics();
+        wanted.iter().all(|s| metric_value(&m, s) == Some(0.0))
+    });
+    assert!(ok, "container network series missing: {wanted:?}");
+    let per_container = m
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&format!("container_id=\"{}\"", cg.id)))
+        .count();
+    assert!(
+        (30..=150).contains(&per_container),
+        "series for one idle container: {per_container} (budget 150)"
+    );
 
     let dir = TempDir::new("prometheus");
     let prom_addr = format!("127.0.0.1:{}", free_port());

@@ -311,7 +311,10 @@ pub fn netns_pid(
         return None;
     }
     let pid: u32 = buf.lines().next()?.trim().parse().ok()?;
-    let host_ns = std::fs::metadata(host.proc("1/ns/net")).ok()?;
+    // pid 1's namespace is the host's; where pid 1 is out of reach (a sandbox), our own.
+    let host_ns = std::fs::metadata(host.proc("1/ns/net"))
+        .or_else(|_| std::fs::metadata(host.proc("self/ns/net")))
+        .ok()?;
     let ns = std::fs::metadata(host.proc(&format!("{pid}/ns/net"))).ok()?;
     (ns.ino() != host_ns.ino() || ns.dev() != host_ns.dev()).then_some(pid)
 }
