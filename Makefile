@@ -45,6 +45,7 @@ vmlinux:
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/vmlinux.h
 
 bench: test-deps
+	$(CARGO) bench --bench dropwatch
 	$(CARGO) bench --bench metrics_scrape
 
 fmt:
