@@ -459,19 +459,16 @@ mod tests {
         let dir = tmpdir("burst");
         let store = Store::open(&dir, retention()).unwrap();
         let now = now_ns();
-        let start = Instant::now();
+        // save() is a channel send: the burst is queued in memory while one writer thread
+        // inserts in batched transactions; nothing is lost.
         for i in 0..100_000 {
             store.save(rec("burst", now + i, None));
         }
-        let queued_in = start.elapsed();
         store.close();
         assert_eq!(store.count().unwrap(), 100_000);
         assert_eq!(store.stats().write_errors.load(Ordering::Relaxed), 0);
-        // Queueing is an in-memory channel send; writing happens on the writer thread.
-        assert!(
-            queued_in < Duration::from_secs(5),
-            "queueing took {queued_in:?}"
-        );
+        assert_eq!(store.stats().written.load(Ordering::Relaxed), 100_000);
+        assert_eq!(store.stats().queued.load(Ordering::Relaxed), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
