@@ -13,7 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_bianque");
 const ALTERNATING: usize = 60;
 const LONG_RUN: usize = 1000;
 
-struct Proc(Child, &'static str);
+struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -163,7 +163,6 @@ fn main() {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn bianque"),
-        "bianque",
     );
     let ne = Proc(
         Command::new("prometheus-node-exporter")
@@ -172,7 +171,6 @@ fn main() {
             .stderr(Stdio::null())
             .spawn()
             .expect("prometheus-node-exporter (Debian) is installed by `make test-deps`"),
-        "node_exporter",
     );
     wait_up(&bq_addr);
     wait_up(&ne_addr);

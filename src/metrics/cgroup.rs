@@ -243,6 +243,43 @@ pub fn cpuset_count(list: &str) -> Option<u64> {
     Some(n)
 }
 
+/// A process of the container that lives in its own network namespace (not the host's), so
+/// that `/proc/<pid>/net/*` shows the container's network. None for host-network containers
+/// or when the cgroup has no process.
+pub fn netns_pid(
+    host: &HostRoot,
+    layout: &Layout,
+    c: &ContainerCgroup,
+    buf: &mut String,
+) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = ["memory", "cpu", "pids"]
+        .iter()
+        .filter_map(|ctrl| layout.dir(ctrl, &c.rel))
+        .find(|d| d.path.join("cgroup.procs").exists())?;
+    if !crate::metrics::procfile::read_optional(&dir.path.join("cgroup.procs"), buf).ok()? {
+        return None;
+    }
+    let pid: u32 = buf.lines().next()?.trim().parse().ok()?;
+    // pid 1's namespace is the host's; where pid 1 is out of reach (a sandbox), our own.
+    let host_ns = std::fs::metadata(host.proc("1/ns/net"))
+        .or_else(|_| std::fs::metadata(host.proc("self/ns/net")))
+        .ok()?;
+    let ns = std::fs::metadata(host.proc(&format!("{pid}/ns/net"))).ok()?;
+    (ns.ino() != host_ns.ino() || ns.dev() != host_ns.dev()).then_some(pid)
+}
+
+/// The host's copy of a `/proc/net` file: `proc/1/net/<name>` (pid 1's namespace, right even
+/// when the agent runs in a container with the host's /proc) if present, else `proc/net/<name>`.
+pub fn host_net_file(host: &HostRoot, name: &str) -> PathBuf {
+    let p1 = host.proc(&format!("1/net/{name}"));
+    if p1.exists() {
+        p1
+    } else {
+        host.proc(&format!("net/{name}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,42 +327,5 @@ mod tests {
         for bad in ["", "a", "3-1", "1-", "1,,2"] {
             assert_eq!(cpuset_count(bad), None, "{bad:?}");
         }
-    }
-}
-
-/// A process of the container that lives in its own network namespace (not the host's), so
-/// that `/proc/<pid>/net/*` shows the container's network. None for host-network containers
-/// or when the cgroup has no process.
-pub fn netns_pid(
-    host: &HostRoot,
-    layout: &Layout,
-    c: &ContainerCgroup,
-    buf: &mut String,
-) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let dir = ["memory", "cpu", "pids"]
-        .iter()
-        .filter_map(|ctrl| layout.dir(ctrl, &c.rel))
-        .find(|d| d.path.join("cgroup.procs").exists())?;
-    if !crate::metrics::procfile::read_optional(&dir.path.join("cgroup.procs"), buf).ok()? {
-        return None;
-    }
-    let pid: u32 = buf.lines().next()?.trim().parse().ok()?;
-    // pid 1's namespace is the host's; where pid 1 is out of reach (a sandbox), our own.
-    let host_ns = std::fs::metadata(host.proc("1/ns/net"))
-        .or_else(|_| std::fs::metadata(host.proc("self/ns/net")))
-        .ok()?;
-    let ns = std::fs::metadata(host.proc(&format!("{pid}/ns/net"))).ok()?;
-    (ns.ino() != host_ns.ino() || ns.dev() != host_ns.dev()).then_some(pid)
-}
-
-/// The host's copy of a `/proc/net` file: `proc/1/net/<name>` (pid 1's namespace, right even
-/// when the agent runs in a container with the host's /proc) if present, else `proc/net/<name>`.
-pub fn host_net_file(host: &HostRoot, name: &str) -> PathBuf {
-    let p1 = host.proc(&format!("1/net/{name}"));
-    if p1.exists() {
-        p1
-    } else {
-        host.proc(&format!("net/{name}"))
     }
 }

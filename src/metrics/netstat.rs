@@ -124,12 +124,10 @@ pub fn parse_netstat(text: &str) -> Result<Vec<(String, i64)>> {
     Ok(out)
 }
 
-fn emit(
-    out: &mut MetricSink,
-    rows: &[(String, Vec<(Option<usize>, i64)>)],
-    labels: &[[(&str, &str); 5]],
-    container: bool,
-) {
+/// Field → samples (container index or host, value).
+type Rows = Vec<(String, Vec<(Option<usize>, i64)>)>;
+
+fn emit(out: &mut MetricSink, rows: &Rows, labels: &[[(&str, &str); 5]], container: bool) {
     let huatuo = out.huatuo_names();
     let mut name = String::with_capacity(64);
     let mut help = String::with_capacity(64);
@@ -179,7 +177,7 @@ impl Netstat {
 impl Collector for Netstat {
     fn collect(&self, out: &mut MetricSink) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
-        let host: Vec<(String, Vec<(Option<usize>, i64)>)> = self
+        let host: Rows = self
             .read_host()?
             .into_iter()
             .filter(|(k, _)| self.filter.matches(k) && seen.insert(k.to_ascii_lowercase()))
@@ -195,7 +193,7 @@ impl Collector for Netstat {
         }
         let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         let mut labels = Vec::new();
-        let mut rows: Vec<(String, Vec<(Option<usize>, i64)>)> = Vec::new();
+        let mut rows: Rows = Vec::new();
         for c in &snap.containers {
             let Some(pid) = cgroup::netns_pid(&self.host, &snap.layout, c, &mut buf) else {
                 continue;
