@@ -49,6 +49,8 @@ vmlinux:
 
 bench: test-deps
 	$(CARGO) bench --bench dropwatch
+	$(CARGO) bench --bench metrics_scrape
+	$(CARGO) bench --bench containers
 
 fmt:
 	$(CARGO) fmt --all

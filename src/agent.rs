@@ -77,6 +77,11 @@ pub fn init_logging(cfg: &Config) {
 
 pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     let started = Instant::now();
+    // Collectors run on blocking-pool threads; glibc gives each thread its own malloc arena
+    // (up to 8 × cores), which alone added ~6 MiB of RSS under steady scraping. Two arenas are
+    // plenty for this workload.
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let cfg = load_config(&opts)?;
     init_logging(&cfg);
     let host_root = HostRoot::new(opts.host_root.clone().unwrap_or_else(|| PathBuf::from("/")));
@@ -164,6 +169,10 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
             start_runner.start_all();
             start_runner.wait_started(Duration::from_secs(10));
             start_state.ready.store(true, Ordering::Relaxed);
+            // Start-up parses kernel BTF and symbol tables (megabytes, then freed): hand the
+            // freed heap back to the OS.
+            // SAFETY: malloc_trim only releases free memory of the allocator.
+            unsafe { libc::malloc_trim(0) };
             tracing::info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "all tracers started"

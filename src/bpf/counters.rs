@@ -87,6 +87,21 @@ impl PerCpuCounters {
         sum
     }
 
+    /// One CPU's value of a slot (rows are CPUs in `0..cpus()`).
+    pub fn get_on_cpu(&self, cpu: usize, slot: usize) -> u64 {
+        let idx = cpu * self.slots + slot;
+        if slot >= self.slots || idx >= self.len {
+            return 0;
+        }
+        // SAFETY: idx < len, the number of u64 entries in the live mapping.
+        unsafe { std::ptr::read_volatile(self.ptr.as_ptr().add(idx)) }
+    }
+
+    /// Number of CPU rows.
+    pub fn cpus(&self) -> usize {
+        self.len / self.slots
+    }
+
     /// The map's fd, for `OpenMapMut::reuse_fd` when the tracer is loaded again.
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self._fd.as_fd()

@@ -4,7 +4,27 @@
 //! (version 0.0.4) straight into a reusable buffer: a scrape allocates nothing per series.
 //! Names are `<prefix>_<collector>_<metric>`; the sink adds the `<prefix>_<collector>_` part.
 
+pub mod arp;
+pub mod bpfhist;
+pub mod cgroup;
+pub mod cpu;
+pub mod diskio;
+pub mod filter;
+pub mod iolatency;
 pub mod loadavg;
+pub mod memory_buddyinfo;
+pub mod memory_events;
+pub mod memory_meminfo;
+pub mod memory_reclaim;
+pub mod memory_vmstat;
+pub mod mountpoint_perm;
+pub mod netdev;
+pub mod netstat;
+pub mod pressure;
+pub mod procfile;
+pub mod runqlat;
+pub mod sockstat;
+pub mod tcp_memory;
 pub mod uptime;
 
 use std::fmt::Write as _;
@@ -13,6 +33,8 @@ use std::fmt::Write as _;
 pub enum Kind {
     Counter,
     Gauge,
+    /// Written with [`MetricSink::histogram`]: `_bucket{le}`, `_sum`, `_count`.
+    Histogram,
 }
 
 impl Kind {
@@ -20,6 +42,7 @@ impl Kind {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         }
     }
 }
@@ -31,7 +54,12 @@ pub struct MetricSink {
     name_prefix: String,
     /// Base of a family being written, so samples need not repeat it.
     family: String,
+    /// The prefix is HuaTuo's (`huatuo_bamai`): see [`MetricSink::huatuo_names`].
+    huatuo: bool,
 }
+
+/// The prefix that asks for HuaTuo's exact series names.
+pub const HUATUO_PREFIX: &str = "huatuo_bamai";
 
 impl MetricSink {
     /// `prefix` is the configured metric prefix, `collector` the tracer's name.
@@ -40,6 +68,7 @@ impl MetricSink {
             buf: String::with_capacity(1024),
             name_prefix: format!("{prefix}_{collector}_"),
             family: String::new(),
+            huatuo: prefix == HUATUO_PREFIX,
         }
     }
 
@@ -49,6 +78,7 @@ impl MetricSink {
             buf: String::with_capacity(1024),
             name_prefix: format!("{prefix}_"),
             family: String::new(),
+            huatuo: prefix == HUATUO_PREFIX,
         }
     }
 
@@ -63,12 +93,66 @@ impl MetricSink {
         self
     }
 
+    /// True when the configured prefix is HuaTuo's (`huatuo_bamai`). A few HuaTuo series break
+    /// Prometheus conventions (camelCase netstat names, counters typed as gauges without
+    /// `_total`); collectors emit those exactly as HuaTuo does under its prefix, so existing
+    /// dashboards work, and lint-clean names under any other prefix.
+    pub fn huatuo_names(&self) -> bool {
+        self.huatuo
+    }
+
     /// One sample of the current family.
     pub fn sample(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        self.series("", labels, &[], value);
+        self
+    }
+
+    /// One sample with two label sets (e.g. container labels, then the family's own).
+    pub fn sample2(
+        &mut self,
+        labels: &[(&str, &str)],
+        more: &[(&str, &str)],
+        value: f64,
+    ) -> &mut Self {
+        self.series("", labels, more, value);
+        self
+    }
+
+    /// One histogram of the current family (started with [`Kind::Histogram`]). `buckets` are
+    /// `(upper bound, cumulative count)` in increasing order, without `+Inf`; `count` is the
+    /// `+Inf` bucket.
+    pub fn histogram(
+        &mut self,
+        labels: &[(&str, &str)],
+        more: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) -> &mut Self {
+        let mut le = String::with_capacity(16);
+        for &(bound, n) in buckets {
+            le.clear();
+            write_value(&mut le, bound);
+            let mut all: Vec<(&str, &str)> = Vec::with_capacity(more.len() + 1);
+            all.extend_from_slice(more);
+            all.push(("le", le.as_str()));
+            self.series("_bucket", labels, &all, n as f64);
+        }
+        let mut all: Vec<(&str, &str)> = Vec::with_capacity(more.len() + 1);
+        all.extend_from_slice(more);
+        all.push(("le", "+Inf"));
+        self.series("_bucket", labels, &all, count as f64);
+        self.series("_sum", labels, more, sum);
+        self.series("_count", labels, more, count as f64);
+        self
+    }
+
+    fn series(&mut self, suffix: &str, labels: &[(&str, &str)], more: &[(&str, &str)], value: f64) {
         self.buf.push_str(&self.family);
-        if !labels.is_empty() {
+        self.buf.push_str(suffix);
+        if !labels.is_empty() || !more.is_empty() {
             self.buf.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
+            for (i, (k, v)) in labels.iter().chain(more.iter()).enumerate() {
                 if i > 0 {
                     self.buf.push(',');
                 }
@@ -82,7 +166,6 @@ impl MetricSink {
         self.buf.push(' ');
         write_value(&mut self.buf, value);
         self.buf.push('\n');
-        self
     }
 
     /// A family with one unlabelled sample.
@@ -102,6 +185,19 @@ impl MetricSink {
     pub fn into_string(self) -> String {
         self.buf
     }
+}
+
+/// Rewrites name tokens that `promtool check metrics` reads as abbreviated units (`sec`,
+/// as in the kernel's `nr_sec_page_table_pages`) into words.
+pub fn expand_unit_tokens(name: &mut String) {
+    if !name.split('_').any(|t| t == "sec") {
+        return;
+    }
+    let fixed: Vec<&str> = name
+        .split('_')
+        .map(|t| if t == "sec" { "secondary" } else { t })
+        .collect();
+    *name = fixed.join("_");
 }
 
 fn write_value(buf: &mut String, v: f64) {
@@ -158,6 +254,31 @@ mod tests {
              # TYPE bianque_dropwatch_up gauge\n\
              bianque_dropwatch_up +Inf\n"
         );
+    }
+
+    #[test]
+    fn writes_histograms() {
+        let mut s = MetricSink::new("bianque", "runqlat");
+        s.family("latency_seconds", "Run-queue latency.", Kind::Histogram)
+            .histogram(
+                &[("a", "1")],
+                &[("b", "2")],
+                &[(0.001, 3), (0.01, 5)],
+                0.02,
+                6,
+            );
+        assert_eq!(
+            s.as_str(),
+            "# HELP bianque_runqlat_latency_seconds Run-queue latency.\n\
+             # TYPE bianque_runqlat_latency_seconds histogram\n\
+             bianque_runqlat_latency_seconds_bucket{a=\"1\",b=\"2\",le=\"0.001\"} 3\n\
+             bianque_runqlat_latency_seconds_bucket{a=\"1\",b=\"2\",le=\"0.01\"} 5\n\
+             bianque_runqlat_latency_seconds_bucket{a=\"1\",b=\"2\",le=\"+Inf\"} 6\n\
+             bianque_runqlat_latency_seconds_sum{a=\"1\",b=\"2\"} 0.02\n\
+             bianque_runqlat_latency_seconds_count{a=\"1\",b=\"2\"} 6\n"
+        );
+        assert!(!s.huatuo_names());
+        assert!(MetricSink::new("huatuo_bamai", "x").huatuo_names());
     }
 
     #[test]

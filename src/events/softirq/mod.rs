@@ -4,6 +4,11 @@
 //! Hooks: `tp_btf/softirq_entry` and `softirq_exit`. Runs over the threshold are counted by type
 //! and, through the rate limit, recorded with the interrupted task and the kernel stack. Type
 //! names (`NET_RX`, `TIMER`…) come from the tracepoint's format, never a built-in table.
+//!
+//! The same tracer exports the raise→entry latency histograms (`latency.rs`,
+//! `tp_btf/softirq_raise` + `softirq_entry`), read from per-CPU counters at scrape time.
+
+mod latency;
 
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex, RwLock};
@@ -44,6 +49,7 @@ static SPEC: TracerSpec = TracerSpec {
         Requirement::Btf,
         Requirement::BtfTracepoint("softirq_entry"),
         Requirement::BtfTracepoint("softirq_exit"),
+        Requirement::BtfTracepoint("softirq_raise"),
     ],
     default_enabled: true,
     build,
@@ -56,6 +62,8 @@ pub struct SoftirqConfig {
     pub threshold_us: u64,
     /// Records per second at most (0 = no limit); the rest are counted as suppressed.
     pub max_events_per_second: u32,
+    /// Also one latency histogram per CPU and type (cardinality: CPUs × types × buckets).
+    pub per_cpu: bool,
 }
 
 impl Default for SoftirqConfig {
@@ -63,6 +71,7 @@ impl Default for SoftirqConfig {
         SoftirqConfig {
             threshold_us: 10_000,
             max_events_per_second: 100,
+            per_cpu: false,
         }
     }
 }
@@ -82,6 +91,7 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
         100_000,
     )?;
     Ok(Tracer::Event(Box::new(Softirq {
+        latency: latency::Latency::new(cfg.per_cpu),
         cfg,
         names: RwLock::new(EnumNames::default()),
         counters: Mutex::new(None),
@@ -90,6 +100,7 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
 
 pub struct Softirq {
     cfg: SoftirqConfig,
+    latency: latency::Latency,
     names: RwLock<EnumNames>,
     counters: Mutex<Option<Arc<PerCpuCounters>>>,
 }
@@ -115,6 +126,20 @@ impl EventTracer for Softirq {
                 tracing::warn!(tracer = "softirq", error = %format!("{e:#}"), "softirq types will be numbers")
             }
         }
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner()).clone();
+        self.latency
+            .with_attached(names, || self.run_long_softirqs(ctx))?
+    }
+
+    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+        self.collect_long_softirqs(out)?;
+        self.latency.collect(out)
+    }
+}
+
+impl Softirq {
+    /// Records softirq runs over the threshold until the tracer stops.
+    fn run_long_softirqs(&self, ctx: &RunContext) -> Result<(), TracerError> {
         let mut storage = MaybeUninit::uninit();
         let mut open = SoftirqSkelBuilder::default()
             .open(&mut storage)
@@ -169,7 +194,7 @@ impl EventTracer for Softirq {
         Ok(())
     }
 
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect_long_softirqs(&self, out: &mut MetricSink) -> Result<()> {
         let Some(c) = self
             .counters
             .lock()

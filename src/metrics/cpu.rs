@@ -1,0 +1,775 @@
+//! `cpu`: host CPU time and utilisation from `/proc/stat` (and softirq counts from
+//! `/proc/softirqs`), and per container usage (normalised to the container's quota or cpuset
+//! cores) and CFS throttling from cgroup v1 `cpuacct`/`cpu` or v2 `cpu.stat`.
+//!
+//! Names follow HuaTuo's `cpu_util` and `cpu_stat` collectors: `cpu_util_usr` (%),
+//! `cpu_util_container_total`, `cpu_stat_container_nr_throttled`…
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use crate::config::ConfigResult;
+use crate::host::HostRoot;
+use crate::metrics::cgroup::{self, cpuset_count, ContainerCgroup};
+use crate::metrics::procfile::{for_each_kv, parse_u64, read_optional, ProcFile};
+use crate::metrics::{Kind, MetricSink};
+use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+
+#[linkme::distributed_slice(TRACERS)]
+static SPEC: TracerSpec = TracerSpec {
+    name: "cpu",
+    mode: Mode::Metric,
+    description:
+        "CPU time and usage % (host /proc/stat; containers: cgroup cpuacct/cpu.stat, throttling)",
+    requires: &[Requirement::HostFile("proc/stat")],
+    default_enabled: true,
+    build,
+};
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct CpuConfig {
+    /// Also export `seconds_total{cpu,mode}` per CPU (cardinality: CPUs × 10).
+    per_cpu: bool,
+    /// Per-container series (default on).
+    containers: Option<bool>,
+}
+
+fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
+    let cfg: CpuConfig = crate::config::parse_section(ctx.section, table)?;
+    Ok(Tracer::Metric(Box::new(Cpu {
+        host: ctx.host.clone(),
+        per_cpu: cfg.per_cpu,
+        containers: cfg.containers.unwrap_or(true),
+        stat: ProcFile::new(ctx.host.proc("stat")),
+        softirqs: ProcFile::new(ctx.host.proc("softirqs")),
+        state: Mutex::new(State::default()),
+    })))
+}
+
+struct Cpu {
+    host: HostRoot,
+    per_cpu: bool,
+    containers: bool,
+    stat: ProcFile,
+    softirqs: ProcFile,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Host baseline for utilisation, and the last computed values.
+    host_base: Option<(Instant, CpuTimes)>,
+    host_util: Util,
+    /// Per container: baseline (time, usage ns, user ns, system ns) and last values.
+    containers: HashMap<String, (Instant, CgroupUsage, Util)>,
+    buf: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Util {
+    usr: f64,
+    sys: f64,
+    total: f64,
+}
+
+/// The mode columns of a `cpu` line, in kernel order (documented in proc(5)).
+pub const MODES: [&str; 10] = [
+    "user",
+    "nice",
+    "system",
+    "idle",
+    "iowait",
+    "irq",
+    "softirq",
+    "steal",
+    "guest",
+    "guest_nice",
+];
+
+/// Ticks (USER_HZ) per mode; modes an old kernel lacks stay 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTimes(pub [u64; 10]);
+
+impl CpuTimes {
+    /// All time except guest (already counted in user/nice).
+    fn total(&self) -> u64 {
+        self.0[..8].iter().sum()
+    }
+    fn usr(&self) -> u64 {
+        self.0[0] + self.0[1]
+    }
+    fn sys(&self) -> u64 {
+        self.0[2] + self.0[5] + self.0[6]
+    }
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct ProcStat {
+    pub total: CpuTimes,
+    pub per_cpu: Vec<(u32, CpuTimes)>,
+    pub ctxt: Option<u64>,
+    pub intr: Option<u64>,
+    pub processes: Option<u64>,
+    pub btime: Option<u64>,
+    pub procs_running: Option<u64>,
+    pub procs_blocked: Option<u64>,
+}
+
+fn parse_times(fields: &mut std::str::SplitAsciiWhitespace, line: &str) -> Result<CpuTimes> {
+    let mut t = CpuTimes::default();
+    let mut n = 0;
+    for (i, f) in fields.enumerate() {
+        if i >= 10 {
+            break;
+        }
+        t.0[i] = parse_u64(f, line)?;
+        n += 1;
+    }
+    if n < 4 {
+        bail!("line {line:?}: expected at least 4 time columns, found {n}");
+    }
+    Ok(t)
+}
+
+/// Parses `/proc/stat`. Unknown lines are ignored; a known line that is malformed is an error.
+pub fn parse_stat(text: &str) -> Result<ProcStat> {
+    let mut s = ProcStat::default();
+    let mut saw_total = false;
+    for line in text.lines() {
+        let mut it = line.split_ascii_whitespace();
+        let Some(key) = it.next() else { continue };
+        let single = |it: &mut std::str::SplitAsciiWhitespace| -> Result<u64> {
+            match it.next() {
+                Some(v) => parse_u64(v, line),
+                None => bail!("line {line:?}: no value"),
+            }
+        };
+        match key {
+            "cpu" => {
+                s.total = parse_times(&mut it, line)?;
+                saw_total = true;
+            }
+            k if k.starts_with("cpu") => {
+                let n = parse_u64(&k[3..], line)? as u32;
+                s.per_cpu.push((n, parse_times(&mut it, line)?));
+            }
+            "ctxt" => s.ctxt = Some(single(&mut it)?),
+            "intr" => s.intr = Some(single(&mut it)?),
+            "processes" => s.processes = Some(single(&mut it)?),
+            "btime" => s.btime = Some(single(&mut it)?),
+            "procs_running" => s.procs_running = Some(single(&mut it)?),
+            "procs_blocked" => s.procs_blocked = Some(single(&mut it)?),
+            _ => {}
+        }
+    }
+    if !saw_total {
+        bail!("no `cpu` line");
+    }
+    Ok(s)
+}
+
+/// Parses `/proc/softirqs` into (type, sum over CPUs).
+pub fn parse_softirqs(text: &str) -> Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    let cpus = match lines.next() {
+        Some(h) => h.split_ascii_whitespace().count(),
+        None => bail!("empty file"),
+    };
+    for line in lines {
+        let Some((name, rest)) = line.split_once(':') else {
+            if line.trim().is_empty() {
+                continue;
+            }
+            bail!("line {line:?}: no `TYPE:`");
+        };
+        let mut sum = 0u64;
+        let mut n = 0;
+        for f in rest.split_ascii_whitespace() {
+            sum = sum.wrapping_add(parse_u64(f, line)?);
+            n += 1;
+        }
+        if n != cpus {
+            bail!("line {line:?}: {n} columns for {cpus} CPUs");
+        }
+        out.push((name.trim().to_string(), sum));
+    }
+    Ok(out)
+}
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if v > 0 {
+        v as f64
+    } else {
+        100.0
+    }
+}
+
+/// Utilisation between two samples, in percent of `cores` (None if the counters went back or
+/// no time passed).
+fn util_between(d_total: f64, d_usr: f64, d_sys: f64, d_busy: f64) -> Option<Util> {
+    if d_total <= 0.0 || d_usr < 0.0 || d_sys < 0.0 || d_busy < 0.0 {
+        return None;
+    }
+    let pct = |v: f64| (v * 100.0 / d_total).clamp(0.0, 100.0);
+    Some(Util {
+        usr: pct(d_usr),
+        sys: pct(d_sys),
+        total: pct(d_busy),
+    })
+}
+
+/// Cumulative usage of a cgroup, in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CgroupUsage {
+    pub usage_ns: u64,
+    pub user_ns: u64,
+    pub system_ns: u64,
+}
+
+/// CFS bandwidth statistics of a cgroup (fields the kernel lacks are None).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Throttling {
+    pub nr_periods: Option<u64>,
+    pub nr_throttled: Option<u64>,
+    pub throttled_ns: Option<u64>,
+    pub nr_bursts: Option<u64>,
+    pub burst_ns: Option<u64>,
+}
+
+/// Parses a v1 `cpu.stat` or v2 `cpu.stat` into throttling numbers (v2 reports µs).
+pub fn parse_cpu_stat(text: &str) -> Result<(Throttling, Option<CgroupUsage>)> {
+    let mut t = Throttling::default();
+    let mut u = CgroupUsage::default();
+    let mut has_usage = false;
+    for_each_kv(text, |k, v| match k {
+        "nr_periods" => t.nr_periods = Some(v),
+        "nr_throttled" => t.nr_throttled = Some(v),
+        "throttled_time" => t.throttled_ns = Some(v),
+        "throttled_usec" => t.throttled_ns = Some(v.saturating_mul(1000)),
+        "nr_bursts" => t.nr_bursts = Some(v),
+        "burst_time" => t.burst_ns = Some(v),
+        "burst_usec" => t.burst_ns = Some(v.saturating_mul(1000)),
+        "usage_usec" => {
+            u.usage_ns = v.saturating_mul(1000);
+            has_usage = true;
+        }
+        "user_usec" => u.user_ns = v.saturating_mul(1000),
+        "system_usec" => u.system_ns = v.saturating_mul(1000),
+        _ => {}
+    })?;
+    Ok((t, has_usage.then_some(u)))
+}
+
+/// The quota in cores: v1 `cfs_quota_us`/`cfs_period_us` (-1 = none) or v2 `cpu.max`.
+pub fn quota_cores_v1(quota: &str, period: &str) -> Option<f64> {
+    let q: i64 = quota.trim().parse().ok()?;
+    let p: i64 = period.trim().parse().ok()?;
+    (q > 0 && p > 0).then(|| q as f64 / p as f64)
+}
+
+pub fn quota_cores_v2(cpu_max: &str) -> Option<f64> {
+    let mut it = cpu_max.split_ascii_whitespace();
+    let q: f64 = it.next()?.parse().ok()?; // "max" fails to parse: no quota
+    let p: f64 = it.next()?.parse().ok()?;
+    (q > 0.0 && p > 0.0).then_some(q / p)
+}
+
+impl Cpu {
+    fn collect_host(&self, out: &mut MetricSink, st: &mut State) -> Result<()> {
+        let tck = clk_tck();
+        let Some(stat) = self.stat.with(parse_stat)? else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let t = stat.total;
+        // Utilisation since the previous baseline; scrapes closer than 1 s reuse the last
+        // values (as HuaTuo does) so that rapid scrapes stay meaningful.
+        match st.host_base {
+            Some((at, base)) if now.duration_since(at).as_secs_f64() < 1.0 => {
+                let _ = base;
+            }
+            base => {
+                let b = base.map(|(_, b)| b).unwrap_or_default();
+                let d = |a: u64, b: u64| a as f64 - b as f64;
+                if let Some(u) = util_between(
+                    d(t.total(), b.total()),
+                    d(t.usr(), b.usr()),
+                    d(t.sys(), b.sys()),
+                    d(t.total() - t.0[3] - t.0[4], b.total() - b.0[3] - b.0[4]),
+                ) {
+                    st.host_util = u;
+                }
+                st.host_base = Some((now, t));
+            }
+        }
+        out.single(
+            "util_usr",
+            "Host CPU time in user mode (user + nice), percent of all CPUs, since the previous sample (>= 1 s).",
+            Kind::Gauge,
+            st.host_util.usr,
+        );
+        out.single(
+            "util_sys",
+            "Host CPU time in kernel mode (system + irq + softirq), percent of all CPUs.",
+            Kind::Gauge,
+            st.host_util.sys,
+        );
+        let huatuo = out.huatuo_names();
+        // HuaTuo's `util_total` is a gauge; `_total` is for counters in Prometheus' conventions.
+        out.single(
+            if huatuo { "util_total" } else { "util_busy" },
+            "Host CPU busy time (all but idle and iowait), percent of all CPUs.",
+            Kind::Gauge,
+            st.host_util.total,
+        );
+        out.family(
+            "seconds_total",
+            "CPU time spent in each mode, summed over CPUs (/proc/stat).",
+            Kind::Counter,
+        );
+        for (i, m) in MODES.iter().enumerate() {
+            out.sample(&[("mode", m)], t.0[i] as f64 / tck);
+        }
+        if self.per_cpu {
+            out.family(
+                "cpu_seconds_total",
+                "CPU time spent in each mode, per CPU (/proc/stat).",
+                Kind::Counter,
+            );
+            let mut num = String::new();
+            for (cpu, times) in &stat.per_cpu {
+                num.clear();
+                use std::fmt::Write as _;
+                let _ = write!(num, "{cpu}");
+                for (i, m) in MODES.iter().enumerate() {
+                    out.sample(&[("cpu", &num), ("mode", m)], times.0[i] as f64 / tck);
+                }
+            }
+        }
+        out.single(
+            "online",
+            "CPUs listed in /proc/stat.",
+            Kind::Gauge,
+            stat.per_cpu.len() as f64,
+        );
+        let opt = |out: &mut MetricSink, name, help, kind, v: Option<u64>| {
+            if let Some(v) = v {
+                out.single(name, help, kind, v as f64);
+            }
+        };
+        opt(
+            out,
+            "context_switches_total",
+            "Context switches since boot.",
+            Kind::Counter,
+            stat.ctxt,
+        );
+        opt(
+            out,
+            "interrupts_total",
+            "Interrupts serviced since boot.",
+            Kind::Counter,
+            stat.intr,
+        );
+        opt(
+            out,
+            "forks_total",
+            "Processes and threads created since boot.",
+            Kind::Counter,
+            stat.processes,
+        );
+        opt(
+            out,
+            "boot_time_seconds",
+            "Boot time, seconds since the epoch.",
+            Kind::Gauge,
+            stat.btime,
+        );
+        opt(
+            out,
+            "procs_running",
+            "Tasks runnable right now.",
+            Kind::Gauge,
+            stat.procs_running,
+        );
+        opt(
+            out,
+            "procs_blocked",
+            "Tasks blocked on I/O right now.",
+            Kind::Gauge,
+            stat.procs_blocked,
+        );
+        if let Some(softirqs) = self.softirqs.with(parse_softirqs)? {
+            out.family(
+                "softirqs_total",
+                "Softirqs raised since boot, by type, summed over CPUs (/proc/softirqs).",
+                Kind::Counter,
+            );
+            for (name, n) in &softirqs {
+                out.sample(&[("type", name)], *n as f64);
+            }
+        }
+        Ok(())
+    }
+
+    fn collect_containers(&self, out: &mut MetricSink, st: &mut State) -> Result<()> {
+        let snap = cgroup::snapshot(&self.host);
+        if snap.containers.is_empty() {
+            st.containers.clear();
+            return Ok(());
+        }
+        let host_cores = std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0);
+        let tck = clk_tck();
+        let mut rows = Vec::with_capacity(snap.containers.len());
+        let now = Instant::now();
+        for c in &snap.containers {
+            let (usage, throttling) = read_container(&snap.layout, c, &mut st.buf, tck)?;
+            let cores = container_cores(&snap.layout, c, &mut st.buf)?.unwrap_or(host_cores);
+            let util = usage.map(|u| {
+                let entry = st
+                    .containers
+                    .entry(c.id.clone())
+                    .or_insert((now, u, Util::default()));
+                let (at, base, last) = *entry;
+                let secs = now.duration_since(at).as_secs_f64();
+                if secs >= 1.0 {
+                    let wall = secs * 1e9 * cores;
+                    let d = |a: u64, b: u64| a as f64 - b as f64;
+                    let u2 = util_between(
+                        wall,
+                        d(u.user_ns, base.user_ns),
+                        d(u.system_ns, base.system_ns),
+                        d(u.usage_ns, base.usage_ns),
+                    )
+                    .unwrap_or(last);
+                    *entry = (now, u, u2);
+                    u2
+                } else {
+                    last
+                }
+            });
+            rows.push((c, cores, util, throttling));
+        }
+        st.containers
+            .retain(|id, _| snap.containers.iter().any(|c| &c.id == id));
+
+        let huatuo = out.huatuo_names();
+        out.family(
+            "util_container_cores",
+            "CPU cores a container may use: its CFS quota, else its cpuset, else all host CPUs.",
+            Kind::Gauge,
+        );
+        for (c, cores, _, _) in &rows {
+            out.sample(&c.labels(), *cores);
+        }
+        type Pick = fn(&Util) -> f64;
+        let utils: [(&str, &str, Pick); 3] = [
+            (
+                "util_container_usr",
+                "Container CPU time in user mode, percent of its cores.",
+                |u| u.usr,
+            ),
+            (
+                "util_container_sys",
+                "Container CPU time in kernel mode, percent of its cores.",
+                |u| u.sys,
+            ),
+            (
+                "util_container_total",
+                "Container CPU usage, percent of its cores.",
+                |u| u.total,
+            ),
+        ];
+        for (name, help, pick) in utils {
+            let name = if !huatuo && name == "util_container_total" {
+                "util_container_busy"
+            } else {
+                name
+            };
+            out.family(name, help, Kind::Gauge);
+            for (c, _, util, _) in &rows {
+                if let Some(u) = util {
+                    out.sample(&c.labels(), pick(u));
+                }
+            }
+        }
+        type TPick = fn(&Throttling) -> Option<u64>;
+        // HuaTuo: gauges, times in ns. Otherwise: counters with _total, times in seconds.
+        let stats: [(&str, &str, &str, f64, TPick); 5] = [
+            (
+                "stat_container_nr_periods",
+                "stat_container_periods_total",
+                "CFS enforcement periods that elapsed.",
+                1.0,
+                |t| t.nr_periods,
+            ),
+            (
+                "stat_container_nr_throttled",
+                "stat_container_throttled_periods_total",
+                "CFS periods in which the container was throttled.",
+                1.0,
+                |t| t.nr_throttled,
+            ),
+            (
+                "stat_container_throttled_time",
+                "stat_container_throttled_seconds_total",
+                "Time the container was throttled.",
+                1e-9,
+                |t| t.throttled_ns,
+            ),
+            (
+                "stat_container_nr_bursts",
+                "stat_container_bursts_total",
+                "CFS periods in which the container used burst capacity.",
+                1.0,
+                |t| t.nr_bursts,
+            ),
+            (
+                "stat_container_burst_time",
+                "stat_container_burst_seconds_total",
+                "Time the container ran on burst capacity.",
+                1e-9,
+                |t| t.burst_ns,
+            ),
+        ];
+        for (hname, name, help, scale, pick) in stats {
+            if !rows.iter().any(|r| r.3.as_ref().and_then(pick).is_some()) {
+                continue;
+            }
+            if huatuo {
+                out.family(hname, help, Kind::Gauge);
+            } else {
+                out.family(name, help, Kind::Counter);
+            }
+            for (c, _, _, t) in &rows {
+                if let Some(v) = t.as_ref().and_then(pick) {
+                    out.sample(
+                        &c.labels(),
+                        if huatuo { v as f64 } else { v as f64 * scale },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A container's cumulative usage and throttling (v1: cpuacct + cpu; v2: cpu.stat).
+fn read_container(
+    layout: &cgroup::Layout,
+    c: &ContainerCgroup,
+    buf: &mut String,
+    tck: f64,
+) -> Result<(Option<CgroupUsage>, Option<Throttling>)> {
+    let mut usage = None;
+    let mut throttling = None;
+    if let Some(d) = layout.dir("cpu", &c.rel) {
+        if read_optional(&d.path.join("cpu.stat"), buf)? {
+            let (t, u) = parse_cpu_stat(buf)?;
+            throttling = Some(t);
+            if d.v2 {
+                usage = u;
+            }
+        }
+    }
+    if usage.is_none() {
+        if let Some(d) = layout.dir("cpuacct", &c.rel).filter(|d| !d.v2) {
+            let mut u = CgroupUsage::default();
+            if read_optional(&d.path.join("cpuacct.usage"), buf)? {
+                u.usage_ns = parse_u64(buf.trim(), "cpuacct.usage")?;
+                if read_optional(&d.path.join("cpuacct.stat"), buf)? {
+                    for_each_kv(buf, |k, v| {
+                        let ns = (v as f64 * 1e9 / tck) as u64;
+                        match k {
+                            "user" => u.user_ns = ns,
+                            "system" => u.system_ns = ns,
+                            _ => {}
+                        }
+                    })?;
+                }
+                usage = Some(u);
+            }
+        }
+    }
+    Ok((usage, throttling))
+}
+
+fn container_cores(
+    layout: &cgroup::Layout,
+    c: &ContainerCgroup,
+    buf: &mut String,
+) -> Result<Option<f64>> {
+    if let Some(d) = layout.dir("cpu", &c.rel) {
+        let quota = if d.v2 {
+            read_optional(&d.path.join("cpu.max"), buf)?
+                .then(|| quota_cores_v2(buf))
+                .flatten()
+        } else if read_optional(&d.path.join("cpu.cfs_quota_us"), buf)? {
+            let q = buf.clone();
+            read_optional(&d.path.join("cpu.cfs_period_us"), buf)?
+                .then(|| quota_cores_v1(&q, buf))
+                .flatten()
+        } else {
+            None
+        };
+        if quota.is_some() {
+            return Ok(quota);
+        }
+    }
+    if let Some(d) = layout.dir("cpuset", &c.rel) {
+        let names: &[&str] = if d.v2 {
+            &["cpuset.cpus.effective"]
+        } else {
+            &["cpuset.effective_cpus", "cpuset.cpus"]
+        };
+        for n in names {
+            if read_optional(&d.path.join(n), buf)? {
+                if let Some(k) = cpuset_count(buf) {
+                    return Ok(Some(k as f64));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+impl Collector for Cpu {
+    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.collect_host(out, &mut st)?;
+        if self.containers {
+            self.collect_containers(out, &mut st)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "cpu  46324 0 9695 174133 2524 0 1142 322 0 0
+cpu0 20323 0 3823 91805 601 0 364 159 0 0
+cpu1 26000 0 5872 82328 1922 0 777 162 0 0
+intr 3795467 0 9 0
+ctxt 7626291
+btime 1764300000
+processes 24817
+procs_running 2
+procs_blocked 0
+softirq 2000 1 2 3
+";
+
+    #[test]
+    fn parses_proc_stat() {
+        let s = parse_stat(STAT).unwrap();
+        assert_eq!(s.total.0[0], 46324);
+        assert_eq!(s.total.0[7], 322);
+        assert_eq!(s.per_cpu.len(), 2);
+        assert_eq!(s.per_cpu[1].0, 1);
+        assert_eq!(s.ctxt, Some(7626291));
+        assert_eq!(s.intr, Some(3795467));
+        assert_eq!(s.procs_running, Some(2));
+        // Old kernels: only 4 columns.
+        let s = parse_stat("cpu 1 2 3 4\n").unwrap();
+        assert_eq!(s.total.0[..5], [1, 2, 3, 4, 0]);
+    }
+
+    #[test]
+    fn malformed_proc_stat_is_an_error() {
+        for bad in [
+            "",
+            "intr 5\n",
+            "cpu 1 2 3\n",
+            "cpu 1 2 x 4\n",
+            "cpu 1 2 3 4\ncpuX 1 2 3 4\n",
+            "cpu 1 2 3 4\ncpu0 1 2\n",
+            "cpu 1 2 3 4\nctxt\n",
+            "cpu 1 2 3 4\nprocs_running -1\n",
+            "cpu 1 2 3 4\nbtime 1e9\n",
+        ] {
+            assert!(parse_stat(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn softirqs() {
+        let t = "                    CPU0       CPU1
+          HI:          1          2
+       NET_RX:        10         20
+";
+        assert_eq!(
+            parse_softirqs(t).unwrap(),
+            vec![("HI".to_string(), 3), ("NET_RX".to_string(), 30)]
+        );
+        for bad in [
+            "",
+            "  CPU0 CPU1\n HI: 1\n",
+            " CPU0\n HI: x\n",
+            " CPU0\n HI 1\n",
+        ] {
+            assert!(parse_softirqs(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cgroup_cpu_stat_v1_and_v2() {
+        let (t, u) = parse_cpu_stat(
+            "nr_periods 10\nnr_throttled 3\nthrottled_time 5000\nnr_bursts 0\nburst_time 0\n",
+        )
+        .unwrap();
+        assert_eq!(t.nr_throttled, Some(3));
+        assert_eq!(t.throttled_ns, Some(5000));
+        assert!(u.is_none());
+        let (t, u) = parse_cpu_stat(
+            "usage_usec 100\nuser_usec 60\nsystem_usec 40\nnr_periods 1\nnr_throttled 1\nthrottled_usec 7\n",
+        )
+        .unwrap();
+        assert_eq!(t.throttled_ns, Some(7000));
+        assert_eq!(t.nr_bursts, None);
+        assert_eq!(
+            u,
+            Some(CgroupUsage {
+                usage_ns: 100_000,
+                user_ns: 60_000,
+                system_ns: 40_000
+            })
+        );
+        for bad in ["nr_periods\n", "nr_periods x\n", "a 1 2\n"] {
+            assert!(parse_cpu_stat(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn quotas() {
+        assert_eq!(quota_cores_v1("-1\n", "100000\n"), None);
+        assert_eq!(quota_cores_v1("50000\n", "100000\n"), Some(0.5));
+        assert_eq!(quota_cores_v2("max 100000\n"), None);
+        assert_eq!(quota_cores_v2("200000 100000\n"), Some(2.0));
+        assert_eq!(quota_cores_v2("garbage"), None);
+    }
+
+    #[test]
+    fn utilisation() {
+        let u = util_between(200.0, 50.0, 30.0, 100.0).unwrap();
+        assert_eq!(
+            u,
+            Util {
+                usr: 25.0,
+                sys: 15.0,
+                total: 50.0
+            }
+        );
+        assert!(util_between(0.0, 0.0, 0.0, 0.0).is_none());
+        assert!(util_between(10.0, -1.0, 0.0, 0.0).is_none());
+    }
+}

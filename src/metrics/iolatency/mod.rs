@@ -1,0 +1,176 @@
+//! `iolatency`: block request latency per disk as Prometheus histograms: queue→complete
+//! (`q2c_seconds`, from the scheduler insert) and issue→complete (`d2c_seconds`, time in the
+//! driver and device), from tp_btf `block_rq_insert`, `block_rq_issue`, `block_rq_complete`.
+
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::MapHandle;
+
+use crate::config::ConfigResult;
+use crate::metrics::bpfhist::{self, Hist};
+use crate::metrics::procfile::ProcFile;
+use crate::metrics::{Kind, MetricSink};
+use crate::tracer::{
+    BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
+    TRACERS,
+};
+
+mod skel {
+    #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
+    crate::bpf_skeleton!("iolatency");
+}
+use skel::IolatencySkelBuilder;
+
+/// Bucket upper bounds, seconds (includes HuaTuo's 20/30/50/100/200/400 ms zone edges).
+pub const BOUNDS: [f64; 17] = [
+    5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2e-2, 3e-2, 5e-2, 1e-1, 2e-1, 4e-1, 1.0,
+    2.5, 5.0,
+];
+
+#[linkme::distributed_slice(TRACERS)]
+static SPEC: TracerSpec = TracerSpec {
+    name: "iolatency",
+    mode: Mode::Event,
+    description: "block I/O latency histograms per disk, queue→complete and issue→complete (tp_btf block_rq_*); metrics only",
+    requires: &[
+        Requirement::Root,
+        Requirement::Btf,
+        Requirement::BtfTracepoint("block_rq_insert"),
+        Requirement::BtfTracepoint("block_rq_issue"),
+        Requirement::BtfTracepoint("block_rq_complete"),
+    ],
+    default_enabled: true,
+    build,
+};
+
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoOptions {}
+
+fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
+    let _: NoOptions = crate::config::parse_section(ctx.section, table)?;
+    Ok(Tracer::Event(Box::new(IoLatency {
+        diskstats: ProcFile::new(ctx.host.proc("diskstats")),
+        hist: Mutex::new(None),
+    })))
+}
+
+struct IoLatency {
+    diskstats: ProcFile,
+    /// Kept after a run ends so counts do not vanish between restarts.
+    hist: Mutex<Option<MapHandle>>,
+}
+
+/// `(major << 20 | minor)` → device name, from /proc/diskstats.
+fn device_names(text: &str) -> HashMap<u64, String> {
+    let mut m = HashMap::new();
+    for line in text.lines() {
+        let mut it = line.split_ascii_whitespace();
+        if let (Some(ma), Some(mi), Some(name)) = (it.next(), it.next(), it.next()) {
+            if let (Ok(ma), Ok(mi)) = (ma.parse::<u64>(), mi.parse::<u64>()) {
+                m.insert(ma << 20 | mi, name.to_string());
+            }
+        }
+    }
+    m
+}
+
+impl EventTracer for IoLatency {
+    fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
+        let mut storage = MaybeUninit::uninit();
+        let mut open = IolatencySkelBuilder::default()
+            .open(&mut storage)
+            .context("opening the BPF object")?;
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .context("BPF object has no .rodata")?;
+        rodata.hist_bounds_ns = bpfhist::bounds_ns(&BOUNDS);
+        rodata.hist_nbounds = BOUNDS.len() as u32;
+        let previous = self.hist.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = &previous {
+            open.maps
+                .disk_hist
+                .reuse_fd(std::os::fd::AsFd::as_fd(h))
+                .context("reusing the histogram map")?;
+        }
+        let skel = open.load().context("loading the BPF program")?;
+        *self.hist.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(MapHandle::try_from(&skel.maps.disk_hist).context("disk_hist map")?);
+        let _l1 = skel
+            .progs
+            .bq_block_rq_insert
+            .attach()
+            .context("attaching tp_btf/block_rq_insert")?;
+        let _l2 = skel
+            .progs
+            .bq_block_rq_issue
+            .attach()
+            .context("attaching tp_btf/block_rq_issue")?;
+        let _l3 = skel
+            .progs
+            .bq_block_rq_complete
+            .attach()
+            .context("attaching tp_btf/block_rq_complete")?;
+        ctx.attached();
+        while ctx.sleep(Duration::from_millis(200)) {}
+        Ok(())
+    }
+
+    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+        let guard = self.hist.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(map) = guard.as_ref() else {
+            return Ok(());
+        };
+        let mut rows = bpfhist::read_keyed(map, BOUNDS.len())?;
+        drop(guard);
+        rows.sort_by_key(|(k, _)| *k);
+        let names = self
+            .diskstats
+            .with(|t| Ok(device_names(t)))?
+            .unwrap_or_default();
+        let label = |dev: u64| {
+            names
+                .get(&dev)
+                .cloned()
+                .unwrap_or_else(|| format!("{}:{}", dev >> 20, dev & 0xfffff))
+        };
+        for (kind, name, help) in [
+            (
+                0u64,
+                "q2c_seconds",
+                "Block request latency from scheduler insert to completion, per disk.",
+            ),
+            (
+                1u64,
+                "d2c_seconds",
+                "Block request latency from issue to the driver to completion, per disk.",
+            ),
+        ] {
+            out.family(name, help, Kind::Histogram);
+            for (k, h) in rows.iter().filter(|(k, _)| k & 1 == kind) {
+                let dev = label(k >> 1);
+                Hist::write(h, out, &[("device", &dev)], &[], &BOUNDS, None);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_devices() {
+        let m = device_names("   7       0 loop0 0 0\n 254 1 vda1 1 2\nbad\n");
+        assert_eq!(m[&(7 << 20)], "loop0");
+        assert_eq!(m[&(254 << 20 | 1)], "vda1");
+    }
+}

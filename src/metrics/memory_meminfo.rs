@@ -1,0 +1,208 @@
+//! `memory_meminfo`: host memory from `/proc/meminfo`, in bytes. `MemTotal` becomes
+//! `mem_total_bytes`, `Active(anon)` `active_anon_bytes`; counts without a unit
+//! (`HugePages_Total`) keep no suffix.
+
+use anyhow::{bail, Result};
+
+use crate::config::ConfigResult;
+use crate::metrics::filter::Filter;
+use crate::metrics::procfile::{parse_u64, ProcFile};
+use crate::metrics::{Kind, MetricSink};
+use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+
+#[linkme::distributed_slice(TRACERS)]
+static SPEC: TracerSpec = TracerSpec {
+    name: "memory_meminfo",
+    mode: Mode::Metric,
+    description: "host memory from /proc/meminfo, in bytes",
+    requires: &[Requirement::HostFile("proc/meminfo")],
+    default_enabled: true,
+    build,
+};
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct MeminfoConfig {
+    /// Regexes over the file's own key names (`MemTotal`, `Active(anon)`).
+    include: Option<String>,
+    exclude: Option<String>,
+}
+
+fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
+    let cfg: MeminfoConfig = crate::config::parse_section(ctx.section, table)?;
+    let filter = Filter::new(
+        ctx.section,
+        "include",
+        cfg.include.as_deref(),
+        "exclude",
+        cfg.exclude.as_deref(),
+    )?;
+    Ok(Tracer::Metric(Box::new(Meminfo {
+        file: ProcFile::new(ctx.host.proc("meminfo")),
+        filter,
+    })))
+}
+
+struct Meminfo {
+    file: ProcFile,
+    filter: Filter,
+}
+
+/// One `/proc/meminfo` line: key, value (bytes when the line had `kB`), and whether it had.
+pub fn parse_meminfo(text: &str) -> Result<Vec<(&str, u64, bool)>> {
+    let mut out = Vec::with_capacity(64);
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some((key, rest)) = line.split_once(':') else {
+            bail!("line {line:?}: no `key:`");
+        };
+        let mut it = rest.split_ascii_whitespace();
+        let Some(v) = it.next() else {
+            bail!("line {line:?}: no value");
+        };
+        let v = parse_u64(v, line)?;
+        let kb = match it.next() {
+            None => false,
+            Some("kB") => true,
+            Some(u) => bail!("line {line:?}: unknown unit {u:?}"),
+        };
+        if it.next().is_some() || key.is_empty() || key.contains(char::is_whitespace) {
+            bail!("line {line:?}: malformed");
+        }
+        out.push((key, if kb { v.saturating_mul(1024) } else { v }, kb));
+    }
+    Ok(out)
+}
+
+/// Spells out what Prometheus' linter takes for abbreviated units (`s_`, `sec_`).
+fn lint_clean(name: &mut String) {
+    for (from, to) in [
+        ("s_reclaimable", "slab_reclaimable"),
+        ("s_unreclaim", "slab_unreclaimable"),
+        ("k_reclaimable", "kernel_reclaimable"),
+    ] {
+        if name == from {
+            name.clear();
+            name.push_str(to);
+        }
+    }
+    crate::metrics::expand_unit_tokens(name);
+}
+
+/// `MemTotal` → `mem_total`, `Active(anon)` → `active_anon`, `HugePages_Total` →
+/// `huge_pages_total`, `DirectMap4k` → `direct_map_4k`, `KReclaimable` → `k_reclaimable`.
+pub fn snake_case(key: &str, out: &mut String) {
+    out.clear();
+    let chars: Vec<char> = key.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if c == '(' || c == ')' || c == '_' || c == '-' || c == ' ' {
+            if !out.is_empty() && !out.ends_with('_') {
+                out.push('_');
+            }
+            continue;
+        }
+        let prev = if i > 0 { Some(chars[i - 1]) } else { None };
+        let next = chars.get(i + 1).copied();
+        let boundary = match prev {
+            Some(p) if c.is_ascii_uppercase() => {
+                p.is_ascii_lowercase()
+                    || (p.is_ascii_uppercase() && next.is_some_and(|n| n.is_ascii_lowercase()))
+            }
+            Some(p) if c.is_ascii_digit() => p.is_ascii_alphabetic(),
+            _ => false,
+        };
+        if boundary && !out.is_empty() && !out.ends_with('_') {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    while out.ends_with('_') {
+        out.pop();
+    }
+}
+
+impl Collector for Meminfo {
+    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+        let mut name = String::with_capacity(48);
+        let mut help = String::with_capacity(64);
+        self.file.with(|text| {
+            for (key, v, kb) in parse_meminfo(text)? {
+                if !self.filter.matches(key) {
+                    continue;
+                }
+                snake_case(key, &mut name);
+                lint_clean(&mut name);
+                help.clear();
+                help.push_str("/proc/meminfo ");
+                help.push_str(key);
+                if kb {
+                    name.push_str("_bytes");
+                    help.push_str(", in bytes");
+                } else {
+                    // HugePages_Total/Free/Rsvd/Surp count pages.
+                    name.push_str("_pages");
+                }
+                out.family(&name, &help, Kind::Gauge).sample(&[], v as f64);
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let mut s = String::new();
+        for (k, want) in [
+            ("MemTotal", "mem_total"),
+            ("Active(anon)", "active_anon"),
+            ("HugePages_Total", "huge_pages_total"),
+            ("DirectMap4k", "direct_map_4k"),
+            ("DirectMap1G", "direct_map_1g"),
+            ("KReclaimable", "k_reclaimable"),
+            ("SecPageTables", "sec_page_tables"),
+            ("SUnreclaim", "s_unreclaim"),
+            ("NFS_Unstable", "nfs_unstable"),
+            ("ShmemPmdMapped", "shmem_pmd_mapped"),
+            ("Hugetlb", "hugetlb"),
+            ("CmaFree", "cma_free"),
+        ] {
+            snake_case(k, &mut s);
+            assert_eq!(s, want, "{k}");
+        }
+    }
+
+    #[test]
+    fn parses() {
+        let m = parse_meminfo("MemTotal:       24683656 kB\nHugePages_Total:       0\n").unwrap();
+        assert_eq!(
+            m,
+            vec![
+                ("MemTotal", 24683656 * 1024, true),
+                ("HugePages_Total", 0, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_lines_are_errors() {
+        for bad in [
+            "MemTotal 1 kB\n",
+            "MemTotal:\n",
+            "MemTotal: x kB\n",
+            "MemTotal: 1 MB\n",
+            "MemTotal: 1 kB x\n",
+            "Mem Total: 1 kB\n",
+            ": 1 kB\n",
+            "MemTotal: -1 kB\n",
+        ] {
+            assert!(parse_meminfo(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! `netdev`: network device counters from `/proc/net/dev` (HuaTuo names:
+//! `receive_bytes_total{device}`…), host and per container (the container's network
+//! namespace). Devices filtered by include/exclude regexes.
+
+use anyhow::{bail, Result};
+
+use crate::config::ConfigResult;
+use crate::host::HostRoot;
+use crate::metrics::cgroup;
+use crate::metrics::filter::Filter;
+use crate::metrics::procfile::{parse_u64, read_optional, ProcFile};
+use crate::metrics::{Kind, MetricSink};
+use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+
+#[linkme::distributed_slice(TRACERS)]
+static SPEC: TracerSpec = TracerSpec {
+    name: "netdev",
+    mode: Mode::Metric,
+    description:
+        "network device counters (/proc/net/dev), host and per container network namespace",
+    requires: &[Requirement::HostFile("proc/net/dev")],
+    default_enabled: true,
+    build,
+};
+
+/// HuaTuo's shipped exclusion (loopback, docker bridges, veth pairs), grouped correctly.
+pub const DEFAULT_DEVICE_EXCLUDE: &str = r"^(lo|docker\w*|veth\w*)$";
+
+/// Column names in /proc/net/dev order.
+pub const COLUMNS: [&str; 16] = [
+    "receive_bytes",
+    "receive_packets",
+    "receive_errors",
+    "receive_dropped",
+    "receive_fifo",
+    "receive_frame",
+    "receive_compressed",
+    "receive_multicast",
+    "transmit_bytes",
+    "transmit_packets",
+    "transmit_errors",
+    "transmit_dropped",
+    "transmit_fifo",
+    "transmit_colls",
+    "transmit_carrier",
+    "transmit_compressed",
+];
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct NetdevConfig {
+    device_include: Option<String>,
+    device_exclude: Option<String>,
+    containers: bool,
+}
+
+impl Default for NetdevConfig {
+    fn default() -> Self {
+        NetdevConfig {
+            device_include: None,
+            device_exclude: Some(DEFAULT_DEVICE_EXCLUDE.into()),
+            containers: true,
+        }
+    }
+}
+
+fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
+    let cfg: NetdevConfig = crate::config::parse_section(ctx.section, table)?;
+    Ok(Tracer::Metric(Box::new(Netdev {
+        host: ctx.host.clone(),
+        file: ProcFile::new(cgroup::host_net_file(ctx.host, "dev")),
+        filter: Filter::new(
+            ctx.section,
+            "device_include",
+            cfg.device_include.as_deref(),
+            "device_exclude",
+            cfg.device_exclude.as_deref(),
+        )?,
+        containers: cfg.containers,
+        buf: std::sync::Mutex::new(String::new()),
+    })))
+}
+
+struct Netdev {
+    host: HostRoot,
+    file: ProcFile,
+    filter: Filter,
+    containers: bool,
+    buf: std::sync::Mutex<String>,
+}
+
+pub fn parse_netdev(text: &str) -> Result<Vec<(&str, [u64; 16])>> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(2) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some((name, rest)) = line.split_once(':') else {
+            bail!("line {line:?}: no `device:`");
+        };
+        let mut v = [0u64; 16];
+        let mut n = 0;
+        for f in rest.split_ascii_whitespace() {
+            if n >= 16 {
+                bail!("line {line:?}: more than 16 counters");
+            }
+            v[n] = parse_u64(f, line)?;
+            n += 1;
+        }
+        if n != 16 {
+            bail!("line {line:?}: {n} counters, expected 16");
+        }
+        let name = name.trim();
+        if name.is_empty() {
+            bail!("line {line:?}: empty device name");
+        }
+        out.push((name, v));
+    }
+    Ok(out)
+}
+
+impl Collector for Netdev {
+    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+        let mut name = String::with_capacity(48);
+        let mut help = String::with_capacity(64);
+        let mut family = |out: &mut MetricSink, prefix: &str, col: &str| {
+            name.clear();
+            name.push_str(prefix);
+            name.push_str(col);
+            name.push_str("_total");
+            help.clear();
+            help.push_str("Network device statistic ");
+            help.push_str(col);
+            help.push('.');
+            out.family(&name, &help, Kind::Counter);
+        };
+        self.file.with(|text| {
+            let devs: Vec<_> = parse_netdev(text)?
+                .into_iter()
+                .filter(|(d, _)| self.filter.matches(d))
+                .collect();
+            for (i, col) in COLUMNS.iter().enumerate() {
+                family(out, "", col);
+                for (d, v) in &devs {
+                    out.sample(&[("device", d)], v[i] as f64);
+                }
+            }
+            Ok(())
+        })?;
+        if !self.containers {
+            return Ok(());
+        }
+        let snap = cgroup::snapshot(&self.host);
+        if snap.containers.is_empty() {
+            return Ok(());
+        }
+        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut texts = Vec::new();
+        for c in &snap.containers {
+            let Some(pid) = cgroup::netns_pid(&self.host, &snap.layout, c, &mut buf) else {
+                continue;
+            };
+            if read_optional(&self.host.proc(&format!("{pid}/net/dev")), &mut buf)? {
+                texts.push((c, buf.clone()));
+            }
+        }
+        let mut rows = Vec::new();
+        for (c, t) in &texts {
+            for (d, v) in parse_netdev(t)? {
+                if self.filter.matches(d) {
+                    rows.push((*c, d, v));
+                }
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for (i, col) in COLUMNS.iter().enumerate() {
+            family(out, "container_", col);
+            for (c, d, v) in &rows {
+                out.sample2(&c.labels(), &[("device", d)], v[i] as f64);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n";
+
+    #[test]
+    fn parses() {
+        let t = format!("{HEAD}    lo: 304434828 6071843    0    0    0     0          0         0 304434828 6071843    0    0    0     0       0          0\n  eth0:1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n");
+        let d = parse_netdev(&t).unwrap();
+        assert_eq!(d[0].0, "lo");
+        assert_eq!(d[1].0, "eth0");
+        assert_eq!(d[1].1[15], 16);
+    }
+
+    #[test]
+    fn malformed_lines_are_errors() {
+        for bad in [
+            "eth0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n",
+            "eth0: 1 2 3\n",
+            "eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n",
+            "eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 x\n",
+            ": 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n",
+        ] {
+            assert!(parse_netdev(&format!("{HEAD}{bad}")).is_err(), "{bad:?}");
+        }
+        let f = Filter::new("s", "i", None, "e", Some(DEFAULT_DEVICE_EXCLUDE)).unwrap();
+        assert!(!f.matches("lo") && !f.matches("veth1a") && !f.matches("docker0"));
+        assert!(f.matches("eth0") && f.matches("lo2"));
+    }
+}

@@ -1,0 +1,242 @@
+//! `runqlat`: run-queue latency (runnable → running) as a Prometheus histogram, host-wide and
+//! per container, from tp_btf `sched_wakeup`, `sched_wakeup_new` and `sched_switch`. Counts live
+//! in BPF maps (per-CPU) and are read at scrape time; nothing is sent per event.
+//!
+//! Under the `huatuo_bamai` prefix HuaTuo's `runqlat_latency{zone}` counters are exported too
+//! (zones [0,10), [10,20), [20,50), [50,∞) ms).
+
+use std::collections::{HashMap, HashSet};
+use std::mem::MaybeUninit;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::MapHandle;
+
+use crate::bpf::PerCpuCounters;
+use crate::config::ConfigResult;
+use crate::host::HostRoot;
+use crate::metrics::bpfhist::{self, Hist};
+use crate::metrics::cgroup;
+use crate::metrics::{Kind, MetricSink};
+use crate::tracer::{
+    BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
+    TRACERS,
+};
+
+mod skel {
+    #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
+    crate::bpf_skeleton!("runqlat");
+}
+use skel::RunqlatSkelBuilder;
+
+/// Bucket upper bounds, seconds (includes HuaTuo's 10, 20 and 50 ms zone edges).
+pub const BOUNDS: [f64; 17] = [
+    5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1,
+    2.5e-1, 5e-1, 1.0,
+];
+/// The buckets written per container (cardinality budget).
+pub const CONTAINER_BOUNDS: [f64; 7] = [1e-4, 1e-3, 1e-2, 2e-2, 5e-2, 1e-1, 1.0];
+const HUATUO_ZONES: [f64; 3] = [1e-2, 2e-2, 5e-2];
+const ZONE_NAMES: [&str; 4] = ["0", "1", "2", "3"];
+const SLOTS: u32 = BOUNDS.len() as u32 + 2;
+
+#[linkme::distributed_slice(TRACERS)]
+static SPEC: TracerSpec = TracerSpec {
+    name: "runqlat",
+    mode: Mode::Event,
+    description: "run-queue latency histograms, host and per container (tp_btf sched_wakeup/sched_switch); metrics only",
+    requires: &[
+        Requirement::Root,
+        Requirement::Btf,
+        Requirement::BtfTracepoint("sched_switch"),
+        Requirement::BtfTracepoint("sched_wakeup"),
+        Requirement::BtfTracepoint("sched_wakeup_new"),
+    ],
+    default_enabled: true,
+    build,
+};
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RunqlatConfig {
+    containers: bool,
+}
+
+impl Default for RunqlatConfig {
+    fn default() -> Self {
+        RunqlatConfig { containers: true }
+    }
+}
+
+fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
+    let cfg: RunqlatConfig = crate::config::parse_section(ctx.section, table)?;
+    Ok(Tracer::Event(Box::new(Runqlat {
+        host: ctx.host.clone(),
+        containers: cfg.containers,
+        counters: Mutex::new(None),
+        maps: Mutex::new(None),
+    })))
+}
+
+struct Maps {
+    wanted: MapHandle,
+    hist: MapHandle,
+    current: HashSet<u64>,
+}
+
+struct Runqlat {
+    host: HostRoot,
+    containers: bool,
+    /// Outlives a run: counters never go back when the tracer restarts.
+    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+    maps: Mutex<Option<Maps>>,
+}
+
+impl EventTracer for Runqlat {
+    fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
+        let mut storage = MaybeUninit::uninit();
+        let mut open = RunqlatSkelBuilder::default()
+            .open(&mut storage)
+            .context("opening the BPF object")?;
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .context("BPF object has no .rodata")?;
+        rodata.hist_bounds_ns = bpfhist::bounds_ns(&BOUNDS);
+        rodata.hist_nbounds = BOUNDS.len() as u32;
+        rodata.counter_slots = SLOTS;
+        let previous = self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match &previous {
+            Some(c) => open
+                .maps
+                .counters
+                .reuse_fd(c.fd())
+                .context("reusing the counters map")?,
+            None => crate::bpf::counters::size_counters_map(&mut open.maps.counters, SLOTS)?,
+        }
+        let skel = open.load().context("loading the BPF program")?;
+        if previous.is_none() {
+            let c = PerCpuCounters::map(&skel.maps.counters, SLOTS)?;
+            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(c));
+        }
+        *self.maps.lock().unwrap_or_else(|e| e.into_inner()) = Some(Maps {
+            wanted: MapHandle::try_from(&skel.maps.cg_wanted).context("cg_wanted map")?,
+            hist: MapHandle::try_from(&skel.maps.cg_hist).context("cg_hist map")?,
+            current: HashSet::new(),
+        });
+        let _l1 = skel
+            .progs
+            .bq_sched_wakeup
+            .attach()
+            .context("attaching tp_btf/sched_wakeup")?;
+        let _l2 = skel
+            .progs
+            .bq_sched_wakeup_new
+            .attach()
+            .context("attaching tp_btf/sched_wakeup_new")?;
+        let _l3 = skel
+            .progs
+            .bq_sched_switch
+            .attach()
+            .context("attaching tp_btf/sched_switch")?;
+        ctx.attached();
+        while ctx.sleep(Duration::from_millis(200)) {}
+        *self.maps.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
+    }
+
+    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+        let Some(c) = self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
+        let host = Hist::from_counters(&c, 0, BOUNDS.len(), None);
+        out.family(
+            "latency_seconds",
+            "Time tasks waited on a run queue between becoming runnable and running (host).",
+            Kind::Histogram,
+        );
+        host.write(out, &[], &[], &BOUNDS, None);
+        let huatuo = out.huatuo_names();
+        if huatuo {
+            out.family(
+                "latency",
+                "cpu run queue latency for the host",
+                Kind::Counter,
+            );
+            for (z, n) in host.zones(&BOUNDS, &HUATUO_ZONES).iter().enumerate() {
+                out.sample(&[("zone", ZONE_NAMES[z])], *n as f64);
+            }
+        }
+        if !self.containers {
+            return Ok(());
+        }
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = maps.as_mut() else {
+            return Ok(());
+        };
+        let snap = cgroup::snapshot(&self.host);
+        let mut by_id: HashMap<u64, usize> = HashMap::new();
+        for (i, ct) in snap.containers.iter().enumerate() {
+            if let Some(id) = snap
+                .layout
+                .dir("cpu", &ct.rel)
+                .and_then(|d| bpfhist::cgroup_id(&d.path))
+            {
+                by_id.insert(id, i);
+            }
+        }
+        let want: HashSet<u64> = by_id.keys().copied().collect();
+        bpfhist::sync_wanted(&m.wanted, &m.hist, &mut m.current, &want)?;
+        let mut rows: Vec<(usize, Hist)> = bpfhist::read_keyed(&m.hist, BOUNDS.len())?
+            .into_iter()
+            .filter_map(|(id, h)| by_id.get(&id).map(|&i| (i, h)))
+            .collect();
+        rows.sort_by_key(|(i, _)| *i);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        out.family(
+            "container_latency_seconds",
+            "Time the container's tasks waited on a run queue before running.",
+            Kind::Histogram,
+        );
+        for (i, h) in &rows {
+            h.write(
+                out,
+                &snap.containers[*i].labels(),
+                &[],
+                &BOUNDS,
+                Some(&CONTAINER_BOUNDS),
+            );
+        }
+        if huatuo {
+            out.family(
+                "container_latency",
+                "cpu run queue latency for the containers",
+                Kind::Counter,
+            );
+            for (i, h) in &rows {
+                for (z, n) in h.zones(&BOUNDS, &HUATUO_ZONES).iter().enumerate() {
+                    out.sample2(
+                        &snap.containers[*i].labels(),
+                        &[("zone", ZONE_NAMES[z])],
+                        *n as f64,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}

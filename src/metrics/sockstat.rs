@@ -1,0 +1,200 @@
+//! `sockstat`: socket counts and memory from `/proc/net/sockstat` (HuaTuo names:
+//! `sockets_used`, `TCP_inuse`, `TCP_mem_bytes`…), host and per container network namespace
+//! (containers without `mem`: TCP/UDP memory is accounted globally).
+
+use anyhow::{bail, Result};
+
+use crate::config::ConfigResult;
+use crate::host::HostRoot;
+use crate::metrics::cgroup;
+use crate::metrics::procfile::{parse_u64, read_optional, ProcFile};
+use crate::metrics::{Kind, MetricSink};
+use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+
+#[linkme::distributed_slice(TRACERS)]
+static SPEC: TracerSpec = TracerSpec {
+    name: "sockstat",
+    mode: Mode::Metric,
+    description: "socket counts and memory (/proc/net/sockstat), host and containers",
+    requires: &[Requirement::HostFile("proc/net/sockstat")],
+    default_enabled: true,
+    build,
+};
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SockstatConfig {
+    containers: bool,
+}
+
+impl Default for SockstatConfig {
+    fn default() -> Self {
+        SockstatConfig { containers: true }
+    }
+}
+
+fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
+    let cfg: SockstatConfig = crate::config::parse_section(ctx.section, table)?;
+    Ok(Tracer::Metric(Box::new(Sockstat {
+        host: ctx.host.clone(),
+        file: ProcFile::new(cgroup::host_net_file(ctx.host, "sockstat")),
+        containers: cfg.containers,
+        buf: std::sync::Mutex::new(String::new()),
+    })))
+}
+
+struct Sockstat {
+    host: HostRoot,
+    file: ProcFile,
+    containers: bool,
+    buf: std::sync::Mutex<String>,
+}
+
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+/// (`PROTO_key` or `sockets_used`, value), in file order.
+pub fn parse_sockstat(text: &str) -> Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some((proto, rest)) = line.split_once(':') else {
+            bail!("line {line:?}: no `PROTO:`");
+        };
+        let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+        if f.is_empty() || f.len() % 2 != 0 || proto.contains(char::is_whitespace) {
+            bail!("line {line:?}: expected `PROTO: key value ...`");
+        }
+        for kv in f.chunks(2) {
+            let v = parse_u64(kv[1], line)?;
+            if proto == "sockets" {
+                out.push((format!("sockets_{}", kv[0]), v));
+            } else {
+                out.push((format!("{proto}_{}", kv[0]), v));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn help(key: &str) -> String {
+    if key == "sockets_used" {
+        return "Number of IPv4 sockets in use.".into();
+    }
+    match key.rsplit_once('_') {
+        Some((p, "bytes")) => format!("Memory used by {}, in bytes.", p.trim_end_matches("_mem")),
+        Some((p, s)) => format!("Number of {p} sockets in state {s}."),
+        None => key.to_string(),
+    }
+}
+
+/// Adds `<PROTO>_mem_bytes` after each `<PROTO>_mem` (pages).
+fn with_bytes(mut v: Vec<(String, u64)>) -> Vec<(String, u64)> {
+    let page = page_size();
+    let mut i = 0;
+    while i < v.len() {
+        if v[i].0.ends_with("_mem") {
+            let b = (format!("{}_bytes", v[i].0), v[i].1.saturating_mul(page));
+            v.insert(i + 1, b);
+            i += 1;
+        }
+        i += 1;
+    }
+    v
+}
+
+impl Collector for Sockstat {
+    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+        self.file.with(|text| {
+            for (k, v) in with_bytes(parse_sockstat(text)?) {
+                out.single(&k, &help(&k), Kind::Gauge, v as f64);
+            }
+            Ok(())
+        })?;
+        if !self.containers {
+            return Ok(());
+        }
+        let snap = cgroup::snapshot(&self.host);
+        if snap.containers.is_empty() {
+            return Ok(());
+        }
+        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<(String, Vec<(usize, u64)>)> = Vec::new();
+        for (i, c) in snap.containers.iter().enumerate() {
+            let Some(pid) = cgroup::netns_pid(&self.host, &snap.layout, c, &mut buf) else {
+                continue;
+            };
+            if !read_optional(&self.host.proc(&format!("{pid}/net/sockstat")), &mut buf)? {
+                continue;
+            }
+            for (k, v) in parse_sockstat(&buf)? {
+                if k.ends_with("_mem") {
+                    continue;
+                }
+                match rows.iter_mut().find(|(key, _)| *key == k) {
+                    Some((_, s)) => s.push((i, v)),
+                    None => rows.push((k, vec![(i, v)])),
+                }
+            }
+        }
+        for (k, samples) in &rows {
+            out.family(&format!("container_{k}"), &help(k), Kind::Gauge);
+            for (i, v) in samples {
+                out.sample(&snap.containers[*i].labels(), *v as f64);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses() {
+        let t =
+            "sockets: used 14\nTCP: inuse 1 orphan 0 tw 12 alloc 1 mem 3\nFRAG: inuse 0 memory 0\n";
+        let v = with_bytes(parse_sockstat(t).unwrap());
+        let keys: Vec<&str> = v.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "sockets_used",
+                "TCP_inuse",
+                "TCP_orphan",
+                "TCP_tw",
+                "TCP_alloc",
+                "TCP_mem",
+                "TCP_mem_bytes",
+                "FRAG_inuse",
+                "FRAG_memory"
+            ]
+        );
+        assert_eq!(v[6].1, 3 * page_size());
+        assert_eq!(help("TCP_tw"), "Number of TCP sockets in state tw.");
+    }
+
+    #[test]
+    fn malformed_lines_are_errors() {
+        for bad in [
+            "sockets used 14\n",
+            "TCP: inuse\n",
+            "TCP: inuse x\n",
+            "TCP: inuse 1 orphan\n",
+            "TCP:\n",
+            "T CP: inuse 1\n",
+        ] {
+            assert!(parse_sockstat(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! `tcp_memory`: TCP socket memory in use against the `net.ipv4.tcp_mem` limit (HuaTuo names:
+//! `usage_pages`, `usage_bytes`, `limit_pages`, `usage_percent`).
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::ConfigResult;
+use crate::metrics::cgroup;
+use crate::metrics::procfile::{parse_u64, ProcFile};
+use crate::metrics::sockstat::{page_size, parse_sockstat};
+use crate::metrics::{Kind, MetricSink};
+use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+
+#[linkme::distributed_slice(TRACERS)]
+static SPEC: TracerSpec = TracerSpec {
+    name: "tcp_memory",
+    mode: Mode::Metric,
+    description: "TCP memory in use vs the net.ipv4.tcp_mem limit",
+    requires: &[
+        Requirement::HostFile("proc/sys/net/ipv4/tcp_mem"),
+        Requirement::HostFile("proc/net/sockstat"),
+    ],
+    default_enabled: true,
+    build,
+};
+
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoOptions {}
+
+fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
+    let _: NoOptions = crate::config::parse_section(ctx.section, table)?;
+    Ok(Tracer::Metric(Box::new(TcpMemory {
+        tcp_mem: ProcFile::new(ctx.host.proc("sys/net/ipv4/tcp_mem")),
+        sockstat: ProcFile::new(cgroup::host_net_file(ctx.host, "sockstat")),
+    })))
+}
+
+struct TcpMemory {
+    tcp_mem: ProcFile,
+    sockstat: ProcFile,
+}
+
+/// `min pressure max` in pages; the limit is `max`.
+pub fn parse_tcp_mem(text: &str) -> Result<[u64; 3]> {
+    let f: Vec<&str> = text.split_ascii_whitespace().collect();
+    if f.len() != 3 {
+        bail!("expected 3 numbers, found {:?}", text.trim());
+    }
+    Ok([
+        parse_u64(f[0], "min")?,
+        parse_u64(f[1], "pressure")?,
+        parse_u64(f[2], "max")?,
+    ])
+}
+
+impl Collector for TcpMemory {
+    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+        let Some(limits) = self.tcp_mem.with(parse_tcp_mem)? else {
+            return Ok(());
+        };
+        let Some(pages) = self.sockstat.with(|t| {
+            Ok(parse_sockstat(t)?
+                .into_iter()
+                .find(|(k, _)| k == "TCP_mem")
+                .map(|(_, v)| v))
+        })?
+        else {
+            return Ok(());
+        };
+        let pages = pages.context("no TCP mem in sockstat")?;
+        let limit = limits[2];
+        let ratio = if limit > 0 {
+            pages as f64 / limit as f64
+        } else {
+            0.0
+        };
+        out.single(
+            "usage_pages",
+            "tcp memory pages usage",
+            Kind::Gauge,
+            pages as f64,
+        );
+        out.single(
+            "usage_bytes",
+            "tcp memory bytes usage",
+            Kind::Gauge,
+            (pages * page_size()) as f64,
+        );
+        out.single(
+            "limit_pages",
+            "tcp memory pages limit",
+            Kind::Gauge,
+            limit as f64,
+        );
+        out.single(
+            "pressure_pages",
+            "tcp memory pressure threshold in pages (net.ipv4.tcp_mem, 2nd value)",
+            Kind::Gauge,
+            limits[1] as f64,
+        );
+        // HuaTuo exports the ratio under this name; kept for dashboards.
+        out.single(
+            "usage_percent",
+            "tcp memory usage as a fraction of the limit (HuaTuo's name; 0..1)",
+            Kind::Gauge,
+            ratio,
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        assert_eq!(
+            parse_tcp_mem("188475\t251300\t376950\n").unwrap(),
+            [188475, 251300, 376950]
+        );
+        for bad in ["", "1 2", "1 2 3 4", "1 x 3", "-1 2 3"] {
+            assert!(parse_tcp_mem(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! Metrics on the real kernel, provoked for real: CPU burners raise run-queue latency, direct
+//! I/O to a loop device moves block latency, a loopback UDP flood counts NET_RX softirq latency,
+//! page cache in a small memory cgroup counts memcg reclaim stalls; a real Prometheus scrapes
+//! the agent and answers PromQL for the host and for a test cgroup. Everything the tests create
+//! (cgroups, loop devices, processes, temp files) is removed by Drop guards, also on failure.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `<name>_count{labels}` (labels without braces, or "" for none).
+fn count(text: &str, name: &str, labels: &str) -> f64 {
+    let series = if labels.is_empty() {
+        format!("{name}_count")
+    } else {
+        format!("{name}_count{{{labels}}}")
+    };
+    metric_value(text, &series).unwrap_or(0.0)
+}
+
+/// Cumulative `_bucket` value at `le`.
+fn bucket(text: &str, name: &str, labels: &str, le: &str) -> f64 {
+    let sep = if labels.is_empty() { "" } else { "," };
+    metric_value(text, &format!("{name}_bucket{{{labels}{sep}le=\"{le}\"}}")).unwrap_or(0.0)
+}
+
+fn container_labels(id: &str) -> String {
+    format!("container_id=\"{id}\",container_name=\"\",container_host_namespace=\"\",container_type=\"\",container_qos=\"\"")
+}
+
+fn cgroup_mount(controller: &str) -> PathBuf {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    bianque::container::cgroup_mount(&mi, controller)
+        .unwrap_or_else(|| panic!("no cgroup hierarchy for {controller}"))
+}
+
+/// A cgroup that looks like a container (`/bqtest-<pid>-<n>/<64 hex>`) in some v1 hierarchies.
+/// Drop kills what runs in it and removes the directories.
+struct TestCgroup {
+    id: String,
+    parents: Vec<PathBuf>,
+}
+
+impl TestCgroup {
+    fn new(controllers: &[&str]) -> TestCgroup {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let seed = format!("{:08x}{:08x}", std::process::id(), n);
+        let id = seed.repeat(4);
+        let mut cg = TestCgroup {
+            id: id.clone(),
+            parents: Vec::new(),
+        };
+        for c in controllers {
+            let parent = cgroup_mount(c).join(format!("bqtest-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(parent.join(&id))
+                .unwrap_or_else(|e| panic!("mkdir in {c}: {e}"));
+            cg.parents.push(parent);
+        }
+        cg
+    }
+
+    fn dir(&self, i: usize) -> PathBuf {
+        self.parents[i].join(&self.id)
+    }
+
+    /// Starts `sh -c script` inside the cgroup (all its hierarchies).
+    fn spawn(&self, script: &str) -> Child {
+        let mut join = String::new();
+        for i in 0..self.parents.len() {
+            join.push_str(&format!(
+                "echo $$ > {}/cgroup.procs; ",
+                self.dir(i).display()
+            ));
+        }
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("{join}exec {script}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for i in 0..self.parents.len() {
+            let procs =
+                std::fs::read_to_string(self.dir(i).join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill(2) on pids in our test cgroup; ESRCH at worst.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        for i in 0..self.parents.len() {
+            let leaf = self.dir(i);
+            let end = Instant::now() + Duration::from_secs(5);
+            while std::fs::remove_dir(&leaf).is_err() && leaf.exists() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = std::fs::remove_dir(&self.parents[i]);
+        }
+    }
+}
+
+/// Child processes killed on drop.
+struct Kids(Vec<Child>);
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_agent() -> Agent {
+    let agent = Agent::start("", &["--disable", "dropwatch"]);
+    // The BPF tracers are attached once `/readyz` answers; their families show up then.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let m = agent.metrics();
+            m.contains("# TYPE bianque_runqlat_latency_seconds histogram")
+                && m.contains("# TYPE bianque_iolatency_d2c_seconds histogram")
+                && m.contains("# TYPE bianque_softirq_latency_seconds histogram")
+                && m.contains("# TYPE bianque_memory_reclaim_memcg_stall_seconds histogram")
+        }),
+        "BPF histogram tracers did not start; log:\n{}",
+        agent.log()
+    );
+    agent
+}
+
+/// Scrapes until the container shows up in per-container series (the tree walk is cached for
+/// a couple of seconds), then once more so that BPF filters list it.
+fn wait_for_container(agent: &Agent, id: &str) {
+    let needle = format!("container_id=\"{id}\"");
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .metrics()
+            .contains(&needle)),
+        "container {id} never appeared in /metrics"
+    );
+    agent.metrics();
+}
+
+#[test]
+fn runqlat_rises_with_more_cpu_burners_than_cores() {
+    let agent = start_agent();
+    let cg = TestCgroup::new(&["memory", "cpu", "cpuacct"]);
+    let labels = container_labels(&cg.id);
+    let mut kids = Kids(vec![cg.spawn("sleep 60")]);
+    wait_for_container(&agent, &cg.id);
+
+    let before = agent.metrics();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    for _ in 0..(2 * cores + 2) {
+        kids.0.push(cg.spawn("sh -c 'while :; do :; done'"));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let after = agent.metrics();
+    drop(kids);
+
+    let name = "bianque_runqlat_latency_seconds";
+    let slow = |t: &str| count(t, name, "") - bucket(t, name, "", "0.005");
+    let d_count = count(&after, name, "") - count(&before, name, "");
+    let d_slow = slow(&after) - slow(&before);
+    assert!(d_count > 100.0, "run-queue events: {d_count}");
+    assert!(
+        d_slow >= 10.0,
+        "waits over 5 ms with {} burners on {cores} cores: {d_slow}",
+        2 * cores + 2
+    );
+    // The burners' cgroup has its own histogram, and their waits are long.
+    let cname = "bianque_runqlat_container_latency_seconds";
+    let c_count = count(&after, cname, &labels);
+    let c_slow = c_count - bucket(&after, cname, &labels, "0.01");
+    assert!(
+        c_count > 10.0,
+        "container run-queue events: {c_count}\n{after}"
+    );
+    assert!(c_slow >= 1.0, "container waits over 10 ms: {c_slow}");
+    // CPU usage of the burners' cgroup is visible too.
+    assert!(
+        metric_value(
+            &after,
+            &format!("bianque_cpu_util_container_busy{{{labels}}}")
+        )
+        .unwrap_or(0.0)
+            > 10.0,
+        "container CPU usage not seen"
+    );
+}
+
+#[test]
+fn block_latency_counts_direct_io_to_a_loop_device() {
+    let dir = TempDir::new("loop");
+    let img = dir.path().join("disk.img");
+    sh(&format!("truncate -s 64M {}", img.display()));
+    let dev = sh(&format!("losetup --show -f {}", img.display()))
+        .trim()
+        .to_string();
+    let _detach = Cleanup(format!("losetup -d {dev}"));
+    let name = Path::new(&dev)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let agent = start_agent();
+    let labels = format!("device=\"{name}\"");
+    let before = count(&agent.metrics(), "bianque_iolatency_d2c_seconds", &labels);
+    sh(&format!(
+        "dd if=/dev/zero of={dev} bs=1M count=20 oflag=direct 2>/dev/null"
+    ));
+    let mut last = 0.0;
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = count(&agent.metrics(), "bianque_iolatency_d2c_seconds", &labels);
+        last - before >= 20.0
+    });
+    assert!(ok, "issue→complete count for {name}: {before} → {last}");
+    let m = agent.metrics();
+    assert!(
+        metric_value(
+            &m,
+            &format!("bianque_iolatency_d2c_seconds_sum{{{labels}}}")
+        )
+        .unwrap_or(0.0)
+            > 0.0
+    );
+}
+
+#[test]
+fn softirq_latency_counts_net_rx_under_a_loopback_flood() {
+    let agent = start_agent();
+    let labels = "type=\"NET_RX\"";
+    let name = "bianque_softirq_latency_seconds";
+    let before = count(&agent.metrics(), name, labels);
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let target = rx.local_addr().unwrap();
+    let sender = std::thread::spawn(move || {
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..50_000 {
+            let _ = tx.send_to(&[0u8; 64], target);
+        }
+    });
+    let mut buf = [0u8; 128];
+    while rx.recv(&mut buf).is_ok() {}
+    sender.join().unwrap();
+    let mut after = before;
+    let ok = wait_until(Duration::from_secs(5), || {
+        after = count(&agent.metrics(), name, labels);
+        after - before >= 100.0
+    });
+    assert!(ok, "NET_RX raise→entry count: {before} → {after}");
+}
+
+#[test]
+fn memcg_reclaim_stalls_count_in_a_small_memory_cgroup() {
+    let agent = start_agent();
+    let cg = TestCgroup::new(&["memory"]);
+    std::fs::write(cg.dir(0).join("memory.limit_in_bytes"), "33554432").unwrap();
+    let labels = container_labels(&cg.id);
+    let _idle = Kids(vec![cg.spawn("sleep 60")]);
+    wait_for_container(&agent, &cg.id);
+    let name = "bianque_memory_reclaim_memcg_stall_seconds";
+    let before = count(&agent.metrics(), name, "");
+    let file = TempDir::new("memcg");
+    let out = file.path().join("fill");
+    // 128 MiB of page cache through a 32 MiB limit: the cgroup must reclaim to go on.
+    let mut dd = cg.spawn(&format!(
+        "dd if=/dev/zero of={} bs=1M count=128",
+        out.display()
+    ));
+    let status = dd.wait().unwrap();
+    assert!(status.success(), "dd in the memory cgroup failed: {status}");
+    let mut m = String::new();
+    let ok = wait_until(Duration::from_secs(5), || {
+        m = agent.metrics();
+        count(&m, name, "") > before
+            && count(
+                &m,
+                "bianque_memory_reclaim_container_memcg_stall_seconds",
+                &labels,
+            ) >= 1.0
+    });
+    assert!(
+        ok,
+        "memcg reclaim: host {before} → {}, container {}",
+        count(&m, name, ""),
+        count(
+            &m,
+            "bianque_memory_reclaim_container_memcg_stall_seconds",
+            &labels
+        )
+    );
+    // The limit shows in the container's memory series.
+    assert_eq!(
+        metric_value(
+            &m,
+            &format!("bianque_memory_vmstat_container_limit_bytes{{{labels}}}")
+        ),
+        Some(33554432.0)
+    );
+}
+
+/// Percent-encodes a PromQL query for a URL.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn prometheus_scrapes_the_agent_and_answers_for_host_and_cgroup() {
+    let agent = Agent::start("", &["--disable", "dropwatch"]);
+    let cg = TestCgroup::new(&["memory", "cpu", "cpuacct"]);
+    // Its own network namespace, so the per-container network collectors have something.
+    let _idle = Kids(vec![cg.spawn("unshare -n sleep 120")]);
+    wait_for_container(&agent, &cg.id);
+    let labels = container_labels(&cg.id);
+    let wanted = [
+        format!("bianque_sockstat_container_sockets_used{{{labels}}}"),
+        format!("bianque_arp_container_entries{{{labels}}}"),
+        format!("bianque_netstat_container_tcp_activeopens_total{{{labels}}}"),
+    ];
+    // The shell enters the cgroup before `unshare` gives it its namespace: wait for that.
+    let mut m = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        m = agent.metrics();
+        wanted.iter().all(|s| metric_value(&m, s) == Some(0.0))
+    });
+    assert!(ok, "container network series missing: {wanted:?}");
+    let per_container = m
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&format!("container_id=\"{}\"", cg.id)))
+        .count();
+    assert!(
+        (30..=150).contains(&per_container),
+        "series for one idle container: {per_container} (budget 150)"
+    );
+
+    let dir = TempDir::new("prometheus");
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: bianque\n    static_configs:\n      - targets: ['{}']\n",
+            agent.addr
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let prom = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={prom_addr}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("prometheus (Debian package) is installed by `make test`");
+    let _prom = Kids(vec![prom]);
+    let prom_log =
+        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+
+    let up = wait_until(Duration::from_secs(40), || {
+        let (code, body) = http(&prom_addr, "GET", "/api/v1/targets", &[]);
+        code == 200 && body.contains("\"health\":\"up\"")
+    });
+    assert!(up, "target never up; prometheus log:\n{}", prom_log());
+
+    let query = |q: &str| -> serde_json::Value {
+        let (code, body) = http(
+            &prom_addr,
+            "GET",
+            &format!("/api/v1/query?query={}", urlencode(q)),
+            &[],
+        );
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let mut host = serde_json::Value::Null;
+    let mut cgroup = serde_json::Value::Null;
+    let ok = wait_until(Duration::from_secs(20), || {
+        host = query("bianque_memory_meminfo_mem_total_bytes");
+        cgroup = query(&format!(
+            "bianque_memory_vmstat_container_usage_bytes{{container_id=\"{}\"}}",
+            cg.id
+        ));
+        host["data"]["result"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+            && cgroup["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+    });
+    assert!(ok, "PromQL answers: host {host}, cgroup {cgroup}");
+    let total: f64 = host["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kb: f64 = meminfo
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(total, kb * 1024.0);
+    let used: f64 = cgroup["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(used > 0.0, "{cgroup}");
+    assert_eq!(cgroup["data"]["result"][0]["metric"]["job"], "bianque");
+}
