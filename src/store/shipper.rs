@@ -583,8 +583,19 @@ impl Worker {
             );
         }
         self.stats.set_error(err);
+        self.refresh_backlog();
         // Fail over to the next address.
         self.address = (self.address + 1) % self.cfg.addresses.len();
+    }
+
+    /// Updates the backlog gauge while a batch waits for the server.
+    fn refresh_backlog(&self) {
+        if let Ok((_, max)) = self.db.seq_range() {
+            let cursor = self.stats.cursor.load(Ordering::Relaxed);
+            self.stats
+                .backlog
+                .store((max - cursor).max(0) as u64, Ordering::Relaxed);
+        }
     }
 
     fn succeeded(&mut self) {
