@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS shipper_failures (
 
 /// Records on the live stream are kept in a ring of this many; a subscriber further behind is
 /// told it lagged.
-pub const FANOUT_CAPACITY: usize = 4096;
+pub const FANOUT_CAPACITY: usize = 1024;
 
 /// A record as written, handed to live-stream subscribers after its transaction committed.
 #[derive(Debug)]
