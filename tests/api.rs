@@ -92,6 +92,17 @@ fn control_with_token_stops_and_starts_a_tracer() {
         400
     );
 
+    // Only the bearer scheme counts.
+    assert_eq!(
+        agent
+            .post(
+                "/tracers/dropwatch/stop",
+                &[("Authorization", &format!("Basic {TOKEN}"))]
+            )
+            .0,
+        401
+    );
+
     let (code, body) = agent.post("/tracers/dropwatch/stop", &[("Authorization", &auth)]);
     assert_eq!(code, 200, "{body}");
     // "active" once attached: the reason stays "starting" until then.
@@ -135,4 +146,5 @@ fn control_with_token_stops_and_starts_a_tracer() {
         "log:\n{}",
         agent.log()
     );
+    assert!(!agent.log().contains(TOKEN), "the token is never logged");
 }

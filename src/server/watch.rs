@@ -235,3 +235,67 @@ fn drop_client(tx: &mpsc::Sender<Item>, stats: &StreamStats, why: String) {
     tracing::info!(reason = %why, "live stream: dropping a slow client");
     let _ = tx.try_send(Item::Dropped(why));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ContainerFields;
+
+    fn published(container: Option<ContainerFields>) -> Published {
+        let record = Record::new(
+            "dropwatch",
+            TracerType::Event,
+            1_700_000_000_000_000_000,
+            "h1",
+            "r1",
+            container,
+            serde_json::json!({"dport": 53}),
+        );
+        let body = serde_json::to_string(&record).unwrap();
+        Published { record, body }
+    }
+
+    #[test]
+    fn cloudevent_wraps_the_record() {
+        let p = published(Some(ContainerFields {
+            id: "abc123".into(),
+            ..Default::default()
+        }));
+        let v: serde_json::Value = serde_json::from_str(&cloudevent(&p)).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["id"], p.record.tracer_id.as_str());
+        assert_eq!(v["type"], "io.bianque.event.dropwatch");
+        assert_eq!(v["source"], "bianque://h1/dropwatch");
+        assert_eq!(v["time"], "2023-11-14T22:13:20.000000000Z");
+        assert_eq!(v["subject"], "abc123");
+        assert_eq!(v["data"]["tracer_data"]["dport"], 53);
+        assert_eq!(v["data"]["container_id"], "abc123");
+        let host = published(None);
+        let v: serde_json::Value = serde_json::from_str(&cloudevent(&host)).unwrap();
+        assert!(v.get("subject").is_none());
+    }
+
+    #[test]
+    fn filters_by_tracer_container_prefix_and_namespace() {
+        let params = |t: Option<&str>, c: Option<&str>, n: Option<&str>| WatchParams {
+            tracer: t.map(String::from),
+            container: c.map(String::from),
+            namespace: n.map(String::from),
+        };
+        let in_pod = published(Some(ContainerFields {
+            id: "abc123".into(),
+            host_namespace: "prod".into(),
+            ..Default::default()
+        }));
+        let host = published(None);
+        assert!(params(None, None, None).matches(&host.record));
+        assert!(params(Some("dropwatch"), None, None).matches(&host.record));
+        assert!(!params(Some("oom"), None, None).matches(&host.record));
+        assert!(params(None, Some("abc"), None).matches(&in_pod.record));
+        assert!(!params(None, Some("abd"), None).matches(&in_pod.record));
+        assert!(!params(None, Some("abc"), None).matches(&host.record));
+        assert!(params(None, None, Some("prod")).matches(&in_pod.record));
+        assert!(!params(None, None, Some("dev")).matches(&in_pod.record));
+        assert!(!params(None, None, Some("prod")).matches(&host.record));
+    }
+}

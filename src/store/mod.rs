@@ -625,6 +625,66 @@ mod tests {
     }
 
     #[test]
+    fn data_matches_and_cursor_pages() {
+        let dir = tmpdir("pages");
+        let store = Store::open(&dir, retention()).unwrap();
+        let now = now_ns();
+        for i in 0..7i64 {
+            let mut r = rec("p", now + i, None);
+            r.tracer_data = json!({"i": i, "even": i % 2 == 0, "kind": if i < 3 {"a"} else {"b"}, "n": {"x": i}});
+            store.save(r);
+        }
+        store.close();
+        let q = |data: &[(&str, &str)], limit: usize, cursor: Option<String>| Query {
+            data: data
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            limit,
+            cursor,
+            ..Default::default()
+        };
+        assert_eq!(
+            store.query(&q(&[("kind", "a")], 10, None)).unwrap().len(),
+            3
+        );
+        assert_eq!(store.query(&q(&[("i", "4")], 10, None)).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .query(&q(&[("even", "true")], 10, None))
+                .unwrap()
+                .len(),
+            4
+        );
+        assert_eq!(store.query(&q(&[("n.x", "6")], 10, None)).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .query(&q(&[("kind", "b"), ("even", "false")], 10, None))
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(store.query(&q(&[("bad-path", "1")], 10, None)).is_err());
+        // Pages of 3: 3 + 3 + 1, newest first, each record once.
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store.query_page(&q(&[], 3, cursor)).unwrap();
+            for r in &page.rows {
+                let v: serde_json::Value = serde_json::from_str(r).unwrap();
+                seen.push(v["tracer_data"]["i"].as_i64().unwrap());
+            }
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, vec![6, 5, 4, 3, 2, 1, 0]);
+        assert!(store.query_page(&q(&[], 3, Some("nope".into()))).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn burst_of_100k_is_queued_without_blocking_and_all_written() {
         let dir = tmpdir("burst");
         let store = Store::open(&dir, retention()).unwrap();

@@ -370,8 +370,10 @@ impl ShipDb {
 
     /// `(min seq, max seq)` of the records stored, `(0, 0)` when empty.
     fn seq_range(&self) -> rusqlite::Result<(i64, i64)> {
+        // Two subqueries: SQLite answers a lone MIN or MAX from the index end, but a query
+        // with both scans the whole table.
         self.conn.query_row(
-            "SELECT COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM records",
+            "SELECT COALESCE((SELECT MIN(seq) FROM records), 0), COALESCE((SELECT MAX(seq) FROM records), 0)",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
