@@ -6,10 +6,13 @@ ARGS ?=
 
 # Build: clang compiles the BPF C; libbpf-sys (vendored libbpf) links libelf and zlib.
 BUILD_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config make gcc bpftool
-# Tests: packet-drop rules, netns/veth, a real Prometheus (promtool) and node_exporter,
-# real containers (podman with runc, containerd) from a busybox-static image built locally.
+# Tests: packet-drop rules, netns/veth, a real Prometheus (promtool) and node_exporter, real
+# containers (podman with runc, containerd) from a busybox-static image built locally, and
+# python3-venv for osmem-server (PyPI), the OpenSearch-API server the shipper tests talk to.
 TEST_PACKAGES := iptables nftables iproute2 prometheus prometheus-node-exporter curl procps \
-	podman runc busybox-static containerd e2fsprogs util-linux mount coreutils
+	podman runc busybox-static containerd e2fsprogs util-linux mount coreutils python3-venv python3-pip
+OSMEM_VERSION := 0.1.6
+OSMEM_VENV := $(CURDIR)/.test-deps/osmem
 
 .PHONY: all build release run test deps test-deps vmlinux bench fmt lint clean
 
@@ -30,6 +33,11 @@ deps:
 
 test-deps: deps
 	$(call apt_install,$(TEST_PACKAGES))
+	@if ! $(OSMEM_VENV)/bin/python -c 'import osmem_server' >/dev/null 2>&1; then \
+		echo "installing osmem-server $(OSMEM_VERSION) into $(OSMEM_VENV)"; \
+		rm -rf $(OSMEM_VENV) && python3 -m venv $(OSMEM_VENV) && \
+		$(OSMEM_VENV)/bin/pip install -q --disable-pip-version-check osmem-server==$(OSMEM_VERSION); \
+	fi
 
 build: deps
 	$(CARGO) build
@@ -51,6 +59,7 @@ bench: test-deps
 	$(CARGO) bench --bench dropwatch
 	$(CARGO) bench --bench metrics_scrape
 	$(CARGO) bench --bench containers
+	$(CARGO) bench --bench shipper
 
 fmt:
 	$(CARGO) fmt --all

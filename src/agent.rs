@@ -13,7 +13,9 @@ use crate::bpf::KernelSymbolizer;
 use crate::config::{Config, ConfigError};
 use crate::container::ContainerRegistry;
 use crate::host::{self, HostRoot};
+use crate::server::watch::{StreamLimits, StreamStats};
 use crate::server::{self, scrape::Scraper, AppState};
+use crate::store::shipper::Shipper;
 use crate::store::{Retention, Store};
 use crate::tracer::{runner, Runner, Services};
 
@@ -104,6 +106,15 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         max_size_bytes: cfg.store.retention_max_size_bytes,
     };
     let store = Arc::new(Store::open(&cfg.store.data_dir, retention)?);
+    // The shipper reads what the store wrote; an unreachable server is retried in the
+    // background, so only local problems (CA file) stop the start.
+    let shipper = if cfg.storage.elasticsearch.enabled() {
+        Some(Shipper::start(&cfg.storage.elasticsearch, store.path())?)
+    } else {
+        None
+    };
+    let shipper_stats = shipper.as_ref().map(|s| s.stats().clone());
+    let stream_stats = Arc::new(StreamStats::default());
 
     crate::bpf::route_libbpf_log();
     let patterns = crate::container::filter::Patterns::from_config(&cfg.containers)?;
@@ -131,11 +142,20 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
             &cfg.metrics.prefix,
             Duration::from_millis(cfg.metrics.collector_timeout_ms),
             &runner,
-        ),
+        )
+        .with_shipper(shipper_stats.clone())
+        .with_stream(stream_stats.clone()),
         runner: runner.clone(),
         store: store.clone(),
         token: cfg.server.token.clone(),
         ready: AtomicBool::new(false),
+        shipper: shipper_stats,
+        stream: stream_stats,
+        stream_limits: StreamLimits {
+            max_clients: cfg.server.stream_max_clients,
+            client_buffer: cfg.server.stream_client_buffer,
+            keepalive: Duration::from_secs(cfg.server.stream_keepalive_secs),
+        },
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -181,6 +201,10 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
 
         wait_for_signal().await?;
         tracing::info!("shutting down");
+        // The shipper stops at once: whatever it had not confirmed is sent on the next start.
+        if let Some(s) = &shipper {
+            s.request_stop();
+        }
         let stop_runner = runner.clone();
         let stop_store = store.clone();
         let stop_containers = containers_stop.clone();
@@ -189,6 +213,9 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
             stop_store.close();
             stop_containers.store(true, Ordering::Relaxed);
             let _ = containers_thread.join();
+            if let Some(s) = shipper {
+                s.stop(Duration::from_millis(300));
+            }
         })
         .await
         .context("shutting down tracers")?;

@@ -40,6 +40,8 @@ pub struct Config {
     pub log: LogConfig,
     pub server: ServerConfig,
     pub store: StoreConfig,
+    /// `[storage.elasticsearch]`: shipping records to Elasticsearch/OpenSearch.
+    pub storage: StorageConfig,
     #[serde(deserialize_with = "deserialize_metrics")]
     pub metrics: MetricsConfig,
     /// `[events.<tracer>]` sections, checked against the registry by [`crate::tracer::registry`].
@@ -57,6 +59,7 @@ impl Default for Config {
             log: LogConfig::default(),
             server: ServerConfig::default(),
             store: StoreConfig::default(),
+            storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
             events: BTreeMap::new(),
             autotracing: BTreeMap::new(),
@@ -81,6 +84,12 @@ pub struct ServerConfig {
     pub token: Option<String>,
     pub request_timeout_ms: u64,
     pub max_body_bytes: usize,
+    /// Live stream (`/v1/events/watch`) clients at most; more get 429.
+    pub stream_max_clients: usize,
+    /// Events queued for one stream client; a client that lets more wait is dropped.
+    pub stream_client_buffer: usize,
+    /// Seconds between keep-alive comments on an idle stream.
+    pub stream_keepalive_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +99,9 @@ impl Default for ServerConfig {
             token: None,
             request_timeout_ms: 30_000,
             max_body_bytes: 1 << 20,
+            stream_max_clients: 32,
+            stream_client_buffer: 256,
+            stream_keepalive_secs: 15,
         }
     }
 }
@@ -112,6 +124,198 @@ impl Default for StoreConfig {
             retention_max_size_bytes: 1 << 30,
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub elasticsearch: ElasticsearchConfig,
+}
+
+/// `[storage.elasticsearch]`: the shipper is on when `addresses` is not empty.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ElasticsearchConfig {
+    /// Base URLs (`http://` or `https://`), tried in order with fail-over.
+    pub addresses: Vec<String>,
+    /// Index name; strftime escapes (`%Y.%m.%d`) take the record's time (UTC).
+    pub index: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Sent as `Authorization: ApiKey <api_key>` (the base64 `id:key` form).
+    pub api_key: Option<String>,
+    /// PEM file of a CA that signs the servers' certificates (besides the built-in roots).
+    pub ca_file: Option<PathBuf>,
+    /// Install the index template (field types) at start.
+    pub install_template: bool,
+    /// Records per `_bulk` request at most.
+    pub batch_max_records: usize,
+    /// Uncompressed bytes per `_bulk` request at most.
+    pub batch_max_bytes: u64,
+    /// A partial batch is sent once its oldest record waited this long.
+    pub flush_interval_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    /// Retry back-off: starts here, doubles, capped at `retry_max_backoff_ms`, with jitter.
+    pub retry_initial_backoff_ms: u64,
+    pub retry_max_backoff_ms: u64,
+    /// gzip the `_bulk` body (`Content-Encoding: gzip`).
+    pub gzip: bool,
+}
+
+pub const DEFAULT_ES_INDEX: &str = "bianque-%Y.%m.%d";
+
+impl Default for ElasticsearchConfig {
+    fn default() -> Self {
+        ElasticsearchConfig {
+            addresses: Vec::new(),
+            index: DEFAULT_ES_INDEX.into(),
+            username: None,
+            password: None,
+            api_key: None,
+            ca_file: None,
+            install_template: true,
+            batch_max_records: 1000,
+            batch_max_bytes: 5 << 20,
+            flush_interval_ms: 1000,
+            connect_timeout_ms: 5000,
+            request_timeout_ms: 30_000,
+            retry_initial_backoff_ms: 200,
+            retry_max_backoff_ms: 30_000,
+            gzip: true,
+        }
+    }
+}
+
+/// Secrets stay out of logs and debug output.
+impl fmt::Debug for ElasticsearchConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| "<hidden>");
+        f.debug_struct("ElasticsearchConfig")
+            .field("addresses", &self.addresses)
+            .field("index", &self.index)
+            .field("username", &self.username)
+            .field("password", &hidden(&self.password))
+            .field("api_key", &hidden(&self.api_key))
+            .field("ca_file", &self.ca_file)
+            .field("batch_max_records", &self.batch_max_records)
+            .field("batch_max_bytes", &self.batch_max_bytes)
+            .field("flush_interval_ms", &self.flush_interval_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ElasticsearchConfig {
+    pub fn enabled(&self) -> bool {
+        !self.addresses.is_empty()
+    }
+
+    pub fn validate(&self) -> ConfigResult<()> {
+        const S: &str = "storage.elasticsearch";
+        for a in &self.addresses {
+            let ok = (a.starts_with("http://") || a.starts_with("https://"))
+                && a.split_once("://")
+                    .is_some_and(|(_, rest)| !rest.is_empty());
+            if !ok {
+                return Err(ConfigError(format!(
+                    "{S}.addresses: `{a}` is not an http:// or https:// URL"
+                )));
+            }
+            let authority = a
+                .split_once("://")
+                .map(|(_, rest)| rest.split('/').next().unwrap_or(""))
+                .unwrap_or("");
+            if authority.contains('@') {
+                return Err(ConfigError(format!(
+                    "{S}.addresses: put credentials in `username`/`password`, not in the URL"
+                )));
+            }
+        }
+        check_index_pattern(&self.index).map_err(|e| ConfigError(format!("{S}.index: {e}")))?;
+        if self.password.is_some() && self.username.is_none() {
+            return Err(ConfigError(format!(
+                "{S}.password: set `username` too (basic auth)"
+            )));
+        }
+        if self.api_key.is_some() && self.username.is_some() {
+            return Err(ConfigError(format!(
+                "{S}.api_key: use either `api_key` or `username`/`password`, not both"
+            )));
+        }
+        check_range(
+            &format!("{S}.batch_max_records"),
+            self.batch_max_records,
+            1,
+            100_000,
+        )?;
+        check_range(
+            &format!("{S}.batch_max_bytes"),
+            self.batch_max_bytes,
+            1024,
+            1 << 30,
+        )?;
+        check_range(
+            &format!("{S}.flush_interval_ms"),
+            self.flush_interval_ms,
+            10,
+            600_000,
+        )?;
+        check_range(
+            &format!("{S}.connect_timeout_ms"),
+            self.connect_timeout_ms,
+            100,
+            600_000,
+        )?;
+        check_range(
+            &format!("{S}.request_timeout_ms"),
+            self.request_timeout_ms,
+            100,
+            600_000,
+        )?;
+        check_range(
+            &format!("{S}.retry_initial_backoff_ms"),
+            self.retry_initial_backoff_ms,
+            1,
+            60_000,
+        )?;
+        check_range(
+            &format!("{S}.retry_max_backoff_ms"),
+            self.retry_max_backoff_ms,
+            self.retry_initial_backoff_ms,
+            3_600_000,
+        )?;
+        Ok(())
+    }
+}
+
+/// An index name pattern: valid strftime escapes and, once formatted, a valid index name.
+fn check_index_pattern(pattern: &str) -> Result<(), String> {
+    use chrono::format::{Item, StrftimeItems};
+    if pattern.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if pattern.starts_with('%') {
+        return Err(format!(
+            "`{pattern}` must start with a fixed name (the index template matches on it)"
+        ));
+    }
+    if StrftimeItems::new(pattern).any(|i| matches!(i, Item::Error)) {
+        return Err(format!("`{pattern}` has an invalid strftime escape"));
+    }
+    let sample = chrono::DateTime::from_timestamp(0, 0)
+        .unwrap_or_default()
+        .format(pattern)
+        .to_string();
+    let bad = sample.starts_with(['-', '_', '+', '.'])
+        || sample
+            .chars()
+            .any(|c| c.is_ascii_uppercase() || c.is_whitespace() || "\\/*?\"<>|,#:".contains(c));
+    if bad {
+        return Err(format!(
+            "`{pattern}` gives `{sample}`, not a valid index name (lowercase, no \\/*?\"<>|,#: or spaces, not starting with -_+.)"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -242,6 +446,24 @@ impl Config {
             1024,
             1 << 30,
         )?;
+        check_range(
+            "server.stream_max_clients",
+            self.server.stream_max_clients,
+            1,
+            10_000,
+        )?;
+        check_range(
+            "server.stream_client_buffer",
+            self.server.stream_client_buffer,
+            1,
+            100_000,
+        )?;
+        check_range(
+            "server.stream_keepalive_secs",
+            self.server.stream_keepalive_secs,
+            1,
+            3600,
+        )?;
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError(format!(
                 "server.listen: `{}` is not an address like 127.0.0.1:19704",
@@ -249,6 +471,7 @@ impl Config {
             )));
         }
         self.containers.validate()?;
+        self.storage.elasticsearch.validate()?;
         if let Some(token) = &self.server.token {
             if token.len() < 16 {
                 return Err(ConfigError(
@@ -446,6 +669,35 @@ mod tests {
         assert!(cfg.metrics.collectors.contains_key("loadavg"));
         let err = Config::parse("[metrics]\nprefx = 3\n").unwrap_err();
         assert!(err.0.contains("metrics.prefx"), "{err}");
+    }
+
+    #[test]
+    fn elasticsearch_section() {
+        let cfg = Config::parse(
+            "[storage.elasticsearch]\naddresses = [\"http://127.0.0.1:9200\"]\nindex = \"huatuo_bamai\"\nusername = \"u\"\npassword = \"secret-pw\"\n",
+        )
+        .unwrap();
+        let es = &cfg.storage.elasticsearch;
+        assert!(es.enabled());
+        assert_eq!(es.index, "huatuo_bamai");
+        assert!(!format!("{es:?}").contains("secret-pw"), "password hidden");
+        assert!(!Config::parse("").unwrap().storage.elasticsearch.enabled());
+        let err = Config::parse("[storage.elasticsearch]\nadresses = []\n").unwrap_err();
+        assert!(err.0.contains("adresses"), "{err}");
+        let err = Config::parse("[storage.elasticsearch]\nindex = \"Bad-%Y\"\n").unwrap_err();
+        assert!(err.0.contains("storage.elasticsearch.index"), "{err}");
+        let err = Config::parse("[storage.elasticsearch]\nindex = \"x-%Q\"\n").unwrap_err();
+        assert!(err.0.contains("strftime"), "{err}");
+        let err =
+            Config::parse("[storage.elasticsearch]\naddresses = [\"es:9200\"]\n").unwrap_err();
+        assert!(err.0.contains("addresses"), "{err}");
+        let err = Config::parse("[storage.elasticsearch]\nbatch_max_records = 0\n").unwrap_err();
+        assert!(
+            err.0.contains("storage.elasticsearch.batch_max_records"),
+            "{err}"
+        );
+        let err = Config::parse("[storage]\nelastic = {}\n").unwrap_err();
+        assert!(err.0.contains("elastic"), "{err}");
     }
 
     #[test]

@@ -88,11 +88,27 @@ struct EventsArgs {
     /// Only events of this container (id or id prefix).
     #[arg(long)]
     container: Option<String>,
+    /// Only events whose `tracer_data` field equals a value: `drop_reason=NO_SOCKET`
+    /// (a `data.` prefix is allowed; dots reach into nested objects). Repeatable.
+    #[arg(long = "data", value_name = "FIELD=VALUE")]
+    data: Vec<String>,
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// Continue after this point: the `next` cursor printed with the previous page.
+    #[arg(long)]
+    cursor: Option<String>,
     /// One JSON record per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Stream new events live from a running agent (its /v1/events/watch) until interrupted.
+    #[arg(long)]
+    follow: bool,
+    /// The running agent's address for --follow (default: the config's server.listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Config file, for --follow to find the agent's address.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -157,19 +173,42 @@ fn events(a: EventsArgs) -> Result<(), AgentError> {
             })
             .transpose()
     };
+    let mut data = Vec::new();
+    for m in &a.data {
+        let (k, v) = m
+            .split_once('=')
+            .ok_or_else(|| ConfigError(format!("--data: `{m}` is not FIELD=VALUE")))?;
+        let k = k.strip_prefix("data.").unwrap_or(k);
+        if !store::valid_data_path(k) {
+            return Err(ConfigError(format!(
+                "--data: `{k}` is not a field path (letters, digits, _ and dots)"
+            ))
+            .into());
+        }
+        data.push((k.to_string(), v.to_string()));
+    }
+    if a.follow {
+        return follow(&a);
+    }
     let q = Query {
         tracer: a.tracer.clone(),
         container: a.container.clone(),
         since_ns: time("since", &a.since)?,
         until_ns: time("until", &a.until)?,
+        data,
+        cursor: a.cursor.clone(),
         limit: a.limit.max(1),
     };
     let store = Store::open_read_only(&a.data_dir)?;
-    let rows = store.query(&q)?;
+    let page = store.query_page(&q)?;
+    let rows = &page.rows;
     let mut out = std::io::stdout().lock();
     if a.json {
-        for r in &rows {
+        for r in rows {
             let _ = writeln!(out, "{r}");
+        }
+        if let Some(next) = &page.next {
+            eprintln!("next page: --cursor {next}");
         }
         return Ok(());
     }
@@ -178,29 +217,172 @@ fn events(a: EventsArgs) -> Result<(), AgentError> {
         "{:<30}  {:<14}  {:<12}  DETAILS",
         "TIME", "TRACER", "CONTAINER"
     );
-    for r in &rows {
+    for r in rows {
         let v: serde_json::Value = serde_json::from_str(r).unwrap_or_default();
-        let container = v
-            .get("container_id")
-            .and_then(|c| c.as_str())
-            .map(|c| &c[..c.len().min(12)])
-            .unwrap_or("-");
-        let _ = writeln!(
-            out,
-            "{:<30}  {:<14}  {:<12}  {}",
-            v.get("tracer_time").and_then(|t| t.as_str()).unwrap_or("?"),
-            v.get("tracer_name").and_then(|t| t.as_str()).unwrap_or("?"),
-            container,
-            summarize(
-                v.get("tracer_data").unwrap_or(&serde_json::Value::Null),
-                140
-            )
-        );
+        print_row(&mut out, &v);
     }
     if rows.is_empty() {
         let _ = writeln!(out, "(no events)");
     }
+    if let Some(next) = &page.next {
+        let _ = writeln!(out, "(more: --cursor {next})");
+    }
     Ok(())
+}
+
+fn print_row(out: &mut impl Write, v: &serde_json::Value) {
+    let container = v
+        .get("container_id")
+        .and_then(|c| c.as_str())
+        .map(|c| &c[..c.len().min(12)])
+        .unwrap_or("-");
+    let _ = writeln!(
+        out,
+        "{:<30}  {:<14}  {:<12}  {}",
+        v.get("tracer_time").and_then(|t| t.as_str()).unwrap_or("?"),
+        v.get("tracer_name").and_then(|t| t.as_str()).unwrap_or("?"),
+        container,
+        summarize(
+            v.get("tracer_data").unwrap_or(&serde_json::Value::Null),
+            140
+        )
+    );
+}
+
+/// `bianque events --follow`: prints records from the agent's live stream as they come.
+fn follow(a: &EventsArgs) -> Result<(), AgentError> {
+    if a.since.is_some() || a.until.is_some() || a.cursor.is_some() || !a.data.is_empty() {
+        return Err(ConfigError(
+            "--follow takes --tracer and --container only (it shows new events as they come)"
+                .into(),
+        )
+        .into());
+    }
+    let opts = RunOptions {
+        config: a.config.clone(),
+        listen: a.listen.clone(),
+        ..Default::default()
+    };
+    let cfg = agent::load_config(&opts)?;
+    let mut url = format!("http://{}/v1/events/watch", cfg.server.listen);
+    let mut sep = '?';
+    for (k, v) in [("tracer", &a.tracer), ("container", &a.container)] {
+        if let Some(v) = v {
+            url.push(sep);
+            url.push_str(k);
+            url.push('=');
+            url.push_str(&percent_encode(v));
+            sep = '&';
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)?;
+    let json = a.json;
+    rt.block_on(async move {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()?;
+        let mut resp = client
+            .get(&url)
+            .header("Accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("no agent answers at {}: {e}", cfg.server.listen))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            anyhow::bail!("the agent answered {status}: {body}");
+        }
+        let mut out = std::io::stdout();
+        if !json {
+            let _ = writeln!(
+                out,
+                "{:<30}  {:<14}  {:<12}  DETAILS",
+                "TIME", "TRACER", "CONTAINER"
+            );
+        }
+        let mut buf = String::new();
+        let mut sse = SseParser::default();
+        while let Some(chunk) = resp.chunk().await? {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(at) = buf.find('\n') {
+                let line: String = buf.drain(..=at).collect();
+                let Some((event, data)) = sse.line(line.trim_end_matches(['\n', '\r'])) else {
+                    continue;
+                };
+                if event == "dropped" {
+                    anyhow::bail!("the agent dropped this stream: {data}");
+                }
+                let ce: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
+                let record = ce.get("data").cloned().unwrap_or_default();
+                if json {
+                    let _ = writeln!(out, "{record}");
+                } else {
+                    print_row(&mut out, &record);
+                }
+                let _ = out.flush();
+            }
+        }
+        anyhow::bail!("the agent closed the stream")
+    })?;
+    Ok(())
+}
+
+/// Server-sent events, line by line: yields `(event name, data)` at each blank line.
+#[derive(Default)]
+struct SseParser {
+    event: String,
+    data: String,
+}
+
+impl SseParser {
+    fn line(&mut self, line: &str) -> Option<(String, String)> {
+        if line.is_empty() {
+            let event = std::mem::take(&mut self.event);
+            let data = std::mem::take(&mut self.data);
+            if data.is_empty() {
+                return None;
+            }
+            return Some((
+                if event.is_empty() {
+                    "message".into()
+                } else {
+                    event
+                },
+                data,
+            ));
+        }
+        if line.starts_with(':') {
+            return None; // keep-alive comment
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => self.event = value.to_string(),
+            "data" => {
+                if !self.data.is_empty() {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `key=value` pairs of a record's scalar fields, in the tracer's own order, cut to `width`.

@@ -67,7 +67,12 @@ fn control_needs_a_configured_token() {
 
 #[test]
 fn control_with_token_stops_and_starts_a_tracer() {
-    let agent = Agent::start(&format!("[server]\ntoken = \"{TOKEN}\"\n"), &[]);
+    // Drops from other tests on this machine must not use up the rate limit: watch one port.
+    let port = closed_udp_port();
+    let agent = Agent::start(
+        &format!("[server]\ntoken = \"{TOKEN}\"\n[events.dropwatch]\nports = [{port}]\n"),
+        &[],
+    );
     let auth = format!("Bearer {TOKEN}");
     assert_eq!(agent.post("/tracers/dropwatch/stop", &[]).0, 401);
     assert_eq!(
@@ -90,6 +95,17 @@ fn control_with_token_stops_and_starts_a_tracer() {
             .post("/tracers/dropwatch/jump", &[("Authorization", &auth)])
             .0,
         400
+    );
+
+    // Only the bearer scheme counts.
+    assert_eq!(
+        agent
+            .post(
+                "/tracers/dropwatch/stop",
+                &[("Authorization", &format!("Basic {TOKEN}"))]
+            )
+            .0,
+        401
     );
 
     let (code, body) = agent.post("/tracers/dropwatch/stop", &[("Authorization", &auth)]);
@@ -125,7 +141,6 @@ fn control_with_token_stops_and_starts_a_tracer() {
     )
         == "active"));
     // Counters survive a restart of the tracer (the counters map is reused).
-    let port = closed_udp_port();
     send_udp_from_thread("bq-ctl", &format!("127.0.0.1:{port}"), 1);
     assert!(
         wait_until(std::time::Duration::from_secs(5), || agent
@@ -135,4 +150,5 @@ fn control_with_token_stops_and_starts_a_tracer() {
         "log:\n{}",
         agent.log()
     );
+    assert!(!agent.log().contains(TOKEN), "the token is never logged");
 }

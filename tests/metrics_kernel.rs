@@ -39,7 +39,8 @@ fn cgroup_mount(controller: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no cgroup hierarchy for {controller}"))
 }
 
-/// A cgroup that looks like a container (`/bqtest-<pid>-<n>/<64 hex>`) in some v1 hierarchies.
+/// A cgroup that looks like a container (`/bqtest-<pid>-<n>/docker-<64 hex>.scope`, the systemd
+/// driver's form) in some v1 hierarchies.
 /// Drop kills what runs in it and removes the directories.
 struct TestCgroup {
     id: String,
@@ -58,7 +59,7 @@ impl TestCgroup {
         };
         for c in controllers {
             let parent = cgroup_mount(c).join(format!("bqtest-{}-{n}", std::process::id()));
-            std::fs::create_dir_all(parent.join(&id))
+            std::fs::create_dir_all(parent.join(format!("docker-{id}.scope")))
                 .unwrap_or_else(|e| panic!("mkdir in {c}: {e}"));
             cg.parents.push(parent);
         }
@@ -66,7 +67,7 @@ impl TestCgroup {
     }
 
     fn dir(&self, i: usize) -> PathBuf {
-        self.parents[i].join(&self.id)
+        self.parents[i].join(format!("docker-{}.scope", self.id))
     }
 
     /// Starts `sh -c script` inside the cgroup (all its hierarchies).

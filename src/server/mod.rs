@@ -2,6 +2,7 @@
 //! Errors are JSON `{"error":{"code","message"}}` with a matching status code.
 
 pub mod scrape;
+pub mod watch;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,10 +13,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::store::shipper::ShipperStats;
 use crate::store::{self, Store};
 use crate::tracer::Runner;
 
@@ -25,9 +27,18 @@ pub struct AppState {
     pub scraper: scrape::Scraper,
     pub token: Option<String>,
     pub ready: AtomicBool,
+    /// The Elasticsearch shipper's counters, when it is configured.
+    pub shipper: Option<Arc<ShipperStats>>,
+    pub stream: Arc<watch::StreamStats>,
+    pub stream_limits: watch::StreamLimits,
 }
 
 pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: usize) -> Router {
+    // The live stream lives as long as its client: it stays outside the request timeout (which
+    // would otherwise only bound the time to the response head, but keep it explicit).
+    let streams = Router::new()
+        .route("/v1/events/watch", get(watch::watch))
+        .with_state(state.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -39,6 +50,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: u
         .route("/events/{id}", get(event_by_id))
         .route("/containers", get(containers))
         .route("/containers/{id}", get(container_by_id))
+        .route("/shipper", get(shipper))
         .fallback(not_found)
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
@@ -46,6 +58,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: u
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
+        .merge(streams)
 }
 
 /// An API error: status code, machine-readable code, human message.
@@ -64,7 +77,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
 
@@ -223,62 +236,114 @@ async fn control(
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventsParams {
-    tracer: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    container: Option<String>,
-    limit: Option<usize>,
-}
-
 pub const EVENTS_DEFAULT_LIMIT: usize = 100;
 pub const EVENTS_MAX_LIMIT: usize = 10_000;
 
+/// `/events` query: `tracer`, `since`, `until`, `container`, `limit`, `cursor`, and any number
+/// of `data.<field>=<value>` matches inside `tracer_data`.
+fn events_query(pairs: Vec<(String, String)>) -> Result<store::Query, ApiError> {
+    let now = store::now_ns();
+    let time = |key: &str, v: &str| -> Result<Option<i64>, ApiError> {
+        store::parse_time_arg(v, now)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(format!("{key}: {e}")))
+    };
+    let mut q = store::Query {
+        limit: EVENTS_DEFAULT_LIMIT,
+        ..Default::default()
+    };
+    for (key, value) in pairs {
+        match key.as_str() {
+            "tracer" => q.tracer = Some(value),
+            "container" => q.container = Some(value),
+            "since" => q.since_ns = time("since", &value)?,
+            "until" => q.until_ns = time("until", &value)?,
+            "cursor" => q.cursor = Some(value),
+            "limit" => {
+                let limit: usize = value.parse().map_err(|_| {
+                    ApiError::bad_request(format!("limit: `{value}` is not a number"))
+                })?;
+                if limit == 0 || limit > EVENTS_MAX_LIMIT {
+                    return Err(ApiError::bad_request(format!(
+                        "limit: {limit} is out of range, allowed 1..={EVENTS_MAX_LIMIT}"
+                    )));
+                }
+                q.limit = limit;
+            }
+            other => match other.strip_prefix("data.") {
+                Some(path) if store::valid_data_path(path) => {
+                    q.data.push((path.to_string(), value));
+                }
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown parameter `{other}`: expected tracer, since, until, container, limit, cursor or data.<field>"
+                    )))
+                }
+            },
+        }
+    }
+    Ok(q)
+}
+
 async fn events(
     State(app): State<Arc<AppState>>,
-    params: Result<Query<EventsParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let now = store::now_ns();
-    let parse = |key: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
-        v.as_deref()
-            .map(|s| {
-                store::parse_time_arg(s, now)
-                    .map_err(|e| ApiError::bad_request(format!("{key}: {e}")))
-            })
-            .transpose()
-    };
-    let limit = p.limit.unwrap_or(EVENTS_DEFAULT_LIMIT);
-    if limit == 0 || limit > EVENTS_MAX_LIMIT {
-        return Err(ApiError::bad_request(format!(
-            "limit: {limit} is out of range, allowed 1..={EVENTS_MAX_LIMIT}"
-        )));
-    }
-    let q = store::Query {
-        tracer: p.tracer,
-        container: p.container,
-        since_ns: parse("since", &p.since)?,
-        until_ns: parse("until", &p.until)?,
-        limit,
-    };
+    let Query(pairs) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let q = events_query(pairs)?;
     let store = app.store.clone();
-    let rows = tokio::task::spawn_blocking(move || store.query(&q))
+    let page = tokio::task::spawn_blocking(move || store.query_page(&q))
         .await
         .map_err(|e| ApiError::internal(e.into()))?
-        .map_err(ApiError::internal)?;
+        .map_err(|e| {
+            let msg = format!("{e:#}");
+            if msg.contains("cursor") || msg.contains("field path") {
+                ApiError::bad_request(msg)
+            } else {
+                ApiError::internal(e)
+            }
+        })?;
     // The store keeps each record's JSON; join them without re-parsing.
-    let mut body = String::with_capacity(rows.iter().map(|r| r.len() + 1).sum::<usize>() + 16);
+    let mut body = String::with_capacity(page.rows.iter().map(|r| r.len() + 1).sum::<usize>() + 64);
     body.push_str("{\"events\":[");
-    for (i, r) in rows.iter().enumerate() {
+    for (i, r) in page.rows.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
         body.push_str(r);
     }
-    body.push_str("]}");
+    body.push(']');
+    if let Some(next) = &page.next {
+        body.push_str(",\"next\":");
+        body.push_str(&serde_json::Value::from(next.as_str()).to_string());
+    }
+    body.push('}');
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /shipper`: the shipper's state and its most recent permanent failures.
+async fn shipper(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let Some(stats) = app.shipper.clone() else {
+        return Ok(axum::Json(serde_json::json!({"enabled": false})).into_response());
+    };
+    let store = app.store.clone();
+    let failures = tokio::task::spawn_blocking(move || store.ship_failures(100))
+        .await
+        .map_err(|e| ApiError::internal(e.into()))?
+        .map_err(ApiError::internal)?;
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    Ok(axum::Json(serde_json::json!({
+        "enabled": true,
+        "cursor": stats.cursor.load(Ordering::Relaxed),
+        "backlog": n(&stats.backlog),
+        "shipped": n(&stats.shipped),
+        "retried": n(&stats.retried),
+        "failed": n(&stats.failed),
+        "expired": n(&stats.expired),
+        "last_error": stats.last_error(),
+        "failures": failures,
+    }))
+    .into_response())
 }
 
 async fn event_by_id(

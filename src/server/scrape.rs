@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::metrics::{Kind, MetricSink};
+use crate::server::watch::StreamStats;
+use crate::store::shipper::ShipperStats;
 use crate::store::Store;
 use crate::tracer::{Mode, Runner, Status};
 
@@ -15,6 +17,8 @@ pub struct Scraper {
     prefix: String,
     timeout: Duration,
     busy: HashMap<&'static str, Arc<AtomicBool>>,
+    shipper: Option<Arc<ShipperStats>>,
+    stream: Option<Arc<StreamStats>>,
 }
 
 struct Outcome {
@@ -35,7 +39,21 @@ impl Scraper {
             prefix: prefix.to_string(),
             timeout,
             busy,
+            shipper: None,
+            stream: None,
         }
+    }
+
+    /// Exports the shipper's metrics (only when a shipper is configured).
+    pub fn with_shipper(mut self, shipper: Option<Arc<ShipperStats>>) -> Scraper {
+        self.shipper = shipper;
+        self
+    }
+
+    /// Exports the live stream's metrics (once a client has connected).
+    pub fn with_stream(mut self, stream: Arc<StreamStats>) -> Scraper {
+        self.stream = Some(stream);
+        self
     }
 
     pub async fn scrape(&self, runner: &Runner, store: &Store) -> String {
@@ -215,6 +233,69 @@ impl Scraper {
             Kind::Gauge,
             st.size_bytes.load(Ordering::Relaxed) as f64,
         );
+        if let Some(sh) = &self.shipper {
+            let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+            m.single(
+                "shipper_shipped_total",
+                "Records the Elasticsearch/OpenSearch server accepted.",
+                Kind::Counter,
+                n(&sh.shipped),
+            );
+            m.single(
+                "shipper_retried_total",
+                "Records sent again after a retryable error (429, 5xx, connection).",
+                Kind::Counter,
+                n(&sh.retried),
+            );
+            m.single(
+                "shipper_failed_total",
+                "Records the server refused for good (see GET /shipper for the reasons).",
+                Kind::Counter,
+                n(&sh.failed),
+            );
+            m.single(
+                "shipper_expired_total",
+                "Records that retention deleted before they could be shipped.",
+                Kind::Counter,
+                n(&sh.expired),
+            );
+            m.single(
+                "shipper_backlog",
+                "Records in the local store not shipped yet.",
+                Kind::Gauge,
+                n(&sh.backlog),
+            );
+        }
+        if let Some(st) = self
+            .stream
+            .as_ref()
+            .filter(|s| s.connected_total.load(Ordering::Relaxed) > 0)
+        {
+            m.single(
+                "stream_clients",
+                "Clients on the live stream (/v1/events/watch).",
+                Kind::Gauge,
+                st.clients.load(Ordering::Relaxed) as f64,
+            );
+            m.single(
+                "stream_events_sent_total",
+                "Events sent to live stream clients.",
+                Kind::Counter,
+                st.sent_total.load(Ordering::Relaxed) as f64,
+            );
+            m.single(
+                "stream_dropped_clients_total",
+                "Live stream clients dropped for not keeping up.",
+                Kind::Counter,
+                st.dropped_clients_total.load(Ordering::Relaxed) as f64,
+            );
+            m.single(
+                "stream_rejected_total",
+                "Live stream connections refused at the client cap.",
+                Kind::Counter,
+                st.rejected_total.load(Ordering::Relaxed) as f64,
+            );
+        }
         m.family("build_info", "Build of the running agent.", Kind::Gauge)
             .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
         m.into_string()

@@ -6,6 +6,7 @@
 //! mode lets them read while the writer writes.
 
 pub mod record;
+pub mod shipper;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +37,34 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_time ON records(time_ns);
 CREATE INDEX IF NOT EXISTS records_tracer_time ON records(tracer, time_ns);
 CREATE INDEX IF NOT EXISTS records_container_time ON records(container_id, time_ns);
+CREATE TABLE IF NOT EXISTS shipper_state (
+    name TEXT PRIMARY KEY,
+    cursor INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shipper_failures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ns INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    record_id TEXT NOT NULL,
+    idx TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    error_type TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
 ";
+
+/// Records on the live stream are kept in a ring of this many; a subscriber further behind is
+/// told it lagged.
+pub const FANOUT_CAPACITY: usize = 1024;
+
+/// A record as written, handed to live-stream subscribers after its transaction committed.
+#[derive(Debug)]
+pub struct Published {
+    pub record: Record,
+    /// The record's JSON, as stored.
+    pub body: String,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -61,7 +89,52 @@ pub struct Query {
     pub container: Option<String>,
     pub since_ns: Option<i64>,
     pub until_ns: Option<i64>,
+    /// `(path, value)`: `tracer_data.<path>` equals `value` (numbers and booleans compare by
+    /// their JSON text, `true`/`false` too).
+    pub data: Vec<(String, String)>,
+    /// Resume after this point (a [`Page::next`] token).
+    pub cursor: Option<String>,
     pub limit: usize,
+}
+
+/// One page of records, newest first, and the token for the next (older) page if there is one.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub rows: Vec<String>,
+    pub next: Option<String>,
+}
+
+/// A page cursor: the `(time_ns, seq)` of the last record returned.
+fn encode_cursor(time_ns: i64, seq: i64) -> String {
+    format!("{time_ns:x}-{seq:x}")
+}
+
+fn decode_cursor(token: &str) -> Option<(i64, i64)> {
+    let (t, s) = token.split_once('-')?;
+    Some((
+        i64::from_str_radix(t, 16).ok()?,
+        i64::from_str_radix(s, 16).ok()?,
+    ))
+}
+
+/// A `tracer_data` field path: letters, digits, `_`, dots between names.
+pub fn valid_data_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.split('.').all(|part| {
+            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// One recorded permanent shipping failure.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShipFailure {
+    pub time: String,
+    pub seq: i64,
+    pub tracer_id: String,
+    pub index: String,
+    pub status: i64,
+    pub error_type: String,
+    pub reason: String,
 }
 
 pub struct Store {
@@ -70,6 +143,7 @@ pub struct Store {
     reader: Mutex<Connection>,
     stats: Arc<StoreStats>,
     path: PathBuf,
+    fanout: tokio::sync::broadcast::Sender<Arc<Published>>,
 }
 
 impl Store {
@@ -86,6 +160,8 @@ impl Store {
         let stats = Arc::new(StoreStats::default());
         let (tx, rx) = mpsc::channel();
         let writer_stats = stats.clone();
+        let (fanout, _) = tokio::sync::broadcast::channel(FANOUT_CAPACITY);
+        let writer_fanout = fanout.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
@@ -94,6 +170,7 @@ impl Store {
                     stats: writer_stats,
                     retention,
                     last_retention: None,
+                    fanout: writer_fanout,
                 }
                 .run(rx)
             })
@@ -104,6 +181,7 @@ impl Store {
             reader: Mutex::new(reader),
             stats,
             path,
+            fanout,
         })
     }
 
@@ -123,6 +201,7 @@ impl Store {
             reader: Mutex::new(reader),
             stats: Arc::new(StoreStats::default()),
             path,
+            fanout: tokio::sync::broadcast::channel(1).0,
         })
     }
 
@@ -132,6 +211,11 @@ impl Store {
 
     pub fn stats(&self) -> &StoreStats {
         &self.stats
+    }
+
+    /// Records written from now on, as they commit (the live stream).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Published>> {
+        self.fanout.subscribe()
     }
 
     /// Queues a record for writing; never blocks on disk.
@@ -160,7 +244,12 @@ impl Store {
 
     /// Records' JSON bodies, newest first.
     pub fn query(&self, q: &Query) -> Result<Vec<String>> {
-        let mut sql = String::from("SELECT body FROM records WHERE 1=1");
+        Ok(self.query_page(q)?.rows)
+    }
+
+    /// A page of records' JSON bodies, newest first, with the cursor of the next page.
+    pub fn query_page(&self, q: &Query) -> Result<Page> {
+        let mut sql = String::from("SELECT body, time_ns, seq FROM records WHERE 1=1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(t) = &q.tracer {
             sql.push_str(" AND tracer = ?");
@@ -180,12 +269,73 @@ impl Store {
             sql.push_str(" AND time_ns < ?");
             args.push(u.into());
         }
+        for (path, value) in &q.data {
+            if !valid_data_path(path) {
+                return Err(anyhow!(
+                    "`{path}` is not a field path (letters, digits, _ and dots)"
+                ));
+            }
+            // Compare as text so that `dport=53` and `drop_reason=NO_SOCKET` both work;
+            // JSON booleans come back from SQLite as 1/0.
+            sql.push_str(" AND CAST(json_extract(body, ?) AS TEXT) = ?");
+            args.push(format!("$.tracer_data.{path}").into());
+            let v = match value.as_str() {
+                "true" => "1".to_string(),
+                "false" => "0".to_string(),
+                other => other.to_string(),
+            };
+            args.push(v.into());
+        }
+        if let Some(token) = &q.cursor {
+            let (t, seq) = decode_cursor(token)
+                .ok_or_else(|| anyhow!("`{token}` is not a cursor from a previous page"))?;
+            sql.push_str(" AND (time_ns < ? OR (time_ns = ? AND seq < ?))");
+            args.push(t.into());
+            args.push(t.into());
+            args.push(seq.into());
+        }
         sql.push_str(" ORDER BY time_ns DESC, seq DESC LIMIT ?");
-        args.push((q.limit.max(1) as i64).into());
+        let limit = q.limit.max(1);
+        args.push((limit as i64 + 1).into());
         let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |row| {
-            row.get::<_, String>(0)
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut page = Page::default();
+        let mut last = None;
+        for row in rows {
+            let (body, time_ns, seq) = row?;
+            if page.rows.len() == limit {
+                page.next = last.map(|(t, s)| encode_cursor(t, s));
+                break;
+            }
+            page.rows.push(body);
+            last = Some((time_ns, seq));
+        }
+        Ok(page)
+    }
+
+    /// The most recent permanent shipping failures, newest first.
+    pub fn ship_failures(&self, limit: usize) -> Result<Vec<ShipFailure>> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached(
+            "SELECT time_ns, seq, record_id, idx, status, error_type, reason FROM shipper_failures ORDER BY id DESC LIMIT ?",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok(ShipFailure {
+                time: format_time_ns(r.get(0)?),
+                seq: r.get(1)?,
+                tracer_id: r.get(2)?,
+                index: r.get(3)?,
+                status: r.get(4)?,
+                error_type: r.get(5)?,
+                reason: r.get(6)?,
+            })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
@@ -239,6 +389,7 @@ struct Writer {
     stats: Arc<StoreStats>,
     retention: Retention,
     last_retention: Option<Instant>,
+    fanout: tokio::sync::broadcast::Sender<Arc<Published>>,
 }
 
 impl Writer {
@@ -278,6 +429,10 @@ impl Writer {
 
     fn write_batch(&mut self, batch: &mut Vec<Record>) {
         let n = batch.len() as u64;
+        // Live-stream subscribers get each newly inserted record after the commit; without
+        // subscribers nothing is kept.
+        let publish = self.fanout.receiver_count() > 0;
+        let mut inserted: Vec<Option<String>> = Vec::new();
         let result = (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction()?;
             {
@@ -286,13 +441,16 @@ impl Writer {
                 )?;
                 for r in batch.iter() {
                     let body = serde_json::to_string(r).unwrap_or_else(|_| "{}".to_string());
-                    stmt.execute(params![
+                    let changed = stmt.execute(params![
                         r.tracer_id,
                         r.time_ns,
                         r.tracer_name,
                         r.container.as_ref().map(|c| c.id.as_str()),
                         body
                     ])?;
+                    if publish {
+                        inserted.push((changed > 0).then_some(body));
+                    }
                 }
             }
             tx.commit()
@@ -300,6 +458,14 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.stats.written.fetch_add(n, Ordering::Relaxed);
+                if publish {
+                    for (record, body) in batch.drain(..).zip(inserted) {
+                        if let Some(body) = body {
+                            // Err only when every subscriber left meanwhile.
+                            let _ = self.fanout.send(Arc::new(Published { record, body }));
+                        }
+                    }
+                }
             }
             Err(e) => {
                 self.stats.write_errors.fetch_add(n, Ordering::Relaxed);
@@ -455,6 +621,66 @@ mod tests {
             .to_string();
         assert!(store.get(&id).unwrap().is_some());
         assert!(store.get("nope").unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn data_matches_and_cursor_pages() {
+        let dir = tmpdir("pages");
+        let store = Store::open(&dir, retention()).unwrap();
+        let now = now_ns();
+        for i in 0..7i64 {
+            let mut r = rec("p", now + i, None);
+            r.tracer_data = json!({"i": i, "even": i % 2 == 0, "kind": if i < 3 {"a"} else {"b"}, "n": {"x": i}});
+            store.save(r);
+        }
+        store.close();
+        let q = |data: &[(&str, &str)], limit: usize, cursor: Option<String>| Query {
+            data: data
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            limit,
+            cursor,
+            ..Default::default()
+        };
+        assert_eq!(
+            store.query(&q(&[("kind", "a")], 10, None)).unwrap().len(),
+            3
+        );
+        assert_eq!(store.query(&q(&[("i", "4")], 10, None)).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .query(&q(&[("even", "true")], 10, None))
+                .unwrap()
+                .len(),
+            4
+        );
+        assert_eq!(store.query(&q(&[("n.x", "6")], 10, None)).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .query(&q(&[("kind", "b"), ("even", "false")], 10, None))
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(store.query(&q(&[("bad-path", "1")], 10, None)).is_err());
+        // Pages of 3: 3 + 3 + 1, newest first, each record once.
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store.query_page(&q(&[], 3, cursor)).unwrap();
+            for r in &page.rows {
+                let v: serde_json::Value = serde_json::from_str(r).unwrap();
+                seen.push(v["tracer_data"]["i"].as_i64().unwrap());
+            }
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, vec![6, 5, 4, 3, 2, 1, 0]);
+        assert!(store.query_page(&q(&[], 3, Some("nope".into()))).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

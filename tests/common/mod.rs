@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: start a real agent, talk HTTP to it, clean up.
 #![allow(dead_code)]
 
+pub mod osmem;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -29,7 +31,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -60,11 +64,20 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent with `config` (TOML) and extra CLI args; waits for `/readyz`.
     pub fn start(config: &str, args: &[&str]) -> Agent {
-        let dir = TempDir::new("agent");
+        Agent::start_in(TempDir::new("agent"), config, args)
+    }
+
+    /// Starts the agent in `dir` (its config, log and `data/` live there): a restart on the same
+    /// store after [`Agent::kill9`].
+    pub fn start_in(dir: TempDir, config: &str, args: &[&str]) -> Agent {
         let cfg_path = dir.path().join("bianque.toml");
         std::fs::write(&cfg_path, config).expect("write config");
         let addr = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(dir.path().join("agent.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("agent.log"))
+            .expect("log file");
         let child = Command::new(BIN)
             .arg("run")
             .arg("--config")
@@ -89,6 +102,25 @@ impl Agent {
             panic!("agent not ready in 20s; log:\n{}", agent.log());
         }
         agent
+    }
+
+    /// SIGKILL, no chance to flush or clean up; returns the directory for [`Agent::start_in`].
+    pub fn kill9(mut self) -> TempDir {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        std::mem::replace(&mut self.dir, TempDir(PathBuf::new()))
+    }
+
+    /// VmRSS of the agent in kB.
+    pub fn rss_kb(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,301 @@
+//! `GET /v1/events/watch`: the live stream. Server-sent events, one CloudEvents 1.0 JSON
+//! document per record (the record, `tracer_data` included, is the event's `data`).
+//!
+//! The store's writer hands each committed record to a broadcast ring (nothing is kept when no
+//! one watches). Per client, a small task takes records from the ring, filters them, formats
+//! the CloudEvent and puts it in the client's bounded queue. A client that falls behind — its
+//! queue is full, or it lagged past the ring — is told with an `event: dropped` message (once
+//! it reads again) and its stream ends: it never blocks the writer and never grows memory past
+//! its queue. The number of clients is capped (429 beyond).
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+
+use super::{ApiError, AppState};
+use crate::store::{Published, Record, TracerType};
+
+/// Limits of the live stream (`[server]` `stream_*` keys).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    pub max_clients: usize,
+    /// Events queued per client before it counts as too slow.
+    pub client_buffer: usize,
+    pub keepalive: Duration,
+}
+
+/// Live-stream gauges and counters.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    pub clients: AtomicUsize,
+    /// Clients ever connected (the stream's metrics appear once this is non-zero).
+    pub connected_total: AtomicU64,
+    pub sent_total: AtomicU64,
+    pub dropped_clients_total: AtomicU64,
+    pub rejected_total: AtomicU64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchParams {
+    tracer: Option<String>,
+    /// Container id or id prefix.
+    container: Option<String>,
+    /// `container_host_namespace` (the Kubernetes namespace).
+    namespace: Option<String>,
+}
+
+impl WatchParams {
+    fn matches(&self, r: &Record) -> bool {
+        if let Some(t) = &self.tracer {
+            if &r.tracer_name != t {
+                return false;
+            }
+        }
+        if let Some(c) = &self.container {
+            if !r.container.as_ref().is_some_and(|x| x.id.starts_with(c)) {
+                return false;
+            }
+        }
+        if let Some(ns) = &self.namespace {
+            if !r
+                .container
+                .as_ref()
+                .is_some_and(|x| &x.host_namespace == ns)
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The CloudEvents 1.0 JSON (structured mode) of a stored record.
+pub fn cloudevent(p: &Published) -> String {
+    let r = &p.record;
+    let kind = match r.tracer_type {
+        TracerType::Event => "event",
+        TracerType::Autotracing => "autotracing",
+    };
+    let mut head = serde_json::json!({
+        "specversion": "1.0",
+        "id": r.tracer_id,
+        "source": format!("bianque://{}/{}", r.hostname, r.tracer_name),
+        "type": format!("io.bianque.{kind}.{}", r.tracer_name),
+        "time": r.tracer_time,
+        "datacontenttype": "application/json",
+    });
+    if let (Some(c), Some(obj)) = (&r.container, head.as_object_mut()) {
+        obj.insert("subject".into(), c.id.clone().into());
+    }
+    // Splice the stored body in as `data` without re-serializing the record.
+    let mut s = head.to_string();
+    s.pop(); // the closing brace
+    s.push_str(",\"data\":");
+    s.push_str(&p.body);
+    s.push('}');
+    s
+}
+
+/// What the per-client task puts in the client's queue.
+enum Item {
+    Record { id: String, json: String },
+    Dropped(String),
+}
+
+/// Releases the client's slot when its stream ends.
+struct Slot(Arc<StreamStats>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn watch(
+    State(app): State<Arc<AppState>>,
+    params: Result<Query<WatchParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let stats = app.stream.clone();
+    let limits = app.stream_limits;
+    // Take a slot, or 429.
+    let taken = stats
+        .clients
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limits.max_clients).then_some(n + 1)
+        });
+    if taken.is_err() {
+        stats.rejected_total.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_clients",
+            format!(
+                "the live stream has its maximum of {} clients",
+                limits.max_clients
+            ),
+        ));
+    }
+    stats.connected_total.fetch_add(1, Ordering::Relaxed);
+    let slot = Slot(stats.clone());
+    let mut ring = app.store.subscribe();
+    // One slot more than the buffer: the last one is kept for the `dropped` notice.
+    let (tx, rx) = mpsc::channel::<Item>(limits.client_buffer.max(1) + 1);
+    let task_stats = stats.clone();
+    tokio::spawn(async move {
+        // Ends when the client goes away (the queue's receiver is dropped) or is dropped.
+        let _slot = slot;
+        loop {
+            let got = tokio::select! {
+                r = ring.recv() => r,
+                _ = tx.closed() => return,
+            };
+            let p = match got {
+                Ok(p) => p,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    drop_client(
+                        &tx,
+                        &task_stats,
+                        format!("the client fell {n} records behind"),
+                    );
+                    return;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if !params.matches(&p.record) {
+                continue;
+            }
+            if tx.capacity() <= 1 {
+                drop_client(
+                    &tx,
+                    &task_stats,
+                    format!(
+                        "the client did not keep up: {} events waited unread",
+                        limits.client_buffer
+                    ),
+                );
+                return;
+            }
+            let item = Item::Record {
+                id: p.record.tracer_id.clone(),
+                json: cloudevent(&p),
+            };
+            if tx.try_send(item).is_err() {
+                return;
+            }
+        }
+    });
+    let sent = stats.clone();
+    let stream = futures_util::stream::unfold((rx, false), move |(mut rx, done)| {
+        let sent = sent.clone();
+        async move {
+            if done {
+                return None;
+            }
+            match rx.recv().await? {
+                Item::Record { id, json } => {
+                    sent.sent_total.fetch_add(1, Ordering::Relaxed);
+                    Some((
+                        Ok::<_, Infallible>(Event::default().id(id).data(json)),
+                        (rx, false),
+                    ))
+                }
+                Item::Dropped(why) => {
+                    let body =
+                        serde_json::json!({"error": {"code": "slow_client", "message": why}});
+                    Some((
+                        Ok(Event::default().event("dropped").data(body.to_string())),
+                        (rx, true),
+                    ))
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(limits.keepalive)
+                .text("keep-alive"),
+        )
+        .into_response())
+}
+
+/// Tells a slow client why it is dropped, after what is already queued (in the slot kept for
+/// the notice); its stream ends there.
+fn drop_client(tx: &mpsc::Sender<Item>, stats: &StreamStats, why: String) {
+    stats.dropped_clients_total.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(reason = %why, "live stream: dropping a slow client");
+    let _ = tx.try_send(Item::Dropped(why));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ContainerFields;
+
+    fn published(container: Option<ContainerFields>) -> Published {
+        let record = Record::new(
+            "dropwatch",
+            TracerType::Event,
+            1_700_000_000_000_000_000,
+            "h1",
+            "r1",
+            container,
+            serde_json::json!({"dport": 53}),
+        );
+        let body = serde_json::to_string(&record).unwrap();
+        Published { record, body }
+    }
+
+    #[test]
+    fn cloudevent_wraps_the_record() {
+        let p = published(Some(ContainerFields {
+            id: "abc123".into(),
+            ..Default::default()
+        }));
+        let v: serde_json::Value = serde_json::from_str(&cloudevent(&p)).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["id"], p.record.tracer_id.as_str());
+        assert_eq!(v["type"], "io.bianque.event.dropwatch");
+        assert_eq!(v["source"], "bianque://h1/dropwatch");
+        assert_eq!(v["time"], "2023-11-14T22:13:20.000000000Z");
+        assert_eq!(v["subject"], "abc123");
+        assert_eq!(v["data"]["tracer_data"]["dport"], 53);
+        assert_eq!(v["data"]["container_id"], "abc123");
+        let host = published(None);
+        let v: serde_json::Value = serde_json::from_str(&cloudevent(&host)).unwrap();
+        assert!(v.get("subject").is_none());
+    }
+
+    #[test]
+    fn filters_by_tracer_container_prefix_and_namespace() {
+        let params = |t: Option<&str>, c: Option<&str>, n: Option<&str>| WatchParams {
+            tracer: t.map(String::from),
+            container: c.map(String::from),
+            namespace: n.map(String::from),
+        };
+        let in_pod = published(Some(ContainerFields {
+            id: "abc123".into(),
+            host_namespace: "prod".into(),
+            ..Default::default()
+        }));
+        let host = published(None);
+        assert!(params(None, None, None).matches(&host.record));
+        assert!(params(Some("dropwatch"), None, None).matches(&host.record));
+        assert!(!params(Some("oom"), None, None).matches(&host.record));
+        assert!(params(None, Some("abc"), None).matches(&in_pod.record));
+        assert!(!params(None, Some("abd"), None).matches(&in_pod.record));
+        assert!(!params(None, Some("abc"), None).matches(&host.record));
+        assert!(params(None, None, Some("prod")).matches(&in_pod.record));
+        assert!(!params(None, None, Some("dev")).matches(&in_pod.record));
+        assert!(!params(None, None, Some("prod")).matches(&host.record));
+    }
+}
