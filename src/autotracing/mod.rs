@@ -1,4 +1,7 @@
 //! Anomaly-triggered tracers, one folder each: a detector over metrics and a capture.
 
 pub mod cpu_pressure;
+pub mod cpuidle;
+pub mod cpusys;
+pub mod detect;
 pub mod profiler;
