@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: start a real agent, talk HTTP to it, clean up.
 #![allow(dead_code)]
 
+pub mod podman;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

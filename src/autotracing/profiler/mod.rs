@@ -420,6 +420,22 @@ pub fn flamegraph_svg(title: &str, folded: &[String]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A flame graph title for a record: tracer, time and container.
+pub fn flamegraph_title(record: &serde_json::Value) -> String {
+    let field = |k: &str| record.get(k).and_then(|v| v.as_str()).unwrap_or("");
+    let mut t = format!("{} {}", field("tracer_name"), field("tracer_time"));
+    let c = field("container_name");
+    let id = field("container_id");
+    if !id.is_empty() {
+        t.push_str(&format!(
+            " container {} ({})",
+            if c.is_empty() { "" } else { c },
+            &id[..id.len().min(12)]
+        ));
+    }
+    t
+}
+
 /// The folded stacks stored in a record's `tracer_data` (`profile.folded`).
 pub fn folded_of_record(record: &serde_json::Value) -> Option<Vec<String>> {
     let data = record.get("tracer_data").unwrap_or(record);
