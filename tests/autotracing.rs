@@ -194,3 +194,49 @@ fn a_syscall_loop_fires_cpusys_with_a_host_profile() {
         "dd's kernel stacks not in the host profile: {folded:?}"
     );
 }
+
+#[test]
+fn a_process_doubling_its_rss_fires_memburst_and_tops_the_list() {
+    let (total, anon) = bianque::autotracing::memburst::parse_meminfo(
+        &std::fs::read_to_string("/proc/meminfo").unwrap(),
+    )
+    .unwrap();
+    // Grow host anon memory by far more than the other jobs on this shared machine do in a few
+    // seconds: at least 2 GiB and 1.5× of now, at most a quarter of RAM; the burst threshold is
+    // 60% of that growth.
+    let grow = (anon * 3 / 2).max(2 << 30).min(total / 4);
+    let burst_percent = (grow as f64 * 0.6 / anon.max(1) as f64 * 100.0).max(10.0);
+    let agent = Agent::start(
+        &format!("[autotracing.memburst]\ninterval_secs = 1\ncooldown_secs = 0\nwindow_samples = 4\nburst_percent = {burst_percent:.0}\nanon_threshold_percent = 0\n"),
+        &["--disable", "cpuidle", "--disable", "cpusys", "--disable", "cpu_pressure", "--disable", "dropwatch"],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let script = format!(
+        "import time\na = b'\\x01' * (128 << 20)\ntime.sleep(2)\nb = b'\\x01' * {grow}\ntime.sleep(60)\n"
+    );
+    let child = Command::new("python3")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _kid = Kids(vec![child]);
+    let ours = |a: &Agent| {
+        events(a, "memburst")
+            .into_iter()
+            .find(|e| e["tracer_data"]["top_memory_usage"][0]["pid"] == pid)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || ours(&agent).is_some()),
+        "no memburst record topped by the growing process; records: {:?}; log:\n{}",
+        events(&agent, "memburst"),
+        agent.log()
+    );
+    let e = &ours(&agent).unwrap();
+    let top = e["tracer_data"]["top_memory_usage"].as_array().unwrap();
+    assert_eq!(top[0]["pid"], pid, "{e}");
+    assert_eq!(top[0]["comm"], "python3", "{e}");
+    assert!(
+        top[0]["rss_growth_bytes"].as_i64().unwrap() >= (grow as i64) / 2,
+        "{e}"
+    );
+}

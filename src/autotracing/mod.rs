@@ -4,4 +4,5 @@ pub mod cpu_pressure;
 pub mod cpuidle;
 pub mod cpusys;
 pub mod detect;
+pub mod memburst;
 pub mod profiler;
