@@ -240,3 +240,89 @@ fn a_process_doubling_its_rss_fires_memburst_and_tops_the_list() {
         "{e}"
     );
 }
+
+#[test]
+fn writers_blocked_on_a_frozen_filesystem_fire_dload_with_their_stacks() {
+    let dir = TempDir::new("dload");
+    let img = dir.path().join("disk.img");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    sh(&format!("truncate -s 64M {}", img.display()));
+    let dev = sh(&format!("losetup --show -f {}", img.display()))
+        .trim()
+        .to_string();
+    // Thaw, unmount and detach even if the test fails (declared before anything can freeze).
+    let _cleanup = Cleanup(format!(
+        "fsfreeze -u {m}; sleep 0.3; umount {m} || umount -l {m}; losetup -d {dev}",
+        m = mnt.display()
+    ));
+    sh(&format!(
+        "mkfs.ext4 -q {dev} && mount {dev} {}",
+        mnt.display()
+    ));
+    let agent = Agent::start(
+        "[autotracing.dload]\ninterval_secs = 1\nload_window_secs = 1\nthreshold_load = 2\n",
+        &[
+            "--disable",
+            "cpuidle",
+            "--disable",
+            "cpusys",
+            "--disable",
+            "cpu_pressure",
+            "--disable",
+            "memburst",
+            "--disable",
+            "dropwatch",
+        ],
+    );
+    sh(&format!("fsfreeze -f {}", mnt.display()));
+    let writers = Kids(
+        (0..4)
+            .map(|i| {
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("echo x > {}/f{i}", mnt.display()))
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    let pids: Vec<u32> = writers.0.iter().map(|c| c.id()).collect();
+    let ok = wait_until(Duration::from_secs(30), || {
+        events(&agent, "dload").first().is_some_and(|e| {
+            e["tracer_data"]["d_state_tasks"]
+                .as_array()
+                .is_some_and(|t| t.len() >= 4)
+        })
+    });
+    sh_quiet(&format!("fsfreeze -u {}", mnt.display()));
+    assert!(
+        ok,
+        "no dload record with the writers; records {:?}; log:\n{}",
+        events(&agent, "dload"),
+        agent.log()
+    );
+    let e = &events(&agent, "dload")[0];
+    assert!(e["tracer_data"]["dload_avg"].as_f64().unwrap() > 2.0, "{e}");
+    let tasks = e["tracer_data"]["d_state_tasks"].as_array().unwrap();
+    for pid in &pids {
+        let t = tasks
+            .iter()
+            .find(|t| t["pid"] == *pid)
+            .unwrap_or_else(|| panic!("writer {pid} not in the record: {e}"));
+        assert_eq!(t["comm"], "sh");
+        let stack: Vec<&str> = t["stack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert!(
+            stack.iter().any(|f| f.contains("percpu_rwsem")
+                || f.contains("sb_start_write")
+                || f.contains("mnt_want_write")),
+            "writer {pid} not blocked on the freeze: {stack:?}"
+        );
+    }
+    drop(writers);
+}

@@ -4,5 +4,6 @@ pub mod cpu_pressure;
 pub mod cpuidle;
 pub mod cpusys;
 pub mod detect;
+pub mod dload;
 pub mod memburst;
 pub mod profiler;
