@@ -19,6 +19,37 @@ fn find_bpf_sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The newest modification time of the files in `dir` with one of `exts`.
+fn newest(dir: &Path, exts: &[&str]) -> Option<std::time::SystemTime> {
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| exts.iter().any(|ext| x == *ext))
+        })
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max()
+}
+
+/// The skeleton is newer than its `.bpf.c`, the headers beside it, the shared headers and
+/// this build script.
+fn up_to_date(skel: &Path, src: &Path, include_dir: &Path) -> bool {
+    let Some(built) = fs::metadata(skel).ok().and_then(|m| m.modified().ok()) else {
+        return false;
+    };
+    let inputs = [
+        fs::metadata(src).ok().and_then(|m| m.modified().ok()),
+        newest(include_dir, &["h"]),
+        newest(Path::new("bpf"), &["h"]),
+        fs::metadata("build.rs")
+            .ok()
+            .and_then(|m| m.modified().ok()),
+    ];
+    inputs.iter().flatten().all(|t| *t < built)
+}
+
 fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let mut sources = Vec::new();
@@ -29,6 +60,9 @@ fn main() {
         let stem = file.trim_end_matches(".bpf.c");
         let include_dir = src.parent().unwrap();
         let skel = out_dir.join(format!("{stem}.skel.rs"));
+        if up_to_date(&skel, src, include_dir) {
+            continue;
+        }
         libbpf_cargo::SkeletonBuilder::new()
             .source(src)
             .clang_args([
@@ -49,8 +83,9 @@ fn main() {
             }
         }
     }
-    // Not `src`: that would rebuild every BPF object on any Rust edit. A new `.bpf.c` file is
-    // picked up after `touch build.rs` (see docs/custom-tracers.md).
+    // `src` as a whole, so that a new `.bpf.c` is picked up; objects whose sources did not
+    // change are not rebuilt (see `up_to_date`), so a Rust-only edit costs no clang run.
+    println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=bpf");
     println!("cargo:rerun-if-changed=build.rs");
 }

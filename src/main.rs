@@ -109,6 +109,25 @@ struct EventsArgs {
     /// Config file, for --follow to find the agent's address.
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    action: Option<EventsAction>,
+}
+
+#[derive(Subcommand)]
+enum EventsAction {
+    /// Show one stored event (pretty JSON); `--flamegraph FILE` writes its CPU flame graph.
+    Show(ShowArgs),
+}
+
+#[derive(Args)]
+struct ShowArgs {
+    /// The event's tracer_id.
+    id: String,
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Write the record's profile as an SVG flame graph to this file.
+    #[arg(long, value_name = "FILE")]
+    flamegraph: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -164,6 +183,9 @@ fn main() -> ExitCode {
 }
 
 fn events(a: EventsArgs) -> Result<(), AgentError> {
+    if let Some(EventsAction::Show(s)) = a.action {
+        return show_event(s);
+    }
     let now = store::now_ns();
     let time = |key: &str, v: &Option<String>| -> Result<Option<i64>, AgentError> {
         v.as_deref()
@@ -386,6 +408,31 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// `key=value` pairs of a record's scalar fields, in the tracer's own order, cut to `width`.
+fn show_event(a: ShowArgs) -> Result<(), AgentError> {
+    let store = Store::open_read_only(&a.data_dir)?;
+    let Some(row) = store.get(&a.id)? else {
+        return Err(anyhow::anyhow!("no event with id {}", a.id).into());
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&row).map_err(|e| anyhow::anyhow!("stored record: {e}"))?;
+    if let Some(path) = &a.flamegraph {
+        let folded = bianque::autotracing::profiler::folded_of_record(&v)
+            .ok_or_else(|| anyhow::anyhow!("event {} holds no profile", a.id))?;
+        let svg = bianque::autotracing::profiler::flamegraph_svg(&flamegraph_title(&v), &folded)?;
+        std::fs::write(path, svg)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        eprintln!("flame graph written to {}", path.display());
+        return Ok(());
+    }
+    let text = serde_json::to_string_pretty(&v).unwrap_or(row);
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    Ok(())
+}
+
+fn flamegraph_title(v: &serde_json::Value) -> String {
+    bianque::autotracing::profiler::flamegraph_title(v)
+}
+
 fn summarize(data: &serde_json::Value, width: usize) -> String {
     let mut s = String::new();
     if let Some(obj) = data.as_object() {

@@ -1,3 +1,9 @@
 //! Anomaly-triggered tracers, one folder each: a detector over metrics and a capture.
 
 pub mod cpu_pressure;
+pub mod cpuidle;
+pub mod cpusys;
+pub mod detect;
+pub mod dload;
+pub mod memburst;
+pub mod profiler;

@@ -48,6 +48,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: u
         .route("/tracers/{name}/{action}", post(control))
         .route("/events", get(events))
         .route("/events/{id}", get(event_by_id))
+        .route("/events/{id}/flamegraph.svg", get(event_flamegraph))
         .route("/containers", get(containers))
         .route("/containers/{id}", get(container_by_id))
         .route("/shipper", get(shipper))
@@ -364,6 +365,45 @@ async fn event_by_id(
             format!("no event with id {id}"),
         )),
     }
+}
+
+/// The CPU flame graph (SVG) of a stored autotracing record that holds a profile.
+async fn event_flamegraph(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = app.store.clone();
+    let lookup = id.clone();
+    let row = tokio::task::spawn_blocking(move || store.get(&lookup))
+        .await
+        .map_err(|e| ApiError::internal(e.into()))?
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no event with id {id}"),
+            )
+        })?;
+    let record: serde_json::Value =
+        serde_json::from_str(&row).map_err(|e| ApiError::internal(e.into()))?;
+    let folded = crate::autotracing::profiler::folded_of_record(&record)
+        .filter(|f| !f.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_profile",
+                format!("event {id} holds no CPU profile"),
+            )
+        })?;
+    let title = crate::autotracing::profiler::flamegraph_title(&record);
+    let svg = tokio::task::spawn_blocking(move || {
+        crate::autotracing::profiler::flamegraph_svg(&title, &folded)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.into()))?
+    .map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
 
 async fn containers(State(app): State<Arc<AppState>>) -> impl IntoResponse {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod osmem;
+pub mod podman;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
