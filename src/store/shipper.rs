@@ -825,7 +825,7 @@ impl Worker {
                             return None;
                         }
                         // Retried records go first, keeping the order.
-                        retry.extend(pending.drain(..));
+                        retry.append(&mut pending);
                         pending = retry;
                     }
                 }
