@@ -61,16 +61,12 @@ impl WatchParams {
             }
         }
         if let Some(c) = &self.container {
-            if !r.container.as_ref().is_some_and(|x| x.id.starts_with(c)) {
+            if r.container.as_ref().is_none_or(|x| !x.id.starts_with(c)) {
                 return false;
             }
         }
         if let Some(ns) = &self.namespace {
-            if !r
-                .container
-                .as_ref()
-                .is_some_and(|x| &x.host_namespace == ns)
-            {
+            if r.container.as_ref().is_none_or(|x| &x.host_namespace != ns) {
                 return false;
             }
         }

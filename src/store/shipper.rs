@@ -825,7 +825,7 @@ impl Worker {
                             return None;
                         }
                         // Retried records go first, keeping the order.
-                        retry.extend(pending.drain(..));
+                        retry.append(&mut pending);
                         pending = retry;
                     }
                 }
@@ -1086,6 +1086,25 @@ mod tests {
         for x in &d[4..] {
             assert!((500..=1000).contains(x), "capped: {d:?}");
         }
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("bianque-ca-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        for path in [garbage, dir.join("missing.pem")] {
+            let cfg = ElasticsearchConfig {
+                addresses: vec!["https://127.0.0.1:1".into()],
+                ca_file: Some(path.clone()),
+                ..Default::default()
+            };
+            let err = format!("{:#}", build_client(&cfg).unwrap_err());
+            assert!(err.contains("storage.elasticsearch.ca_file"), "{err}");
+            assert!(err.contains(&path.display().to_string()), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
