@@ -161,23 +161,6 @@ fn realtime_minus_monotonic_ns() -> i64 {
     (rt.tv_sec - mono.tv_sec) * 1_000_000_000 + (rt.tv_nsec - mono.tv_nsec)
 }
 
-/// The resolution of CLOCK_MONOTONIC_COARSE (what bpf_ktime_get_coarse_ns reads): one tick.
-/// Doubled for safety; 0 (coarse pre-check off) if it cannot be read or is implausible.
-fn coarse_clock_resolution_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec.
-    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    let ns = (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64;
-    if rc == 0 && (1..=100_000_000).contains(&ns) {
-        2 * ns
-    } else {
-        0
-    }
-}
-
 fn host_netns_inum(ctx: &RunContext) -> u32 {
     crate::container::netns_inum(ctx.host(), 1) as u32
 }
@@ -201,7 +184,6 @@ impl EventTracer for Netrecvlat {
         } else {
             0
         };
-        rodata.coarse_margin_ns = coarse_clock_resolution_ns();
         rodata.counter_slots = COUNTER_SLOTS;
         let previous = self
             .counters

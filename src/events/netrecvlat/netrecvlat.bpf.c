@@ -15,9 +15,6 @@ const volatile __u32 max_events_per_second = 100;
 /* Packets in this network namespace are not recorded (0: none excluded). */
 const volatile __u32 exclude_netns_inum = 0;
 
-/* Resolution of bpf_ktime_get_coarse_ns (one tick, from CONFIG_HZ; 0 = never use it). */
-const volatile __u64 coarse_margin_ns = 0;
-
 /* CLOCK_REALTIME - CLOCK_MONOTONIC, refreshed by user space (skb->tstamp is usually realtime). */
 volatile __s64 realtime_offset_ns = 0;
 
@@ -53,10 +50,9 @@ static __always_inline __u8 skb_clock(const struct sk_buff *skb)
 	return 0;
 }
 
-/* Nanoseconds since the skb's timestamp when it may be over `threshold`, else 0. A coarse
- * clock read (a tick's resolution, much cheaper than a clocksource read) rules out most
- * packets first when the threshold is several ticks long. */
-static __always_inline __u64 skb_latency(const struct sk_buff *skb, __u64 threshold, __u8 *clock)
+/* Nanoseconds since the skb's timestamp; 0 without one. (bpf_ktime_get_coarse_ns would make a
+ * cheaper pre-check, but tracing programs may not call it.) */
+static __always_inline __u64 skb_latency(const struct sk_buff *skb, __u8 *clock)
 {
 	__u64 ts = skb->tstamp;
 	__u64 now;
@@ -64,13 +60,6 @@ static __always_inline __u64 skb_latency(const struct sk_buff *skb, __u64 thresh
 	if (!ts)
 		return 0;
 	*clock = skb_clock(skb);
-	if (*clock != 2 && coarse_margin_ns && threshold > 2 * coarse_margin_ns) {
-		now = bpf_ktime_get_coarse_ns();
-		if (*clock == 0)
-			now += realtime_offset_ns;
-		if (now + coarse_margin_ns < ts + threshold)
-			return 0;
-	}
 	if (*clock == 1)
 		now = bpf_ktime_get_ns();
 	else if (*clock == 2)
@@ -137,7 +126,7 @@ static __always_inline void handle(const struct sk_buff *skb, __u32 stage, bool 
 
 	if (stage >= STAGES)
 		return;
-	latency = skb_latency(skb, threshold_ns[stage], &clock);
+	latency = skb_latency(skb, &clock);
 	if (latency < threshold_ns[stage])
 		return;
 	/* Past the threshold: the rare path starts here. */
