@@ -60,6 +60,8 @@ bench: test-deps
 	$(CARGO) bench --bench metrics_scrape
 	$(CARGO) bench --bench containers
 	$(CARGO) bench --bench shipper
+	$(CARGO) bench --bench profiler
+	$(CARGO) bench --bench events_overhead
 
 fmt:
 	$(CARGO) fmt --all

@@ -30,10 +30,12 @@ struct sk_buff___old {
 	__u8 mono_delivery_time: 1;
 } __attribute__((preserve_access_index));
 
+/* Direct loads: in tp_btf programs skb is a BTF pointer, so fields are read without a helper
+ * call (the hot path runs for every received packet). */
 static __always_inline __u8 skb_clock(const struct sk_buff *skb)
 {
 	if (bpf_core_field_exists(skb->tstamp_type)) {
-		__u8 t = BPF_CORE_READ_BITFIELD_PROBED(skb, tstamp_type);
+		__u8 t = BPF_CORE_READ_BITFIELD(skb, tstamp_type);
 
 		if (bpf_core_enum_value_exists(enum skb_tstamp_type, SKB_CLOCK_MONOTONIC) &&
 		    t == bpf_core_enum_value(enum skb_tstamp_type, SKB_CLOCK_MONOTONIC))
@@ -44,14 +46,15 @@ static __always_inline __u8 skb_clock(const struct sk_buff *skb)
 		return 0;
 	}
 	if (bpf_core_field_exists(((struct sk_buff___old *)skb)->mono_delivery_time))
-		return BPF_CORE_READ_BITFIELD_PROBED((struct sk_buff___old *)skb, mono_delivery_time);
+		return BPF_CORE_READ_BITFIELD((struct sk_buff___old *)skb, mono_delivery_time);
 	return 0;
 }
 
-/* Nanoseconds since the skb's timestamp; 0 without one. */
+/* Nanoseconds since the skb's timestamp; 0 without one. (bpf_ktime_get_coarse_ns would make a
+ * cheaper pre-check, but tracing programs may not call it.) */
 static __always_inline __u64 skb_latency(const struct sk_buff *skb, __u8 *clock)
 {
-	__u64 ts = BPF_CORE_READ(skb, tstamp);
+	__u64 ts = skb->tstamp;
 	__u64 now;
 
 	if (!ts)
