@@ -49,7 +49,8 @@ run: release
 	./target/release/bianque run $(ARGS)
 
 test: test-deps
-	$(CARGO) test --no-fail-fast -- --test-threads=2
+	@# One test at a time: kernel tests share one kernel, its rate limits, PSI and memory.
+	$(CARGO) test --no-fail-fast -- --test-threads=1
 
 # Regenerate bpf/vmlinux.h from this machine's kernel BTF (committed, so builds do not need BTF).
 vmlinux:

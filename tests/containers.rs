@@ -270,7 +270,7 @@ fn a_real_podman_container_gets_its_events_and_leaves_when_removed() {
     // Removed → recorded as stopped (with its name) and no longer listed.
     sh(&format!("podman rm -f -t 0 {name}"));
     assert!(
-        wait_until(Duration::from_secs(10), || !containers(&agent)
+        wait_until(Duration::from_secs(30), || !containers(&agent)
             .iter()
             .any(|c| c["id"] == id.as_str())),
         "removed container still listed"

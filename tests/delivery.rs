@@ -201,7 +201,14 @@ fn an_outage_and_a_kill9_lose_nothing_and_duplicate_nothing() {
         "log:\n{}",
         agent.log()
     );
-    assert!(agent.metric("bianque_shipper_backlog").unwrap() >= 1000.0);
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .metric("bianque_shipper_backlog")
+            .unwrap_or(0.0)
+            >= 1000.0),
+        "backlog {:?}",
+        agent.metric("bianque_shipper_backlog")
+    );
     let (_, st) = agent.get("/shipper");
     assert!(
         st.contains("\"last_error\":\"") && !st.contains("\"last_error\":\"\""),
