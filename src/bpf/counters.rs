@@ -17,6 +17,35 @@ pub fn size_counters_map(map: &mut OpenMapMut<'_>, slots: u32) -> Result<()> {
     Ok(())
 }
 
+/// A tracer's counters across its runs: the map is sized on the first load and reused by every
+/// later one (`reuse_fd`), so counters never go back when a tracer restarts.
+#[derive(Default)]
+pub struct CountersCell(std::sync::Mutex<Option<std::sync::Arc<PerCpuCounters>>>);
+
+impl CountersCell {
+    /// Before load: points the program's `counters` map at the existing one, or sizes a new one.
+    pub fn prepare(&self, map: &mut OpenMapMut<'_>, slots: u32) -> Result<()> {
+        match self.get() {
+            Some(c) => map.reuse_fd(c.fd()).context("reusing the counters map"),
+            None => size_counters_map(map, slots),
+        }
+    }
+
+    /// After load: maps the counters the first time.
+    pub fn adopt(&self, map: &dyn MapCore, slots: u32) -> Result<()> {
+        let mut cell = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if cell.is_none() {
+            *cell = Some(std::sync::Arc::new(PerCpuCounters::map(map, slots)?));
+        }
+        Ok(())
+    }
+
+    /// The counters, once a run has loaded them.
+    pub fn get(&self) -> Option<std::sync::Arc<PerCpuCounters>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 pub struct PerCpuCounters {
     ptr: NonNull<u64>,
     len: usize,

@@ -3,13 +3,12 @@
 //! registry at once (so the new container's first events are attributed) and is recorded.
 
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::bpf::{self as bq_bpf, PerCpuCounters};
+use crate::bpf::{self as bq_bpf};
 use crate::config::{parse_section, ConfigResult};
 use crate::container::cgroup_path;
 use crate::metrics::{Kind, MetricSink};
@@ -54,13 +53,13 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     let _: LifecycleConfig = parse_section(ctx.section, table)?;
     Ok(Tracer::Event(Box::new(Lifecycle {
         host: ctx.host.clone(),
-        counters: Mutex::new(None),
+        counters: Default::default(),
     })))
 }
 
 pub struct Lifecycle {
     host: crate::host::HostRoot,
-    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+    counters: crate::bpf::counters::CountersCell,
 }
 
 /// The hierarchy id of the memory controller from `/proc/cgroups` (`memory	4	50	1`); 0 on a
@@ -99,24 +98,10 @@ impl EventTracer for Lifecycle {
         // Every hierarchy sees each container's cgroup; watch only the one the registry walks.
         rodata.hierarchy_id = hierarchy;
         rodata.counter_slots = COUNTER_SLOTS;
-        let previous = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match &previous {
-            Some(c) => open
-                .maps
-                .counters
-                .reuse_fd(c.fd())
-                .context("reusing the counters map")?,
-            None => bq_bpf::counters::size_counters_map(&mut open.maps.counters, COUNTER_SLOTS)?,
-        }
+        self.counters
+            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;
-        if previous.is_none() {
-            let c = PerCpuCounters::map(&skel.maps.counters, COUNTER_SLOTS)?;
-            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(c));
-        }
+        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
         let _mkdir = skel
             .progs
             .bq_cgroup_mkdir
@@ -139,12 +124,7 @@ impl EventTracer for Lifecycle {
     }
 
     fn collect(&self, out: &mut MetricSink) -> Result<()> {
-        let Some(c) = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(c) = self.counters.get() else {
             return Ok(());
         };
         out.family(

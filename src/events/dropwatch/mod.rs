@@ -7,14 +7,14 @@
 
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::RwLock;
 
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::bpf::btf::{self, EnumNames};
-use crate::bpf::{self as bq_bpf, PerCpuCounters};
+use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigError, ConfigResult};
 use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{
@@ -117,7 +117,7 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
         cfg,
         protocol_mask,
         reasons: RwLock::new(EnumNames::default()),
-        counters: Mutex::new(None),
+        counters: Default::default(),
     })))
 }
 
@@ -126,7 +126,7 @@ pub struct Dropwatch {
     protocol_mask: u32,
     reasons: RwLock<EnumNames>,
     /// Outlives a run: the next run reuses the map, so counters never go back.
-    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+    counters: crate::bpf::counters::CountersCell,
 }
 
 /// Drop-reason names of the running kernel: BTF first, the tracepoint format as fallback.
@@ -171,24 +171,10 @@ impl EventTracer for Dropwatch {
             &mut rodata.container_filter_mode,
             ctx.containers(),
         )?;
-        let previous = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match &previous {
-            Some(c) => open
-                .maps
-                .counters
-                .reuse_fd(c.fd())
-                .context("reusing the counters map")?,
-            None => bq_bpf::counters::size_counters_map(&mut open.maps.counters, COUNTER_SLOTS)?,
-        }
+        self.counters
+            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;
-        if previous.is_none() {
-            let counters = PerCpuCounters::map(&skel.maps.counters, COUNTER_SLOTS)?;
-            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(counters));
-        }
+        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
         let _link = skel
             .progs
             .bq_kfree_skb
@@ -207,12 +193,7 @@ impl EventTracer for Dropwatch {
     }
 
     fn collect(&self, out: &mut MetricSink) -> Result<()> {
-        let Some(c) = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(c) = self.counters.get() else {
             return Ok(());
         };
         let names = self.reasons.read().unwrap_or_else(|e| e.into_inner());

@@ -12,14 +12,13 @@ use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::bpf::{self as bq_bpf, PerCpuCounters};
+use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::events::memcg_container;
 use crate::host::HostRoot;
@@ -104,14 +103,14 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     )?;
     Ok(Tracer::Event(Box::new(Hungtask {
         cfg,
-        counters: Mutex::new(None),
+        counters: Default::default(),
         repeats_suppressed: AtomicU64::new(0),
     })))
 }
 
 pub struct Hungtask {
     cfg: HungtaskConfig,
-    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+    counters: crate::bpf::counters::CountersCell,
     repeats_suppressed: AtomicU64,
 }
 
@@ -137,24 +136,10 @@ impl EventTracer for Hungtask {
             .context("BPF object has no .rodata")?;
         rodata.max_events_per_second = self.cfg.max_events_per_second;
         rodata.counter_slots = COUNTER_SLOTS;
-        let previous = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match &previous {
-            Some(c) => open
-                .maps
-                .counters
-                .reuse_fd(c.fd())
-                .context("reusing the counters map")?,
-            None => bq_bpf::counters::size_counters_map(&mut open.maps.counters, COUNTER_SLOTS)?,
-        }
+        self.counters
+            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;
-        if previous.is_none() {
-            let counters = PerCpuCounters::map(&skel.maps.counters, COUNTER_SLOTS)?;
-            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(counters));
-        }
+        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
         let _link = skel
             .progs
             .bq_process_hang
@@ -179,12 +164,7 @@ impl EventTracer for Hungtask {
     }
 
     fn collect(&self, out: &mut MetricSink) -> Result<()> {
-        let Some(c) = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(c) = self.counters.get() else {
             return Ok(());
         };
         out.single(

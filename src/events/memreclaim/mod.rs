@@ -7,13 +7,12 @@
 //! BPF; only stalls over the threshold pass the rate limit and reach user space.
 
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::bpf::{self as bq_bpf, PerCpuCounters};
+use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::events::memcg_container;
 use crate::metrics::{Kind, MetricSink};
@@ -87,13 +86,13 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     )?;
     Ok(Tracer::Event(Box::new(Memreclaim {
         cfg,
-        counters: Mutex::new(None),
+        counters: Default::default(),
     })))
 }
 
 pub struct Memreclaim {
     cfg: MemreclaimConfig,
-    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+    counters: crate::bpf::counters::CountersCell,
 }
 
 impl EventTracer for Memreclaim {
@@ -110,24 +109,10 @@ impl EventTracer for Memreclaim {
         rodata.threshold_ns = self.cfg.threshold_ms * 1_000_000;
         rodata.max_events_per_second = self.cfg.max_events_per_second;
         rodata.counter_slots = COUNTER_SLOTS;
-        let previous = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match &previous {
-            Some(c) => open
-                .maps
-                .counters
-                .reuse_fd(c.fd())
-                .context("reusing the counters map")?,
-            None => bq_bpf::counters::size_counters_map(&mut open.maps.counters, COUNTER_SLOTS)?,
-        }
+        self.counters
+            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;
-        if previous.is_none() {
-            let counters = PerCpuCounters::map(&skel.maps.counters, COUNTER_SLOTS)?;
-            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(counters));
-        }
+        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
         // Ends first: a begin without its end would only wait in the LRU map.
         let _links = [
             skel.progs.bq_direct_end.attach(),
@@ -152,12 +137,7 @@ impl EventTracer for Memreclaim {
     }
 
     fn collect(&self, out: &mut MetricSink) -> Result<()> {
-        let Some(c) = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(c) = self.counters.get() else {
             return Ok(());
         };
         out.family(

@@ -13,13 +13,12 @@
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::bpf::{self as bq_bpf, PerCpuCounters};
+use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{
@@ -102,13 +101,13 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     )?;
     Ok(Tracer::Event(Box::new(Netrecvlat {
         cfg,
-        counters: Mutex::new(None),
+        counters: Default::default(),
     })))
 }
 
 pub struct Netrecvlat {
     cfg: NetrecvlatConfig,
-    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+    counters: crate::bpf::counters::CountersCell,
 }
 
 impl Netrecvlat {
@@ -185,24 +184,10 @@ impl EventTracer for Netrecvlat {
             0
         };
         rodata.counter_slots = COUNTER_SLOTS;
-        let previous = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match &previous {
-            Some(c) => open
-                .maps
-                .counters
-                .reuse_fd(c.fd())
-                .context("reusing the counters map")?,
-            None => bq_bpf::counters::size_counters_map(&mut open.maps.counters, COUNTER_SLOTS)?,
-        }
+        self.counters
+            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let mut skel = open.load().context("loading the BPF program")?;
-        if previous.is_none() {
-            let counters = PerCpuCounters::map(&skel.maps.counters, COUNTER_SLOTS)?;
-            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(counters));
-        }
+        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
         let data = skel
             .maps
             .bss_data
@@ -242,12 +227,7 @@ impl EventTracer for Netrecvlat {
     }
 
     fn collect(&self, out: &mut MetricSink) -> Result<()> {
-        let Some(c) = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(c) = self.counters.get() else {
             return Ok(());
         };
         out.family(

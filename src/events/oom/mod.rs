@@ -10,13 +10,12 @@
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::bpf::{self as bq_bpf, PerCpuCounters};
+use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::events::memcg_container;
 use crate::metrics::{Kind, MetricSink};
@@ -85,13 +84,13 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     )?;
     Ok(Tracer::Event(Box::new(Oom {
         cfg,
-        counters: Mutex::new(None),
+        counters: Default::default(),
     })))
 }
 
 pub struct Oom {
     cfg: OomConfig,
-    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+    counters: crate::bpf::counters::CountersCell,
 }
 
 fn page_size() -> u64 {
@@ -119,24 +118,10 @@ impl EventTracer for Oom {
         rodata.max_events_per_second = self.cfg.max_events_per_second;
         rodata.unlimited_pages = i64::MAX as u64 / page;
         rodata.counter_slots = COUNTER_SLOTS;
-        let previous = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match &previous {
-            Some(c) => open
-                .maps
-                .counters
-                .reuse_fd(c.fd())
-                .context("reusing the counters map")?,
-            None => bq_bpf::counters::size_counters_map(&mut open.maps.counters, COUNTER_SLOTS)?,
-        }
+        self.counters
+            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;
-        if previous.is_none() {
-            let counters = PerCpuCounters::map(&skel.maps.counters, COUNTER_SLOTS)?;
-            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(counters));
-        }
+        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
         let _link = skel
             .progs
             .bq_mark_victim
@@ -156,12 +141,7 @@ impl EventTracer for Oom {
     }
 
     fn collect(&self, out: &mut MetricSink) -> Result<()> {
-        let Some(c) = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(c) = self.counters.get() else {
             return Ok(());
         };
         out.family(

@@ -4,14 +4,14 @@
 //! The smallest complete BPF event tracer, used as the worked example in docs/custom-tracers.md.
 
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::bpf::btf::{self, EnumNames};
-use crate::bpf::{self as bq_bpf, PerCpuCounters};
+use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigError, ConfigResult};
 use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{
@@ -134,7 +134,7 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
         cfg,
         mask,
         results: Mutex::new(EnumNames::default()),
-        counters: Mutex::new(None),
+        counters: Default::default(),
     })))
 }
 
@@ -143,7 +143,7 @@ pub struct SignalTracer {
     mask: u64,
     /// Names of the tracepoint's `result` values, from kernel BTF.
     results: Mutex<EnumNames>,
-    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+    counters: crate::bpf::counters::CountersCell,
 }
 
 #[derive(Serialize)]
@@ -186,24 +186,10 @@ impl EventTracer for SignalTracer {
             &mut rodata.container_filter_mode,
             ctx.containers(),
         )?;
-        let previous = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match &previous {
-            Some(c) => open
-                .maps
-                .counters
-                .reuse_fd(c.fd())
-                .context("reusing the counters map")?,
-            None => bq_bpf::counters::size_counters_map(&mut open.maps.counters, COUNTER_SLOTS)?,
-        }
+        self.counters
+            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;
-        if previous.is_none() {
-            let c = PerCpuCounters::map(&skel.maps.counters, COUNTER_SLOTS)?;
-            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(c));
-        }
+        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
         let _link = skel
             .progs
             .bq_signal_generate
@@ -221,12 +207,7 @@ impl EventTracer for SignalTracer {
     }
 
     fn collect(&self, out: &mut MetricSink) -> Result<()> {
-        let Some(c) = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(c) = self.counters.get() else {
             return Ok(());
         };
         out.family(

@@ -6,13 +6,12 @@
 //! NET_TX and NET_RX are exported too (zones <10 µs, <100 µs, <1 ms, ≥1 ms).
 
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::RwLock;
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
 use crate::bpf::btf::EnumNames;
-use crate::bpf::PerCpuCounters;
 use crate::metrics::bpfhist::{self, Hist};
 use crate::metrics::{Kind, MetricSink};
 
@@ -36,7 +35,7 @@ const SLOTS: u32 = (VECTORS * (BOUNDS.len() + 2)) as u32;
 pub struct Latency {
     per_cpu: bool,
     names: RwLock<EnumNames>,
-    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+    counters: crate::bpf::counters::CountersCell,
 }
 
 impl Latency {
@@ -44,7 +43,7 @@ impl Latency {
         Latency {
             per_cpu,
             names: RwLock::new(EnumNames::default()),
-            counters: Mutex::new(None),
+            counters: Default::default(),
         }
     }
 
@@ -65,24 +64,9 @@ impl Latency {
         rodata.hist_bounds_ns = bpfhist::bounds_ns(&BOUNDS);
         rodata.hist_nbounds = BOUNDS.len() as u32;
         rodata.counter_slots = SLOTS;
-        let previous = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match &previous {
-            Some(c) => open
-                .maps
-                .counters
-                .reuse_fd(c.fd())
-                .context("reusing the counters map")?,
-            None => crate::bpf::counters::size_counters_map(&mut open.maps.counters, SLOTS)?,
-        }
+        self.counters.prepare(&mut open.maps.counters, SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;
-        if previous.is_none() {
-            let c = PerCpuCounters::map(&skel.maps.counters, SLOTS)?;
-            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(c));
-        }
+        self.counters.adopt(&skel.maps.counters, SLOTS)?;
         let _l1 = skel
             .progs
             .bq_softirq_raise
@@ -97,12 +81,7 @@ impl Latency {
     }
 
     pub fn collect(&self, out: &mut MetricSink) -> Result<()> {
-        let Some(c) = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(c) = self.counters.get() else {
             return Ok(());
         };
         let names = self.names.read().unwrap_or_else(|e| e.into_inner());

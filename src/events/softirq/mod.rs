@@ -11,14 +11,14 @@
 mod latency;
 
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::RwLock;
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::bpf::btf::{self, EnumNames};
-use crate::bpf::{self as bq_bpf, PerCpuCounters};
+use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{
@@ -94,7 +94,7 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
         latency: latency::Latency::new(cfg.per_cpu),
         cfg,
         names: RwLock::new(EnumNames::default()),
-        counters: Mutex::new(None),
+        counters: Default::default(),
     })))
 }
 
@@ -102,7 +102,7 @@ pub struct Softirq {
     cfg: SoftirqConfig,
     latency: latency::Latency,
     names: RwLock<EnumNames>,
-    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+    counters: crate::bpf::counters::CountersCell,
 }
 
 /// Softirq type names from `irq/softirq_entry`'s print format (`{ 3, "NET_RX" }`…).
@@ -152,24 +152,10 @@ impl Softirq {
         rodata.threshold_ns = self.cfg.threshold_us * 1000;
         rodata.max_events_per_second = self.cfg.max_events_per_second;
         rodata.counter_slots = COUNTER_SLOTS;
-        let previous = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match &previous {
-            Some(c) => open
-                .maps
-                .counters
-                .reuse_fd(c.fd())
-                .context("reusing the counters map")?,
-            None => bq_bpf::counters::size_counters_map(&mut open.maps.counters, COUNTER_SLOTS)?,
-        }
+        self.counters
+            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;
-        if previous.is_none() {
-            let counters = PerCpuCounters::map(&skel.maps.counters, COUNTER_SLOTS)?;
-            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(counters));
-        }
+        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
         // Exit first: an exit without its entry is ignored, an entry alone would be stale.
         let _exit = skel
             .progs
@@ -195,12 +181,7 @@ impl Softirq {
     }
 
     fn collect_long_softirqs(&self, out: &mut MetricSink) -> Result<()> {
-        let Some(c) = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(c) = self.counters.get() else {
             return Ok(());
         };
         let names = self.names.read().unwrap_or_else(|e| e.into_inner());

@@ -9,14 +9,14 @@
 
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::RwLock;
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::bpf::btf::{self, EnumNames};
-use crate::bpf::{self as bq_bpf, PerCpuCounters};
+use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{
@@ -85,7 +85,7 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     Ok(Tracer::Event(Box::new(TcpRetransmit {
         cfg,
         names: RwLock::new(Names::default()),
-        counters: Mutex::new(None),
+        counters: Default::default(),
     })))
 }
 
@@ -98,7 +98,7 @@ struct Names {
 pub struct TcpRetransmit {
     cfg: TcpRetransmitConfig,
     names: RwLock<Names>,
-    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+    counters: crate::bpf::counters::CountersCell,
 }
 
 fn load_names() -> Result<Names> {
@@ -127,24 +127,10 @@ impl EventTracer for TcpRetransmit {
             .context("BPF object has no .rodata")?;
         rodata.max_events_per_second = self.cfg.max_events_per_second;
         rodata.counter_slots = COUNTER_SLOTS;
-        let previous = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match &previous {
-            Some(c) => open
-                .maps
-                .counters
-                .reuse_fd(c.fd())
-                .context("reusing the counters map")?,
-            None => bq_bpf::counters::size_counters_map(&mut open.maps.counters, COUNTER_SLOTS)?,
-        }
+        self.counters
+            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;
-        if previous.is_none() {
-            let counters = PerCpuCounters::map(&skel.maps.counters, COUNTER_SLOTS)?;
-            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(counters));
-        }
+        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
         let _skb = skel
             .progs
             .bq_tcp_retransmit_skb
@@ -168,12 +154,7 @@ impl EventTracer for TcpRetransmit {
     }
 
     fn collect(&self, out: &mut MetricSink) -> Result<()> {
-        let Some(c) = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(c) = self.counters.get() else {
             return Ok(());
         };
         out.family(

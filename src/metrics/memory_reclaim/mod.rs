@@ -7,14 +7,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::MapHandle;
 
-use crate::bpf::PerCpuCounters;
 use crate::config::ConfigResult;
 use crate::host::HostRoot;
 use crate::metrics::bpfhist::{self, Hist};
@@ -71,7 +70,7 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     Ok(Tracer::Event(Box::new(MemoryReclaim {
         host: ctx.host.clone(),
         containers: cfg.containers,
-        counters: Mutex::new(None),
+        counters: Default::default(),
         maps: Mutex::new(None),
     })))
 }
@@ -85,7 +84,7 @@ struct Maps {
 struct MemoryReclaim {
     host: HostRoot,
     containers: bool,
-    counters: Mutex<Option<Arc<PerCpuCounters>>>,
+    counters: crate::bpf::counters::CountersCell,
     maps: Mutex<Option<Maps>>,
 }
 
@@ -103,24 +102,9 @@ impl EventTracer for MemoryReclaim {
         rodata.hist_bounds_ns = bpfhist::bounds_ns(&BOUNDS);
         rodata.hist_nbounds = BOUNDS.len() as u32;
         rodata.counter_slots = SLOTS;
-        let previous = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match &previous {
-            Some(c) => open
-                .maps
-                .counters
-                .reuse_fd(c.fd())
-                .context("reusing the counters map")?,
-            None => crate::bpf::counters::size_counters_map(&mut open.maps.counters, SLOTS)?,
-        }
+        self.counters.prepare(&mut open.maps.counters, SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;
-        if previous.is_none() {
-            let c = PerCpuCounters::map(&skel.maps.counters, SLOTS)?;
-            *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(c));
-        }
+        self.counters.adopt(&skel.maps.counters, SLOTS)?;
         *self.maps.lock().unwrap_or_else(|e| e.into_inner()) = Some(Maps {
             wanted: MapHandle::try_from(&skel.maps.cg_wanted).context("cg_wanted map")?,
             hist: MapHandle::try_from(&skel.maps.cg_hist).context("cg_hist map")?,
@@ -150,12 +134,7 @@ impl EventTracer for MemoryReclaim {
     }
 
     fn collect(&self, out: &mut MetricSink) -> Result<()> {
-        let Some(c) = self
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+        let Some(c) = self.counters.get() else {
             return Ok(());
         };
         let nb = BOUNDS.len();
