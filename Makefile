@@ -48,6 +48,7 @@ vmlinux:
 
 bench: test-deps
 	$(CARGO) bench --bench dropwatch
+	$(CARGO) bench --bench events_overhead
 
 fmt:
 	$(CARGO) fmt --all
