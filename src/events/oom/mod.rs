@@ -130,10 +130,13 @@ impl EventTracer for Oom {
         ctx.attached();
 
         let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
-        let unlimited = i64::MAX as u64 / page;
+        let pages = Pages {
+            size: page,
+            unlimited: i64::MAX as u64 / page,
+        };
         bq_bpf::poll_ring_buffer(ctx, &skel.maps.events, |data| {
             if let Some(e) = bq_bpf::read_record::<oom_event>(data) {
-                self.record(ctx, &e, clock_offset, page, unlimited);
+                self.record(ctx, &e, clock_offset, pages);
             }
             0
         })?;
@@ -286,6 +289,13 @@ fn comm(c: &[i8; 16]) -> String {
     bq_bpf::c_str(&c.map(|c| c as u8))
 }
 
+/// Page-count conversions: the page size, and the page count that means "no limit".
+#[derive(Clone, Copy)]
+struct Pages {
+    size: u64,
+    unlimited: u64,
+}
+
 impl Oom {
     fn memcg_info(
         &self,
@@ -294,12 +304,12 @@ impl Oom {
         usage_pages: u64,
         limit_pages: u64,
         failcnt: Option<u64>,
-        page: u64,
-        unlimited: u64,
+        pages: Pages,
     ) -> MemcgInfo {
         let mut info = MemcgInfo {
-            usage_bytes: usage_pages.saturating_mul(page),
-            limit_bytes: (limit_pages < unlimited).then(|| limit_pages.saturating_mul(page)),
+            usage_bytes: usage_pages.saturating_mul(pages.size),
+            limit_bytes: (limit_pages < pages.unlimited)
+                .then(|| limit_pages.saturating_mul(pages.size)),
             failcnt,
             ..Default::default()
         };
@@ -313,14 +323,7 @@ impl Oom {
         info
     }
 
-    fn record(
-        &self,
-        ctx: &RunContext,
-        e: &oom_event,
-        clock_offset: i64,
-        page: u64,
-        unlimited: u64,
-    ) {
+    fn record(&self, ctx: &RunContext, e: &oom_event, clock_offset: i64, pages: Pages) {
         let vpath = bq_bpf::cgroup_path_from_names(
             e.victim_memcg_path.depth,
             e.victim_memcg_path.truncated != 0,
@@ -351,8 +354,7 @@ impl Oom {
                     e.constraint_usage_pages,
                     e.constraint_limit_pages,
                     None,
-                    page,
-                    unlimited,
+                    pages,
                 ))
             }
         });
@@ -373,15 +375,14 @@ impl Oom {
                 },
                 uid: e.victim_uid,
                 oom_score_adj: e.victim_oom_score_adj,
-                total_vm_bytes: e.victim_total_vm_pages.saturating_mul(page),
+                total_vm_bytes: e.victim_total_vm_pages.saturating_mul(pages.size),
                 memory_cgroup: self.memcg_info(
                     ctx,
                     vpath,
                     e.victim_memcg_usage_pages,
                     e.victim_memcg_limit_pages,
                     Some(e.victim_memcg_failcnt),
-                    page,
-                    unlimited,
+                    pages,
                 ),
             },
             trigger: TaskInfo {

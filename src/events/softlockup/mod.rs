@@ -229,7 +229,7 @@ impl EventTracer for Softlockup {
                 let Some(rec) = kmsg::parse_record(&buf[..n]) else {
                     continue;
                 };
-                if rec.seq + 1 <= resume_after {
+                if rec.seq < resume_after {
                     continue;
                 }
                 self.last_seq.store(rec.seq + 1, Ordering::Relaxed);
