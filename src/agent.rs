@@ -124,6 +124,9 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         cfg.containers.clone(),
         filter,
     ));
+    // One walk before anything scrapes or traces, so the first metrics and events are attributed.
+    containers.resync();
+    crate::container::set_agent_registry(containers.clone());
     let containers_stop = Arc::new(AtomicBool::new(false));
     let containers_thread = containers
         .keep_current(containers_stop.clone())

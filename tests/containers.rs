@@ -260,6 +260,15 @@ fn a_real_podman_container_gets_its_events_and_leaves_when_removed() {
         32u64 << 20
     );
 
+    // Its metrics carry its labels from the registry (name and type, not only the id).
+    let labelled = format!("container_id=\"{id}\",container_name=\"{name}\",container_host_namespace=\"\",container_type=\"normal\"");
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .metrics()
+            .contains(&labelled)),
+        "no series labelled {labelled}"
+    );
+
     // Its start was recorded when its cgroup appeared.
     let lifecycle = |a: &Agent, event: &str| {
         a.events("tracer=container_lifecycle&limit=100")

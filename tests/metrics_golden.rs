@@ -145,7 +145,7 @@ fn cgroup_v2_fixture_matches_its_golden_file() {
         "",
     );
     let id = "c".repeat(64);
-    let labels = format!("container_id=\"{id}\",container_name=\"\",container_host_namespace=\"\",container_type=\"\",container_qos=\"\"");
+    let labels = format!("container_id=\"{id}\",container_name=\"\",container_host_namespace=\"\",container_type=\"normal\",container_qos=\"\"");
     assert_eq!(
         metric_value(
             &text,

@@ -30,7 +30,7 @@ fn bucket(text: &str, name: &str, labels: &str, le: &str) -> f64 {
 }
 
 fn container_labels(id: &str) -> String {
-    format!("container_id=\"{id}\",container_name=\"\",container_host_namespace=\"\",container_type=\"\",container_qos=\"\"")
+    format!("container_id=\"{id}\",container_name=\"\",container_host_namespace=\"\",container_type=\"normal\",container_qos=\"\"")
 }
 
 fn cgroup_mount(controller: &str) -> PathBuf {

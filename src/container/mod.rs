@@ -160,6 +160,20 @@ pub fn proc_cgroup_path(text: &str, controller: &str) -> Option<String> {
     v2
 }
 
+/// The agent's registry, for code that is not handed one: metric collectors are built before it
+/// exists and look container metadata up here at scrape time.
+static AGENT_REGISTRY: std::sync::OnceLock<Arc<ContainerRegistry>> = std::sync::OnceLock::new();
+
+/// Publishes the agent's registry (once; later calls are ignored).
+pub fn set_agent_registry(registry: Arc<ContainerRegistry>) {
+    let _ = AGENT_REGISTRY.set(registry);
+}
+
+/// The agent's registry, when one runs in this process.
+pub fn agent_registry() -> Option<&'static Arc<ContainerRegistry>> {
+    AGENT_REGISTRY.get()
+}
+
 /// The container id in a cgroup path, from its container segment (compatibility helper).
 pub fn container_of_cgroup_path(path: &str) -> Option<(Runtime, String)> {
     cgroup_path::parse(path).map(|m| (m.runtime, m.id))
@@ -298,6 +312,16 @@ impl ContainerRegistry {
         let container = self.by_memcg(id);
         let path = self.memcg_path(id).map(|p| p.to_string());
         (path, container.map(|c| c.fields()))
+    }
+
+    /// A container by its full id (a hash lookup).
+    pub fn get_exact(&self, id: &str) -> Option<Arc<Container>> {
+        self.state
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .containers
+            .get(id)
+            .cloned()
     }
 
     /// A container by id or unique id prefix.

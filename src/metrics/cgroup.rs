@@ -113,18 +113,23 @@ pub struct ContainerCgroup {
     pub runtime: Runtime,
     /// Path relative to the hierarchy root, starting with `/`.
     pub rel: String,
-    /// Values of [`CONTAINER_LABELS`]; metadata beyond the id is not known yet (empty).
+    /// Values of [`CONTAINER_LABELS`]: name, namespace, type and QoS from the agent's container
+    /// registry (empty where unknown).
     values: [String; 5],
 }
 
 impl ContainerCgroup {
     pub fn new(id: String, runtime: Runtime, rel: String) -> ContainerCgroup {
+        let meta = crate::container::agent_registry().and_then(|r| r.get_exact(&id));
+        let field = |f: fn(&crate::container::Container) -> &String| {
+            meta.as_ref().map(|m| f(m).clone()).unwrap_or_default()
+        };
         let values = [
             id.clone(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
+            field(|m| &m.name),
+            field(|m| &m.namespace),
+            field(|m| &m.kind),
+            field(|m| &m.qos),
         ];
         ContainerCgroup {
             id,
