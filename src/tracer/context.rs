@@ -93,6 +93,20 @@ impl RunContext {
         self.save_at(crate::store::now_ns(), container, data)
     }
 
+    /// Saves a tracer's own record struct as `tracer_data` (see [`RunContext::save_at`]); a
+    /// struct that cannot be encoded is logged, not saved.
+    pub fn save_data_at<T: serde::Serialize>(
+        &self,
+        time_ns: i64,
+        container: Option<ContainerFields>,
+        data: &T,
+    ) {
+        match serde_json::to_value(data) {
+            Ok(v) => self.save_at(time_ns, container, v),
+            Err(err) => tracing::warn!(tracer = self.name, error = %err, "cannot encode record"),
+        }
+    }
+
     /// Saves a record with the event's own wall-clock time (ns since the epoch). Counts a hit.
     pub fn save_at(
         &self,

@@ -177,12 +177,7 @@ impl Lifecycle {
                     id: m.id.clone(),
                     ..Default::default()
                 });
-        match serde_json::to_value(&data) {
-            Ok(v) => ctx.save_at(e.time_ns as i64 + clock_offset, Some(fields), v),
-            Err(err) => {
-                tracing::warn!(tracer = "container_lifecycle", error = %err, "cannot encode record")
-            }
-        }
+        ctx.save_data_at(e.time_ns as i64 + clock_offset, Some(fields), &data);
     }
 }
 

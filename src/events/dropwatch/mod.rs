@@ -426,10 +426,7 @@ impl Dropwatch {
             cpu: e.cpu,
             memory_cgroup_path: memcg_path,
         };
-        match serde_json::to_value(&data) {
-            Ok(v) => ctx.save_at(e.time_ns as i64 + clock_offset, container, v),
-            Err(err) => tracing::warn!(tracer = "dropwatch", error = %err, "cannot encode record"),
-        }
+        ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
     }
 }
 

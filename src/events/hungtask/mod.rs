@@ -347,12 +347,8 @@ impl Handler<'_> {
             memory_cgroup_path: path,
             blocked_tasks,
         };
-        match serde_json::to_value(&data) {
-            Ok(v) => self
-                .ctx
-                .save_at(e.time_ns as i64 + self.clock_offset, container, v),
-            Err(err) => tracing::warn!(tracer = "hungtask", error = %err, "cannot encode record"),
-        }
+        self.ctx
+            .save_data_at(e.time_ns as i64 + self.clock_offset, container, &data);
     }
 }
 

@@ -211,10 +211,7 @@ fn record(ctx: &RunContext, e: &reclaim_event, clock_offset: i64, threshold_ns: 
         memory_cgroup_path: path,
         cpu: e.cpu,
     };
-    match serde_json::to_value(&data) {
-        Ok(v) => ctx.save_at(e.time_ns as i64 + clock_offset, container, v),
-        Err(err) => tracing::warn!(tracer = "memreclaim", error = %err, "cannot encode record"),
-    }
+    ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
 }
 
 #[cfg(test)]

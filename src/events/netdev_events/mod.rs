@@ -482,12 +482,7 @@ impl NetdevEvents {
             driver_version,
             firmware_version,
         };
-        match serde_json::to_value(&data) {
-            Ok(v) => ctx.save(None, v),
-            Err(err) => {
-                tracing::warn!(tracer = "netdev_events", error = %err, "cannot encode record")
-            }
-        }
+        ctx.save_data_at(crate::store::now_ns(), None, &data);
     }
 }
 

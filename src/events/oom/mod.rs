@@ -400,10 +400,7 @@ impl Oom {
             cpu: e.cpu,
         };
         let container = memcg_container(ctx, e.victim_memcg_id, Some(&data.victim.task_path()));
-        match serde_json::to_value(&data) {
-            Ok(v) => ctx.save_at(e.time_ns as i64 + clock_offset, container, v),
-            Err(err) => tracing::warn!(tracer = "oom", error = %err, "cannot encode record"),
-        }
+        ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
     }
 }
 

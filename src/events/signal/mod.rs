@@ -259,10 +259,7 @@ impl SignalTracer {
             sender_tid: e.sender_tid,
             target_memory_cgroup_path: path,
         };
-        match serde_json::to_value(&data) {
-            Ok(v) => ctx.save_at(e.time_ns as i64 + clock_offset, container, v),
-            Err(err) => tracing::warn!(tracer = "signal", error = %err, "cannot encode record"),
-        }
+        ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
     }
 }
 

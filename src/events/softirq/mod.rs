@@ -253,10 +253,7 @@ impl Softirq {
             comm: bq_bpf::c_str(&e.comm.map(|c| c as u8)),
             stack,
         };
-        match serde_json::to_value(&data) {
-            Ok(v) => ctx.save_at(e.time_ns as i64 + clock_offset, None, v),
-            Err(err) => tracing::warn!(tracer = "softirq", error = %err, "cannot encode record"),
-        }
+        ctx.save_data_at(e.time_ns as i64 + clock_offset, None, &data);
     }
 }
 

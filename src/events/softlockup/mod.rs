@@ -328,10 +328,7 @@ impl Softlockup {
                 .ok()
                 .and_then(|s| s.trim().parse().ok()),
         };
-        match serde_json::to_value(&data) {
-            Ok(v) => ctx.save_at(l.ts_us as i64 * 1000 + clock_offset, container, v),
-            Err(err) => tracing::warn!(tracer = "softlockup", error = %err, "cannot encode record"),
-        }
+        ctx.save_data_at(l.ts_us as i64 * 1000 + clock_offset, container, &data);
     }
 
     fn match_patterns(
@@ -366,10 +363,7 @@ impl Softlockup {
             level: rec.level,
             seq: rec.seq,
         };
-        match serde_json::to_value(&data) {
-            Ok(v) => ctx.save_at(rec.ts_us as i64 * 1000 + clock_offset, None, v),
-            Err(err) => tracing::warn!(tracer = "softlockup", error = %err, "cannot encode record"),
-        }
+        ctx.save_data_at(rec.ts_us as i64 * 1000 + clock_offset, None, &data);
     }
 }
 

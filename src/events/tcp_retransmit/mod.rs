@@ -298,12 +298,7 @@ impl TcpRetransmit {
         };
         drop(names);
         let container = crate::events::netns_container(ctx, e.netns_inum);
-        match serde_json::to_value(&data) {
-            Ok(v) => ctx.save_at(e.time_ns as i64 + clock_offset, container, v),
-            Err(err) => {
-                tracing::warn!(tracer = "tcp_retransmit", error = %err, "cannot encode record")
-            }
-        }
+        ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
     }
 }
 
