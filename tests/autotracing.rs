@@ -235,8 +235,9 @@ fn a_process_doubling_its_rss_fires_memburst_and_tops_the_list() {
     let top = e["tracer_data"]["top_memory_usage"].as_array().unwrap();
     assert_eq!(top[0]["pid"], pid, "{e}");
     assert_eq!(top[0]["comm"], "python3", "{e}");
+    // The detector fires as soon as anon doubles, which may be mid-allocation.
     assert!(
-        top[0]["rss_growth_bytes"].as_i64().unwrap() >= (grow as i64) / 2,
+        top[0]["rss_growth_bytes"].as_i64().unwrap() >= 256 << 20,
         "{e}"
     );
 }
