@@ -1,28 +1,44 @@
-//! Kernel address → `symbol+0xoff`, with a cache: drop locations and stack frames repeat, so
-//! after warm-up a lookup is a hash probe.
+//! Kernel address → `symbol+0xoff`, from `/proc/kallsyms`.
+//!
+//! The table is compact: the text symbols' addresses sorted, and their names in one string
+//! (~4.5 MB for ~120k symbols, where blazesym's kernel source kept about 10 MB). It is read at
+//! the first lookup, and read again when an address falls outside every known symbol (a module
+//! or BPF program loaded since), at most every [`RELOAD_EVERY`]. Answers are cached: drop
+//! locations and stack frames repeat, so after warm-up a lookup is a hash probe.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-
-use blazesym::symbolize::source::{Kernel, Source};
-use blazesym::symbolize::{Input, Symbolized, Symbolizer};
-use blazesym::MaybeDefault;
+use std::time::{Duration, Instant};
 
 const CACHE_MAX: usize = 16 * 1024;
+/// An offset past this is not inside the symbol found: the address belongs to code the table
+/// does not know yet (kernel functions are far smaller).
+const MAX_OFFSET: u64 = 1 << 20;
+const RELOAD_EVERY: Duration = Duration::from_secs(10);
 
 pub struct KernelSymbolizer {
+    kallsyms: PathBuf,
     inner: Mutex<Inner>,
 }
 
+#[derive(Default)]
 struct Inner {
-    symbolizer: Symbolizer,
+    table: Option<Table>,
+    loaded_at: Option<Instant>,
     cache: HashMap<u64, String>,
 }
 
-// SAFETY: blazesym's Symbolizer is !Send only because it keeps `Rc`s in its internal caches.
-// Those `Rc`s never leave it: every call happens under the Mutex, and each result is turned into
-// an owned String before the lock is released, so no two threads ever touch the same `Rc`.
-unsafe impl Send for Inner {}
+/// Text symbols sorted by address; `names[ends[i-1]..ends[i]]` is symbol i's name, with
+/// `\t[module]` for a module's.
+#[derive(Default)]
+struct Table {
+    addrs: Vec<u64>,
+    ends: Vec<u32>,
+    names: String,
+}
 
 impl Default for KernelSymbolizer {
     fn default() -> Self {
@@ -32,49 +48,39 @@ impl Default for KernelSymbolizer {
 
 impl KernelSymbolizer {
     pub fn new() -> KernelSymbolizer {
+        Self::with_kallsyms("/proc/kallsyms")
+    }
+
+    /// A symbolizer reading another kallsyms-format file (tests).
+    pub fn with_kallsyms(path: impl Into<PathBuf>) -> KernelSymbolizer {
         KernelSymbolizer {
-            inner: Mutex::new(Inner {
-                symbolizer: Symbolizer::new(),
-                cache: HashMap::new(),
-            }),
+            kallsyms: path.into(),
+            inner: Mutex::new(Inner::default()),
         }
     }
 
-    /// `name+0xoff`, or the hex address when it cannot be resolved.
+    /// `name+0xoff` (`name+0xoff [module]` in a module), or the hex address when it cannot be
+    /// resolved.
     pub fn symbolize(&self, addr: u64) -> String {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = inner.cache.get(&addr) {
-            return s.clone();
-        }
-        let src = Source::Kernel(Kernel {
-            kallsyms: MaybeDefault::Default,
-            vmlinux: MaybeDefault::None,
-            debug_syms: false,
-            ..Default::default()
-        });
-        let text = match inner
-            .symbolizer
-            .symbolize_single(&src, Input::AbsAddr(addr))
-        {
-            Ok(Symbolized::Sym(sym)) => format!("{}+{:#x}", sym.name, sym.offset),
-            _ => format!("{addr:#x}"),
-        };
-        if inner.cache.len() >= CACHE_MAX {
-            inner.cache.clear();
-        }
-        inner.cache.insert(addr, text.clone());
-        text
+        inner.symbolize(&self.kallsyms, addr)
+    }
+
+    /// [`Self::symbolize`] for many addresses, in their order, under one lock.
+    pub fn symbolize_many(&self, addrs: &[u64]) -> Vec<String> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        addrs
+            .iter()
+            .map(|&a| inner.symbolize(&self.kallsyms, a))
+            .collect()
     }
 
     /// Symbolizes a kernel stack (innermost first), skipping zero frames and the frames of the
     /// BPF program that took it (`bpf_prog_*`, `bpf_trace_run*`: `bpf_get_stack` from a
     /// tracepoint starts inside them).
     pub fn stack(&self, addrs: &[u64]) -> Vec<String> {
-        let mut frames: Vec<String> = addrs
-            .iter()
-            .take_while(|&&a| a != 0)
-            .map(|&a| self.symbolize(a))
-            .collect();
+        let n = addrs.iter().take_while(|&&a| a != 0).count();
+        let mut frames = self.symbolize_many(&addrs[..n]);
         let bpf = frames
             .iter()
             .take_while(|f| f.starts_with("bpf_prog_") || f.starts_with("bpf_trace_run"))
@@ -82,6 +88,100 @@ impl KernelSymbolizer {
         frames.drain(..bpf);
         frames
     }
+}
+
+impl Inner {
+    fn symbolize(&mut self, path: &Path, addr: u64) -> String {
+        if let Some(s) = self.cache.get(&addr) {
+            return s.clone();
+        }
+        let mut text = self.table.as_ref().and_then(|t| t.lookup(addr));
+        let stale = self.loaded_at.is_none_or(|t| t.elapsed() >= RELOAD_EVERY);
+        if text.is_none() && stale {
+            self.loaded_at = Some(Instant::now());
+            match Table::read(path) {
+                Ok(t) => {
+                    // Answers from the old table may be wrong for code that moved.
+                    self.cache.clear();
+                    self.table = Some(t);
+                }
+                Err(e) => tracing::debug!("reading {}: {e}", path.display()),
+            }
+            text = self.table.as_ref().and_then(|t| t.lookup(addr));
+        }
+        let text = text.unwrap_or_else(|| format!("{addr:#x}"));
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(addr, text.clone());
+        text
+    }
+}
+
+impl Table {
+    fn read(path: &Path) -> std::io::Result<Table> {
+        let mut entries: Vec<(u64, u32, u32)> = Vec::with_capacity(160_000);
+        let mut names = String::with_capacity(4 << 20);
+        let mut reader = BufReader::with_capacity(64 * 1024, File::open(path)?);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                break;
+            }
+            let Some((addr, kind, name)) = parse_line(&line) else {
+                continue;
+            };
+            if addr == 0 || !is_text(kind) || names.len() + name.len() > u32::MAX as usize {
+                continue;
+            }
+            let start = names.len() as u32;
+            names.push_str(name);
+            entries.push((addr, start, names.len() as u32));
+        }
+        entries.sort_unstable_by_key(|e| e.0);
+        // Names stay in file order; `ends` maps each sorted symbol to its name's range.
+        let mut table = Table {
+            addrs: Vec::with_capacity(entries.len()),
+            ends: Vec::with_capacity(entries.len() * 2),
+            names,
+        };
+        for (addr, start, end) in entries {
+            table.addrs.push(addr);
+            table.ends.push(start);
+            table.ends.push(end);
+        }
+        table.names.shrink_to_fit();
+        Ok(table)
+    }
+
+    fn lookup(&self, addr: u64) -> Option<String> {
+        let i = self.addrs.partition_point(|&a| a <= addr).checked_sub(1)?;
+        let off = addr - self.addrs[i];
+        if off >= MAX_OFFSET {
+            return None;
+        }
+        let name = self
+            .names
+            .get(self.ends[2 * i] as usize..self.ends[2 * i + 1] as usize)?;
+        Some(match name.split_once('\t') {
+            Some((name, module)) => format!("{name}+{off:#x} {module}"),
+            None => format!("{name}+{off:#x}"),
+        })
+    }
+}
+
+/// One kallsyms line: address, type letter, name (`name\t[module]` in a module).
+fn parse_line(line: &str) -> Option<(u64, u8, &str)> {
+    let (addr, rest) = line.split_once(' ')?;
+    let (kind, name) = rest.split_once(' ')?;
+    let addr = u64::from_str_radix(addr, 16).ok()?;
+    Some((addr, *kind.as_bytes().first()?, name.trim_end()))
+}
+
+/// Code symbols only: data symbols would swallow addresses past the end of the text.
+fn is_text(kind: u8) -> bool {
+    matches!(kind, b't' | b'T' | b'w' | b'W')
 }
 
 #[cfg(test)]
@@ -99,5 +199,56 @@ mod tests {
         let s = KernelSymbolizer::new();
         assert_eq!(s.symbolize(addr + 0x10), "__udp4_lib_rcv+0x10");
         assert_eq!(s.symbolize(addr + 0x10), "__udp4_lib_rcv+0x10", "cached");
+    }
+
+    #[test]
+    fn batch_picks_the_symbol_below_each_address() {
+        let path = std::env::temp_dir().join(format!("bianque-kallsyms-{}", std::process::id()));
+        // Unsorted like the real file (modules after the core), with a data symbol to ignore
+        // and a module suffix to keep.
+        std::fs::write(
+            &path,
+            "ffffffff81000000 T _stext\n\
+             ffffffff81000100 t helper\n\
+             ffffffffc0000000 t mod_fn\t[nf_tables]\n\
+             ffffffff81000080 D some_data\n\
+             ffffffff81000200 T other\n",
+        )
+        .unwrap();
+        let s = KernelSymbolizer::with_kallsyms(&path);
+        let got = s.symbolize_many(&[
+            0xffffffff81000210,
+            0xffffffff81000090,
+            0xffffffffc0000004,
+            0x10,
+            0xffffffff81000090,
+        ]);
+        assert_eq!(
+            got,
+            [
+                "other+0x10",
+                "_stext+0x90",
+                "mod_fn+0x4 [nf_tables]",
+                "0x10",
+                "_stext+0x90"
+            ]
+        );
+        assert_eq!(s.stack(&[0xffffffff81000100, 0, 5]), ["helper+0x0"]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn reads_the_real_kallsyms_compactly() {
+        let t = Table::read(Path::new("/proc/kallsyms")).unwrap();
+        assert!(t.addrs.len() > 10_000, "{}", t.addrs.len());
+        assert!(t.addrs.windows(2).all(|w| w[0] <= w[1]));
+        let bytes = t.addrs.capacity() * 8 + t.ends.capacity() * 4 + t.names.capacity();
+        assert!(bytes < 8 << 20, "{bytes} bytes");
+    }
+
+    #[test]
+    fn unreadable_kallsyms_gives_addresses() {
+        let s = KernelSymbolizer::with_kallsyms("/nonexistent/kallsyms");
+        assert_eq!(s.symbolize(0x1234), "0x1234");
     }
 }

@@ -265,13 +265,23 @@ pub fn profile(
             })
             .clone()
     };
+    // Every kernel frame in one kallsyms scan (a profile holds thousands).
+    let mut kaddrs: Vec<u64> = raw.iter().flat_map(|(k, _)| stack(k.kstack)).collect();
+    kaddrs.sort_unstable();
+    kaddrs.dedup();
+    let knames: HashMap<u64, String> = kaddrs
+        .iter()
+        .copied()
+        .zip(ksyms.symbolize_many(&kaddrs))
+        .map(|(a, s)| (a, function_name(&s)))
+        .collect();
     let mut users = UserSymbolizer::new();
     let mut folded: HashMap<String, u64> = HashMap::new();
     let mut per_process: HashMap<u32, (String, u64)> = HashMap::new();
     for (key, count) in &raw {
         let kernel: Vec<String> = stack(key.kstack)
             .iter()
-            .map(|&a| function_name(&ksyms.symbolize(a)))
+            .map(|a| knames.get(a).cloned().unwrap_or_else(|| format!("{a:#x}")))
             .collect();
         let user = users.stack(key.pid, &stack(key.ustack));
         let line = fold(&key.comm, &user, &kernel);
@@ -315,6 +325,10 @@ pub fn profile(
 
 /// `name+0x1f` → `name` (flame graphs merge frames by function).
 pub fn function_name(sym: &str) -> String {
+    // A module symbol is `name+0xoff [module]`: keep the module, drop the offset.
+    if let Some((sym, module)) = sym.split_once(" [") {
+        return format!("{} [{module}", function_name(sym));
+    }
     match sym.rsplit_once("+0x") {
         Some((name, off)) if !name.is_empty() && off.chars().all(|c| c.is_ascii_hexdigit()) => {
             name.to_string()
@@ -469,6 +483,10 @@ mod tests {
             "my_app;main;burn;entry_SYSCALL_64_[k];do_syscall_64_[k]"
         );
         assert_eq!(function_name("0xffffffff81000000"), "0xffffffff81000000");
+        assert_eq!(
+            function_name("nft_do_chain+0x9c [nf_tables]"),
+            "nft_do_chain [nf_tables]"
+        );
         assert_eq!(fold("", &[], &[]), "[unknown]");
     }
 
