@@ -10,58 +10,58 @@ const volatile __u32 max_events_per_second = 100;
 
 struct reclaim_event _event_type = {};
 
+/* 64 KiB holds hundreds of these rate-limited records; a ring buffer is resident memory of the
+ * agent (mapped into it), so rare-event tracers keep theirs small. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
+	__uint(max_entries, 64 * 1024);
 } events SEC(".maps");
 
-/* Tasks in reclaim, by tid. LRU: an entry whose end was never seen cannot leak. */
+/* The reclaim a task is in, kept with the task (freed with it, so nothing can leak): a lookup
+ * is a pointer walk, where an (LRU) hash took several hundred ns per begin on this hot path. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct reclaim_start);
 } in_reclaim SEC(".maps");
 
 static __always_inline void reclaim_begin(__u32 kind, int order, gfp_t gfp)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct reclaim_start s = {
-		.start_ns = bpf_ktime_get_ns(),
-		.gfp_flags = gfp,
-		.order = order,
-		.kind = kind,
-	};
+	struct reclaim_start *s = bpf_task_storage_get(&in_reclaim, bpf_get_current_task_btf(), 0,
+						       BPF_LOCAL_STORAGE_GET_F_CREATE);
 
 	counter_add(SLOT_SEEN(kind), 1);
-	bpf_map_update_elem(&in_reclaim, &tid, &s, BPF_ANY);
+	if (!s)
+		return;
+	s->start_ns = bpf_ktime_get_ns();
+	s->gfp_flags = gfp;
+	s->order = order;
+	s->kind = kind;
 }
 
 static __always_inline void reclaim_end(__u32 kind, unsigned long nr_reclaimed)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
-	struct reclaim_start *s = bpf_map_lookup_elem(&in_reclaim, &tid);
+	struct reclaim_start *s = bpf_task_storage_get(&in_reclaim, bpf_get_current_task_btf(), 0, 0);
 	struct reclaim_event *e;
 	__u64 duration;
 
-	if (!s || s->kind != kind)
+	if (!s || !s->start_ns || s->kind != kind)
 		return; /* attached in the middle of this reclaim */
 	duration = bpf_ktime_get_ns() - s->start_ns;
-	if (duration < threshold_ns) {
-		bpf_map_delete_elem(&in_reclaim, &tid);
+	s->start_ns = 0;
+	if (duration < threshold_ns)
 		return;
-	}
 	counter_add(SLOT_SLOW(kind), 1);
 	if (!rate_limit_pass(max_events_per_second)) {
 		counter_add(SLOT_SUPPRESSED, 1);
-		bpf_map_delete_elem(&in_reclaim, &tid);
 		return;
 	}
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		counter_add(SLOT_RINGBUF_FULL, 1);
-		bpf_map_delete_elem(&in_reclaim, &tid);
 		return;
 	}
 	e->time_ns = bpf_ktime_get_boot_ns();
@@ -82,7 +82,6 @@ static __always_inline void reclaim_end(__u32 kind, unsigned long nr_reclaimed)
 		e->memcg_id = css_cgroup_id(css);
 		read_cgroup_path(css, &e->memcg_path);
 	}
-	bpf_map_delete_elem(&in_reclaim, &tid);
 	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(&events));
 }
 

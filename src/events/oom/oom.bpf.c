@@ -15,9 +15,11 @@ const volatile __u64 at_limit_margin_pages = 512 + 64;
 const volatile __u32 max_events_per_second = 100;
 const volatile __u64 unlimited_pages = 0x7fffffffffffffffULL / 4096; /* LONG_MAX / page size */
 
+/* 64 KiB holds hundreds of these rate-limited records; a ring buffer is resident memory of the
+ * agent (mapped into it), so rare-event tracers keep theirs small. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
+	__uint(max_entries, 64 * 1024);
 } events SEC(".maps");
 
 static __always_inline bool memcg_at_limit(struct mem_cgroup *memcg, __u64 *usage, __u64 *limit)

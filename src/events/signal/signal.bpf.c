@@ -9,9 +9,11 @@ const volatile __u32 max_events_per_second = 100;
 
 struct signal_event _event_type = {};
 
+/* 64 KiB holds hundreds of these rate-limited records; a ring buffer is resident memory of the
+ * agent (mapped into it), so rare-event tracers keep theirs small. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
+	__uint(max_entries, 64 * 1024);
 } events SEC(".maps");
 
 SEC("tp_btf/signal_generate")
