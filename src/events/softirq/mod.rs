@@ -5,8 +5,8 @@
 //! and, through the rate limit, recorded with the interrupted task and the kernel stack. Type
 //! names (`NET_RX`, `TIMER`…) come from the tracepoint's format, never a built-in table.
 //!
-//! The same tracer exports the raise→entry latency histograms (`latency.rs`,
-//! `tp_btf/softirq_raise` + `softirq_entry`), read from per-CPU counters at scrape time.
+//! The same programs (plus `tp_btf/softirq_raise`) keep the raise→entry latency histograms
+//! (`latency.rs`), read from the per-CPU counters at scrape time.
 
 mod latency;
 
@@ -18,8 +18,10 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::bpf::btf::{self, EnumNames};
+use crate::bpf::counters::PerCpuCounters;
 use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigResult};
+use crate::metrics::bpfhist;
 use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
@@ -33,11 +35,12 @@ mod skel {
 use skel::types::softirq_event;
 use skel::SoftirqSkelBuilder;
 
-// Mirrors softirq.h.
-const VEC_SLOTS: usize = 16;
-const SLOT_SUPPRESSED: usize = VEC_SLOTS;
-const SLOT_RINGBUF_FULL: usize = VEC_SLOTS + 1;
-const COUNTER_SLOTS: u32 = VEC_SLOTS as u32 + 2;
+// Mirrors softirq.h: the long-run slots follow the latency histograms.
+const VEC_SLOTS: usize = latency::VECTORS;
+const EVENT_BASE: usize = latency::SLOTS as usize;
+const SLOT_SUPPRESSED: usize = EVENT_BASE + VEC_SLOTS;
+const SLOT_RINGBUF_FULL: usize = EVENT_BASE + VEC_SLOTS + 1;
+const COUNTER_SLOTS: u32 = latency::SLOTS + VEC_SLOTS as u32 + 2;
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -126,20 +129,22 @@ impl EventTracer for Softirq {
                 tracing::warn!(tracer = "softirq", error = %format!("{e:#}"), "softirq types will be numbers")
             }
         }
-        let names = self.names.read().unwrap_or_else(|e| e.into_inner()).clone();
-        self.latency
-            .with_attached(names, || self.run_long_softirqs(ctx))?
+        self.run_programs(ctx)
     }
 
     fn collect(&self, out: &mut MetricSink) -> Result<()> {
-        self.collect_long_softirqs(out)?;
-        self.latency.collect(out)
+        let Some(c) = self.counters.get() else {
+            return Ok(());
+        };
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        self.collect_long_softirqs(&c, &names, out);
+        self.latency.collect(&c, &names, out)
     }
 }
 
 impl Softirq {
-    /// Records softirq runs over the threshold until the tracer stops.
-    fn run_long_softirqs(&self, ctx: &RunContext) -> Result<(), TracerError> {
+    /// Keeps the histograms and records softirq runs over the threshold until the tracer stops.
+    fn run_programs(&self, ctx: &RunContext) -> Result<(), TracerError> {
         let mut storage = MaybeUninit::uninit();
         let mut open = SoftirqSkelBuilder::default()
             .open(&mut storage)
@@ -152,6 +157,8 @@ impl Softirq {
         rodata.threshold_ns = self.cfg.threshold_us * 1000;
         rodata.max_events_per_second = self.cfg.max_events_per_second;
         rodata.counter_slots = COUNTER_SLOTS;
+        rodata.hist_bounds_ns = bpfhist::bounds_ns(&latency::BOUNDS);
+        rodata.hist_nbounds = latency::BOUNDS.len() as u32;
         self.counters
             .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;
@@ -167,6 +174,11 @@ impl Softirq {
             .bq_softirq_entry
             .attach()
             .context("attaching to tp_btf/softirq_entry")?;
+        let _raise = skel
+            .progs
+            .bq_softirq_raise
+            .attach()
+            .context("attaching to tp_btf/softirq_raise")?;
         ctx.attached();
 
         let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
@@ -180,11 +192,7 @@ impl Softirq {
         Ok(())
     }
 
-    fn collect_long_softirqs(&self, out: &mut MetricSink) -> Result<()> {
-        let Some(c) = self.counters.get() else {
-            return Ok(());
-        };
-        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+    fn collect_long_softirqs(&self, c: &PerCpuCounters, names: &EnumNames, out: &mut MetricSink) {
         out.family(
             "events_total",
             "Softirq runs at or over the threshold, by softirq type.",
@@ -192,7 +200,7 @@ impl Softirq {
         );
         let known = names.len().clamp(1, VEC_SLOTS);
         for vec in 0..VEC_SLOTS {
-            let n = c.get(vec);
+            let n = c.get(EVENT_BASE + vec);
             if vec < known || n > 0 {
                 out.sample(&[("type", &names.name(vec as u32))], n as f64);
             }
@@ -209,7 +217,6 @@ impl Softirq {
             Kind::Counter,
             c.get(SLOT_RINGBUF_FULL) as f64,
         );
-        Ok(())
     }
 }
 

@@ -1,9 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
-/* softirq: a CPU that spent longer than a threshold in one softirq handler run
- * (tp_btf/softirq_entry → softirq_exit). Softirqs do not nest on a CPU, so one per-CPU start
- * stamp is enough. The hot path is one per-CPU lookup and a clock read per entry and exit;
- * only runs over the threshold go further (counter, rate limit, stack, ring buffer). */
+/* softirq, two measures from one set of hooks (tp_btf softirq_raise, softirq_entry, softirq_exit):
+ * - the delay from a softirq being raised to its handler starting, as histograms per vector in
+ *   the per-CPU counters (a vector raised again while pending keeps its first raise time);
+ * - a CPU that spent longer than a threshold in one handler run, counted by vector and, through
+ *   the rate limit, recorded with the interrupted task and the kernel stack.
+ * Softirqs do not nest on a CPU, so one per-CPU state is enough. The entry program serves both
+ * measures with one clock read; only runs over the threshold go further than a few stores. */
 #include "bianque.bpf.h"
+#include "histogram.bpf.h"
 #include "softirq.h"
 
 const volatile __u64 threshold_ns = 10ULL * 1000 * 1000;
@@ -16,22 +20,64 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
+struct cpu_state {
+	__u64 raised_ns[VEC_SLOTS]; /* first raise time of each pending vector, 0 if none */
+	__u64 start_ns;             /* entry time of the running handler, 0 outside one */
+	__u32 vec;
+	__u32 _pad;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct softirq_start);
-} running SEC(".maps");
+	__type(value, struct cpu_state);
+} state SEC(".maps");
+
+/* The long-run counters follow the latency histograms (VEC_SLOTS series of hist_nbounds + 2). */
+static __always_inline __u32 event_slot(__u32 slot)
+{
+	return VEC_SLOTS * (hist_nbounds + 2) + slot;
+}
+
+SEC("tp_btf/softirq_raise")
+int BPF_PROG(bq_softirq_raise, unsigned int vec)
+{
+	__u32 zero = 0;
+	struct cpu_state *s;
+
+	if (vec >= VEC_SLOTS)
+		return 0;
+	/* The check above may be compiled on a copy of the register: mask the one used as the
+	 * index so the verifier sees it bounded (VEC_SLOTS is a power of two). */
+	asm volatile("%0 &= 15" : "+r"(vec));
+	s = bpf_map_lookup_elem(&state, &zero);
+	if (s && !s->raised_ns[vec])
+		s->raised_ns[vec] = bpf_ktime_get_ns();
+	return 0;
+}
 
 SEC("tp_btf/softirq_entry")
 int BPF_PROG(bq_softirq_entry, unsigned int vec)
 {
 	__u32 zero = 0;
-	struct softirq_start *s = bpf_map_lookup_elem(&running, &zero);
+	struct cpu_state *s;
+	__u64 now, raised;
 
-	if (s) {
-		s->start_ns = bpf_ktime_get_ns();
-		s->vec = vec;
+	if (vec >= VEC_SLOTS)
+		return 0;
+	asm volatile("%0 &= 15" : "+r"(vec));
+	s = bpf_map_lookup_elem(&state, &zero);
+	if (!s)
+		return 0;
+	now = bpf_ktime_get_ns();
+	s->start_ns = now;
+	s->vec = vec;
+	raised = s->raised_ns[vec];
+	if (raised) {
+		s->raised_ns[vec] = 0;
+		if (now > raised)
+			hist_add(vec, now - raised);
 	}
 	return 0;
 }
@@ -40,7 +86,7 @@ SEC("tp_btf/softirq_exit")
 int BPF_PROG(bq_softirq_exit, unsigned int vec)
 {
 	__u32 zero = 0;
-	struct softirq_start *s = bpf_map_lookup_elem(&running, &zero);
+	struct cpu_state *s = bpf_map_lookup_elem(&state, &zero);
 	struct softirq_event *e;
 	__u64 pid_tgid, duration;
 
@@ -50,14 +96,14 @@ int BPF_PROG(bq_softirq_exit, unsigned int vec)
 	s->start_ns = 0;
 	if (duration < threshold_ns)
 		return 0;
-	counter_add(vec < VEC_SLOTS ? vec : VEC_SLOTS - 1, 1);
+	counter_add(event_slot(vec < VEC_SLOTS ? vec : VEC_SLOTS - 1), 1);
 	if (!rate_limit_pass(max_events_per_second)) {
-		counter_add(SLOT_SUPPRESSED, 1);
+		counter_add(event_slot(SLOT_SUPPRESSED), 1);
 		return 0;
 	}
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
-		counter_add(SLOT_RINGBUF_FULL, 1);
+		counter_add(event_slot(SLOT_RINGBUF_FULL), 1);
 		return 0;
 	}
 	pid_tgid = bpf_get_current_pid_tgid();

@@ -5,17 +5,13 @@
 
 #define STACK_DEPTH 32
 
-/* Counter slots: [0, VEC_SLOTS) softirqs over the threshold by vector, then the rest. */
+/* Softirq vectors tracked (a power of two; the kernel has 10). */
 #define VEC_SLOTS 16
+/* Long-run counter slots, after the latency histograms: [0, VEC_SLOTS) runs over the threshold
+ * by vector, then the rest. */
 #define SLOT_SUPPRESSED (VEC_SLOTS + 0)
 #define SLOT_RINGBUF_FULL (VEC_SLOTS + 1)
-#define COUNTER_SLOTS (VEC_SLOTS + 2)
-
-struct softirq_start {
-	__u64 start_ns;
-	__u32 vec;
-	__u32 _pad;
-};
+#define EVENT_SLOTS (VEC_SLOTS + 2)
 
 struct softirq_event {
 	__u64 time_ns;      /* CLOCK_BOOTTIME, at the exit */
