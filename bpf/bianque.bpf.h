@@ -35,9 +35,13 @@ static __always_inline void counter_add(__u32 slot, __u64 n)
 
 /* Global fixed-window limiter: at most `limit` passes per second across all CPUs. The deny path
  * only reads, so a drop storm does not bounce the cache line between CPUs. Two CPUs may both reset
- * the window at a second boundary; that lets at most a handful of extra events through. */
+ * the window at a second boundary; that lets at most a handful of extra events through.
+ * The window runs on jiffies (a memory load) rather than a clock read: this runs on every
+ * event of a storm. CONFIG_HZ comes from the kernel config; without one, the clock is used. */
+extern unsigned int CONFIG_HZ __kconfig __weak;
+
 struct rate_window {
-	__u64 second;
+	__u64 start;  /* jiffies (or ns) at the start of the window */
 	__u64 passed;
 };
 
@@ -52,18 +56,25 @@ static __always_inline bool rate_limit_pass(__u32 limit)
 {
 	__u32 zero = 0;
 	struct rate_window *w;
-	__u64 second;
+	__u64 now, window;
 
 	if (!limit)
 		return true;
 	w = bpf_map_lookup_elem(&rate_limiter, &zero);
 	if (!w)
 		return false;
-	second = bpf_ktime_get_boot_ns() / 1000000000ULL;
-	if (w->second == second && w->passed >= limit)
-		return false;
-	if (w->second != second) {
-		w->second = second;
+	if (CONFIG_HZ) {
+		now = bpf_jiffies64();
+		window = CONFIG_HZ;
+	} else {
+		now = bpf_ktime_get_ns();
+		window = 1000000000ULL;
+	}
+	if (now - w->start < window) {
+		if (w->passed >= limit)
+			return false;
+	} else {
+		w->start = now;
 		w->passed = 0;
 	}
 	return __sync_fetch_and_add(&w->passed, 1) < limit;

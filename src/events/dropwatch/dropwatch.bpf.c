@@ -117,36 +117,23 @@ static __always_inline bool filter_match(const struct drop_event *e)
 	return true;
 }
 
-SEC("tp_btf/kfree_skb")
-int BPF_PROG(bq_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+/* Everything past the storm path's checks: the record (zeroed here, not on every drop). */
+static __always_inline void record_drop(struct sk_buff *skb, void *location,
+					enum skb_drop_reason reason, bool filtering)
 {
 	struct drop_event e = {};
 	struct task_struct *task;
 	struct net_device *dev;
-	bool filtering = filter_protocols || filter_port_count;
 
-	counter_add(reason < REASON_SLOTS ? reason : REASON_SLOTS - 1, 1);
-
-	if (container_filter_mode &&
-	    !container_filter_pass(task_memcg_id((struct task_struct *)bpf_get_current_task()))) {
-		counter_add(SLOT_FILTERED, 1);
-		return 0;
-	}
-
-	/* Without a filter, refuse before touching the packet: the storm path stays cheap. */
-	if (!filtering && !rate_limit_pass(max_events_per_second)) {
-		counter_add(SLOT_SUPPRESSED, 1);
-		return 0;
-	}
 	parse_headers(skb, &e);
 	if (filtering) {
 		if (!filter_match(&e)) {
 			counter_add(SLOT_FILTERED, 1);
-			return 0;
+			return;
 		}
 		if (!rate_limit_pass(max_events_per_second)) {
 			counter_add(SLOT_SUPPRESSED, 1);
-			return 0;
+			return;
 		}
 	}
 
@@ -172,6 +159,27 @@ int BPF_PROG(bq_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 	}
 	if (bpf_ringbuf_output(&events, &e, sizeof(e), ringbuf_wakeup_flags(&events)))
 		counter_add(SLOT_RINGBUF_FULL, 1);
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(bq_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	bool filtering = filter_protocols || filter_port_count;
+
+	counter_add(reason < REASON_SLOTS ? reason : REASON_SLOTS - 1, 1);
+
+	if (container_filter_mode &&
+	    !container_filter_pass(task_memcg_id((struct task_struct *)bpf_get_current_task()))) {
+		counter_add(SLOT_FILTERED, 1);
+		return 0;
+	}
+
+	/* Without a filter, refuse before touching the packet: the storm path stays cheap. */
+	if (!filtering && !rate_limit_pass(max_events_per_second)) {
+		counter_add(SLOT_SUPPRESSED, 1);
+		return 0;
+	}
+	record_drop(skb, location, reason, filtering);
 	return 0;
 }
 
