@@ -3,7 +3,9 @@
 //!
 //! 1. Kernel cost per drop: rate of a tight drop loop (UDP to a closed port on 127.0.0.1, one
 //!    kfree_skb per send) with the agent attached vs without, alternating rounds; the median of
-//!    the per-round ratios (target ≥ 0.95).
+//!    the per-round ratios (target ≥ 0.95). Twice: the agent with dropwatch as its only event
+//!    tracer (the cost of dropwatch), then the whole agent on its defaults (each loopback send
+//!    also runs the softirq and netrecvlat programs).
 //! 2. Agent CPU while ~100k drops/s hit it at the default rate limit (target ≤ 2% of a core).
 //! 3. Start-up to all tracers attached (target ≤ 300 ms) and steady RSS (target ≤ 20 MB).
 
@@ -21,6 +23,10 @@ struct AgentProc {
 
 impl AgentProc {
     fn start() -> (AgentProc, Duration) {
+        Self::start_with(&[])
+    }
+
+    fn start_with(disable: &[String]) -> (AgentProc, Duration) {
         let dir = std::env::temp_dir().join(format!("bianque-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -30,9 +36,12 @@ impl AgentProc {
             .port();
         let addr = format!("127.0.0.1:{port}");
         let t0 = Instant::now();
-        let child = Command::new(BIN)
-            .args(["run", "--listen", &addr, "--data-dir"])
-            .arg(&dir)
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--listen", &addr, "--data-dir"]).arg(&dir);
+        for d in disable {
+            cmd.args(["--disable", d]);
+        }
+        let child = cmd
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -130,6 +139,22 @@ fn paced_flood(rate: f64, d: Duration) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The event and autotracing tracers this build registers (`bianque check --json`).
+fn event_tracers() -> Vec<String> {
+    let out = Command::new(BIN)
+        .args(["check", "--json"])
+        .output()
+        .expect("bianque check");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check --json output");
+    v.as_array()
+        .or_else(|| v["tracers"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|t| t["mode"] != "metric")
+        .filter_map(|t| t["name"].as_str().map(str::to_string))
+        .collect()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -149,33 +174,41 @@ fn main() {
     );
 
     // 1. Kernel cost per drop: alternate without/with the agent attached.
-    let mut ratios = Vec::new();
-    let (mut base_rates, mut with_rates) = (Vec::new(), Vec::new());
-    for i in 0..rounds {
-        let (without, with) = if i % 2 == 0 {
-            let w0 = flood(round);
-            let (agent, _) = AgentProc::start();
-            let w1 = flood(round);
-            drop(agent);
-            (w0, w1)
-        } else {
-            let (agent, _) = AgentProc::start();
-            let w1 = flood(round);
-            drop(agent);
-            let w0 = flood(round);
-            (w0, w1)
-        };
-        base_rates.push(without);
-        with_rates.push(with);
-        ratios.push(with / without);
+    let others: Vec<String> = event_tracers()
+        .into_iter()
+        .filter(|t| t != "dropwatch")
+        .collect();
+    for (label, disable) in [
+        ("dropwatch the only event tracer", others),
+        ("the whole agent", Vec::new()),
+    ] {
+        let mut ratios = Vec::new();
+        let (mut base_rates, mut with_rates) = (Vec::new(), Vec::new());
+        for i in 0..rounds {
+            let (without, with) = if i % 2 == 0 {
+                let w0 = flood(round);
+                let (agent, _) = AgentProc::start_with(&disable);
+                let w1 = flood(round);
+                drop(agent);
+                (w0, w1)
+            } else {
+                let (agent, _) = AgentProc::start_with(&disable);
+                let w1 = flood(round);
+                drop(agent);
+                let w0 = flood(round);
+                (w0, w1)
+            };
+            base_rates.push(without);
+            with_rates.push(with);
+            ratios.push(with / without);
+        }
+        println!(
+            "drop loop rate, {label}: without agent {:.0}/s, with agent {:.0}/s (medians) -> ratio {:.3} (target >= 0.95)",
+            median(base_rates),
+            median(with_rates),
+            median(ratios)
+        );
     }
-    let ratio = median(ratios);
-    println!(
-        "drop loop rate: without agent {:.0}/s, with agent {:.0}/s (medians) -> ratio {:.3} (target >= 0.95)",
-        median(base_rates),
-        median(with_rates),
-        ratio
-    );
 
     // 2 and 3: start-up, CPU under a ~100k/s drop storm, RSS.
     let mut startups = Vec::new();
