@@ -1,6 +1,7 @@
 //! softirq on the real kernel: a TCP flood over loopback makes NET_RX softirq runs long enough
 //! to cross a low threshold (20 µs); they are recorded with the type name, the task they ran on
-//! (the flooding sender) and a kernel stack.
+//! (the flooding sender) and a kernel stack. Long kernel-log lines written to the serial console
+//! keep interrupts off for tens of ms in the writer: the late tick is recorded as a tick gap.
 
 mod common;
 
@@ -64,6 +65,7 @@ fn long_net_rx_softirqs_under_a_loopback_flood_are_recorded() {
             .filter(|e| {
                 let d = &e["tracer_data"];
                 d["type"] == "NET_RX"
+                    && d["event"] == "long_softirq"
                     && d["comm"].as_str().is_some_and(|c| c.starts_with("bq-sirq"))
             })
             .collect()
@@ -115,4 +117,63 @@ fn long_net_rx_softirqs_under_a_loopback_flood_are_recorded() {
             .unwrap()
             >= events.len() as f64
     );
+}
+
+/// The serial console (console=ttyS0 here) prints each kernel-log record in the writer's context
+/// with interrupts off: a 900-character KERN_ERR line written to /dev/kmsg holds them off for
+/// tens of ms, so the next scheduler tick on that CPU comes late.
+#[test]
+fn a_tick_held_off_by_a_console_write_is_recorded_as_a_tick_gap() {
+    let consoles = std::fs::read_to_string("/proc/consoles").unwrap_or_default();
+    assert!(
+        consoles.contains("ttyS"),
+        "this test needs a serial console to hold interrupts off; /proc/consoles: {consoles}"
+    );
+    let agent = Agent::start("[events.dropwatch]\nenabled = false\n", &[]);
+    let gaps = |agent: &Agent| -> Vec<serde_json::Value> {
+        agent
+            .events("tracer=softirq&limit=10000")
+            .into_iter()
+            .filter(|e| {
+                let d = &e["tracer_data"];
+                d["event"] == "tick_gap" && d["comm"] == "bq-irqoff"
+            })
+            .collect()
+    };
+    let line = format!("<3>bianque softirq test: tick gap {}\n", "x".repeat(900));
+    let found = wait_until(Duration::from_secs(20), || {
+        std::thread::Builder::new()
+            .name("bq-irqoff".into())
+            .spawn({
+                let line = line.clone();
+                move || {
+                    let mut kmsg = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open("/dev/kmsg")
+                        .unwrap();
+                    for _ in 0..3 {
+                        kmsg.write_all(line.as_bytes()).unwrap();
+                    }
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        !gaps(&agent).is_empty()
+    });
+    assert!(
+        found,
+        "no tick gap from the console writer; metrics:\n{}\nlog:\n{}",
+        agent.metrics(),
+        agent.log()
+    );
+    let events = gaps(&agent);
+    let d = &events[0]["tracer_data"];
+    println!("{} tick gaps; first: {d}", events.len());
+    assert_eq!(d["threshold_ns"], 10_000_000u64, "{d}");
+    assert!(d["duration_ns"].as_u64().unwrap() >= 10_000_000, "{d}");
+    assert!(d.get("type").is_none(), "{d}");
+    assert_eq!(d["pid"], std::process::id());
+    assert!(!d["stack"].as_array().unwrap().is_empty(), "{d}");
+    assert!(agent.metric("bianque_softirq_tick_gaps_total").unwrap() >= 1.0);
 }

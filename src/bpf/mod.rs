@@ -14,7 +14,7 @@ use libbpf_rs::{MapCore, PrintLevel, RingBufferBuilder};
 use crate::tracer::RunContext;
 
 pub use counters::PerCpuCounters;
-pub use symbolizer::KernelSymbolizer;
+pub use symbolizer::{kallsyms_address, KernelSymbolizer};
 
 /// How often a ring-buffer reader wakes up when the BPF side did not wake it (the BPF side
 /// submits without wakeups below a backlog threshold: see `bpf/bianque.bpf.h`).

@@ -171,6 +171,24 @@ impl Table {
     }
 }
 
+/// The address of text symbol `name` in the core kernel (not a module) in the kallsyms file at
+/// `path`.
+pub fn kallsyms_address(path: &Path, name: &str) -> Option<u64> {
+    let mut reader = BufReader::with_capacity(64 * 1024, File::open(path).ok()?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if let Some((addr, kind, sym)) = parse_line(&line) {
+            if sym == name && addr != 0 && is_text(kind) {
+                return Some(addr);
+            }
+        }
+    }
+}
+
 /// One kallsyms line: address, type letter, name (`name\t[module]` in a module).
 fn parse_line(line: &str) -> Option<(u64, u8, &str)> {
     let (addr, rest) = line.split_once(' ')?;
@@ -244,6 +262,19 @@ mod tests {
         assert!(t.addrs.windows(2).all(|w| w[0] <= w[1]));
         let bytes = t.addrs.capacity() * 8 + t.ends.capacity() * 4 + t.names.capacity();
         assert!(bytes < 8 << 20, "{bytes} bytes");
+    }
+
+    #[test]
+    fn finds_a_core_symbol_address() {
+        let addr = kallsyms_address(Path::new("/proc/kallsyms"), "__udp4_lib_rcv").unwrap();
+        assert_eq!(
+            KernelSymbolizer::new().symbolize(addr),
+            "__udp4_lib_rcv+0x0"
+        );
+        assert_eq!(
+            kallsyms_address(Path::new("/proc/kallsyms"), "no_such_symbol_xyz"),
+            None
+        );
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //!
 //! The same programs (plus `tp_btf/softirq_raise`) keep the raise→entry latency histograms
 //! (`latency.rs`), read from the per-CPU counters at scrape time.
+//!
+//! Tick gaps: a scheduler tick that came more than a threshold after the previous one on its
+//! CPU means interrupts were off that long (`tp_btf/hrtimer_expire_entry` on the tick handler,
+//! `tp_btf/cpu_idle` to ignore the tick an idle CPU stops on purpose). Recorded like a long
+//! softirq, with `event = "tick_gap"` and the stack where the tick finally landed.
 
 mod latency;
 
@@ -40,7 +45,11 @@ const VEC_SLOTS: usize = latency::VECTORS;
 const EVENT_BASE: usize = latency::SLOTS as usize;
 const SLOT_SUPPRESSED: usize = EVENT_BASE + VEC_SLOTS;
 const SLOT_RINGBUF_FULL: usize = EVENT_BASE + VEC_SLOTS + 1;
-const COUNTER_SLOTS: u32 = latency::SLOTS + VEC_SLOTS as u32 + 2;
+const SLOT_TICK_GAPS: usize = EVENT_BASE + VEC_SLOTS + 2;
+const COUNTER_SLOTS: u32 = latency::SLOTS + VEC_SLOTS as u32 + 3;
+const TICK_GAP_VEC: u32 = 0xffff;
+/// The tick's hrtimer function: `tick_nohz_handler` since 6.9, `tick_sched_timer` before.
+const TICK_FUNCTIONS: [&str; 2] = ["tick_nohz_handler", "tick_sched_timer"];
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -67,6 +76,8 @@ pub struct SoftirqConfig {
     pub max_events_per_second: u32,
     /// Also one latency histogram per CPU and type (cardinality: CPUs × types × buckets).
     pub per_cpu: bool,
+    /// A tick this late after the previous one on its CPU is recorded (microseconds; 0 = off).
+    pub tick_gap_threshold_us: u64,
 }
 
 impl Default for SoftirqConfig {
@@ -75,6 +86,7 @@ impl Default for SoftirqConfig {
             threshold_us: 10_000,
             max_events_per_second: 100,
             per_cpu: false,
+            tick_gap_threshold_us: 10_000,
         }
     }
 }
@@ -87,6 +99,14 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
         10,
         10_000_000,
     )?;
+    if cfg.tick_gap_threshold_us != 0 {
+        check_range(
+            &format!("{}.tick_gap_threshold_us", ctx.section),
+            cfg.tick_gap_threshold_us,
+            1_000,
+            60_000_000,
+        )?;
+    }
     check_range(
         &format!("{}.max_events_per_second", ctx.section),
         cfg.max_events_per_second,
@@ -159,6 +179,13 @@ impl Softirq {
         rodata.counter_slots = COUNTER_SLOTS;
         rodata.hist_bounds_ns = bpfhist::bounds_ns(&latency::BOUNDS);
         rodata.hist_nbounds = latency::BOUNDS.len() as u32;
+        let tick_fn = if self.cfg.tick_gap_threshold_us > 0 {
+            tick_function()
+        } else {
+            None
+        };
+        rodata.tick_fn = tick_fn.unwrap_or(0);
+        rodata.tick_gap_threshold_ns = self.cfg.tick_gap_threshold_us * 1000;
         self.counters
             .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;
@@ -179,6 +206,29 @@ impl Softirq {
             .bq_softirq_raise
             .attach()
             .context("attaching to tp_btf/softirq_raise")?;
+        // Tick gaps are an extra: without the hooks or the tick's address the rest runs on.
+        let mut _tick_links = Vec::new();
+        if tick_fn.is_some() {
+            for (prog, tp) in [
+                (&skel.progs.bq_cpu_idle, "cpu_idle"),
+                (&skel.progs.bq_hrtimer_expire_entry, "hrtimer_expire_entry"),
+            ] {
+                match prog.attach() {
+                    Ok(l) => _tick_links.push(l),
+                    Err(e) => {
+                        tracing::warn!(tracer = "softirq", error = %e, "tick gaps not watched: attaching tp_btf/{tp}");
+                        _tick_links.clear();
+                        break;
+                    }
+                }
+            }
+        } else if self.cfg.tick_gap_threshold_us > 0 {
+            tracing::warn!(
+                tracer = "softirq",
+                "tick gaps not watched: no tick handler ({}) in kallsyms",
+                TICK_FUNCTIONS.join(" or ")
+            );
+        }
         ctx.attached();
 
         let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
@@ -206,26 +256,44 @@ impl Softirq {
             }
         }
         out.single(
+            "tick_gaps_total",
+            "Scheduler ticks that came later than the tick-gap threshold after the previous one on their CPU (interrupts off that long).",
+            Kind::Counter,
+            c.get(SLOT_TICK_GAPS) as f64,
+        );
+        out.single(
             "suppressed_total",
-            "Softirq runs over the threshold not recorded because of the rate limit.",
+            "Softirq runs and tick gaps over their thresholds not recorded because of the rate limit.",
             Kind::Counter,
             c.get(SLOT_SUPPRESSED) as f64,
         );
         out.single(
             "ringbuf_lost_total",
-            "Softirq runs over the threshold that found the ring buffer full.",
+            "Softirq runs and tick gaps over their thresholds that found the ring buffer full.",
             Kind::Counter,
             c.get(SLOT_RINGBUF_FULL) as f64,
         );
     }
 }
 
+/// The address of the tick's hrtimer function, from kallsyms.
+fn tick_function() -> Option<u64> {
+    TICK_FUNCTIONS
+        .iter()
+        .find_map(|f| crate::bpf::kallsyms_address("/proc/kallsyms".as_ref(), f))
+}
+
 #[derive(Debug, Serialize)]
 struct SoftirqData {
+    /// `long_softirq` (a handler ran past the threshold) or `tick_gap` (the tick came late).
+    event: &'static str,
     cpu: u32,
-    #[serde(rename = "type")]
-    kind: String,
-    vec: u32,
+    /// The softirq type (`NET_RX`…); absent for a tick gap.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vec: Option<u32>,
+    /// The handler's run time, or the time since the previous tick.
     duration_ns: u64,
     threshold_ns: u64,
     /// The task the softirq ran on top of (ksoftirqd when deferred there).
@@ -238,6 +306,7 @@ struct SoftirqData {
 
 impl Softirq {
     fn record(&self, ctx: &RunContext, e: &softirq_event, clock_offset: i64, threshold_ns: u64) {
+        let tick_gap = e.vec == TICK_GAP_VEC;
         let stack = if e.stack_bytes > 0 {
             let n = (e.stack_bytes as usize / 8).min(e.stack.len());
             ctx.symbolizer().stack(&e.stack[..n])
@@ -245,16 +314,22 @@ impl Softirq {
             Vec::new()
         };
         let data = SoftirqData {
+            event: if tick_gap { "tick_gap" } else { "long_softirq" },
             cpu: e.cpu,
-            kind: self
-                .names
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .name(e.vec)
-                .into_owned(),
-            vec: e.vec,
+            kind: (!tick_gap).then(|| {
+                self.names
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .name(e.vec)
+                    .into_owned()
+            }),
+            vec: (!tick_gap).then_some(e.vec),
             duration_ns: e.duration_ns,
-            threshold_ns,
+            threshold_ns: if tick_gap {
+                self.cfg.tick_gap_threshold_us * 1000
+            } else {
+                threshold_ns
+            },
             pid: e.pid,
             tid: e.tid,
             comm: bq_bpf::c_str(&e.comm.map(|c| c as u8)),

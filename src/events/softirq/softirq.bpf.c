@@ -1,17 +1,26 @@
 // SPDX-License-Identifier: GPL-2.0
-/* softirq, two measures from one set of hooks (tp_btf softirq_raise, softirq_entry, softirq_exit):
+/* softirq, three measures:
  * - the delay from a softirq being raised to its handler starting, as histograms per vector in
  *   the per-CPU counters (a vector raised again while pending keeps its first raise time);
  * - a CPU that spent longer than a threshold in one handler run, counted by vector and, through
- *   the rate limit, recorded with the interrupted task and the kernel stack.
+ *   the rate limit, recorded with the interrupted task and the kernel stack
+ *   (tp_btf softirq_raise, softirq_entry, softirq_exit);
+ * - a CPU whose scheduler tick came late: interrupts were off (or the tick was held off) for
+ *   longer than a threshold. tp_btf hrtimer_expire_entry on the tick handler (its address from
+ *   kallsyms) compares each tick with the previous one on the CPU; tp_btf cpu_idle forgets the
+ *   previous tick, because an idle CPU stops its tick on purpose.
  * Softirqs do not nest on a CPU, so one per-CPU state is enough. The entry program serves both
- * measures with one clock read; only runs over the threshold go further than a few stores. */
+ * softirq measures with one clock read; only runs over a threshold go further than a few stores. */
 #include "bianque.bpf.h"
 #include "histogram.bpf.h"
 #include "softirq.h"
 
 const volatile __u64 threshold_ns = 10ULL * 1000 * 1000;
 const volatile __u32 max_events_per_second = 100;
+/* Address of the tick's hrtimer function (tick_nohz_handler, tick_sched_timer before 6.9);
+ * 0 leaves tick gaps unwatched. */
+const volatile __u64 tick_fn = 0;
+const volatile __u64 tick_gap_threshold_ns = 10ULL * 1000 * 1000;
 
 struct softirq_event _event_type = {};
 
@@ -23,6 +32,7 @@ struct {
 struct cpu_state {
 	__u64 raised_ns[VEC_SLOTS]; /* first raise time of each pending vector, 0 if none */
 	__u64 start_ns;             /* entry time of the running handler, 0 outside one */
+	__u64 last_tick_ns;         /* the previous tick, 0 if unknown (idle since) */
 	__u32 vec;
 	__u32 _pad;
 };
@@ -82,29 +92,21 @@ int BPF_PROG(bq_softirq_entry, unsigned int vec)
 	return 0;
 }
 
-SEC("tp_btf/softirq_exit")
-int BPF_PROG(bq_softirq_exit, unsigned int vec)
+/* Counts, rate-limits and sends one record: a softirq run (vec) or a tick gap (TICK_GAP_VEC). */
+static __always_inline void report(void *ctx, __u32 vec, __u64 duration, __u32 count_slot)
 {
-	__u32 zero = 0;
-	struct cpu_state *s = bpf_map_lookup_elem(&state, &zero);
 	struct softirq_event *e;
-	__u64 pid_tgid, duration;
+	__u64 pid_tgid;
 
-	if (!s || !s->start_ns || s->vec != vec)
-		return 0;
-	duration = bpf_ktime_get_ns() - s->start_ns;
-	s->start_ns = 0;
-	if (duration < threshold_ns)
-		return 0;
-	counter_add(event_slot(vec < VEC_SLOTS ? vec : VEC_SLOTS - 1), 1);
+	counter_add(event_slot(count_slot), 1);
 	if (!rate_limit_pass(max_events_per_second)) {
 		counter_add(event_slot(SLOT_SUPPRESSED), 1);
-		return 0;
+		return;
 	}
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		counter_add(event_slot(SLOT_RINGBUF_FULL), 1);
-		return 0;
+		return;
 	}
 	pid_tgid = bpf_get_current_pid_tgid();
 	e->time_ns = bpf_ktime_get_boot_ns();
@@ -117,6 +119,52 @@ int BPF_PROG(bq_softirq_exit, unsigned int vec)
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->stack_bytes = bpf_get_stack(ctx, e->stack, sizeof(e->stack), 0);
 	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(&events));
+}
+
+SEC("tp_btf/softirq_exit")
+int BPF_PROG(bq_softirq_exit, unsigned int vec)
+{
+	__u32 zero = 0;
+	struct cpu_state *s = bpf_map_lookup_elem(&state, &zero);
+	__u64 duration;
+
+	if (!s || !s->start_ns || s->vec != vec)
+		return 0;
+	duration = bpf_ktime_get_ns() - s->start_ns;
+	s->start_ns = 0;
+	if (duration >= threshold_ns)
+		report(ctx, vec, duration, vec < VEC_SLOTS ? vec : VEC_SLOTS - 1);
+	return 0;
+}
+
+SEC("tp_btf/hrtimer_expire_entry")
+int BPF_PROG(bq_hrtimer_expire_entry, struct hrtimer *timer)
+{
+	__u32 zero = 0;
+	struct cpu_state *s;
+	__u64 now, last;
+
+	if (!tick_fn || (__u64)timer->function != tick_fn)
+		return 0;
+	s = bpf_map_lookup_elem(&state, &zero);
+	if (!s)
+		return 0;
+	now = bpf_ktime_get_ns();
+	last = s->last_tick_ns;
+	s->last_tick_ns = now;
+	if (last && now - last >= tick_gap_threshold_ns)
+		report(ctx, TICK_GAP_VEC, now - last, SLOT_TICK_GAPS);
+	return 0;
+}
+
+SEC("tp_btf/cpu_idle")
+int BPF_PROG(bq_cpu_idle, unsigned int state_idx)
+{
+	__u32 zero = 0;
+	struct cpu_state *s = bpf_map_lookup_elem(&state, &zero);
+
+	if (s)
+		s->last_tick_ns = 0;
 	return 0;
 }
 

@@ -11,7 +11,11 @@
  * by vector, then the rest. */
 #define SLOT_SUPPRESSED (VEC_SLOTS + 0)
 #define SLOT_RINGBUF_FULL (VEC_SLOTS + 1)
-#define EVENT_SLOTS (VEC_SLOTS + 2)
+#define SLOT_TICK_GAPS (VEC_SLOTS + 2)
+#define EVENT_SLOTS (VEC_SLOTS + 3)
+
+/* `vec` of a tick-gap record. */
+#define TICK_GAP_VEC 0xffff
 
 struct softirq_event {
 	__u64 time_ns;      /* CLOCK_BOOTTIME, at the exit */
