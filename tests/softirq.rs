@@ -173,7 +173,18 @@ fn a_tick_held_off_by_a_console_write_is_recorded_as_a_tick_gap() {
     assert_eq!(d["threshold_ns"], 10_000_000u64, "{d}");
     assert!(d["duration_ns"].as_u64().unwrap() >= 10_000_000, "{d}");
     assert!(d.get("type").is_none(), "{d}");
+    assert!(d["steal_ns"].is_u64(), "{d}");
     assert_eq!(d["pid"], std::process::id());
-    assert!(!d["stack"].as_array().unwrap().is_empty(), "{d}");
+    let stack: Vec<&str> = d["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert!(
+        stack.iter().any(|f| f.starts_with("vprintk_emit+0x")),
+        "the stack should show the log write that held interrupts off: {stack:?}"
+    );
+    assert!(!stack[0].starts_with("__traceiter_"), "{stack:?}");
     assert!(agent.metric("bianque_softirq_tick_gaps_total").unwrap() >= 1.0);
 }

@@ -76,14 +76,18 @@ impl KernelSymbolizer {
     }
 
     /// Symbolizes a kernel stack (innermost first), skipping zero frames and the frames of the
-    /// BPF program that took it (`bpf_prog_*`, `bpf_trace_run*`: `bpf_get_stack` from a
-    /// tracepoint starts inside them).
+    /// BPF program that took it (`bpf_prog_*`, `bpf_trace_run*`, `__traceiter_*`: `bpf_get_stack`
+    /// from a tracepoint starts inside them).
     pub fn stack(&self, addrs: &[u64]) -> Vec<String> {
         let n = addrs.iter().take_while(|&&a| a != 0).count();
         let mut frames = self.symbolize_many(&addrs[..n]);
         let bpf = frames
             .iter()
-            .take_while(|f| f.starts_with("bpf_prog_") || f.starts_with("bpf_trace_run"))
+            .take_while(|f| {
+                f.starts_with("bpf_prog_")
+                    || f.starts_with("bpf_trace_run")
+                    || f.starts_with("__traceiter_")
+            })
             .count();
         frames.drain(..bpf);
         frames

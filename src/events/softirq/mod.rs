@@ -11,7 +11,9 @@
 //! Tick gaps: a scheduler tick that came more than a threshold after the previous one on its
 //! CPU means interrupts were off that long (`tp_btf/hrtimer_expire_entry` on the tick handler,
 //! `tp_btf/cpu_idle` to ignore the tick an idle CPU stops on purpose). Recorded like a long
-//! softirq, with `event = "tick_gap"` and the stack where the tick finally landed.
+//! softirq, with `event = "tick_gap"` and the stack where the tick finally landed. In a VM, the
+//! time the hypervisor did not run the CPU (steal) is taken off the gap first: a late tick that
+//! steal explains is only counted (`tick_gaps_steal_total`).
 
 mod latency;
 
@@ -46,7 +48,8 @@ const EVENT_BASE: usize = latency::SLOTS as usize;
 const SLOT_SUPPRESSED: usize = EVENT_BASE + VEC_SLOTS;
 const SLOT_RINGBUF_FULL: usize = EVENT_BASE + VEC_SLOTS + 1;
 const SLOT_TICK_GAPS: usize = EVENT_BASE + VEC_SLOTS + 2;
-const COUNTER_SLOTS: u32 = latency::SLOTS + VEC_SLOTS as u32 + 3;
+const SLOT_TICK_GAPS_STOLEN: usize = EVENT_BASE + VEC_SLOTS + 3;
+const COUNTER_SLOTS: u32 = latency::SLOTS + VEC_SLOTS as u32 + 4;
 const TICK_GAP_VEC: u32 = 0xffff;
 /// The tick's hrtimer function: `tick_nohz_handler` since 6.9, `tick_sched_timer` before.
 const TICK_FUNCTIONS: [&str; 2] = ["tick_nohz_handler", "tick_sched_timer"];
@@ -211,6 +214,7 @@ impl Softirq {
         if tick_fn.is_some() {
             for (prog, tp) in [
                 (&skel.progs.bq_cpu_idle, "cpu_idle"),
+                (&skel.progs.bq_hrtimer_expire_exit, "hrtimer_expire_exit"),
                 (&skel.progs.bq_hrtimer_expire_entry, "hrtimer_expire_entry"),
             ] {
                 match prog.attach() {
@@ -262,6 +266,12 @@ impl Softirq {
             c.get(SLOT_TICK_GAPS) as f64,
         );
         out.single(
+            "tick_gaps_steal_total",
+            "Late scheduler ticks not recorded because the hypervisor's steal time explains the delay.",
+            Kind::Counter,
+            c.get(SLOT_TICK_GAPS_STOLEN) as f64,
+        );
+        out.single(
             "suppressed_total",
             "Softirq runs and tick gaps over their thresholds not recorded because of the rate limit.",
             Kind::Counter,
@@ -295,6 +305,9 @@ struct SoftirqData {
     vec: Option<u32>,
     /// The handler's run time, or the time since the previous tick.
     duration_ns: u64,
+    /// Tick gaps: of `duration_ns`, the time the hypervisor did not run the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steal_ns: Option<u64>,
     threshold_ns: u64,
     /// The task the softirq ran on top of (ksoftirqd when deferred there).
     pid: u32,
@@ -325,6 +338,7 @@ impl Softirq {
             }),
             vec: (!tick_gap).then_some(e.vec),
             duration_ns: e.duration_ns,
+            steal_ns: tick_gap.then_some(e.steal_ns),
             threshold_ns: if tick_gap {
                 self.cfg.tick_gap_threshold_us * 1000
             } else {

@@ -8,7 +8,9 @@
  * - a CPU whose scheduler tick came late: interrupts were off (or the tick was held off) for
  *   longer than a threshold. tp_btf hrtimer_expire_entry on the tick handler (its address from
  *   kallsyms) compares each tick with the previous one on the CPU; tp_btf cpu_idle forgets the
- *   previous tick, because an idle CPU stops its tick on purpose.
+ *   previous tick, because an idle CPU stops its tick on purpose. In a VM the hypervisor may
+ *   not run the vCPU for a while (steal time): the tick handler accounts that steal in
+ *   rq->prev_steal_time, so the decision waits for hrtimer_expire_exit and subtracts it.
  * Softirqs do not nest on a CPU, so one per-CPU state is enough. The entry program serves both
  * softirq measures with one clock read; only runs over a threshold go further than a few stores. */
 #include "bianque.bpf.h"
@@ -33,6 +35,8 @@ struct cpu_state {
 	__u64 raised_ns[VEC_SLOTS]; /* first raise time of each pending vector, 0 if none */
 	__u64 start_ns;             /* entry time of the running handler, 0 outside one */
 	__u64 last_tick_ns;         /* the previous tick, 0 if unknown (idle since) */
+	__u64 gap_ns;               /* the gap before the tick being handled, if over the threshold */
+	__u64 last_steal_ns;        /* rq->prev_steal_time after the previous tick */
 	__u32 vec;
 	__u32 _pad;
 };
@@ -93,7 +97,8 @@ int BPF_PROG(bq_softirq_entry, unsigned int vec)
 }
 
 /* Counts, rate-limits and sends one record: a softirq run (vec) or a tick gap (TICK_GAP_VEC). */
-static __always_inline void report(void *ctx, __u32 vec, __u64 duration, __u32 count_slot)
+static __always_inline void report(void *ctx, __u32 vec, __u64 duration, __u64 stolen,
+				   __u32 count_slot)
 {
 	struct softirq_event *e;
 	__u64 pid_tgid;
@@ -111,6 +116,7 @@ static __always_inline void report(void *ctx, __u32 vec, __u64 duration, __u32 c
 	pid_tgid = bpf_get_current_pid_tgid();
 	e->time_ns = bpf_ktime_get_boot_ns();
 	e->duration_ns = duration;
+	e->steal_ns = stolen;
 	e->cpu = bpf_get_smp_processor_id();
 	e->vec = vec;
 	e->pid = pid_tgid >> 32;
@@ -133,7 +139,7 @@ int BPF_PROG(bq_softirq_exit, unsigned int vec)
 	duration = bpf_ktime_get_ns() - s->start_ns;
 	s->start_ns = 0;
 	if (duration >= threshold_ns)
-		report(ctx, vec, duration, vec < VEC_SLOTS ? vec : VEC_SLOTS - 1);
+		report(ctx, vec, duration, 0, vec < VEC_SLOTS ? vec : VEC_SLOTS - 1);
 	return 0;
 }
 
@@ -152,8 +158,50 @@ int BPF_PROG(bq_hrtimer_expire_entry, struct hrtimer *timer)
 	now = bpf_ktime_get_ns();
 	last = s->last_tick_ns;
 	s->last_tick_ns = now;
-	if (last && now - last >= tick_gap_threshold_ns)
-		report(ctx, TICK_GAP_VEC, now - last, SLOT_TICK_GAPS);
+	s->gap_ns = last && now - last >= tick_gap_threshold_ns ? now - last : 0;
+	return 0;
+}
+
+/* Steal time the tick handler accounted on this CPU so far (ns), through the interrupted task's
+ * run queue; 0 where that is not readable (no group scheduling, no paravirt steal clock). */
+static __always_inline __u64 cpu_steal_ns(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct cfs_rq *cfs_rq;
+	struct rq *rq;
+
+	if (!bpf_core_field_exists(cfs_rq->rq) || !bpf_core_field_exists(rq->prev_steal_time))
+		return 0;
+	cfs_rq = BPF_CORE_READ(task, se.cfs_rq);
+	if (!cfs_rq)
+		return 0;
+	rq = BPF_CORE_READ(cfs_rq, rq);
+	return rq ? BPF_CORE_READ(rq, prev_steal_time) : 0;
+}
+
+SEC("tp_btf/hrtimer_expire_exit")
+int BPF_PROG(bq_hrtimer_expire_exit, struct hrtimer *timer)
+{
+	__u32 zero = 0;
+	struct cpu_state *s;
+	__u64 steal, stolen, gap;
+
+	if (!tick_fn || (__u64)timer->function != tick_fn)
+		return 0;
+	s = bpf_map_lookup_elem(&state, &zero);
+	if (!s)
+		return 0;
+	steal = cpu_steal_ns();
+	stolen = steal > s->last_steal_ns && s->last_steal_ns ? steal - s->last_steal_ns : 0;
+	s->last_steal_ns = steal;
+	gap = s->gap_ns;
+	if (!gap)
+		return 0;
+	s->gap_ns = 0;
+	if (gap - (stolen < gap ? stolen : gap) >= tick_gap_threshold_ns)
+		report(ctx, TICK_GAP_VEC, gap, stolen, SLOT_TICK_GAPS);
+	else
+		counter_add(event_slot(SLOT_TICK_GAPS_STOLEN), 1);
 	return 0;
 }
 

@@ -12,7 +12,8 @@
 #define SLOT_SUPPRESSED (VEC_SLOTS + 0)
 #define SLOT_RINGBUF_FULL (VEC_SLOTS + 1)
 #define SLOT_TICK_GAPS (VEC_SLOTS + 2)
-#define EVENT_SLOTS (VEC_SLOTS + 3)
+#define SLOT_TICK_GAPS_STOLEN (VEC_SLOTS + 3) /* late ticks explained by steal time */
+#define EVENT_SLOTS (VEC_SLOTS + 4)
 
 /* `vec` of a tick-gap record. */
 #define TICK_GAP_VEC 0xffff
@@ -20,6 +21,7 @@
 struct softirq_event {
 	__u64 time_ns;      /* CLOCK_BOOTTIME, at the exit */
 	__u64 duration_ns;
+	__u64 steal_ns;     /* tick gaps: of the gap, the time the hypervisor did not run the CPU */
 	__u32 cpu;
 	__u32 vec;
 	__u32 pid;          /* tgid of the task the softirq interrupted (or ksoftirqd) */
