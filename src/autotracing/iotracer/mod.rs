@@ -287,7 +287,8 @@ impl DiskDetector {
 #[derive(Default)]
 struct State {
     disks: HashMap<String, DiskDetector>,
-    /// Names seen that are not whole disks (partitions) or are filtered out.
+    /// Names seen that are not whole disks (partitions) or are filtered out; forgotten when
+    /// they leave diskstats.
     ignored: HashSet<String>,
     last: Option<Instant>,
 }
@@ -571,6 +572,8 @@ impl AutoTracer for IoTracer {
             .unwrap_or(0.0);
         let mut out = Vec::new();
         let mut seen = HashSet::new();
+        let names: HashSet<&str> = disks.iter().map(|d| d.name).collect();
+        st.ignored.retain(|k| names.contains(k.as_str()));
         for d in &disks {
             if st.ignored.contains(d.name) {
                 continue;
