@@ -93,12 +93,12 @@ fn direct_writes_on_a_loop_disk_fire_iotracer_naming_dd_and_its_file() {
     let file = file.to_str().unwrap().to_string();
 
     // Only this loop disk is watched (other loop devices on the shared machine stay out), busy
-    // above 10% for two 1 s samples in a row.
+    // above 10% for two 1 s samples in a row; every IO wait is kept (dd's are short).
     let agent = Agent::start(
         &format!(
             "[autotracing.iotracer]\ninterval_secs = 1\ncooldown_secs = 3600\nconsecutive_samples = 2\n\
              util_threshold_percent = 10\nawait_threshold_ms = 100000\ncapture_secs = 4\n\
-             device_include = \"^{disk}$\"\n"
+             io_stall_threshold_ms = 0\ntop_io_stalls = 1000\ndevice_include = \"^{disk}$\"\n"
         ),
         &[
             "--disable",
@@ -176,5 +176,29 @@ fn direct_writes_on_a_loop_disk_fire_iotracer_naming_dd_and_its_file() {
     assert!(
         f["q2c_avg_ns"].as_u64().unwrap() >= f["d2c_avg_ns"].as_u64().unwrap(),
         "queue→complete shorter than issue→complete: {e}"
+    );
+
+    // dd waited for its direct writes in io_schedule: its IO wait is there, with the stack
+    // (on this kernel the sleeping task's stack starts at `__iomap_dio_rw`).
+    let stalls = d["io_schedule_stalls"]
+        .as_array()
+        .expect("io_schedule_stalls");
+    let w = stalls
+        .iter()
+        .find(|w| w["comm"] == "dd" && dd_pids.contains(&(w["pid"].as_u64().unwrap() as u32)))
+        .unwrap_or_else(|| panic!("no IO wait of dd: {e}"));
+    assert!(w["max_latency_ns"].as_u64().unwrap() > 0, "{e}");
+    assert!(w["count"].as_u64().unwrap() > 0, "{e}");
+    let stack: Vec<&str> = w["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        stack
+            .iter()
+            .any(|f| f.contains("io_schedule") || f.contains("iomap_dio_rw")),
+        "dd's IO wait stack is not in its direct write: {stack:?}"
     );
 }

@@ -19,8 +19,12 @@ const volatile __u32 watch_all = 0;
 /* O_DIRECT of this architecture (uapi, from libc). */
 const volatile __u32 o_direct = 0;
 
+/* IO waits (io_schedule) at least this long are kept, with the task's kernel stack. */
+const volatile __u64 stall_threshold_ns = 100000000;
+
 struct io_key _key_type = {};
 struct io_val _val_type = {};
+struct io_stall _stall_type = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -74,6 +78,27 @@ struct {
 	__type(value, __u64);
 	__uint(max_entries, IOT_STAT_SLOTS);
 } stats SEC(".maps");
+
+/* When a thread was switched out waiting for IO, and on which CPU. */
+struct iowait_start {
+	__u64 ns;
+	__u32 cpu;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u32);
+	__type(value, struct iowait_start);
+	__uint(max_entries, 16384);
+} iowait SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct io_stall);
+	__uint(max_entries, 1024);
+} stalls SEC(".maps");
 
 #define S_IFMT 0170000
 #define S_IFREG 0100000
@@ -373,6 +398,61 @@ int BPF_PROG(bq_io_rq_complete, struct request *rq, blk_status_t error, unsigned
 out:
 	if (issued)
 		bpf_map_delete_elem(&rqs, &rq);
+	return 0;
+}
+
+/* IO waits: a task switched out with in_iowait set (io_schedule) is timed until it is switched
+ * back in; a wait over the threshold keeps its kernel stack, taken at switch-in, when the task
+ * has not run yet and its stack is still the one it slept on. */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(bq_io_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	struct iowait_start *w, start = {};
+	__u32 tid = BPF_CORE_READ(next, pid);
+	struct io_stall *v;
+	__u64 now, ns;
+
+	if (prev_state && BPF_CORE_READ_BITFIELD_PROBED(prev, in_iowait)) {
+		__u32 ptid = BPF_CORE_READ(prev, pid);
+
+		start.ns = bpf_ktime_get_ns();
+		start.cpu = bpf_get_smp_processor_id();
+		bpf_map_update_elem(&iowait, &ptid, &start, BPF_ANY);
+	}
+	w = bpf_map_lookup_elem(&iowait, &tid);
+	if (!w)
+		return 0;
+	now = bpf_ktime_get_ns();
+	ns = now - w->ns;
+	start.cpu = w->cpu;
+	bpf_map_delete_elem(&iowait, &tid);
+	if (ns < stall_threshold_ns)
+		return 0;
+	v = bpf_map_lookup_elem(&stalls, &tid);
+	if (!v) {
+		static const struct io_stall zero = {};
+
+		if (bpf_map_update_elem(&stalls, &tid, &zero, BPF_NOEXIST) &&
+		    !bpf_map_lookup_elem(&stalls, &tid)) {
+			stat_add(IOT_STAT_STALLS_FULL);
+			return 0;
+		}
+		v = bpf_map_lookup_elem(&stalls, &tid);
+		if (!v)
+			return 0;
+		v->pid = BPF_CORE_READ(next, tgid);
+		v->tid = tid;
+		BPF_CORE_READ_STR_INTO(&v->comm, next, comm);
+		v->memcg_id = task_memcg_id(next);
+	}
+	v->count++;
+	v->total_ns += ns;
+	if (ns > v->max_ns) {
+		v->max_ns = ns;
+		v->cpu = start.cpu;
+		v->stack_bytes = bpf_get_task_stack(next, v->stack, sizeof(v->stack), 0);
+	}
 	return 0;
 }
 

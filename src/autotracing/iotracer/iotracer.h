@@ -6,7 +6,8 @@
 #define IOT_STAT_MAP_FULL 0    /* a (process, file) entry could not be created: `io` was full */
 #define IOT_STAT_NO_BIO 1      /* a request completed whose first bio was not seen queued */
 #define IOT_STAT_INFLIGHT_FULL 2 /* a read/write syscall could not be tracked */
-#define IOT_STAT_SLOTS 3
+#define IOT_STAT_STALLS_FULL 3  /* an IO wait over the threshold could not be kept: `stalls` was full */
+#define IOT_STAT_SLOTS 4
 
 /* io_key.kind */
 #define IOT_KIND_UNKNOWN 0 /* disk IO whose file could not be told (dev = ino = 0) */
@@ -53,6 +54,22 @@ struct io_val {
 	__u32 _pad;
 	char comm[16];
 	char name[IOT_NAME_LEN]; /* the file's dentry name when a syscall created the entry */
+};
+
+#define IOT_STACK_DEPTH 32
+
+/* The longest IO wait (a task switched out in io_schedule, `in_iowait`) of one thread. */
+struct io_stall {
+	__u32 pid;
+	__u32 tid;
+	__u32 cpu;       /* the CPU it was switched out on */
+	__s32 stack_bytes; /* bpf_get_task_stack result: bytes filled, or < 0 */
+	__u64 max_ns;
+	__u64 total_ns;  /* all its waits over the threshold */
+	__u64 count;
+	__u64 memcg_id;
+	char comm[16];
+	__u64 stack[IOT_STACK_DEPTH]; /* kernel stack of the longest wait */
 };
 
 #endif /* IOTRACER_H */

@@ -33,7 +33,7 @@ mod skel {
     #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
     crate::bpf_skeleton!("iotracer");
 }
-use skel::types::{io_key, io_val};
+use skel::types::{io_key, io_stall, io_val};
 use skel::IotracerSkelBuilder;
 
 #[linkme::distributed_slice(TRACERS)]
@@ -50,6 +50,7 @@ static SPEC: TracerSpec = TracerSpec {
         Requirement::BtfTracepoint("block_rq_complete"),
         Requirement::BtfTracepoint("sys_enter"),
         Requirement::BtfTracepoint("sys_exit"),
+        Requirement::BtfTracepoint("sched_switch"),
     ],
     default_enabled: true,
     build,
@@ -62,6 +63,7 @@ pub const DEFAULT_DEVICE_EXCLUDE: &str = r"^(md|ram|zram|fd)\d+$";
 const IOT_STAT_MAP_FULL: u32 = 0;
 const IOT_STAT_NO_BIO: u32 = 1;
 const IOT_STAT_INFLIGHT_FULL: u32 = 2;
+const IOT_STAT_STALLS_FULL: u32 = 3;
 const IOT_KIND_FILE: u32 = 1;
 const IOT_KIND_BLOCKDEV: u32 = 2;
 const IOT_FLAG_DIRECT: u32 = 1;
@@ -88,6 +90,10 @@ pub struct IoTracerConfig {
     pub capture_secs: u64,
     pub top_processes: usize,
     pub top_files_per_process: usize,
+    /// IO waits (a task blocked in io_schedule) at least this long are kept with their stack.
+    pub io_stall_threshold_ms: u64,
+    /// The longest IO waits (one per thread) kept in a record.
+    pub top_io_stalls: usize,
     pub device_include: Option<String>,
     pub device_exclude: Option<String>,
 }
@@ -105,6 +111,8 @@ impl Default for IoTracerConfig {
             capture_secs: 10,
             top_processes: 10,
             top_files_per_process: 5,
+            io_stall_threshold_ms: 100,
+            top_io_stalls: 20,
             device_include: None,
             device_exclude: Some(DEFAULT_DEVICE_EXCLUDE.into()),
         }
@@ -149,6 +157,13 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
         1,
         1000,
     )?;
+    check_range(
+        &key("io_stall_threshold_ms"),
+        cfg.io_stall_threshold_ms,
+        0,
+        3_600_000,
+    )?;
+    check_range(&key("top_io_stalls"), cfg.top_io_stalls, 1, 1000)?;
     let filter = Filter::new(
         ctx.section,
         "device_include",
@@ -380,6 +395,33 @@ impl PathResolver {
     fn get(&self, dev: u32, ino: u64) -> Option<&String> {
         self.paths.get(&(dev, ino))
     }
+}
+
+/// The longest IO wait of one thread in a record.
+#[derive(Debug, Clone, Serialize)]
+pub struct IoStall {
+    pub pid: u32,
+    pub tid: u32,
+    pub cpu: u32,
+    pub comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_hostname: Option<String>,
+    pub max_latency_ns: u64,
+    /// All its waits over the threshold in the window.
+    pub total_latency_ns: u64,
+    pub count: u64,
+    /// Kernel stack of the longest wait, innermost first.
+    pub stack: Vec<String>,
+}
+
+/// Every value of a map.
+fn read_map<T: Copy>(map: &dyn MapCore) -> Vec<T> {
+    map.keys()
+        .filter_map(|k| map.lookup(&k, MapFlags::ANY).ok().flatten())
+        .filter_map(|v| bq_bpf::read_record::<T>(&v))
+        .collect()
 }
 
 /// Every (key, value) of the `io` map.
@@ -662,6 +704,7 @@ impl AutoTracer for IoTracer {
         rodata.target_minors = minors;
         rodata.watch_all = 0;
         rodata.o_direct = libc::O_DIRECT as u32;
+        rodata.stall_threshold_ns = self.cfg.io_stall_threshold_ms.saturating_mul(1_000_000);
         rodata.nr_read = libc::SYS_read;
         rodata.nr_write = libc::SYS_write;
         rodata.nr_pread64 = libc::SYS_pread64;
@@ -732,14 +775,41 @@ impl AutoTracer for IoTracer {
                 p.container_hostname = Some(c.hostname.clone());
             }
         }
+        let mut stalls: Vec<io_stall> = read_map::<io_stall>(&skel.maps.stalls);
+        let stall_threads = stalls.len();
+        stalls.sort_by(|a, b| b.max_ns.cmp(&a.max_ns).then(a.tid.cmp(&b.tid)));
+        stalls.truncate(self.cfg.top_io_stalls);
+        let stalls: Vec<IoStall> = stalls
+            .iter()
+            .map(|s| {
+                let container = ctx.containers().by_memcg(s.memcg_id);
+                let n = (s.stack_bytes.max(0) as usize / 8).min(s.stack.len());
+                IoStall {
+                    pid: s.pid,
+                    tid: s.tid,
+                    cpu: s.cpu,
+                    comm: bq_bpf::c_str(&s.comm.map(|c| c as u8)),
+                    container_id: container.as_ref().map(|c| c.id.clone()),
+                    container_hostname: container.as_ref().map(|c| c.hostname.clone()),
+                    max_latency_ns: s.max_ns,
+                    total_latency_ns: s.total_ns,
+                    count: s.count,
+                    stack: ctx.symbolizer().stack(&s.stack[..n]),
+                }
+            })
+            .collect();
         Ok(serde_json::json!({
             "capture_duration_ms": elapsed.as_millis() as u64,
             "process_count": total,
             "process_file_io_stats": procs,
+            "io_stall_threshold_ns": self.cfg.io_stall_threshold_ms.saturating_mul(1_000_000),
+            "io_stall_threads": stall_threads,
+            "io_schedule_stalls": stalls,
             "lost": {
                 "entries_map_full": stat(IOT_STAT_MAP_FULL),
                 "requests_without_queued_bio": stat(IOT_STAT_NO_BIO),
                 "syscalls_untracked": stat(IOT_STAT_INFLIGHT_FULL),
+                "io_stalls_map_full": stat(IOT_STAT_STALLS_FULL),
             },
         }))
     }
