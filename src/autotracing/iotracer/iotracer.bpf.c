@@ -33,7 +33,8 @@ struct {
 	__uint(max_entries, 8192);
 } io SEC(".maps");
 
-/* A read/write syscall in progress, by thread id. */
+/* A read/write syscall in progress, by thread id (LRU: a thread that exits inside a syscall
+ * leaves its entry behind). */
 struct inflight {
 	struct io_key key;
 	__u64 start_ns;
@@ -43,7 +44,7 @@ struct inflight {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, __u32);
 	__type(value, struct inflight);
 	__uint(max_entries, 8192);
