@@ -118,9 +118,8 @@ fn direct_writes_on_a_loop_disk_fire_iotracer_naming_dd_and_its_file() {
     let (status, body) = agent.get("/tracers");
     assert_eq!(status, 200);
     let tracers: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let me = tracers
+    let me = tracers["tracers"]
         .as_array()
-        .or_else(|| tracers["tracers"].as_array())
         .and_then(|a| a.iter().find(|t| t["name"] == "iotracer"))
         .cloned()
         .unwrap_or_default();
