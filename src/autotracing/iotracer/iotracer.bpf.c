@@ -306,6 +306,8 @@ int BPF_PROG(bq_io_bio_queue, struct bio *bio)
 
 	if (!disk_watched(BPF_CORE_READ(bio, bi_bdev, bd_disk)))
 		return 0;
+	/* The operation is the low REQ_OP_BITS (8, a #define absent from BTF) of bi_opf; its
+	 * values come from BTF. */
 	opf = BPF_CORE_READ(bio, bi_opf) & ((1 << 8) - 1);
 	if (opf == bpf_core_enum_value(enum req_op, REQ_OP_READ))
 		op = IOT_READ;
