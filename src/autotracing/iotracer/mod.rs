@@ -733,12 +733,14 @@ impl AutoTracer for IoTracer {
             }
             // Resolve paths while the processes still hold their files open: scan the fds of
             // each process that has an entry with an unresolved file.
-            let mut pids: Vec<u32> = Vec::new();
-            for (k, _) in read_io_map(&skel.maps.io) {
-                if k.kind != 0 && paths.get(k.dev, k.ino).is_none() && !pids.contains(&k.pid) {
-                    pids.push(k.pid);
-                }
-            }
+            let pids: HashSet<u32> = skel
+                .maps
+                .io
+                .keys()
+                .filter_map(|k| bq_bpf::read_record::<io_key>(&k))
+                .filter(|k| k.kind == IOT_KIND_FILE && paths.get(k.dev, k.ino).is_none())
+                .map(|k| k.pid)
+                .collect();
             for pid in pids.into_iter().take(256) {
                 paths.scan_pid(&proc_dir, pid);
             }
@@ -749,7 +751,7 @@ impl AutoTracer for IoTracer {
         for (k, _) in &entries {
             if k.kind == IOT_KIND_BLOCKDEV {
                 paths.add_block_device(&self.host, k.dev);
-            } else if k.kind != 0 && paths.get(k.dev, k.ino).is_none() {
+            } else if k.kind == IOT_KIND_FILE && paths.get(k.dev, k.ino).is_none() {
                 paths.scan_pid(&proc_dir, k.pid);
             }
         }
