@@ -5,5 +5,6 @@ pub mod cpuidle;
 pub mod cpusys;
 pub mod detect;
 pub mod dload;
+pub mod iotracer;
 pub mod memburst;
 pub mod profiler;

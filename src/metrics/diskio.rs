@@ -78,6 +78,8 @@ struct State {
 /// One `/proc/diskstats` line; fields a kernel lacks (discard: 4.18+, flush: 5.5+) are 0.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct DiskStats<'a> {
+    pub major: u32,
+    pub minor: u32,
     pub name: &'a str,
     /// The 17 counters after the name, in kernel order (Documentation/admin-guide/iostats.rst).
     pub f: [u64; 17],
@@ -89,12 +91,16 @@ pub fn parse_diskstats(text: &str) -> Result<Vec<DiskStats<'_>>> {
     for line in text.lines() {
         let mut it = line.split_ascii_whitespace();
         let Some(major) = it.next() else { continue };
-        parse_u64(major, line)?;
+        let major = parse_u64(major, line)?;
         let (Some(minor), Some(name)) = (it.next(), it.next()) else {
             bail!("line {line:?}: truncated");
         };
-        parse_u64(minor, line)?;
+        let minor = parse_u64(minor, line)?;
         let mut d = DiskStats {
+            major: u32::try_from(major)
+                .map_err(|_| anyhow::anyhow!("line {line:?}: major {major} out of range"))?,
+            minor: u32::try_from(minor)
+                .map_err(|_| anyhow::anyhow!("line {line:?}: minor {minor} out of range"))?,
             name,
             ..Default::default()
         };
@@ -221,6 +227,7 @@ mod tests {
         .unwrap();
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].name, "vda");
+        assert_eq!((d[0].major, d[0].minor), (254, 0));
         assert_eq!(d[0].f[2], 8020402);
         assert_eq!(d[0].f[16], 4284);
         assert_eq!(d[0].fields, 17);
