@@ -62,7 +62,7 @@ pub struct Lifecycle {
     counters: crate::bpf::counters::CountersCell,
 }
 
-/// The hierarchy id of the memory controller from `/proc/cgroups` (`memory	4	50	1`); 0 on a
+/// The hierarchy id of the memory controller from `/proc/cgroups` (`memory<TAB>4<TAB>50<TAB>1`); 0 on a
 /// cgroup2-only system (its default hierarchy).
 pub fn memory_hierarchy_id(proc_cgroups: &str) -> Option<u32> {
     proc_cgroups.lines().find_map(|l| {
