@@ -1085,4 +1085,137 @@ mod tests {
         assert!(r.by_memcg(ino).is_some_and(|c| c.exited.is_some()));
         assert!(!r.list().iter().any(|c| c.id == id));
     }
+
+    /// An engine API on a unix socket that lists nothing until `named_after`, then one
+    /// container; every answer takes `delay` (podman holding its lock while `podman run` runs).
+    fn slow_engine(
+        sock: &Path,
+        id: &'static str,
+        named_after: Duration,
+        delay: Duration,
+    ) -> std::thread::JoinHandle<()> {
+        use std::io::{Read, Write};
+        let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let start = Instant::now();
+        std::thread::spawn(move || {
+            while start.elapsed() < Duration::from_secs(10) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf);
+                std::thread::sleep(delay);
+                let body = if start.elapsed() >= named_after {
+                    format!(r#"[{{"Id":"{id}","Names":["/late-name"],"Labels":null}}]"#)
+                } else {
+                    "[]".to_string()
+                };
+                let _ = conn.write_all(
+                    format!(
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        })
+    }
+
+    fn unnamed_record(id: &str) -> crate::store::Record {
+        crate::store::Record::new(
+            "test",
+            crate::store::TracerType::Event,
+            crate::store::now_ns(),
+            "h",
+            "r",
+            Some(ContainerFields {
+                id: id.to_string(),
+                ..Default::default()
+            }),
+            serde_json::json!({}),
+        )
+    }
+
+    #[test]
+    fn a_record_of_a_container_not_yet_named_waits_for_its_name() {
+        const ID: &str = "abababababababababababababababababababababababababababababababab";
+        const NEVER: &str = "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd";
+        let root = std::env::temp_dir().join(format!("bianque-late-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("proc/self")).unwrap();
+        // No memory hierarchy: names can only come from the engine answer.
+        std::fs::write(root.join("proc/self/mountinfo"), "").unwrap();
+        let server = slow_engine(
+            &root.join("engine.sock"),
+            ID,
+            Duration::from_millis(600),
+            Duration::from_millis(100),
+        );
+        let reg = Arc::new(ContainerRegistry::new(
+            HostRoot::new(&root),
+            ContainersConfig {
+                engine_sockets: vec![PathBuf::from("/engine.sock")],
+                kubelet_read_only_address: String::new(),
+                kubelet_url: String::new(),
+                containerd_state_dirs: vec![],
+                ..Default::default()
+            },
+        ));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = reg.keep_current(stop.clone()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let sink: RecordSink = Arc::new(move |r| {
+            let _ = tx.lock().unwrap().send((Instant::now(), r));
+        });
+        let t0 = Instant::now();
+        for id in [ID, NEVER] {
+            let held = reg.save_when_named(unnamed_record(id), || sink.clone());
+            assert!(held.is_ok(), "record of {id} not held");
+        }
+        // The caller never waits on the (slow) API.
+        assert!(
+            t0.elapsed() < Duration::from_millis(50),
+            "{:?}",
+            t0.elapsed()
+        );
+        // A named record or a non-runtime id is given back at once.
+        let mut named = unnamed_record(ID);
+        named.container.as_mut().unwrap().name = "x".into();
+        assert!(reg.save_when_named(named, || sink.clone()).is_err());
+        assert!(reg
+            .save_when_named(unnamed_record("bqc1"), || sink.clone())
+            .is_err());
+
+        let (at, first) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let c = first.container.unwrap();
+        assert_eq!((c.id.as_str(), c.name.as_str()), (ID, "late-name"));
+        assert!(at - t0 >= Duration::from_millis(600), "{:?}", at - t0);
+        // The other one is never named: saved by id only after the wait, and not held again.
+        let (at, second) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let c = second.container.unwrap();
+        assert_eq!((c.id.as_str(), c.name.as_str()), (NEVER, ""));
+        assert!(at - t0 >= LATE_METADATA_WAIT, "{:?}", at - t0);
+        assert!(reg
+            .save_when_named(unnamed_record(NEVER), || sink.clone())
+            .is_err());
+
+        // Held at shutdown: saved before the thread ends.
+        const THIRD: &str = "efefefefefefefefefefefefefefefefefefefefefefefefefefefefefefefef";
+        assert!(reg
+            .save_when_named(unnamed_record(THIRD), || sink.clone())
+            .is_ok());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        thread.join().unwrap();
+        let (_, third) = rx.try_recv().expect("held record saved at stop");
+        assert_eq!(third.container.unwrap().id, THIRD);
+        assert!(reg
+            .save_when_named(unnamed_record(THIRD), || sink.clone())
+            .is_err());
+        drop(server);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
