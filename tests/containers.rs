@@ -82,7 +82,7 @@ fn fixture_agent_with(root: &str, containers: &str) -> Agent {
     )
 }
 
-fn by_id<'a>(list: &'a [serde_json::Value], prefix: char) -> &'a serde_json::Value {
+fn by_id(list: &[serde_json::Value], prefix: char) -> &serde_json::Value {
     list.iter()
         .find(|c| c["id"].as_str().unwrap().starts_with(prefix))
         .unwrap_or_else(|| panic!("no container {prefix}…: {list:?}"))

@@ -272,7 +272,7 @@ pub struct ContainerRegistry {
     missed: Mutex<HashMap<u64, Instant>>,
     /// The last metadata answer and when it was fetched: asked again only for new containers
     /// or after `resync_secs`, so resyncs on container removal never wait on an API.
-    metadata: Mutex<(Option<Instant>, Arc<HashMap<String, metadata::Meta>>)>,
+    metadata: Mutex<(Option<Instant>, MetaMap)>,
     /// Serialises metadata fetches (never held with `last_sync`: a slow API must not stall the
     /// event readers that walk the cgroups on a miss); holds the kubelet's TLS client.
     fetching: Mutex<Option<kubelet::KubeletAuth>>,
@@ -283,6 +283,9 @@ pub struct ContainerRegistry {
     late_given_up: Mutex<HashMap<String, Instant>>,
 }
 
+/// Metadata by container id, as the sources last answered.
+type MetaMap = Arc<HashMap<String, metadata::Meta>>;
+
 /// Saves a record (the store, in the agent).
 pub type RecordSink = Arc<dyn Fn(crate::store::Record) + Send + Sync>;
 
@@ -290,7 +293,7 @@ enum LateMsg {
     /// Ask the metadata sources again (an event named a cgroup the registry did not know).
     Refresh,
     /// A record whose container is known by id only.
-    Record(crate::store::Record, RecordSink, Instant),
+    Record(Box<crate::store::Record>, RecordSink, Instant),
 }
 
 impl ContainerRegistry {
@@ -479,7 +482,7 @@ impl ContainerRegistry {
         }
     }
 
-    fn cached_metadata(&self) -> (Option<Instant>, Arc<HashMap<String, metadata::Meta>>) {
+    fn cached_metadata(&self) -> (Option<Instant>, MetaMap) {
         let m = self.metadata.lock().unwrap_or_else(|e| e.into_inner());
         (m.0, m.1.clone())
     }
@@ -616,7 +619,7 @@ impl ContainerRegistry {
                 by_memcg.insert(gone.memory_cgroup_id, gone.clone());
                 paths
                     .entry(gone.memory_cgroup_id)
-                    .or_insert_with(|| gone.cgroup_path.clone().into());
+                    .or_insert_with(|| gone.cgroup_path.clone());
                 containers.insert(id, gone);
             }
         }
@@ -769,16 +772,16 @@ impl ContainerRegistry {
     /// Holds a record whose container is known only by its id (no metadata yet: the event came
     /// within milliseconds of the container's start) until the metadata sources name the
     /// container, at most [`LATE_METADATA_WAIT`]; then `save` gets it, with the container's
-    /// fields filled in when they came. The caller's thread never waits. Gives the record back
-    /// when it is not held: its container has a name or is not identified by a runtime id, the
+    /// fields filled in when they came. The caller's thread never waits. Returns the record
+    /// when it is not held (the caller saves it): its container has a name or is not identified by a runtime id, the
     /// registry's thread does not run, the queue is full, or the id already waited in vain.
     pub fn save_when_named(
         &self,
         record: crate::store::Record,
         save: impl FnOnce() -> RecordSink,
-    ) -> Result<(), crate::store::Record> {
+    ) -> Option<crate::store::Record> {
         let Some(c) = record.container.as_ref() else {
-            return Err(record);
+            return Some(record);
         };
         if !c.name.is_empty()
             || !is_container_id(&c.id)
@@ -788,20 +791,20 @@ impl ContainerRegistry {
                 .unwrap_or_else(|e| e.into_inner())
                 .contains_key(&c.id)
         {
-            return Err(record);
+            return Some(record);
         }
         let guard = self.late_tx.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = guard.as_ref() else {
-            return Err(record);
+            return Some(record);
         };
-        match tx.try_send(LateMsg::Record(record, save(), Instant::now())) {
-            Ok(()) => Ok(()),
+        match tx.try_send(LateMsg::Record(Box::new(record), save(), Instant::now())) {
+            Ok(()) => None,
             Err(
                 std::sync::mpsc::TrySendError::Full(LateMsg::Record(r, ..))
                 | std::sync::mpsc::TrySendError::Disconnected(LateMsg::Record(r, ..)),
-            ) => Err(r),
+            ) => Some(*r),
             // Only records are sent here.
-            Err(_) => Ok(()),
+            Err(_) => None,
         }
     }
 
@@ -830,7 +833,7 @@ impl ContainerRegistry {
     /// the others.
     fn resolve_late(
         &self,
-        pending: &mut Vec<(crate::store::Record, RecordSink, Instant)>,
+        pending: &mut Vec<(Box<crate::store::Record>, RecordSink, Instant)>,
         last: bool,
     ) {
         if pending.is_empty() {
@@ -853,7 +856,7 @@ impl ContainerRegistry {
             if let Some(fields) = self.late_fields(&id, &meta) {
                 tracing::debug!(container_id = %id, name = %fields.name, waited_ms = since.elapsed().as_millis() as u64, "held record named");
                 record.container = Some(fields);
-                save(record);
+                save(*record);
             } else if last || since.elapsed() >= LATE_METADATA_WAIT {
                 let mut given_up = self.late_given_up.lock().unwrap_or_else(|e| e.into_inner());
                 if given_up.len() >= 4096 {
@@ -862,7 +865,7 @@ impl ContainerRegistry {
                 given_up.insert(id.clone(), Instant::now());
                 drop(given_up);
                 tracing::debug!(container_id = %id, "no metadata names the container; record saved by id");
-                save(record);
+                save(*record);
             } else {
                 keep.push((record, save, since));
             }
@@ -1174,7 +1177,7 @@ mod tests {
         let t0 = Instant::now();
         for id in [ID, NEVER] {
             let held = reg.save_when_named(unnamed_record(id), || sink.clone());
-            assert!(held.is_ok(), "record of {id} not held");
+            assert!(held.is_none(), "record of {id} not held");
         }
         // The caller never waits on the (slow) API.
         assert!(
@@ -1185,10 +1188,10 @@ mod tests {
         // A named record or a non-runtime id is given back at once.
         let mut named = unnamed_record(ID);
         named.container.as_mut().unwrap().name = "x".into();
-        assert!(reg.save_when_named(named, || sink.clone()).is_err());
+        assert!(reg.save_when_named(named, || sink.clone()).is_some());
         assert!(reg
             .save_when_named(unnamed_record("bqc1"), || sink.clone())
-            .is_err());
+            .is_some());
 
         let (at, first) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         let c = first.container.unwrap();
@@ -1201,20 +1204,20 @@ mod tests {
         assert!(at - t0 >= LATE_METADATA_WAIT, "{:?}", at - t0);
         assert!(reg
             .save_when_named(unnamed_record(NEVER), || sink.clone())
-            .is_err());
+            .is_some());
 
         // Held at shutdown: saved before the thread ends.
         const THIRD: &str = "efefefefefefefefefefefefefefefefefefefefefefefefefefefefefefefef";
         assert!(reg
             .save_when_named(unnamed_record(THIRD), || sink.clone())
-            .is_ok());
+            .is_none());
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         thread.join().unwrap();
         let (_, third) = rx.try_recv().expect("held record saved at stop");
         assert_eq!(third.container.unwrap().id, THIRD);
         assert!(reg
             .save_when_named(unnamed_record(THIRD), || sink.clone())
-            .is_err());
+            .is_some());
         drop(server);
         let _ = std::fs::remove_dir_all(&root);
     }

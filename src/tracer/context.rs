@@ -137,8 +137,8 @@ impl RunContext {
                     let store = store.clone();
                     Arc::new(move |r| store.save(r))
                 }) {
-                    Ok(()) => return,
-                    Err(r) => r,
+                    None => return,
+                    Some(r) => r,
                 }
             }
             _ => record,
