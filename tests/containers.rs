@@ -160,6 +160,12 @@ struct TlsKubelet {
 }
 
 fn tls_kubelet(pki: &Path, body: String) -> TlsKubelet {
+    tls_kubelet_with(pki, body, None)
+}
+
+/// With `token`: a client certificate is optional, and a request without one needs
+/// `Authorization: Bearer <token>` (401 otherwise).
+fn tls_kubelet_with(pki: &Path, body: String, token: Option<&str>) -> TlsKubelet {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use std::sync::{Arc, Mutex};
@@ -168,12 +174,15 @@ fn tls_kubelet(pki: &Path, body: String) -> TlsKubelet {
     for c in CertificateDer::pem_file_iter(pki.join("ca.pem")).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
-    )
-    .build()
-    .unwrap();
+    );
+    if token.is_some() {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier.build().unwrap();
+    let bearer = token.map(|t| format!("authorization: bearer {t}\r\n"));
     let chain: Vec<_> = CertificateDer::pem_file_iter(pki.join("server.pem"))
         .unwrap()
         .map(|c| c.unwrap())
@@ -215,7 +224,16 @@ fn tls_kubelet(pki: &Path, body: String) -> TlsKubelet {
             if failed {
                 continue;
             }
-            let resp = if req.starts_with(b"GET /pods ") {
+            let authorized = s.conn.peer_certificates().is_some()
+                || bearer.as_ref().is_some_and(|b| {
+                    String::from_utf8_lossy(&req)
+                        .to_ascii_lowercase()
+                        .contains(b.as_str())
+                });
+            let resp = if !authorized {
+                "HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                    .to_string()
+            } else if req.starts_with(b"GET /pods ") {
                 format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())
             } else {
                 "HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
@@ -265,6 +283,27 @@ fn kubelet_authenticated_port_with_a_client_certificate() {
         "{}",
         agent.log()
     );
+    drop(agent);
+
+    // Without the CA the serving certificate is not trusted...
+    let client = pki.path().join("kubelet-client-current.pem");
+    let no_ca = kubelet_keys(&kubelet.url, &client, Path::new(""));
+    let agent = fixture_agent_with("containers-v1", &no_ca);
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .log()
+            .contains("invalid peer certificate: UnknownIssuer")),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(by_id(&containers(&agent), '1')["pod"], "");
+    drop(agent);
+    // ...unless verification is off (self-signed serving certificates).
+    let agent = fixture_agent_with(
+        "containers-v1",
+        &format!("{no_ca}kubelet_insecure_skip_verify = true\n"),
+    );
+    assert_v1_tree_with_kubelet_metadata(&agent);
 }
 
 #[test]
@@ -316,6 +355,37 @@ fn a_wrong_client_certificate_is_refused_and_the_agent_keeps_running() {
     );
     // Logged once, not once per resync.
     assert_eq!(agent.log().matches(failed).count(), 1, "{}", agent.log());
+}
+
+#[test]
+fn kubelet_authenticated_port_with_a_token_file() {
+    let pki = kubelet_pki();
+    let kubelet = tls_kubelet_with(pki.path(), recorded_pods(), Some("bq-sa-token-1"));
+    let token = pki.path().join("token");
+    std::fs::write(&token, "bq-wrong-token\n").unwrap();
+    let keys = format!(
+        "kubelet_read_only_address = \"\"\nkubelet_url = \"{}\"\nkubelet_client_cert = \"\"\nkubelet_token_file = \"{}\"\nkubelet_ca_file = \"{}\"\n",
+        kubelet.url,
+        token.display(),
+        pki.path().join("ca.pem").display()
+    );
+    let agent = fixture_agent_with("containers-v1", &keys);
+    // A token the kubelet does not accept: its answer is logged.
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .log()
+            .contains("HTTP status 401 Unauthorized")),
+        "{}",
+        agent.log()
+    );
+    // The token file is re-read on every request (projected tokens rotate).
+    std::fs::write(&token, "bq-sa-token-1\n").unwrap();
+    assert_v1_tree_with_kubelet_metadata(&agent);
+    assert!(
+        agent.log().contains("kubelet pod list answers again"),
+        "{}",
+        agent.log()
+    );
 }
 
 /// A memory cgroup laid out as a Kubernetes container's, for one test:

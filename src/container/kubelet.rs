@@ -264,11 +264,6 @@ pub fn validate(cfg: &ContainersConfig) -> Result<(), String> {
             cfg.kubelet_url
         ));
     }
-    if cfg.kubelet_client_cert.as_os_str().is_empty()
-        && !cfg.kubelet_client_key.as_os_str().is_empty()
-    {
-        return Err("containers.kubelet_client_key is set without kubelet_client_cert".to_string());
-    }
     if cfg.kubelet_insecure_skip_verify && !cfg.kubelet_ca_file.as_os_str().is_empty() {
         return Err("containers.kubelet_insecure_skip_verify = true and kubelet_ca_file: choose one (verify against the CA, or do not verify)".to_string());
     }
@@ -297,10 +292,6 @@ mod tests {
         c.kubelet_insecure_skip_verify = true;
         c.kubelet_ca_file = "/ca.pem".into();
         assert!(validate(&c).unwrap_err().contains("choose one"));
-        let mut c = cfg("https://node-1:10250/pods");
-        c.kubelet_client_cert = PathBuf::new();
-        c.kubelet_client_key = "/k.pem".into();
-        assert!(validate(&c).unwrap_err().contains("kubelet_client_key"));
     }
 
     #[test]

@@ -490,10 +490,7 @@ impl ContainerRegistry {
     /// Metadata fetched at or after `not_before` (None: any age will do, if there is one):
     /// the cached answer when it is recent enough, else a new one. Fetches are serialised, so
     /// callers that asked at the same time share one.
-    fn refresh_metadata(
-        &self,
-        not_before: Option<Instant>,
-    ) -> Arc<HashMap<String, metadata::Meta>> {
+    fn refresh_metadata(&self, not_before: Option<Instant>) -> MetaMap {
         let mut kubelet = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
         let (fetched, cached) = self.cached_metadata();
         if fetched.is_some_and(|t| not_before.is_none_or(|nb| t >= nb)) {
@@ -773,8 +770,9 @@ impl ContainerRegistry {
     /// within milliseconds of the container's start) until the metadata sources name the
     /// container, at most [`LATE_METADATA_WAIT`]; then `save` gets it, with the container's
     /// fields filled in when they came. The caller's thread never waits. Returns the record
-    /// when it is not held (the caller saves it): its container has a name or is not identified by a runtime id, the
-    /// registry's thread does not run, the queue is full, or the id already waited in vain.
+    /// when it is not held (the caller saves it): its container has a name or is not
+    /// identified by a runtime id, the registry's thread does not run, the queue is full, or
+    /// the id already waited in vain.
     pub fn save_when_named(
         &self,
         record: crate::store::Record,
