@@ -10,7 +10,7 @@ BUILD_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config make gcc bpftool
 # containers (podman with runc, containerd) from a busybox-static image built locally, and
 # python3-venv for osmem-server (PyPI), the OpenSearch-API server the shipper tests talk to.
 TEST_PACKAGES := iptables nftables iproute2 prometheus prometheus-node-exporter curl procps \
-	podman runc busybox-static containerd e2fsprogs util-linux mount coreutils python3-venv python3-pip
+	podman runc busybox-static containerd openssl e2fsprogs util-linux mount coreutils python3-venv python3-pip
 OSMEM_VERSION := 0.1.6
 OSMEM_VENV := $(CURDIR)/.test-deps/osmem
 

@@ -38,6 +38,7 @@ fn main() {
     let cfg = ContainersConfig {
         engine_sockets: vec![],
         kubelet_read_only_address: String::new(),
+        kubelet_url: String::new(),
         containerd_state_dirs: vec![],
         ..Default::default()
     };

@@ -213,9 +213,10 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         let stop_containers = containers_stop.clone();
         tokio::task::spawn_blocking(move || {
             stop_runner.shutdown(Duration::from_millis(1500));
-            stop_store.close();
+            // Records held for a container's name are saved before the store closes.
             stop_containers.store(true, Ordering::Relaxed);
             let _ = containers_thread.join();
+            stop_store.close();
             if let Some(s) = shipper {
                 s.stop(Duration::from_millis(300));
             }

@@ -54,6 +54,14 @@ fn containers(agent: &Agent) -> Vec<serde_json::Value> {
 }
 
 fn fixture_agent(root: &str, kubelet: &str) -> Agent {
+    fixture_agent_with(
+        root,
+        &format!("kubelet_read_only_address = \"{kubelet}\"\nkubelet_url = \"\"\n"),
+    )
+}
+
+/// An agent on a fixture host root, metric tracers only, with these `[containers]` keys.
+fn fixture_agent_with(root: &str, containers: &str) -> Agent {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(root);
@@ -69,12 +77,12 @@ fn fixture_agent(root: &str, kubelet: &str) -> Agent {
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Agent::start(
-        &format!("[containers]\nkubelet_read_only_address = \"{kubelet}\"\nengine_sockets = []\nresync_secs = 1\n"),
+        &format!("[containers]\n{containers}engine_sockets = []\nresync_secs = 1\n"),
         &args,
     )
 }
 
-fn by_id<'a>(list: &'a [serde_json::Value], prefix: char) -> &'a serde_json::Value {
+fn by_id(list: &[serde_json::Value], prefix: char) -> &serde_json::Value {
     list.iter()
         .find(|c| c["id"].as_str().unwrap().starts_with(prefix))
         .unwrap_or_else(|| panic!("no container {prefix}…: {list:?}"))
@@ -83,12 +91,19 @@ fn by_id<'a>(list: &'a [serde_json::Value], prefix: char) -> &'a serde_json::Val
 #[test]
 fn kubelet_metadata_on_a_v1_cgroupfs_tree() {
     let agent = fixture_agent("containers-v1", &fake_kubelet());
+    assert_v1_tree_with_kubelet_metadata(&agent);
+}
+
+/// What the containers-v1 tree with the recorded pod list gives, whichever kubelet port.
+fn assert_v1_tree_with_kubelet_metadata(agent: &Agent) {
     assert!(
-        wait_until(Duration::from_secs(5), || containers(&agent).len() == 5),
-        "{:?}",
-        containers(&agent)
+        wait_until(Duration::from_secs(5), || containers(agent).len() == 5
+            && by_id(&containers(agent), '1')["pod"] == "web-7d9f"),
+        "{:?}\nlog:\n{}",
+        containers(agent),
+        agent.log()
     );
-    let list = containers(&agent);
+    let list = containers(agent);
     let web = by_id(&list, '1');
     assert_eq!(web["name"], "web");
     assert_eq!(web["pod"], "web-7d9f");
@@ -113,6 +128,387 @@ fn kubelet_metadata_on_a_v1_cgroupfs_tree() {
     // One container by id prefix; unknown → 404.
     assert_eq!(agent.get("/containers/1111").0, 200);
     assert_eq!(agent.get("/containers/9999").0, 404);
+}
+
+/// A throwaway PKI made with the openssl CLI: a CA, a server certificate for 127.0.0.1, a
+/// client certificate in one file with its key (as the kubelet's `kubelet-client-current.pem`),
+/// and a client certificate from another CA.
+fn kubelet_pki() -> TempDir {
+    let dir = TempDir::new("kubelet-pki");
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    sh(&format!(
+        "cd {} && exec 2>/dev/null && \
+         openssl req -x509 {ec} -days 2 -subj /CN=bq-kubelet-test-ca -keyout ca.key -out ca.pem && \
+         openssl req -x509 {ec} -days 2 -subj /CN=bq-rogue-ca -keyout rogue-ca.key -out rogue-ca.pem && \
+         printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > server.ext && \
+         printf 'extendedKeyUsage=clientAuth\\n' > client.ext && \
+         for n in server client rogue; do openssl req -new {ec} -subj /CN=$n -keyout $n.key -out $n.csr; done && \
+         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile server.ext -out server.pem && \
+         openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile client.ext -out client.pem && \
+         openssl x509 -req -in rogue.csr -CA rogue-ca.pem -CAkey rogue-ca.key -CAcreateserial -days 2 -extfile client.ext -out rogue.pem && \
+         cat client.pem client.key > kubelet-client-current.pem && cat rogue.pem rogue.key > rogue-client.pem",
+        dir.path().display()
+    ));
+    dir
+}
+
+/// A kubelet's authenticated port on loopback: TLS that requires a client certificate from
+/// the PKI's CA, serving `body` on `GET /pods`. Handshake errors it saw are in `refused`.
+struct TlsKubelet {
+    url: String,
+    refused: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn tls_kubelet(pki: &Path, body: String) -> TlsKubelet {
+    tls_kubelet_with(pki, body, None)
+}
+
+/// With `token`: a client certificate is optional, and a request without one needs
+/// `Authorization: Bearer <token>` (401 otherwise).
+fn tls_kubelet_with(pki: &Path, body: String, token: Option<&str>) -> TlsKubelet {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::{Arc, Mutex};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(pki.join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    );
+    if token.is_some() {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier.build().unwrap();
+    let bearer = token.map(|t| format!("authorization: bearer {t}\r\n"));
+    let chain: Vec<_> = CertificateDer::pem_file_iter(pki.join("server.pem"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.join("server.key")).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}/pods", listener.local_addr().unwrap());
+    let refused = Arc::new(Mutex::new(Vec::new()));
+    let seen = refused.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let Ok(tls) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            let mut s = rustls::StreamOwned::new(tls, conn);
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            let mut failed = false;
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                    Err(e) => {
+                        seen.lock().unwrap().push(e.to_string());
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                continue;
+            }
+            let authorized = s.conn.peer_certificates().is_some()
+                || bearer.as_ref().is_some_and(|b| {
+                    String::from_utf8_lossy(&req)
+                        .to_ascii_lowercase()
+                        .contains(b.as_str())
+                });
+            let resp = if !authorized {
+                "HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                    .to_string()
+            } else if req.starts_with(b"GET /pods ") {
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            } else {
+                "HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                    .to_string()
+            };
+            let _ = s.write_all(resp.as_bytes());
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
+    });
+    TlsKubelet { url, refused }
+}
+
+fn recorded_pods() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kubelet/pods.json"),
+    )
+    .unwrap()
+}
+
+fn kubelet_keys(url: &str, client: &Path, ca: &Path) -> String {
+    format!(
+        "kubelet_read_only_address = \"\"\nkubelet_url = \"{url}\"\nkubelet_client_cert = \"{c}\"\nkubelet_client_key = \"{c}\"\nkubelet_ca_file = \"{}\"\n",
+        ca.display(),
+        c = client.display()
+    )
+}
+
+#[test]
+fn kubelet_authenticated_port_with_a_client_certificate() {
+    let pki = kubelet_pki();
+    let kubelet = tls_kubelet(pki.path(), recorded_pods());
+    let agent = fixture_agent_with(
+        "containers-v1",
+        &kubelet_keys(
+            &kubelet.url,
+            &pki.path().join("kubelet-client-current.pem"),
+            &pki.path().join("ca.pem"),
+        ),
+    );
+    assert_v1_tree_with_kubelet_metadata(&agent);
+    assert!(kubelet.refused.lock().unwrap().is_empty());
+    assert!(
+        !agent
+            .log()
+            .contains("kubelet pod list (authenticated port) failed"),
+        "{}",
+        agent.log()
+    );
+    drop(agent);
+
+    // Without the CA the serving certificate is not trusted...
+    let client = pki.path().join("kubelet-client-current.pem");
+    let no_ca = kubelet_keys(&kubelet.url, &client, Path::new(""));
+    let agent = fixture_agent_with("containers-v1", &no_ca);
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .log()
+            .contains("invalid peer certificate: UnknownIssuer")),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(by_id(&containers(&agent), '1')["pod"], "");
+    drop(agent);
+    // ...unless verification is off (self-signed serving certificates).
+    let agent = fixture_agent_with(
+        "containers-v1",
+        &format!("{no_ca}kubelet_insecure_skip_verify = true\n"),
+    );
+    assert_v1_tree_with_kubelet_metadata(&agent);
+}
+
+#[test]
+fn a_wrong_client_certificate_is_refused_and_the_agent_keeps_running() {
+    let pki = kubelet_pki();
+    let kubelet = tls_kubelet(pki.path(), recorded_pods());
+    let agent = fixture_agent_with(
+        "containers-v1",
+        &kubelet_keys(
+            &kubelet.url,
+            &pki.path().join("rogue-client.pem"),
+            &pki.path().join("ca.pem"),
+        ),
+    );
+    let failed = "kubelet pod list (authenticated port) failed";
+    assert!(
+        wait_until(Duration::from_secs(10), || agent.log().contains(failed)),
+        "no error logged:\n{}",
+        agent.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !kubelet
+            .refused
+            .lock()
+            .unwrap()
+            .is_empty()),
+        "the server did not refuse the certificate"
+    );
+    let line = agent
+        .log()
+        .lines()
+        .find(|l| l.contains(failed))
+        .unwrap()
+        .to_string();
+    assert!(line.contains(&kubelet.url), "{line}");
+    assert!(line.contains("WARN"), "{line}");
+    // The TLS alert the kubelet sent says why.
+    assert!(line.to_lowercase().contains("alert"), "{line}");
+    // Still running, containers still found from their cgroup paths, without pod fields.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(agent.get("/readyz").0, 200);
+    let list = containers(&agent);
+    assert_eq!(list.len(), 5, "{list:?}");
+    assert_eq!(by_id(&list, '1')["pod"], "");
+    assert_eq!(
+        by_id(&list, '1')["qos"],
+        "burstable",
+        "from the cgroup path"
+    );
+    // Logged once, not once per resync.
+    assert_eq!(agent.log().matches(failed).count(), 1, "{}", agent.log());
+}
+
+#[test]
+fn kubelet_authenticated_port_with_a_token_file() {
+    let pki = kubelet_pki();
+    let kubelet = tls_kubelet_with(pki.path(), recorded_pods(), Some("bq-sa-token-1"));
+    let token = pki.path().join("token");
+    std::fs::write(&token, "bq-wrong-token\n").unwrap();
+    let keys = format!(
+        "kubelet_read_only_address = \"\"\nkubelet_url = \"{}\"\nkubelet_client_cert = \"\"\nkubelet_token_file = \"{}\"\nkubelet_ca_file = \"{}\"\n",
+        kubelet.url,
+        token.display(),
+        pki.path().join("ca.pem").display()
+    );
+    let agent = fixture_agent_with("containers-v1", &keys);
+    // A token the kubelet does not accept: its answer is logged.
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .log()
+            .contains("HTTP status 401 Unauthorized")),
+        "{}",
+        agent.log()
+    );
+    // The token file is re-read on every request (projected tokens rotate).
+    std::fs::write(&token, "bq-sa-token-1\n").unwrap();
+    assert_v1_tree_with_kubelet_metadata(&agent);
+    assert!(
+        agent.log().contains("kubelet pod list answers again"),
+        "{}",
+        agent.log()
+    );
+}
+
+/// A memory cgroup laid out as a Kubernetes container's, for one test:
+/// `/kubepods-bq-kubelet-<pid>/burstable/pod<uid>/<id>`. Emptied and removed on drop.
+struct KubeCgroup {
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl KubeCgroup {
+    fn new(uid: &str, id: &str) -> KubeCgroup {
+        let top = memcg_mount().join(format!("kubepods-bq-kubelet-{}", std::process::id()));
+        let dirs = vec![
+            top.join(format!("burstable/pod{uid}/{id}")),
+            top.join(format!("burstable/pod{uid}")),
+            top.join("burstable"),
+            top,
+        ];
+        let cg = KubeCgroup { dirs };
+        std::fs::create_dir_all(&cg.dirs[0]).unwrap();
+        cg
+    }
+
+    fn spawn(&self, cmd: &str) -> Child {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec {cmd}",
+                self.dirs[0].display()
+            ))
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for KubeCgroup {
+    fn drop(&mut self) {
+        let procs = std::fs::read_to_string(self.dirs[0].join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: kill(2) on pids in this test's own cgroup; at worst ESRCH.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for d in &self.dirs {
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+#[test]
+fn kubelet_metadata_over_the_authenticated_port_lands_on_records_and_metrics() {
+    // A real memory cgroup of a "pod" container; the recorded pod list names it (its
+    // container id swapped for one unique to this run).
+    let uid = "9c9a7d39-0b1a-4e0e-8f0d-5b8a0c1d2e3f";
+    let id = format!("{:064x}", 0xb9_0000_0000u64 + std::process::id() as u64);
+    let pods = recorded_pods().replace(
+        "1111111111111111111111111111111111111111111111111111111111111111",
+        &id,
+    );
+    let pki = kubelet_pki();
+    let kubelet = tls_kubelet(pki.path(), pods);
+    let agent = Agent::start(
+        &format!(
+            "[containers]\nengine_sockets = []\nresync_secs = 1\n{}",
+            kubelet_keys(
+                &kubelet.url,
+                &pki.path().join("kubelet-client-current.pem"),
+                &pki.path().join("ca.pem"),
+            )
+        ),
+        &[],
+    );
+    let cg = KubeCgroup::new(uid, &id);
+    let mut child = cg.spawn("sleep 60");
+    let ours = |a: &Agent| containers(a).into_iter().find(|c| c["id"] == id.as_str());
+    assert!(
+        wait_until(Duration::from_secs(10), || ours(&agent)
+            .is_some_and(|c| c["pod"] == "web-7d9f")),
+        "{:?}\nlog:\n{}",
+        ours(&agent),
+        agent.log()
+    );
+    let c = ours(&agent).unwrap();
+    assert_eq!(
+        (
+            c["name"].as_str(),
+            c["namespace"].as_str(),
+            c["qos"].as_str()
+        ),
+        (Some("web"), Some("shop"), Some("burstable"))
+    );
+    // Metrics of the container's cgroup carry its labels.
+    let labelled = format!("container_id=\"{id}\",container_name=\"web\",container_host_namespace=\"shop\",container_type=\"normal\",container_qos=\"burstable\"");
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .metrics()
+            .contains(&labelled)),
+        "no series labelled {labelled}"
+    );
+    // A SIGKILL to the process in it: the record names the pod's container.
+    let target = child.id();
+    // SAFETY: kill(2) on the child we spawned.
+    unsafe { libc::kill(target as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let found = |a: &Agent| {
+        a.events("tracer=signal&limit=1000")
+            .into_iter()
+            .find(|e| e["tracer_data"]["target_pid"] == target)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || found(&agent).is_some()),
+        "log:\n{}",
+        agent.log()
+    );
+    let e = found(&agent).unwrap();
+    assert_eq!(e["container_id"], id.as_str(), "{e}");
+    assert_eq!(e["container_name"], "web");
+    assert_eq!(e["container_host_namespace"], "shop");
+    assert_eq!(e["container_qos"], "burstable");
+    assert_eq!(e["container_hostname"], "web-7d9f");
 }
 
 #[test]
@@ -215,13 +611,8 @@ fn a_real_podman_container_gets_its_events_and_leaves_when_removed() {
 
     // An OOM kill inside a second container: the kernel's SIGKILL names the container.
     let oom_name = format!("bq-oom-{}", std::process::id());
-    // The allocation starts a moment after the start: while `podman run` holds its locks the
-    // podman API cannot name the container (a kill within that window is recorded by id only).
-    let oom_id = podman.run(
-        &oom_name,
-        "--memory 32m",
-        "/bin/busybox sh -c 'sleep 1.5; exec /bin/busybox tail /dev/zero'",
-    );
+    // Killed right at its start, before the agent had its metadata: the records wait for it.
+    let oom_id = podman.run(&oom_name, "--memory 32m", "/bin/busybox tail /dev/zero");
     let killed = |a: &Agent| {
         a.events(&format!(
             "tracer=signal&container={}&limit=100",
@@ -371,4 +762,43 @@ fn a_real_containerd_container_gets_its_events() {
     let e = found(&agent).unwrap();
     assert_eq!(e["container_id"], "bqc1");
     assert_eq!(e["container_type"], "normal");
+}
+
+#[test]
+fn containers_oom_killed_right_at_start_are_named_on_their_records() {
+    // Without container_lifecycle nothing resyncs when the cgroup appears: the first event of
+    // each container is the first the agent hears of it, and its metadata comes after.
+    let mut podman = Podman::new();
+    let agent = Agent::start(
+        &format!(
+            "[containers]\nengine_sockets = [\"{}\"]\nkubelet_read_only_address = \"\"\nkubelet_url = \"\"\nresync_secs = 30\n",
+            podman.socket()
+        ),
+        &["--disable", "container_lifecycle"],
+    );
+    for n in 0..3 {
+        let name = format!("bq-oomstart-{}-{n}", std::process::id());
+        let id = podman.run(&name, "--memory 32m", "/bin/busybox tail /dev/zero");
+        for tracer in ["signal", "oom"] {
+            let record = |a: &Agent| {
+                a.events(&format!(
+                    "tracer={tracer}&container={}&limit=100",
+                    &id[..12]
+                ))
+                .into_iter()
+                .find(|e| {
+                    e["container_id"] == id.as_str()
+                        && (tracer == "oom" || e["tracer_data"]["signal"] == "SIGKILL")
+                })
+            };
+            assert!(
+                wait_until(Duration::from_secs(20), || record(&agent).is_some()),
+                "no {tracer} record of {name}; log:\n{}",
+                agent.log()
+            );
+            let r = record(&agent).unwrap();
+            assert_eq!(r["container_name"], name.as_str(), "{tracer}: {r}");
+            assert_eq!(r["container_type"], "normal", "{tracer}: {r}");
+        }
+    }
 }

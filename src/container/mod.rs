@@ -9,6 +9,7 @@
 
 pub mod cgroup_path;
 pub mod filter;
+pub mod kubelet;
 pub mod metadata;
 
 use std::collections::HashMap;
@@ -30,6 +31,13 @@ use crate::store::ContainerFields;
 const MISS_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 const MISS_RESYNC_MIN_INTERVAL: Duration = Duration::from_millis(200);
 const API_TIMEOUT: Duration = Duration::from_secs(2);
+/// A record whose container is known only by its id (its metadata was not fetched yet: an OOM
+/// kill milliseconds after `podman run`) waits this long at most for the container's name.
+pub const LATE_METADATA_WAIT: Duration = Duration::from_secs(3);
+/// While records wait for a name, metadata is asked again this often.
+const LATE_RETRY: Duration = Duration::from_millis(150);
+/// Records waiting for a name at most (more are saved at once, by id only).
+const LATE_QUEUE: usize = 1024;
 
 /// `[containers]` in the config.
 #[derive(Debug, Clone, Deserialize)]
@@ -39,6 +47,20 @@ pub struct ContainersConfig {
     pub engine_sockets: Vec<PathBuf>,
     /// Kubelet read-only port, e.g. `127.0.0.1:10255`; empty disables.
     pub kubelet_read_only_address: String,
+    /// Kubelet authenticated port's pod list, e.g. `https://127.0.0.1:10250/pods`; empty
+    /// disables. Used when a client certificate or a token file is there.
+    pub kubelet_url: String,
+    /// Client certificate (PEM) for the authenticated port, and its key (may be the same file,
+    /// as the kubelet's own `kubelet-client-current.pem` is). Empty = none.
+    pub kubelet_client_cert: PathBuf,
+    pub kubelet_client_key: PathBuf,
+    /// A bearer token file (a service account token), re-read on every request. Empty = none.
+    pub kubelet_token_file: PathBuf,
+    /// CA bundle (PEM) the kubelet's serving certificate is verified against; empty = the
+    /// built-in public roots.
+    pub kubelet_ca_file: PathBuf,
+    /// Do not verify the kubelet's serving certificate (self-signed serving certificates).
+    pub kubelet_insecure_skip_verify: bool,
     /// containerd state directories (`--state`): its tasks name containers whose cgroup path
     /// is `/<namespace>/<id>`, a form that cannot be recognised from the path alone.
     pub containerd_state_dirs: Vec<PathBuf>,
@@ -64,6 +86,12 @@ impl Default for ContainersConfig {
                 PathBuf::from("/run/containerd/docker.sock"),
             ],
             kubelet_read_only_address: "127.0.0.1:10255".into(),
+            kubelet_url: "https://127.0.0.1:10250/pods".into(),
+            kubelet_client_cert: PathBuf::from("/var/lib/kubelet/pki/kubelet-client-current.pem"),
+            kubelet_client_key: PathBuf::from("/var/lib/kubelet/pki/kubelet-client-current.pem"),
+            kubelet_token_file: PathBuf::new(),
+            kubelet_ca_file: PathBuf::new(),
+            kubelet_insecure_skip_verify: false,
             containerd_state_dirs: vec![PathBuf::from("/run/containerd")],
             resync_secs: 10,
             keep_exited_secs: 300,
@@ -96,12 +124,13 @@ impl ContainersConfig {
                 self.kubelet_read_only_address
             )));
         }
+        kubelet::validate(self).map_err(crate::config::ConfigError)?;
         Ok(())
     }
 }
 
 /// A container as the agent knows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Container {
     pub id: String,
     pub runtime: &'static str,
@@ -128,6 +157,22 @@ pub struct Container {
 }
 
 impl Container {
+    /// This container named by a metadata answer: what the answer says wins, fields it leaves
+    /// empty keep what the cgroup path (pod uid, QoS) or an earlier answer gave.
+    pub fn with_meta(&self, md: &metadata::Meta) -> Container {
+        let pick = |new: &str, old: &str| if new.is_empty() { old } else { new }.to_string();
+        Container {
+            name: pick(&md.name, &self.name),
+            hostname: md.hostname.clone(),
+            namespace: md.namespace.clone(),
+            pod: md.pod.clone(),
+            pod_uid: pick(&md.pod_uid, &self.pod_uid),
+            qos: pick(&md.qos, &self.qos),
+            kind: pick(&md.kind, &self.kind),
+            ..self.clone()
+        }
+    }
+
     /// The container fields of a record.
     pub fn fields(&self) -> ContainerFields {
         ContainerFields {
@@ -221,13 +266,34 @@ pub struct ContainerRegistry {
     cfg: ContainersConfig,
     filter: filter::ContainerFilter,
     state: RwLock<State>,
-    /// Serialises resyncs; holds when the last one finished.
+    /// Serialises cgroup walks; holds when the last one finished.
     last_sync: Mutex<Option<Instant>>,
     /// Unknown ids recently looked up, so each triggers at most one resync a second.
     missed: Mutex<HashMap<u64, Instant>>,
     /// The last metadata answer and when it was fetched: asked again only for new containers
     /// or after `resync_secs`, so resyncs on container removal never wait on an API.
-    metadata: Mutex<(Option<Instant>, Arc<HashMap<String, metadata::Meta>>)>,
+    metadata: Mutex<(Option<Instant>, MetaMap)>,
+    /// Serialises metadata fetches (never held with `last_sync`: a slow API must not stall the
+    /// event readers that walk the cgroups on a miss); holds the kubelet's TLS client.
+    fetching: Mutex<Option<kubelet::KubeletAuth>>,
+    /// Records waiting for their container's name, handled by the `keep_current` thread.
+    late_tx: Mutex<Option<std::sync::mpsc::SyncSender<LateMsg>>>,
+    /// Container ids whose name did not come within `LATE_METADATA_WAIT`: their records are
+    /// not held again.
+    late_given_up: Mutex<HashMap<String, Instant>>,
+}
+
+/// Metadata by container id, as the sources last answered.
+type MetaMap = Arc<HashMap<String, metadata::Meta>>;
+
+/// Saves a record (the store, in the agent).
+pub type RecordSink = Arc<dyn Fn(crate::store::Record) + Send + Sync>;
+
+enum LateMsg {
+    /// Ask the metadata sources again (an event named a cgroup the registry did not know).
+    Refresh,
+    /// A record whose container is known by id only.
+    Record(Box<crate::store::Record>, RecordSink, Instant),
 }
 
 impl ContainerRegistry {
@@ -241,6 +307,7 @@ impl ContainerRegistry {
         cfg: ContainersConfig,
         filter: filter::ContainerFilter,
     ) -> ContainerRegistry {
+        let kubelet = kubelet::KubeletAuth::new(&cfg, API_TIMEOUT);
         ContainerRegistry {
             host,
             cfg,
@@ -249,6 +316,9 @@ impl ContainerRegistry {
             last_sync: Mutex::new(None),
             missed: Mutex::new(HashMap::new()),
             metadata: Mutex::new((None, Arc::new(HashMap::new()))),
+            fetching: Mutex::new(kubelet),
+            late_tx: Mutex::new(None),
+            late_given_up: Mutex::new(HashMap::new()),
         }
     }
 
@@ -384,16 +454,61 @@ impl ContainerRegistry {
             .unwrap_or_else(|e| e.into_inner())
             .is_none_or(|t| t.elapsed() >= MISS_RESYNC_MIN_INTERVAL);
         if due {
-            self.resync();
+            // The walk only: the caller is an event reader, which must not wait on an API.
+            // New containers' names are asked for on the registry's own thread.
+            let cached = self.cached_metadata().1;
+            if self.rebuild(&cached) {
+                self.request_refresh();
+            }
         }
     }
 
-    /// Walks the cgroup tree, refreshes metadata, and swaps in the new view.
+    /// Walks the cgroup tree, refreshes metadata when it is stale or a container is new, and
+    /// swaps in the new view.
     pub fn resync(&self) {
+        let (fetched, cached) = self.cached_metadata();
+        let period = Duration::from_secs(self.cfg.resync_secs);
+        let meta = if fetched.is_none_or(|t| t.elapsed() >= period) {
+            self.refresh_metadata(Instant::now().checked_sub(period))
+        } else {
+            cached
+        };
+        // Containers no source knows (cgroup-only) must not make every resync ask again.
+        if self.rebuild(&meta) {
+            let fresh = self.refresh_metadata(Instant::now().checked_sub(MISS_RESYNC_MIN_INTERVAL));
+            if !Arc::ptr_eq(&fresh, &meta) {
+                self.apply_metadata(&fresh);
+            }
+        }
+    }
+
+    fn cached_metadata(&self) -> (Option<Instant>, MetaMap) {
+        let m = self.metadata.lock().unwrap_or_else(|e| e.into_inner());
+        (m.0, m.1.clone())
+    }
+
+    /// Metadata fetched at or after `not_before` (None: any age will do, if there is one):
+    /// the cached answer when it is recent enough, else a new one. Fetches are serialised, so
+    /// callers that asked at the same time share one.
+    fn refresh_metadata(&self, not_before: Option<Instant>) -> MetaMap {
+        let mut kubelet = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        let (fetched, cached) = self.cached_metadata();
+        if fetched.is_some_and(|t| not_before.is_none_or(|nb| t >= nb)) {
+            return cached;
+        }
+        let started = Instant::now();
+        let fresh = Arc::new(self.fetch_metadata(kubelet.as_mut()));
+        *self.metadata.lock().unwrap_or_else(|e| e.into_inner()) = (Some(started), fresh.clone());
+        fresh
+    }
+
+    /// Walks the cgroup tree and swaps in the new view, naming containers from `meta`. True
+    /// when some container has no metadata there (new, or known to no source).
+    fn rebuild(&self, meta: &HashMap<String, metadata::Meta>) -> bool {
         let mut last = self.last_sync.lock().unwrap_or_else(|e| e.into_inner());
         let Some(root) = self.memory_root() else {
             *last = Some(Instant::now());
-            return;
+            return false;
         };
         let mut paths = HashMap::new();
         walk_cgroups(&root, &root, &mut paths, 0);
@@ -412,21 +527,7 @@ impl ContainerRegistry {
                 members.push((*ino, m.id));
             }
         }
-        let meta = {
-            let mut cached = self.metadata.lock().unwrap_or_else(|e| e.into_inner());
-            let stale = cached
-                .0
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(self.cfg.resync_secs));
-            // Containers no source knows (cgroup-only) must not make every resync ask again.
-            let unknown = found.keys().any(|id| !cached.1.contains_key(id))
-                && cached
-                    .0
-                    .is_none_or(|t| t.elapsed() >= MISS_RESYNC_MIN_INTERVAL);
-            if stale || unknown {
-                *cached = (Some(Instant::now()), Arc::new(self.fetch_metadata()));
-            }
-            cached.1.clone()
-        };
+        let unknown = found.keys().any(|id| !meta.contains_key(id));
         // Containers sharing the host's network namespace must not claim its packets.
         let host_netns = netns_inum(&self.host, 1);
         let now_text = crate::store::format_time_ns(crate::store::now_ns());
@@ -503,7 +604,11 @@ impl ContainerRegistry {
             }
             let since = *exited_at.entry(id.clone()).or_insert_with(Instant::now);
             if since.elapsed() < keep {
-                let mut gone = (*old).clone();
+                let mut gone = match meta.get(&id) {
+                    // Named only now (it lived shorter than the metadata took).
+                    Some(md) if old.name.is_empty() => old.with_meta(md),
+                    _ => (*old).clone(),
+                };
                 if gone.exited.is_none() {
                     gone.exited = Some(now_text.clone());
                 }
@@ -511,7 +616,7 @@ impl ContainerRegistry {
                 by_memcg.insert(gone.memory_cgroup_id, gone.clone());
                 paths
                     .entry(gone.memory_cgroup_id)
-                    .or_insert_with(|| gone.cgroup_path.clone().into());
+                    .or_insert_with(|| gone.cgroup_path.clone());
                 containers.insert(id, gone);
             }
         }
@@ -541,6 +646,7 @@ impl ContainerRegistry {
         };
         drop(st);
         *last = Some(Instant::now());
+        unknown
     }
 
     /// The memory controller's hierarchy under the host root (v1 `memory`, else cgroup2):
@@ -580,7 +686,10 @@ impl ContainerRegistry {
     }
 
     /// Metadata from every source that answers; none answering is normal on a bare host.
-    fn fetch_metadata(&self) -> HashMap<String, metadata::Meta> {
+    fn fetch_metadata(
+        &self,
+        kubelet: Option<&mut kubelet::KubeletAuth>,
+    ) -> HashMap<String, metadata::Meta> {
         let mut out = HashMap::new();
         for sock in &self.cfg.engine_sockets {
             let path = self
@@ -601,39 +710,222 @@ impl ContainerRegistry {
                 }
             }
         }
-        if !self.cfg.kubelet_read_only_address.is_empty() {
+        // The kubelet knows pods; the engine may know better names for plain containers.
+        // The authenticated port first; the read-only one when that gave nothing.
+        let mut pods = kubelet.and_then(|k| k.fetch());
+        if pods.is_none() && !self.cfg.kubelet_read_only_address.is_empty() {
             match metadata::get_tcp(&self.cfg.kubelet_read_only_address, "/pods", API_TIMEOUT)
                 .and_then(|b| metadata::parse_kubelet_pods(&b))
             {
-                // The kubelet knows pods; the engine may know better names for plain containers.
-                Ok(m) => {
-                    for (id, meta) in m {
-                        out.insert(id, meta);
-                    }
-                }
+                Ok(m) => pods = Some(m),
                 Err(e) => tracing::debug!(error = %format!("{e:#}"), "kubelet pod list"),
             }
         }
+        out.extend(pods.unwrap_or_default());
         out
     }
 
-    /// Resyncs every `resync_secs` until `stop` is set (runs on its own thread).
+    /// Names the containers already in the view from `meta` (a new answer), live and exited.
+    fn apply_metadata(&self, meta: &HashMap<String, metadata::Meta>) {
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let changed: HashMap<String, Arc<Container>> = st
+            .containers
+            .values()
+            .filter_map(|c| {
+                let named = c.with_meta(meta.get(&c.id)?);
+                (named != **c).then(|| (c.id.clone(), Arc::new(named)))
+            })
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        let st = &mut *st;
+        for map in [&mut st.by_memcg, &mut st.by_netns] {
+            for c in map.values_mut() {
+                if let Some(n) = changed.get(&c.id) {
+                    *c = n.clone();
+                }
+            }
+        }
+        for (id, c) in changed {
+            st.containers.insert(id, c);
+        }
+        self.filter
+            .apply(st.by_memcg.iter().map(|(id, c)| (*id, c.as_ref())));
+    }
+
+    /// Asks the registry's thread to fetch metadata again (no-op when it does not run).
+    fn request_refresh(&self) {
+        if let Some(tx) = self
+            .late_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let _ = tx.try_send(LateMsg::Refresh);
+        }
+    }
+
+    /// Holds a record whose container is known only by its id (no metadata yet: the event came
+    /// within milliseconds of the container's start) until the metadata sources name the
+    /// container, at most [`LATE_METADATA_WAIT`]; then `save` gets it, with the container's
+    /// fields filled in when they came. The caller's thread never waits. Returns the record
+    /// when it is not held (the caller saves it): its container has a name or is not
+    /// identified by a runtime id, the registry's thread does not run, the queue is full, or
+    /// the id already waited in vain.
+    pub fn save_when_named(
+        &self,
+        record: crate::store::Record,
+        save: impl FnOnce() -> RecordSink,
+    ) -> Option<crate::store::Record> {
+        let Some(c) = record.container.as_ref() else {
+            return Some(record);
+        };
+        if !c.name.is_empty()
+            || !is_container_id(&c.id)
+            || self
+                .late_given_up
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&c.id)
+        {
+            return Some(record);
+        }
+        let guard = self.late_tx.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = guard.as_ref() else {
+            return Some(record);
+        };
+        match tx.try_send(LateMsg::Record(Box::new(record), save(), Instant::now())) {
+            Ok(()) => None,
+            Err(
+                std::sync::mpsc::TrySendError::Full(LateMsg::Record(r, ..))
+                | std::sync::mpsc::TrySendError::Disconnected(LateMsg::Record(r, ..)),
+            ) => Some(*r),
+            // Only records are sent here.
+            Err(_) => None,
+        }
+    }
+
+    /// The container fields for a held record's id, once some source names it.
+    fn late_fields(
+        &self,
+        id: &str,
+        meta: &HashMap<String, metadata::Meta>,
+    ) -> Option<ContainerFields> {
+        if let Some(c) = self.get_exact(id).filter(|c| !c.name.is_empty()) {
+            return Some(c.fields());
+        }
+        // Gone before the registry saw its cgroup: the runtime still lists it (all=1).
+        let md = meta.get(id).filter(|m| !m.name.is_empty())?;
+        Some(ContainerFields {
+            id: id.to_string(),
+            name: md.name.clone(),
+            hostname: md.hostname.clone(),
+            host_namespace: md.namespace.clone(),
+            kind: md.kind.clone(),
+            qos: md.qos.clone(),
+        })
+    }
+
+    /// Saves the held records whose container got a name (all of them when `last`), keeps
+    /// the others.
+    fn resolve_late(
+        &self,
+        pending: &mut Vec<(Box<crate::store::Record>, RecordSink, Instant)>,
+        last: bool,
+    ) {
+        if pending.is_empty() {
+            return;
+        }
+        let meta = if last {
+            self.cached_metadata().1
+        } else {
+            let fresh = self.refresh_metadata(Instant::now().checked_sub(LATE_RETRY));
+            self.apply_metadata(&fresh);
+            fresh
+        };
+        let mut keep = Vec::new();
+        for (mut record, save, since) in pending.drain(..) {
+            let id = record
+                .container
+                .as_ref()
+                .map(|c| c.id.clone())
+                .unwrap_or_default();
+            if let Some(fields) = self.late_fields(&id, &meta) {
+                tracing::debug!(container_id = %id, name = %fields.name, waited_ms = since.elapsed().as_millis() as u64, "held record named");
+                record.container = Some(fields);
+                save(*record);
+            } else if last || since.elapsed() >= LATE_METADATA_WAIT {
+                let mut given_up = self.late_given_up.lock().unwrap_or_else(|e| e.into_inner());
+                if given_up.len() >= 4096 {
+                    given_up.retain(|_, t| t.elapsed() < Duration::from_secs(600));
+                }
+                given_up.insert(id.clone(), Instant::now());
+                drop(given_up);
+                tracing::debug!(container_id = %id, "no metadata names the container; record saved by id");
+                save(*record);
+            } else {
+                keep.push((record, save, since));
+            }
+        }
+        *pending = keep;
+    }
+
+    /// Resyncs every `resync_secs`, fetches metadata when an event names a new container, and
+    /// saves held records once their container is named, until `stop` is set (its own thread).
+    /// Records still held then are saved as they are before it returns.
     pub fn keep_current(
         self: &Arc<Self>,
         stop: Arc<std::sync::atomic::AtomicBool>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let me = self.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<LateMsg>(LATE_QUEUE);
+        *self.late_tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         std::thread::Builder::new()
             .name("containers".into())
             .spawn(move || {
                 let period = Duration::from_secs(me.cfg.resync_secs);
+                let mut next_resync = Instant::now();
+                let mut pending = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    me.resync();
-                    let end = Instant::now() + period;
-                    while Instant::now() < end && !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(100));
+                    if Instant::now() >= next_resync {
+                        me.resync();
+                        next_resync = Instant::now() + period;
+                    }
+                    let wait = if pending.is_empty() {
+                        Duration::from_millis(100)
+                    } else {
+                        LATE_RETRY
+                    };
+                    let mut refresh = false;
+                    let first = match rx.recv_timeout(wait) {
+                        Ok(m) => Some(m),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
+                    for msg in first
+                        .into_iter()
+                        .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+                    {
+                        match msg {
+                            LateMsg::Refresh => refresh = true,
+                            LateMsg::Record(r, save, since) => pending.push((r, save, since)),
+                        }
+                    }
+                    if refresh && pending.is_empty() {
+                        let fresh = me
+                            .refresh_metadata(Instant::now().checked_sub(MISS_RESYNC_MIN_INTERVAL));
+                        me.apply_metadata(&fresh);
+                    }
+                    me.resolve_late(&mut pending, false);
+                }
+                *me.late_tx.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                for msg in rx.try_iter() {
+                    if let LateMsg::Record(r, save, since) = msg {
+                        pending.push((r, save, since));
                     }
                 }
+                me.resolve_late(&mut pending, true);
             })
     }
 }
@@ -793,5 +1085,138 @@ mod tests {
         r.resync();
         assert!(r.by_memcg(ino).is_some_and(|c| c.exited.is_some()));
         assert!(!r.list().iter().any(|c| c.id == id));
+    }
+
+    /// An engine API on a unix socket that lists nothing until `named_after`, then one
+    /// container; every answer takes `delay` (podman holding its lock while `podman run` runs).
+    fn slow_engine(
+        sock: &Path,
+        id: &'static str,
+        named_after: Duration,
+        delay: Duration,
+    ) -> std::thread::JoinHandle<()> {
+        use std::io::{Read, Write};
+        let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let start = Instant::now();
+        std::thread::spawn(move || {
+            while start.elapsed() < Duration::from_secs(10) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf);
+                std::thread::sleep(delay);
+                let body = if start.elapsed() >= named_after {
+                    format!(r#"[{{"Id":"{id}","Names":["/late-name"],"Labels":null}}]"#)
+                } else {
+                    "[]".to_string()
+                };
+                let _ = conn.write_all(
+                    format!(
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        })
+    }
+
+    fn unnamed_record(id: &str) -> crate::store::Record {
+        crate::store::Record::new(
+            "test",
+            crate::store::TracerType::Event,
+            crate::store::now_ns(),
+            "h",
+            "r",
+            Some(ContainerFields {
+                id: id.to_string(),
+                ..Default::default()
+            }),
+            serde_json::json!({}),
+        )
+    }
+
+    #[test]
+    fn a_record_of_a_container_not_yet_named_waits_for_its_name() {
+        const ID: &str = "abababababababababababababababababababababababababababababababab";
+        const NEVER: &str = "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd";
+        let root = std::env::temp_dir().join(format!("bianque-late-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("proc/self")).unwrap();
+        // No memory hierarchy: names can only come from the engine answer.
+        std::fs::write(root.join("proc/self/mountinfo"), "").unwrap();
+        let server = slow_engine(
+            &root.join("engine.sock"),
+            ID,
+            Duration::from_millis(600),
+            Duration::from_millis(100),
+        );
+        let reg = Arc::new(ContainerRegistry::new(
+            HostRoot::new(&root),
+            ContainersConfig {
+                engine_sockets: vec![PathBuf::from("/engine.sock")],
+                kubelet_read_only_address: String::new(),
+                kubelet_url: String::new(),
+                containerd_state_dirs: vec![],
+                ..Default::default()
+            },
+        ));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = reg.keep_current(stop.clone()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let sink: RecordSink = Arc::new(move |r| {
+            let _ = tx.lock().unwrap().send((Instant::now(), r));
+        });
+        let t0 = Instant::now();
+        for id in [ID, NEVER] {
+            let held = reg.save_when_named(unnamed_record(id), || sink.clone());
+            assert!(held.is_none(), "record of {id} not held");
+        }
+        // The caller never waits on the (slow) API.
+        assert!(
+            t0.elapsed() < Duration::from_millis(50),
+            "{:?}",
+            t0.elapsed()
+        );
+        // A named record or a non-runtime id is given back at once.
+        let mut named = unnamed_record(ID);
+        named.container.as_mut().unwrap().name = "x".into();
+        assert!(reg.save_when_named(named, || sink.clone()).is_some());
+        assert!(reg
+            .save_when_named(unnamed_record("bqc1"), || sink.clone())
+            .is_some());
+
+        let (at, first) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let c = first.container.unwrap();
+        assert_eq!((c.id.as_str(), c.name.as_str()), (ID, "late-name"));
+        assert!(at - t0 >= Duration::from_millis(600), "{:?}", at - t0);
+        // The other one is never named: saved by id only after the wait, and not held again.
+        let (at, second) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let c = second.container.unwrap();
+        assert_eq!((c.id.as_str(), c.name.as_str()), (NEVER, ""));
+        assert!(at - t0 >= LATE_METADATA_WAIT, "{:?}", at - t0);
+        assert!(reg
+            .save_when_named(unnamed_record(NEVER), || sink.clone())
+            .is_some());
+
+        // Held at shutdown: saved before the thread ends.
+        const THIRD: &str = "efefefefefefefefefefefefefefefefefefefefefefefefefefefefefefefef";
+        assert!(reg
+            .save_when_named(unnamed_record(THIRD), || sink.clone())
+            .is_none());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        thread.join().unwrap();
+        let (_, third) = rx.try_recv().expect("held record saved at stop");
+        assert_eq!(third.container.unwrap().id, THIRD);
+        assert!(reg
+            .save_when_named(unnamed_record(THIRD), || sink.clone())
+            .is_some());
+        drop(server);
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -920,7 +920,7 @@ impl Worker {
 
 /// A reqwest error with its causes (`error sending request: connection refused`), without the
 /// URL.
-fn err_text(e: reqwest::Error) -> String {
+pub(crate) fn err_text(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut s = e.to_string();
     let mut cause = std::error::Error::source(&e);

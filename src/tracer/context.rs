@@ -127,7 +127,22 @@ impl RunContext {
             container,
             data,
         );
-        self.services.store.save(record);
         self.state.add_hit();
+        // A container known only by its id (an event right at its start): held until its
+        // metadata names it, on the registry's thread.
+        let record = match record.container.as_ref() {
+            Some(c) if c.name.is_empty() => {
+                let store = &self.services.store;
+                match self.services.containers.save_when_named(record, || {
+                    let store = store.clone();
+                    Arc::new(move |r| store.save(r))
+                }) {
+                    None => return,
+                    Some(r) => r,
+                }
+            }
+            _ => record,
+        };
+        self.services.store.save(record);
     }
 }
