@@ -1,6 +1,7 @@
 //! Metrics on the real kernel, provoked for real: CPU burners raise run-queue latency, direct
 //! I/O to a loop device moves block latency, a loopback UDP flood counts NET_RX softirq latency,
-//! page cache in a small memory cgroup counts memcg reclaim stalls; a real Prometheus scrapes
+//! page cache in a small memory cgroup counts memcg reclaim stalls, busy tasks in a test cgroup
+//! show in its taskstats `nr_running`; a real Prometheus scrapes
 //! the agent and answers PromQL for the host and for a test cgroup. Everything the tests create
 //! (cgroups, loop devices, processes, temp files) is removed by Drop guards, also on failure.
 
@@ -313,6 +314,40 @@ fn memcg_reclaim_stalls_count_in_a_small_memory_cgroup() {
             &format!("bianque_memory_vmstat_container_limit_bytes{{{labels}}}")
         ),
         Some(33554432.0)
+    );
+}
+
+#[test]
+fn container_nr_running_counts_busy_tasks_via_taskstats() {
+    let agent = start_agent();
+    let cg = TestCgroup::new(&["memory", "cpu", "cpuacct"]);
+    let labels = container_labels(&cg.id);
+    let mut kids = Kids(vec![cg.spawn("sleep 60")]);
+    wait_for_container(&agent, &cg.id);
+    let series = format!("bianque_loadavg_container_nr_running{{{labels}}}");
+    // Idle: the sleeper is not running.
+    assert_eq!(
+        metric_value(&agent.metrics(), &series),
+        Some(0.0),
+        "idle container"
+    );
+    const BUSY: usize = 3;
+    for _ in 0..BUSY {
+        kids.0.push(cg.spawn("sh -c 'while :; do :; done'"));
+    }
+    let mut last = None;
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = metric_value(&agent.metrics(), &series);
+        last.is_some_and(|v| v >= BUSY as f64)
+    });
+    assert!(ok, "nr_running with {BUSY} burners: {last:?}");
+    let m = agent.metrics();
+    assert_eq!(
+        metric_value(
+            &m,
+            &format!("bianque_loadavg_container_nr_uninterruptible{{{labels}}}")
+        ),
+        Some(0.0)
     );
 }
 

@@ -24,6 +24,7 @@ pub mod pressure;
 pub mod procfile;
 pub mod runqlat;
 pub mod sockstat;
+pub mod taskstats;
 pub mod tcp_memory;
 pub mod uptime;
 
