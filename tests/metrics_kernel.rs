@@ -1,6 +1,7 @@
 //! Metrics on the real kernel, provoked for real: CPU burners raise run-queue latency, direct
 //! I/O to a loop device moves block latency, a loopback UDP flood counts NET_RX softirq latency,
-//! page cache in a small memory cgroup counts memcg reclaim stalls, busy tasks in a test cgroup
+//! page cache in a small memory cgroup counts memcg reclaim stalls, huge page allocations beyond
+//! the free order-9 blocks count direct compaction stalls, busy tasks in a test cgroup
 //! show in its taskstats `nr_running`; a real Prometheus scrapes
 //! the agent and answers PromQL for the host and for a test cgroup. Everything the tests create
 //! (cgroups, loop devices, processes, temp files) is removed by Drop guards, also on failure.
@@ -349,6 +350,60 @@ fn container_nr_running_counts_busy_tasks_via_taskstats() {
         ),
         Some(0.0)
     );
+}
+
+/// Free blocks that could serve a 2 MiB huge page (order ≥ 9, in order-9 units), all zones.
+fn free_huge_blocks() -> u64 {
+    let text = std::fs::read_to_string("/proc/buddyinfo").unwrap();
+    let mut n = 0u64;
+    for line in text.lines() {
+        let counts: Vec<u64> = line
+            .split_whitespace()
+            .skip(4)
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        for (order, c) in counts.iter().enumerate().skip(9) {
+            n += c << (order - 9);
+        }
+    }
+    n
+}
+
+#[test]
+fn direct_compaction_and_reclaim_stall_on_huge_page_allocation() {
+    let agent = start_agent();
+    let compact = "bianque_memory_reclaim_compaction_stall_seconds";
+    let direct = "bianque_memory_reclaim_direct_stall_seconds";
+    let m = agent.metrics();
+    assert!(m.contains(&format!("# TYPE {compact} histogram")), "{m}");
+    let (c0, d0) = (count(&m, compact, ""), count(&m, direct, ""));
+    // Ask for more huge pages than there are free order-9 blocks: the writer's allocations
+    // then run direct compaction (and reclaim) in its own context: real allocation stalls.
+    // Transient: the pages are given back right after (also on failure).
+    let path = "/proc/sys/vm/nr_hugepages";
+    let orig: u64 = std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _restore = Cleanup(format!("echo {orig} > {path}"));
+    let want = orig + free_huge_blocks() + 128;
+    sh(&format!("echo {want} > {path}"));
+    let got = std::fs::read_to_string(path).unwrap();
+    sh(&format!("echo {orig} > {path}"));
+    let mut m = String::new();
+    let ok = wait_until(Duration::from_secs(5), || {
+        m = agent.metrics();
+        count(&m, compact, "") > c0
+    });
+    let (c1, d1) = (count(&m, compact, ""), count(&m, direct, ""));
+    assert!(
+        ok,
+        "direct compaction runs {c0} → {c1} (direct reclaim {d0} → {d1}) after asking for {want} huge pages, got {}",
+        got.trim()
+    );
+    assert!(metric_value(&m, &format!("{compact}_sum")).unwrap_or(0.0) > 0.0);
+    eprintln!("compaction stalls {c0} → {c1}, direct reclaim stalls {d0} → {d1}");
 }
 
 /// Percent-encodes a PromQL query for a URL.

@@ -57,6 +57,8 @@ pub struct MetricSink {
     family: String,
     /// The prefix is HuaTuo's (`huatuo_bamai`): see [`MetricSink::huatuo_names`].
     huatuo: bool,
+    /// Length of `<prefix>_` at the start of `name_prefix`.
+    prefix_len: usize,
 }
 
 /// The prefix that asks for HuaTuo's exact series names.
@@ -70,6 +72,7 @@ impl MetricSink {
             name_prefix: format!("{prefix}_{collector}_"),
             family: String::new(),
             huatuo: prefix == HUATUO_PREFIX,
+            prefix_len: prefix.len() + 1,
         }
     }
 
@@ -80,6 +83,7 @@ impl MetricSink {
             name_prefix: format!("{prefix}_"),
             family: String::new(),
             huatuo: prefix == HUATUO_PREFIX,
+            prefix_len: prefix.len() + 1,
         }
     }
 
@@ -100,6 +104,15 @@ impl MetricSink {
     /// dashboards work, and lint-clean names under any other prefix.
     pub fn huatuo_names(&self) -> bool {
         self.huatuo
+    }
+
+    /// Families from here on are named `<prefix>_<collector>_…`: for a tracer that also
+    /// exports a HuaTuo collector's families under that collector's name (HuaTuo's
+    /// `memory_free` from `memory_reclaim`).
+    pub fn set_collector(&mut self, collector: &str) {
+        self.name_prefix.truncate(self.prefix_len);
+        self.name_prefix.push_str(collector);
+        self.name_prefix.push('_');
     }
 
     /// One sample of the current family.
@@ -280,6 +293,12 @@ mod tests {
         );
         assert!(!s.huatuo_names());
         assert!(MetricSink::new("huatuo_bamai", "x").huatuo_names());
+        let mut h = MetricSink::new("huatuo_bamai", "memory_reclaim");
+        h.set_collector("memory_free");
+        h.single("allocpages_stall", "x", Kind::Gauge, 1.0);
+        assert!(h
+            .as_str()
+            .contains("\nhuatuo_bamai_memory_free_allocpages_stall 1\n"));
     }
 
     #[test]
