@@ -220,17 +220,31 @@ fn block_latency_counts_direct_io_to_a_loop_device() {
         .unwrap()
         .to_string();
     let agent = start_agent();
+    // The writer runs in a test container's blkio cgroup: its requests count there too.
+    let cg = TestCgroup::new(&["memory", "blkio"]);
+    let clabels = container_labels(&cg.id);
+    let _idle = Kids(vec![cg.spawn("sleep 60")]);
+    wait_for_container(&agent, &cg.id);
     let labels = format!("device=\"{name}\"");
     let before = count(&agent.metrics(), "bianque_iolatency_d2c_seconds", &labels);
-    sh(&format!(
-        "dd if=/dev/zero of={dev} bs=1M count=20 oflag=direct 2>/dev/null"
+    let cname = "bianque_iolatency_container_d2c_seconds";
+    let c_before = count(&agent.metrics(), cname, &clabels);
+    let mut dd = cg.spawn(&format!(
+        "dd if=/dev/zero of={dev} bs=1M count=20 oflag=direct"
     ));
-    let mut last = 0.0;
+    let status = dd.wait().unwrap();
+    assert!(status.success(), "dd in the test cgroup failed: {status}");
+    let (mut last, mut c_last) = (0.0, 0.0);
     let ok = wait_until(Duration::from_secs(10), || {
-        last = count(&agent.metrics(), "bianque_iolatency_d2c_seconds", &labels);
-        last - before >= 20.0
+        let m = agent.metrics();
+        last = count(&m, "bianque_iolatency_d2c_seconds", &labels);
+        c_last = count(&m, cname, &clabels);
+        last - before >= 20.0 && c_last - c_before >= 20.0
     });
-    assert!(ok, "issue→complete count for {name}: {before} → {last}");
+    assert!(
+        ok,
+        "issue→complete count for {name}: {before} → {last}; for the container: {c_before} → {c_last}"
+    );
     let m = agent.metrics();
     assert!(
         metric_value(
@@ -240,6 +254,13 @@ fn block_latency_counts_direct_io_to_a_loop_device() {
         .unwrap_or(0.0)
             > 0.0
     );
+    assert!(metric_value(&m, &format!("{cname}_sum{{{clabels}}}")).unwrap_or(0.0) > 0.0);
+    // Few buckets per container (cardinality budget).
+    let buckets = m
+        .lines()
+        .filter(|l| l.starts_with(&format!("{cname}_bucket{{{clabels}")))
+        .count();
+    assert_eq!(buckets, 7, "le buckets per container\n{m}");
 }
 
 #[test]
