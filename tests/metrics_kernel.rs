@@ -2,7 +2,8 @@
 //! I/O to a loop device moves block latency, a loopback UDP flood counts NET_RX softirq latency,
 //! page cache in a small memory cgroup counts memcg reclaim stalls, huge page allocations beyond
 //! the free order-9 blocks count direct compaction stalls, busy tasks in a test cgroup
-//! show in its taskstats `nr_running`; a real Prometheus scrapes
+//! show in its taskstats `nr_running`, a throttled veth's root qdisc counters match `tc -s`; a
+//! real Prometheus scrapes
 //! the agent and answers PromQL for the host and for a test cgroup. Everything the tests create
 //! (cgroups, loop devices, processes, temp files) is removed by Drop guards, also on failure.
 
@@ -425,6 +426,64 @@ fn direct_compaction_and_reclaim_stall_on_huge_page_allocation() {
     );
     assert!(metric_value(&m, &format!("{compact}_sum")).unwrap_or(0.0) > 0.0);
     eprintln!("compaction stalls {c0} → {c1}, direct reclaim stalls {d0} → {d1}");
+}
+
+#[test]
+fn qdisc_counters_match_tc_on_a_throttled_veth() {
+    let pair = NetnsPair::new("metrics2-qdisc");
+    let dev = pair.host_if.clone();
+    // No IPv6 chatter (router solicitations, MLD) through the qdisc while we compare.
+    sh(&format!("sysctl -qw net.ipv6.conf.{dev}.disable_ipv6=1"));
+    // A slow token bucket with a short queue: a burst overflows it (drops, overlimits).
+    sh(&format!(
+        "tc qdisc replace dev {dev} root tbf rate 1mbit burst 5kb limit 10kb"
+    ));
+    let agent = Agent::start("", &["--disable", "dropwatch"]);
+    let target = format!("{}:9", pair.ns_addr);
+    let tx = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    for _ in 0..2000 {
+        let _ = tx.send_to(&[0u8; 1000], &target);
+    }
+    let labels = format!("device=\"{dev}\",kind=\"tbf\"");
+    let tc = || -> serde_json::Value {
+        let out = sh(&format!("tc -j -s qdisc show dev {dev} root"));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0].clone()
+    };
+    let fields = [
+        ("bytes_total", "bytes"),
+        ("packets_total", "packets"),
+        ("drops_total", "drops"),
+        ("overlimits_total", "overlimits"),
+        ("requeues_total", "requeues"),
+        ("backlog", "backlog"),
+        ("current_queue_length", "qlen"),
+    ];
+    let mut report = String::new();
+    // Once the queue has drained the numbers stand still: equal before and after the scrape.
+    let ok = wait_until(Duration::from_secs(15), || {
+        let before = tc();
+        let m = agent.metrics();
+        let after = tc();
+        report = format!("tc: {after}\n");
+        if before != after {
+            return false;
+        }
+        fields.iter().all(|(metric, key)| {
+            let ours = metric_value(&m, &format!("bianque_netdev_qdisc_{metric}{{{labels}}}"));
+            report.push_str(&format!("{metric}: {ours:?} vs {}\n", after[key]));
+            ours.is_some() && ours == after[key].as_f64()
+        })
+    });
+    assert!(ok, "qdisc counters differ from tc:\n{report}");
+    let t = tc();
+    // The bucket lets a few packets through and drops most of the burst.
+    assert!(t["packets"].as_f64().unwrap() >= 5.0, "{t}");
+    assert!(t["drops"].as_f64().unwrap() >= 1000.0, "drops: {t}");
+    assert!(
+        t["overlimits"].as_f64().unwrap() > 0.0,
+        "no overlimits: {t}"
+    );
 }
 
 /// Percent-encodes a PromQL query for a URL.
