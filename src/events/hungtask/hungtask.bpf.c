@@ -13,7 +13,9 @@ struct hung_event _event_type = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
+	/* Rare events: 64 KiB holds dozens of records; each KiB of ring buffer is kernel memory
+	 * mapped twice into the agent (counted in its RSS). */
+	__uint(max_entries, 64 * 1024);
 } events SEC(".maps");
 
 SEC("tp_btf/sched_process_hang")

@@ -17,7 +17,9 @@ const volatile __u64 unlimited_pages = 0x7fffffffffffffffULL / 4096; /* LONG_MAX
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
+	/* Rare events: 64 KiB holds dozens of records; each KiB of ring buffer is kernel memory
+	 * mapped twice into the agent (counted in its RSS). */
+	__uint(max_entries, 64 * 1024);
 } events SEC(".maps");
 
 static __always_inline bool memcg_at_limit(struct mem_cgroup *memcg, __u64 *usage, __u64 *limit)
