@@ -22,8 +22,10 @@ impl Drop for Proc {
     }
 }
 
-/// A cgroup that looks like a container, removed on drop.
-struct TestCgroup(Vec<PathBuf>, String);
+/// A cgroup that looks like a container (`docker-<id>.scope`, the systemd driver's form: a bare
+/// 64-hex directory is not taken for a container), removed on drop. Fields: the parents, the
+/// leaf directory name, the container id.
+struct TestCgroup(Vec<PathBuf>, String, String);
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
@@ -121,10 +123,10 @@ fn test_container() -> Option<TestCgroup> {
     for c in ["memory", "cpu", "cpuacct"] {
         let m = bianque::container::cgroup_mount(&mi, c)?;
         let parent = m.join(format!("bqbench-{}", std::process::id()));
-        std::fs::create_dir_all(parent.join(&id)).ok()?;
+        std::fs::create_dir_all(parent.join(format!("docker-{id}.scope"))).ok()?;
         dirs.push(parent);
     }
-    let cg = TestCgroup(dirs, id);
+    let cg = TestCgroup(dirs, format!("docker-{id}.scope"), id);
     let mut join = String::new();
     for p in &cg.0 {
         join.push_str(&format!(
@@ -222,7 +224,7 @@ fn main() {
         .count();
     let host_n = series(&ne_text).count();
     let per_container = container.as_ref().map(|c| {
-        let needle = format!("container_id=\"{}\"", c.1);
+        let needle = format!("container_id=\"{}\"", c.2);
         series(&bq_text).filter(|l| l.contains(&needle)).count()
     });
 

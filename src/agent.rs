@@ -82,8 +82,16 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     // Collectors run on blocking-pool threads; glibc gives each thread its own malloc arena
     // (up to 8 × cores), which alone added ~6 MiB of RSS under steady scraping. Two arenas are
     // plenty for this workload.
+    // A fixed mmap threshold stops glibc's dynamic one from climbing (up to 32 MiB) after the
+    // first large scrape buffer is freed, which also raised the trim threshold and left freed
+    // scrape buffers in the heap: buffers ≥ 256 KiB are mmapped and unmapped on free, and free
+    // memory above 256 KiB at the top of the heap goes back to the kernel.
     // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 * 1024);
+    }
     let cfg = load_config(&opts)?;
     init_logging(&cfg);
     let host_root = HostRoot::new(opts.host_root.clone().unwrap_or_else(|| PathBuf::from("/")));

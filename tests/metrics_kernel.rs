@@ -1,6 +1,9 @@
 //! Metrics on the real kernel, provoked for real: CPU burners raise run-queue latency, direct
 //! I/O to a loop device moves block latency, a loopback UDP flood counts NET_RX softirq latency,
-//! page cache in a small memory cgroup counts memcg reclaim stalls; a real Prometheus scrapes
+//! page cache in a small memory cgroup counts memcg reclaim stalls, huge page allocations beyond
+//! the free order-9 blocks count direct compaction stalls, busy tasks in a test cgroup
+//! show in its taskstats `nr_running`, a throttled veth's root qdisc counters match `tc -s`; a
+//! real Prometheus scrapes
 //! the agent and answers PromQL for the host and for a test cgroup. Everything the tests create
 //! (cgroups, loop devices, processes, temp files) is removed by Drop guards, also on failure.
 
@@ -218,17 +221,31 @@ fn block_latency_counts_direct_io_to_a_loop_device() {
         .unwrap()
         .to_string();
     let agent = start_agent();
+    // The writer runs in a test container's blkio cgroup: its requests count there too.
+    let cg = TestCgroup::new(&["memory", "blkio"]);
+    let clabels = container_labels(&cg.id);
+    let _idle = Kids(vec![cg.spawn("sleep 60")]);
+    wait_for_container(&agent, &cg.id);
     let labels = format!("device=\"{name}\"");
     let before = count(&agent.metrics(), "bianque_iolatency_d2c_seconds", &labels);
-    sh(&format!(
-        "dd if=/dev/zero of={dev} bs=1M count=20 oflag=direct 2>/dev/null"
+    let cname = "bianque_iolatency_container_d2c_seconds";
+    let c_before = count(&agent.metrics(), cname, &clabels);
+    let mut dd = cg.spawn(&format!(
+        "dd if=/dev/zero of={dev} bs=1M count=20 oflag=direct"
     ));
-    let mut last = 0.0;
+    let status = dd.wait().unwrap();
+    assert!(status.success(), "dd in the test cgroup failed: {status}");
+    let (mut last, mut c_last) = (0.0, 0.0);
     let ok = wait_until(Duration::from_secs(10), || {
-        last = count(&agent.metrics(), "bianque_iolatency_d2c_seconds", &labels);
-        last - before >= 20.0
+        let m = agent.metrics();
+        last = count(&m, "bianque_iolatency_d2c_seconds", &labels);
+        c_last = count(&m, cname, &clabels);
+        last - before >= 20.0 && c_last - c_before >= 20.0
     });
-    assert!(ok, "issue→complete count for {name}: {before} → {last}");
+    assert!(
+        ok,
+        "issue→complete count for {name}: {before} → {last}; for the container: {c_before} → {c_last}"
+    );
     let m = agent.metrics();
     assert!(
         metric_value(
@@ -238,6 +255,13 @@ fn block_latency_counts_direct_io_to_a_loop_device() {
         .unwrap_or(0.0)
             > 0.0
     );
+    assert!(metric_value(&m, &format!("{cname}_sum{{{clabels}}}")).unwrap_or(0.0) > 0.0);
+    // Few buckets per container (cardinality budget).
+    let buckets = m
+        .lines()
+        .filter(|l| l.starts_with(&format!("{cname}_bucket{{{clabels}")))
+        .count();
+    assert_eq!(buckets, 7, "le buckets per container\n{m}");
 }
 
 #[test]
@@ -313,6 +337,152 @@ fn memcg_reclaim_stalls_count_in_a_small_memory_cgroup() {
             &format!("bianque_memory_vmstat_container_limit_bytes{{{labels}}}")
         ),
         Some(33554432.0)
+    );
+}
+
+#[test]
+fn container_nr_running_counts_busy_tasks_via_taskstats() {
+    let agent = start_agent();
+    let cg = TestCgroup::new(&["memory", "cpu", "cpuacct"]);
+    let labels = container_labels(&cg.id);
+    let mut kids = Kids(vec![cg.spawn("sleep 60")]);
+    wait_for_container(&agent, &cg.id);
+    let series = format!("bianque_loadavg_container_nr_running{{{labels}}}");
+    // Idle: the sleeper is not running.
+    assert_eq!(
+        metric_value(&agent.metrics(), &series),
+        Some(0.0),
+        "idle container"
+    );
+    const BUSY: usize = 3;
+    for _ in 0..BUSY {
+        kids.0.push(cg.spawn("sh -c 'while :; do :; done'"));
+    }
+    let mut last = None;
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = metric_value(&agent.metrics(), &series);
+        last.is_some_and(|v| v >= BUSY as f64)
+    });
+    assert!(ok, "nr_running with {BUSY} burners: {last:?}");
+    let m = agent.metrics();
+    assert_eq!(
+        metric_value(
+            &m,
+            &format!("bianque_loadavg_container_nr_uninterruptible{{{labels}}}")
+        ),
+        Some(0.0)
+    );
+}
+
+/// Free blocks that could serve a 2 MiB huge page (order ≥ 9, in order-9 units), all zones.
+fn free_huge_blocks() -> u64 {
+    let text = std::fs::read_to_string("/proc/buddyinfo").unwrap();
+    let mut n = 0u64;
+    for line in text.lines() {
+        let counts: Vec<u64> = line
+            .split_whitespace()
+            .skip(4)
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        for (order, c) in counts.iter().enumerate().skip(9) {
+            n += c << (order - 9);
+        }
+    }
+    n
+}
+
+#[test]
+fn direct_compaction_and_reclaim_stall_on_huge_page_allocation() {
+    let agent = start_agent();
+    let compact = "bianque_memory_reclaim_compaction_stall_seconds";
+    let direct = "bianque_memory_reclaim_direct_stall_seconds";
+    let m = agent.metrics();
+    assert!(m.contains(&format!("# TYPE {compact} histogram")), "{m}");
+    let (c0, d0) = (count(&m, compact, ""), count(&m, direct, ""));
+    // Ask for more huge pages than there are free order-9 blocks: the writer's allocations
+    // then run direct compaction (and reclaim) in its own context: real allocation stalls.
+    // Transient: the pages are given back right after (also on failure).
+    let path = "/proc/sys/vm/nr_hugepages";
+    let orig: u64 = std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _restore = Cleanup(format!("echo {orig} > {path}"));
+    let want = orig + free_huge_blocks() + 128;
+    sh(&format!("echo {want} > {path}"));
+    let got = std::fs::read_to_string(path).unwrap();
+    sh(&format!("echo {orig} > {path}"));
+    let mut m = String::new();
+    let ok = wait_until(Duration::from_secs(5), || {
+        m = agent.metrics();
+        count(&m, compact, "") > c0
+    });
+    let (c1, d1) = (count(&m, compact, ""), count(&m, direct, ""));
+    assert!(
+        ok,
+        "direct compaction runs {c0} → {c1} (direct reclaim {d0} → {d1}) after asking for {want} huge pages, got {}",
+        got.trim()
+    );
+    assert!(metric_value(&m, &format!("{compact}_sum")).unwrap_or(0.0) > 0.0);
+    eprintln!("compaction stalls {c0} → {c1}, direct reclaim stalls {d0} → {d1}");
+}
+
+#[test]
+fn qdisc_counters_match_tc_on_a_throttled_veth() {
+    let pair = NetnsPair::new("metrics2-qdisc");
+    let dev = pair.host_if.clone();
+    // No IPv6 chatter (router solicitations, MLD) through the qdisc while we compare.
+    sh(&format!("sysctl -qw net.ipv6.conf.{dev}.disable_ipv6=1"));
+    // A slow token bucket with a short queue: a burst overflows it (drops, overlimits).
+    sh(&format!(
+        "tc qdisc replace dev {dev} root tbf rate 1mbit burst 5kb limit 10kb"
+    ));
+    let agent = Agent::start("", &["--disable", "dropwatch"]);
+    let target = format!("{}:9", pair.ns_addr);
+    let tx = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    for _ in 0..2000 {
+        let _ = tx.send_to(&[0u8; 1000], &target);
+    }
+    let labels = format!("device=\"{dev}\",kind=\"tbf\"");
+    let tc = || -> serde_json::Value {
+        let out = sh(&format!("tc -j -s qdisc show dev {dev} root"));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0].clone()
+    };
+    let fields = [
+        ("bytes_total", "bytes"),
+        ("packets_total", "packets"),
+        ("drops_total", "drops"),
+        ("overlimits_total", "overlimits"),
+        ("requeues_total", "requeues"),
+        ("backlog", "backlog"),
+        ("current_queue_length", "qlen"),
+    ];
+    let mut report = String::new();
+    // Once the queue has drained the numbers stand still: equal before and after the scrape.
+    let ok = wait_until(Duration::from_secs(15), || {
+        let before = tc();
+        let m = agent.metrics();
+        let after = tc();
+        report = format!("tc: {after}\n");
+        if before != after {
+            return false;
+        }
+        fields.iter().all(|(metric, key)| {
+            let ours = metric_value(&m, &format!("bianque_netdev_qdisc_{metric}{{{labels}}}"));
+            report.push_str(&format!("{metric}: {ours:?} vs {}\n", after[key]));
+            ours.is_some() && ours == after[key].as_f64()
+        })
+    });
+    assert!(ok, "qdisc counters differ from tc:\n{report}");
+    let t = tc();
+    // The bucket lets a few packets through and drops most of the burst.
+    assert!(t["packets"].as_f64().unwrap() >= 5.0, "{t}");
+    assert!(t["drops"].as_f64().unwrap() >= 1000.0, "drops: {t}");
+    assert!(
+        t["overlimits"].as_f64().unwrap() > 0.0,
+        "no overlimits: {t}"
     );
 }
 

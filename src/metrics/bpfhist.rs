@@ -147,6 +147,19 @@ pub fn sync_wanted(
     current: &mut HashSet<u64>,
     want: &HashSet<u64>,
 ) -> Result<()> {
+    sync_wanted_with(wanted, current, want, |id| {
+        let _ = hist.delete(&id.to_ne_bytes());
+    })
+}
+
+/// [`sync_wanted`] for histograms keyed otherwise: `gone` is called with each cgroup id no
+/// longer wanted, to drop its histograms.
+pub fn sync_wanted_with(
+    wanted: &MapHandle,
+    current: &mut HashSet<u64>,
+    want: &HashSet<u64>,
+    mut gone: impl FnMut(u64),
+) -> Result<()> {
     for id in want.difference(&current.clone()) {
         wanted.update(&id.to_ne_bytes(), &[1u8], MapFlags::ANY)?;
         current.insert(*id);
@@ -154,7 +167,7 @@ pub fn sync_wanted(
     let stale: Vec<u64> = current.difference(want).copied().collect();
     for id in stale {
         let _ = wanted.delete(&id.to_ne_bytes());
-        let _ = hist.delete(&id.to_ne_bytes());
+        gone(id);
         current.remove(&id);
     }
     Ok(())

@@ -1,4 +1,6 @@
-//! `loadavg`: the host load averages and task counts from `/proc/loadavg`.
+//! `loadavg`: the host load averages and task counts from `/proc/loadavg`; per container the
+//! numbers of running and uninterruptible tasks from taskstats netlink (`CGROUPSTATS_CMD_GET` on
+//! the container's cgroup v1 cpu directory, as HuaTuo; cgroup v1 only).
 
 use std::fs::File;
 use std::io::{Read, Seek};
@@ -7,6 +9,9 @@ use std::sync::Mutex;
 use anyhow::{bail, Context, Result};
 
 use crate::config::ConfigResult;
+use crate::host::HostRoot;
+use crate::metrics::cgroup;
+use crate::metrics::taskstats::{CgroupStats, TaskStats};
 use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
@@ -14,29 +19,44 @@ use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSp
 static SPEC: TracerSpec = TracerSpec {
     name: "loadavg",
     mode: Mode::Metric,
-    description: "load averages (1, 5, 15 min) and runnable/total task counts from /proc/loadavg",
+    description: "load averages (1, 5, 15 min) and runnable/total task counts from /proc/loadavg; container running/uninterruptible tasks (taskstats, cgroup v1)",
     requires: &[Requirement::HostFile("proc/loadavg")],
     default_enabled: true,
     build,
 };
 
 fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
-    // No options yet; still reject unknown keys.
-    let _: NoOptions = crate::config::parse_section(ctx.section, table)?;
+    let cfg: LoadAvgConfig = crate::config::parse_section(ctx.section, table)?;
     Ok(Tracer::Metric(Box::new(LoadAvg {
         path: ctx.host.proc("loadavg"),
         file: Mutex::new(None),
+        host: ctx.host.clone(),
+        containers: cfg.containers,
+        taskstats: Mutex::new(None),
     })))
 }
 
-#[derive(Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoOptions {}
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LoadAvgConfig {
+    containers: bool,
+}
+
+impl Default for LoadAvgConfig {
+    fn default() -> Self {
+        LoadAvgConfig { containers: true }
+    }
+}
 
 struct LoadAvg {
     path: std::path::PathBuf,
     /// Kept open and re-read from offset 0: cheaper than open+close per scrape.
     file: Mutex<Option<File>>,
+    host: HostRoot,
+    containers: bool,
+    /// The taskstats netlink socket, opened at the first scrape with containers; `Err` keeps
+    /// why it cannot work here (no CONFIG_TASKSTATS), so it is not retried every scrape.
+    taskstats: Mutex<Option<Result<TaskStats, String>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -113,7 +133,72 @@ impl Collector for LoadAvg {
             Kind::Gauge,
             s.tasks as f64,
         );
+        if self.containers {
+            self.collect_containers(out);
+        }
         Ok(())
+    }
+}
+
+impl LoadAvg {
+    /// `container_nr_running` and `container_nr_uninterruptible` (HuaTuo's names) for each
+    /// container with a cgroup v1 cpu directory. A container whose cgroup vanished or is not
+    /// v1 is skipped; so is everything when the kernel has no taskstats.
+    fn collect_containers(&self, out: &mut MetricSink) {
+        let snap = cgroup::snapshot(&self.host);
+        if snap.containers.is_empty() {
+            return;
+        }
+        let mut rows: Vec<(usize, CgroupStats)> = Vec::with_capacity(snap.containers.len());
+        {
+            let mut guard = self.taskstats.lock().unwrap_or_else(|e| e.into_inner());
+            let client = guard.get_or_insert_with(|| {
+                TaskStats::new().map_err(|e| {
+                    tracing::info!("loadavg: no container task counts: {e:#}");
+                    format!("{e:#}")
+                })
+            });
+            let Ok(ts) = client.as_mut() else {
+                return;
+            };
+            let mut failed = 0;
+            for (i, ct) in snap.containers.iter().enumerate() {
+                let Some(dir) = snap.layout.dir("cpu", &ct.rel).filter(|d| !d.v2) else {
+                    continue;
+                };
+                match ts.cgroup(&dir.path) {
+                    Ok(s) => rows.push((i, s)),
+                    Err(e) => {
+                        tracing::debug!("loadavg: {e:#}");
+                        failed += 1;
+                    }
+                }
+            }
+            // Every request failed: the socket may be broken; open a new one next time.
+            if rows.is_empty() && failed > 0 {
+                *guard = None;
+            }
+        }
+        if rows.is_empty() {
+            return;
+        }
+        for (name, help, get) in [
+            (
+                "container_nr_running",
+                "Tasks of the container that are running or runnable (taskstats).",
+                (|s: &CgroupStats| s.nr_running) as fn(&CgroupStats) -> u64,
+            ),
+            (
+                "container_nr_uninterruptible",
+                "Tasks of the container in uninterruptible sleep (D state; taskstats).",
+                |s: &CgroupStats| s.nr_uninterruptible,
+            ),
+        ] {
+            out.family(name, help, Kind::Gauge);
+            for (i, s) in &rows {
+                out.sample(&snap.containers[*i].labels(), get(s) as f64);
+            }
+        }
     }
 }
 

@@ -19,11 +19,13 @@ pub mod memory_reclaim;
 pub mod memory_vmstat;
 pub mod mountpoint_perm;
 pub mod netdev;
+pub mod netdev_qdisc;
 pub mod netstat;
 pub mod pressure;
 pub mod procfile;
 pub mod runqlat;
 pub mod sockstat;
+pub mod taskstats;
 pub mod tcp_memory;
 pub mod uptime;
 
@@ -56,6 +58,8 @@ pub struct MetricSink {
     family: String,
     /// The prefix is HuaTuo's (`huatuo_bamai`): see [`MetricSink::huatuo_names`].
     huatuo: bool,
+    /// Length of `<prefix>_` at the start of `name_prefix`.
+    prefix_len: usize,
 }
 
 /// The prefix that asks for HuaTuo's exact series names.
@@ -69,6 +73,7 @@ impl MetricSink {
             name_prefix: format!("{prefix}_{collector}_"),
             family: String::new(),
             huatuo: prefix == HUATUO_PREFIX,
+            prefix_len: prefix.len() + 1,
         }
     }
 
@@ -79,6 +84,7 @@ impl MetricSink {
             name_prefix: format!("{prefix}_"),
             family: String::new(),
             huatuo: prefix == HUATUO_PREFIX,
+            prefix_len: prefix.len() + 1,
         }
     }
 
@@ -99,6 +105,15 @@ impl MetricSink {
     /// dashboards work, and lint-clean names under any other prefix.
     pub fn huatuo_names(&self) -> bool {
         self.huatuo
+    }
+
+    /// Families from here on are named `<prefix>_<collector>_…`: for a tracer that also
+    /// exports a HuaTuo collector's families under that collector's name (HuaTuo's
+    /// `memory_free` from `memory_reclaim`).
+    pub fn set_collector(&mut self, collector: &str) {
+        self.name_prefix.truncate(self.prefix_len);
+        self.name_prefix.push_str(collector);
+        self.name_prefix.push('_');
     }
 
     /// One sample of the current family.
@@ -279,6 +294,12 @@ mod tests {
         );
         assert!(!s.huatuo_names());
         assert!(MetricSink::new("huatuo_bamai", "x").huatuo_names());
+        let mut h = MetricSink::new("huatuo_bamai", "memory_reclaim");
+        h.set_collector("memory_free");
+        h.single("allocpages_stall", "x", Kind::Gauge, 1.0);
+        assert!(h
+            .as_str()
+            .contains("\nhuatuo_bamai_memory_free_allocpages_stall 1\n"));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /* iolatency: block request latency per disk, queue→complete (from block_rq_insert) and
  * issue→complete (from block_rq_issue), tp_btf block_rq_insert/issue/complete. Requests that
- * go straight to the driver (no scheduler insert) have only issue→complete. */
+ * go straight to the driver (no scheduler insert) have only issue→complete. Per container the
+ * same two latencies keyed by the blkio cgroup of the request (its first bio's blkcg, so
+ * writeback is charged as the block layer charges it), for the cgroups in `cg_wanted`. */
 #include "bianque.bpf.h"
 #include "histogram.bpf.h"
 
@@ -26,6 +28,34 @@ struct {
 	__type(key, __u64);
 	__type(value, struct hist);
 } disk_hist SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} cg_wanted SEC(".maps");
+
+/* Key: cgroup id << 1 | kind. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct hist);
+} cg_hist SEC(".maps");
+
+/* Kernfs id of the blkio cgroup a request is charged to; 0 without CONFIG_BLK_CGROUP or bio. */
+static __always_inline __u64 rq_cgroup_id(struct request *rq)
+{
+	struct blkcg_gq *blkg;
+
+	if (!bpf_core_field_exists(((struct bio *)0)->bi_blkg))
+		return 0;
+	blkg = BPF_CORE_READ(rq, bio, bi_blkg);
+	if (!blkg)
+		return 0;
+	return BPF_CORE_READ(blkg, blkcg, css.cgroup, kn, id);
+}
 
 SEC("tp_btf/block_rq_insert")
 int BPF_PROG(bq_block_rq_insert, struct request *rq)
@@ -56,7 +86,7 @@ int BPF_PROG(bq_block_rq_issue, struct request *rq)
 SEC("tp_btf/block_rq_complete")
 int BPF_PROG(bq_block_rq_complete, struct request *rq)
 {
-	__u64 key = (__u64)rq, now = bpf_ktime_get_ns(), dev, hk;
+	__u64 key = (__u64)rq, now = bpf_ktime_get_ns(), dev, hk, cg;
 	struct rq_times *t = bpf_map_lookup_elem(&reqs, &key);
 	struct gendisk *disk;
 
@@ -71,6 +101,17 @@ int BPF_PROG(bq_block_rq_complete, struct request *rq)
 	if (t->insert && now > t->insert) {
 		hk = dev << 1 | KIND_Q2C;
 		hist_key_add(&disk_hist, &hk, now - t->insert);
+	}
+	cg = rq_cgroup_id(rq);
+	if (cg && bpf_map_lookup_elem(&cg_wanted, &cg)) {
+		if (t->issue && now > t->issue) {
+			hk = cg << 1 | KIND_D2C;
+			hist_key_add(&cg_hist, &hk, now - t->issue);
+		}
+		if (t->insert && now > t->insert) {
+			hk = cg << 1 | KIND_Q2C;
+			hist_key_add(&cg_hist, &hk, now - t->insert);
+		}
 	}
 	bpf_map_delete_elem(&reqs, &key);
 	return 0;

@@ -1,18 +1,22 @@
 //! `iolatency`: block request latency per disk as Prometheus histograms: queue→complete
 //! (`q2c_seconds`, from the scheduler insert) and issue→complete (`d2c_seconds`, time in the
-//! driver and device), from tp_btf `block_rq_insert`, `block_rq_issue`, `block_rq_complete`.
+//! driver and device), from tp_btf `block_rq_insert`, `block_rq_issue`, `block_rq_complete`;
+//! per container the same two (all disks together, few buckets), by the blkio cgroup the
+//! request is charged to.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::mem::MaybeUninit;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::MapHandle;
+use libbpf_rs::{MapCore, MapHandle};
 
 use crate::config::ConfigResult;
+use crate::host::HostRoot;
 use crate::metrics::bpfhist::{self, Hist};
+use crate::metrics::cgroup;
 use crate::metrics::procfile::ProcFile;
 use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{
@@ -31,6 +35,8 @@ pub const BOUNDS: [f64; 17] = [
     5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2e-2, 3e-2, 5e-2, 1e-1, 2e-1, 4e-1, 1.0,
     2.5, 5.0,
 ];
+/// The `le` buckets kept per container (a subset of [`BOUNDS`]): 2 families × 9 series.
+pub const CONTAINER_BOUNDS: [f64; 6] = [5e-4, 2.5e-3, 1e-2, 5e-2, 2e-1, 1.0];
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -48,23 +54,71 @@ static SPEC: TracerSpec = TracerSpec {
     build,
 };
 
-#[derive(Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoOptions {}
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct IoLatencyConfig {
+    containers: bool,
+}
+
+impl Default for IoLatencyConfig {
+    fn default() -> Self {
+        IoLatencyConfig { containers: true }
+    }
+}
 
 fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
-    let _: NoOptions = crate::config::parse_section(ctx.section, table)?;
+    let cfg: IoLatencyConfig = crate::config::parse_section(ctx.section, table)?;
     Ok(Tracer::Event(Box::new(IoLatency {
         diskstats: ProcFile::new(ctx.host.proc("diskstats")),
         hist: Mutex::new(None),
+        host: ctx.host.clone(),
+        containers: cfg.containers,
+        cg: Mutex::new(None),
     })))
+}
+
+struct CgMaps {
+    wanted: MapHandle,
+    hist: MapHandle,
+    current: HashSet<u64>,
 }
 
 struct IoLatency {
     diskstats: ProcFile,
     /// Kept after a run ends so counts do not vanish between restarts.
     hist: Mutex<Option<MapHandle>>,
+    host: HostRoot,
+    containers: bool,
+    /// Per-container maps of the running program.
+    cg: Mutex<Option<CgMaps>>,
 }
+
+const KIND_Q2C: u64 = 0;
+const KIND_D2C: u64 = 1;
+const FAMILIES: [(u64, &str, &str); 2] = [
+    (
+        KIND_Q2C,
+        "q2c_seconds",
+        "Block request latency from scheduler insert to completion, per disk.",
+    ),
+    (
+        KIND_D2C,
+        "d2c_seconds",
+        "Block request latency from issue to the driver to completion, per disk.",
+    ),
+];
+const CONTAINER_FAMILIES: [(u64, &str, &str); 2] = [
+    (
+        KIND_Q2C,
+        "container_q2c_seconds",
+        "Block request latency from scheduler insert to completion of the container's requests (by blkio cgroup), all disks.",
+    ),
+    (
+        KIND_D2C,
+        "container_d2c_seconds",
+        "Block request latency from issue to the driver to completion of the container's requests (by blkio cgroup), all disks.",
+    ),
+];
 
 /// `(major << 20 | minor)` → device name, from /proc/diskstats.
 fn device_names(text: &str) -> HashMap<u64, String> {
@@ -103,6 +157,11 @@ impl EventTracer for IoLatency {
         let skel = open.load().context("loading the BPF program")?;
         *self.hist.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(MapHandle::try_from(&skel.maps.disk_hist).context("disk_hist map")?);
+        *self.cg.lock().unwrap_or_else(|e| e.into_inner()) = Some(CgMaps {
+            wanted: MapHandle::try_from(&skel.maps.cg_wanted).context("cg_wanted map")?,
+            hist: MapHandle::try_from(&skel.maps.cg_hist).context("cg_hist map")?,
+            current: HashSet::new(),
+        });
         let _l1 = skel
             .progs
             .bq_block_rq_insert
@@ -120,6 +179,7 @@ impl EventTracer for IoLatency {
             .context("attaching tp_btf/block_rq_complete")?;
         ctx.attached();
         while ctx.sleep(Duration::from_millis(200)) {}
+        *self.cg.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
     }
 
@@ -141,22 +201,63 @@ impl EventTracer for IoLatency {
                 .cloned()
                 .unwrap_or_else(|| format!("{}:{}", dev >> 20, dev & 0xfffff))
         };
-        for (kind, name, help) in [
-            (
-                0u64,
-                "q2c_seconds",
-                "Block request latency from scheduler insert to completion, per disk.",
-            ),
-            (
-                1u64,
-                "d2c_seconds",
-                "Block request latency from issue to the driver to completion, per disk.",
-            ),
-        ] {
+        for (kind, name, help) in FAMILIES {
             out.family(name, help, Kind::Histogram);
             for (k, h) in rows.iter().filter(|(k, _)| k & 1 == kind) {
                 let dev = label(k >> 1);
                 Hist::write(h, out, &[("device", &dev)], &[], &BOUNDS, None);
+            }
+        }
+        if self.containers {
+            self.collect_containers(out)?;
+        }
+        Ok(())
+    }
+}
+
+impl IoLatency {
+    fn collect_containers(&self, out: &mut MetricSink) -> Result<()> {
+        let mut guard = self.cg.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = guard.as_mut() else {
+            return Ok(());
+        };
+        let snap = cgroup::snapshot(&self.host);
+        let mut by_id: HashMap<u64, usize> = HashMap::new();
+        for (i, ct) in snap.containers.iter().enumerate() {
+            if let Some(id) = snap
+                .layout
+                .dir("blkio", &ct.rel)
+                .and_then(|d| bpfhist::cgroup_id(&d.path))
+            {
+                by_id.insert(id, i);
+            }
+        }
+        let want: HashSet<u64> = by_id.keys().copied().collect();
+        let hist = &m.hist;
+        bpfhist::sync_wanted_with(&m.wanted, &mut m.current, &want, |id| {
+            for kind in [KIND_Q2C, KIND_D2C] {
+                let _ = hist.delete(&(id << 1 | kind).to_ne_bytes());
+            }
+        })?;
+        let mut rows: Vec<(usize, u64, Hist)> = bpfhist::read_keyed(&m.hist, BOUNDS.len())?
+            .into_iter()
+            .filter_map(|(k, h)| by_id.get(&(k >> 1)).map(|&i| (i, k & 1, h)))
+            .collect();
+        drop(guard);
+        rows.sort_by_key(|(i, kind, _)| (*i, *kind));
+        for (kind, name, help) in CONTAINER_FAMILIES {
+            if !rows.iter().any(|(_, k, _)| *k == kind) {
+                continue;
+            }
+            out.family(name, help, Kind::Histogram);
+            for (i, _, h) in rows.iter().filter(|(_, k, _)| *k == kind) {
+                h.write(
+                    out,
+                    &snap.containers[*i].labels(),
+                    &[],
+                    &BOUNDS,
+                    Some(&CONTAINER_BOUNDS),
+                );
             }
         }
         Ok(())

@@ -1,9 +1,12 @@
 //! `memory_reclaim`: time tasks stalled in memory reclaim, as Prometheus histograms: memcg limit
-//! reclaim (host-wide and per container) and global direct reclaim, from tp_btf
-//! `mm_vmscan_memcg_reclaim_begin/end` and `mm_vmscan_direct_reclaim_begin/end`.
+//! reclaim (host-wide and per container), global direct reclaim and direct compaction, from
+//! tp_btf `mm_vmscan_memcg_reclaim_begin/end`, `mm_vmscan_direct_reclaim_begin/end` and
+//! `mm_compaction_begin/end` (runs with `compact_control.direct_compaction` set; HuaTuo hooks
+//! `try_to_compact_pages` with kprobes, which this project cannot use).
 //!
 //! Under the `huatuo_bamai` prefix HuaTuo's `memory_reclaim_container_directstall` (count of
-//! memcg reclaim stalls per container) is exported too.
+//! memcg reclaim stalls per container) and its `memory_free` collector's cumulative
+//! `compaction_stall` and `allocpages_stall` (milliseconds) are exported too.
 
 use std::collections::{HashMap, HashSet};
 use std::mem::MaybeUninit;
@@ -34,13 +37,13 @@ pub const BOUNDS: [f64; 14] = [
     1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1, 2.5e-1, 5e-1, 1.0, 2.5, 5.0,
 ];
 pub const CONTAINER_BOUNDS: [f64; 6] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 5.0];
-const SLOTS: u32 = 2 * (BOUNDS.len() as u32 + 2);
+const SLOTS: u32 = 3 * (BOUNDS.len() as u32 + 2);
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
     name: "memory_reclaim",
     mode: Mode::Event,
-    description: "memory reclaim stall histograms: memcg (host, containers) and direct reclaim (tp_btf mm_vmscan_*); metrics only",
+    description: "memory reclaim stall histograms: memcg (host, containers), direct reclaim and direct compaction (tp_btf mm_vmscan_*, mm_compaction_*); metrics only",
     requires: &[
         Requirement::Root,
         Requirement::Btf,
@@ -72,6 +75,7 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
         containers: cfg.containers,
         counters: Default::default(),
         maps: Mutex::new(None),
+        compaction: Default::default(),
     })))
 }
 
@@ -86,6 +90,8 @@ struct MemoryReclaim {
     containers: bool,
     counters: crate::bpf::counters::CountersCell,
     maps: Mutex<Option<Maps>>,
+    /// The compaction programs are attached (the kernel has the tracepoints).
+    compaction: std::sync::atomic::AtomicBool,
 }
 
 impl EventTracer for MemoryReclaim {
@@ -103,6 +109,15 @@ impl EventTracer for MemoryReclaim {
         rodata.hist_nbounds = BOUNDS.len() as u32;
         rodata.counter_slots = SLOTS;
         self.counters.prepare(&mut open.maps.counters, SLOTS)?;
+        // Kernels without CONFIG_COMPACTION have no compaction tracepoints: the reclaim
+        // histograms still work.
+        let compaction = ["mm_compaction_begin", "mm_compaction_end"]
+            .iter()
+            .all(|tp| Requirement::BtfTracepoint(tp).check(&self.host).is_ok());
+        if !compaction {
+            open.progs.bq_compaction_begin.set_autoload(false);
+            open.progs.bq_compaction_end.set_autoload(false);
+        }
         let skel = open.load().context("loading the BPF program")?;
         self.counters.adopt(&skel.maps.counters, SLOTS)?;
         *self.maps.lock().unwrap_or_else(|e| e.into_inner()) = Some(Maps {
@@ -127,6 +142,20 @@ impl EventTracer for MemoryReclaim {
             .bq_direct_reclaim_end
             .attach()
             .context("attaching mm_vmscan_direct_reclaim_end")?;
+        let _compaction = if compaction {
+            Some((
+                p.bq_compaction_begin
+                    .attach()
+                    .context("attaching mm_compaction_begin")?,
+                p.bq_compaction_end
+                    .attach()
+                    .context("attaching mm_compaction_end")?,
+            ))
+        } else {
+            None
+        };
+        self.compaction
+            .store(compaction, std::sync::atomic::Ordering::Relaxed);
         ctx.attached();
         while ctx.sleep(Duration::from_millis(200)) {}
         *self.maps.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -149,7 +178,39 @@ impl EventTracer for MemoryReclaim {
             "Time tasks stalled in global direct reclaim (allocation found too little free memory).",
             Kind::Histogram,
         );
-        Hist::from_counters(&c, 1, nb, None).write(out, &[], &[], &BOUNDS, None);
+        let direct = Hist::from_counters(&c, 1, nb, None);
+        direct.write(out, &[], &[], &BOUNDS, None);
+        let compact = self
+            .compaction
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| Hist::from_counters(&c, 2, nb, None));
+        if let Some(h) = &compact {
+            out.family(
+                "compaction_stall_seconds",
+                "Time tasks stalled in direct compaction (one observation per zone compacted for an allocation).",
+                Kind::Histogram,
+            );
+            h.write(out, &[], &[], &BOUNDS, None);
+        }
+        if out.huatuo_names() {
+            // HuaTuo's `memory_free` collector: cumulative stall time in ms, as gauges.
+            out.set_collector("memory_free");
+            if let Some(h) = &compact {
+                out.single(
+                    "compaction_stall",
+                    "time stalled in direct compaction, cumulative milliseconds",
+                    Kind::Gauge,
+                    h.sum_ns as f64 / 1e6,
+                );
+            }
+            out.single(
+                "allocpages_stall",
+                "time stalled in direct reclaim during page allocation, cumulative milliseconds",
+                Kind::Gauge,
+                direct.sum_ns as f64 / 1e6,
+            );
+            out.set_collector("memory_reclaim");
+        }
         if !self.containers {
             return Ok(());
         }
