@@ -210,7 +210,26 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
             );
         });
 
+        // Housekeeping: the kernel symbol table (~5 MB) is only needed for new addresses.
+        let idle_runner = runner.clone();
+        let housekeeping = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SYMBOL_TABLE_IDLE / 2);
+            loop {
+                tick.tick().await;
+                let services = idle_runner.services().clone();
+                let released = tokio::task::spawn_blocking(move || {
+                    services.symbolizer.release_idle(SYMBOL_TABLE_IDLE)
+                })
+                .await
+                .unwrap_or(false);
+                if released {
+                    tracing::debug!("kernel symbol table released (idle)");
+                }
+            }
+        });
+
         wait_for_signal().await?;
+        housekeeping.abort();
         tracing::info!("shutting down");
         // The shipper stops at once: whatever it had not confirmed is sent on the next start.
         if let Some(s) = &shipper {
@@ -240,6 +259,9 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     tracing::info!("bianque stopped");
     Ok(())
 }
+
+/// The kernel symbol table is dropped after this long without a new address to resolve.
+const SYMBOL_TABLE_IDLE: Duration = Duration::from_secs(60);
 
 async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};

@@ -4,7 +4,8 @@
 //! (~4.5 MB for ~120k symbols, where blazesym's kernel source kept about 10 MB). It is read at
 //! the first lookup, and read again when an address falls outside every known symbol (a module
 //! or BPF program loaded since), at most every [`RELOAD_EVERY`]. Answers are cached: drop
-//! locations and stack frames repeat, so after warm-up a lookup is a hash probe.
+//! locations and stack frames repeat, so after warm-up a lookup is a hash probe, and the agent
+//! drops the table when it has not been needed for a while ([`KernelSymbolizer::release_idle`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -28,6 +29,8 @@ pub struct KernelSymbolizer {
 struct Inner {
     table: Option<Table>,
     loaded_at: Option<Instant>,
+    /// When the table last answered a cache miss.
+    used_at: Option<Instant>,
     cache: HashMap<u64, String>,
 }
 
@@ -75,6 +78,18 @@ impl KernelSymbolizer {
             .collect()
     }
 
+    /// Drops the symbol table if no cache miss needed it for `idle` (the cache of answers
+    /// stays); the next miss reads kallsyms again. Returns whether it dropped one.
+    pub fn release_idle(&self, idle: Duration) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.table.is_some() && inner.used_at.is_none_or(|t| t.elapsed() >= idle) {
+            inner.table = None;
+            inner.loaded_at = None;
+            return true;
+        }
+        false
+    }
+
     /// Symbolizes a kernel stack (innermost first), skipping zero frames and the frames of the
     /// BPF program that took it (`bpf_prog_*`, `bpf_trace_run*`, `__traceiter_*`: `bpf_get_stack`
     /// from a tracepoint starts inside them).
@@ -99,6 +114,7 @@ impl Inner {
         if let Some(s) = self.cache.get(&addr) {
             return s.clone();
         }
+        self.used_at = Some(Instant::now());
         let mut text = self.table.as_ref().and_then(|t| t.lookup(addr));
         let stale = self.loaded_at.is_none_or(|t| t.elapsed() >= RELOAD_EVERY);
         if text.is_none() && stale {
@@ -279,6 +295,18 @@ mod tests {
             kallsyms_address(Path::new("/proc/kallsyms"), "no_such_symbol_xyz"),
             None
         );
+    }
+
+    #[test]
+    fn an_idle_table_is_released_and_read_again() {
+        let s = KernelSymbolizer::new();
+        let addr = kallsyms_address(Path::new("/proc/kallsyms"), "__udp4_lib_rcv").unwrap();
+        assert_eq!(s.symbolize(addr + 1), "__udp4_lib_rcv+0x1");
+        assert!(!s.release_idle(Duration::from_secs(60)), "just used");
+        assert!(s.release_idle(Duration::ZERO));
+        assert!(!s.release_idle(Duration::ZERO), "already released");
+        assert_eq!(s.symbolize(addr + 1), "__udp4_lib_rcv+0x1", "cached answer");
+        assert_eq!(s.symbolize(addr + 2), "__udp4_lib_rcv+0x2", "read again");
     }
 
     #[test]
