@@ -7,3 +7,4 @@ pub mod detect;
 pub mod dload;
 pub mod memburst;
 pub mod profiler;
+pub mod waitrate;
