@@ -257,12 +257,17 @@ fn wait_sum_percent_appears_after_a_one_second_window() {
         "huatuo_bamai_cpu_stat_container_wait_sum_percent{{container_id=\"{}\",container_name=\"\",container_host_namespace=\"\",container_type=\"normal\",container_qos=\"\"}}",
         "a".repeat(64)
     );
-    assert_eq!(metric_value(&agent.metrics(), &series), None, "first sample");
+    assert_eq!(
+        metric_value(&agent.metrics(), &series),
+        None,
+        "first sample"
+    );
     std::thread::sleep(std::time::Duration::from_millis(1100));
     // Static counters: neither wait nor usage moved.
     assert_eq!(metric_value(&agent.metrics(), &series), Some(0.0));
     // The container without wait_sum (no schedstats) has no such series.
-    assert!(!agent
-        .metrics()
-        .contains(&format!("wait_sum_percent{{container_id=\"{}", "b".repeat(64))));
+    assert!(!agent.metrics().contains(&format!(
+        "wait_sum_percent{{container_id=\"{}",
+        "b".repeat(64)
+    )));
 }
