@@ -63,6 +63,7 @@ bench: test-deps
 	$(CARGO) bench --bench shipper
 	$(CARGO) bench --bench profiler
 	$(CARGO) bench --bench events_overhead
+	$(CARGO) bench --bench autotracing_idle
 
 fmt:
 	$(CARGO) fmt --all

@@ -236,3 +236,38 @@ fn huatuo_prefix_renames_every_family() {
         assert!(line.starts_with("huatuo_bamai_"), "{line}");
     }
 }
+
+#[test]
+fn wait_sum_percent_appears_after_a_one_second_window() {
+    // HuaTuo exports `cpu_stat_container_wait_sum_percent` only once two samples of `wait_sum`
+    // (v1 cpu.stat with schedstats; the fixture container `aaaa…` has it) are >= 1 s apart.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/root");
+    let mut args = vec!["--host-root", root.to_str().unwrap()];
+    let others: Vec<String> = bianque::tracer::registry()
+        .iter()
+        .filter(|s| s.mode != bianque::tracer::Mode::Metric)
+        .map(|s| s.name.to_string())
+        .collect();
+    for t in &others {
+        args.push("--disable");
+        args.push(t);
+    }
+    let agent = Agent::start("[metrics]\nprefix = \"huatuo_bamai\"\n", &args);
+    let series = format!(
+        "huatuo_bamai_cpu_stat_container_wait_sum_percent{{container_id=\"{}\",container_name=\"\",container_host_namespace=\"\",container_type=\"normal\",container_qos=\"\"}}",
+        "a".repeat(64)
+    );
+    assert_eq!(
+        metric_value(&agent.metrics(), &series),
+        None,
+        "first sample"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // Static counters: neither wait nor usage moved.
+    assert_eq!(metric_value(&agent.metrics(), &series), Some(0.0));
+    // The container without wait_sum (no schedstats) has no such series.
+    assert!(!agent.metrics().contains(&format!(
+        "wait_sum_percent{{container_id=\"{}",
+        "b".repeat(64)
+    )));
+}

@@ -8,3 +8,4 @@ pub mod dload;
 pub mod iotracer;
 pub mod memburst;
 pub mod profiler;
+pub mod waitrate;

@@ -64,9 +64,19 @@ struct State {
     /// Host baseline for utilisation, and the last computed values.
     host_base: Option<(Instant, CpuTimes)>,
     host_util: Util,
-    /// Per container: baseline (time, usage ns, user ns, system ns) and last values.
-    containers: HashMap<String, (Instant, CgroupUsage, Util)>,
+    /// Per container: baseline (time, usage, `wait_sum` ns) and the last computed values.
+    containers: HashMap<String, ContainerBase>,
     buf: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ContainerBase {
+    at: Instant,
+    usage: CgroupUsage,
+    wait_sum_ns: Option<u64>,
+    util: Util,
+    /// `wait_sum_percent` over the last window (None until two samples with `wait_sum`).
+    wait_percent: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -201,7 +211,7 @@ pub fn parse_softirqs(text: &str) -> Result<Vec<(String, u64)>> {
     Ok(out)
 }
 
-fn clk_tck() -> f64 {
+pub fn clk_tck() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if v > 0 {
@@ -241,6 +251,9 @@ pub struct Throttling {
     pub throttled_ns: Option<u64>,
     pub nr_bursts: Option<u64>,
     pub burst_ns: Option<u64>,
+    /// v1 `wait_sum` (ns the cgroup's tasks waited on run queues; only with
+    /// `kernel.sched_schedstats=1`).
+    pub wait_sum_ns: Option<u64>,
 }
 
 /// Parses a v1 `cpu.stat` or v2 `cpu.stat` into throttling numbers (v2 reports µs).
@@ -256,6 +269,7 @@ pub fn parse_cpu_stat(text: &str) -> Result<(Throttling, Option<CgroupUsage>)> {
         "nr_bursts" => t.nr_bursts = Some(v),
         "burst_time" => t.burst_ns = Some(v),
         "burst_usec" => t.burst_ns = Some(v.saturating_mul(1000)),
+        "wait_sum" => t.wait_sum_ns = Some(v),
         "usage_usec" => {
             u.usage_ns = v.saturating_mul(1000);
             has_usage = true;
@@ -432,32 +446,46 @@ impl Cpu {
         let mut rows = Vec::with_capacity(snap.containers.len());
         let now = Instant::now();
         for c in &snap.containers {
-            let (usage, throttling) = read_container(&snap.layout, c, &mut st.buf, tck)?;
+            let (usage, throttling) = read_container(&snap.layout, &c.rel, &mut st.buf, tck)?;
             let cores = container_cores(&snap.layout, c, &mut st.buf)?.unwrap_or(host_cores);
-            let util = usage.map(|u| {
-                let entry = st
-                    .containers
-                    .entry(c.id.clone())
-                    .or_insert((now, u, Util::default()));
-                let (at, base, last) = *entry;
-                let secs = now.duration_since(at).as_secs_f64();
-                if secs >= 1.0 {
-                    let wall = secs * 1e9 * cores;
-                    let d = |a: u64, b: u64| a as f64 - b as f64;
-                    let u2 = util_between(
-                        wall,
-                        d(u.user_ns, base.user_ns),
-                        d(u.system_ns, base.system_ns),
-                        d(u.usage_ns, base.usage_ns),
-                    )
-                    .unwrap_or(last);
-                    *entry = (now, u, u2);
-                    u2
-                } else {
-                    last
+            let wait = throttling.as_ref().and_then(|t| t.wait_sum_ns);
+            let (util, wait_percent) = match usage {
+                None => (None, None),
+                Some(u) => {
+                    let entry = st.containers.entry(c.id.clone()).or_insert(ContainerBase {
+                        at: now,
+                        usage: u,
+                        wait_sum_ns: wait,
+                        util: Util::default(),
+                        wait_percent: None,
+                    });
+                    let secs = now.duration_since(entry.at).as_secs_f64();
+                    // Like HuaTuo: windows of at least 1 s; closer scrapes reuse the last values.
+                    if secs >= 1.0 {
+                        let wall = secs * 1e9 * cores;
+                        let d = |a: u64, b: u64| a as f64 - b as f64;
+                        let base = entry.usage;
+                        entry.util = util_between(
+                            wall,
+                            d(u.user_ns, base.user_ns),
+                            d(u.system_ns, base.system_ns),
+                            d(u.usage_ns, base.usage_ns),
+                        )
+                        .unwrap_or(entry.util);
+                        entry.wait_percent = match (entry.wait_sum_ns, wait) {
+                            (Some(w0), Some(w1)) => {
+                                wait_sum_percent((w0, base.usage_ns), (w1, u.usage_ns))
+                            }
+                            _ => None,
+                        };
+                        entry.at = now;
+                        entry.usage = u;
+                        entry.wait_sum_ns = wait;
+                    }
+                    (Some(entry.util), entry.wait_percent)
                 }
-            });
-            rows.push((c, cores, util, throttling));
+            };
+            rows.push((c, cores, util, throttling, wait_percent));
         }
         st.containers
             .retain(|id, _| snap.containers.iter().any(|c| &c.id == id));
@@ -468,7 +496,7 @@ impl Cpu {
             "CPU cores a container may use: its CFS quota, else its cpuset, else all host CPUs.",
             Kind::Gauge,
         );
-        for (c, cores, _, _) in &rows {
+        for (c, cores, _, _, _) in &rows {
             out.sample(&c.labels(), *cores);
         }
         type Pick = fn(&Util) -> f64;
@@ -496,7 +524,7 @@ impl Cpu {
                 name
             };
             out.family(name, help, Kind::Gauge);
-            for (c, _, util, _) in &rows {
+            for (c, _, util, _, _) in &rows {
                 if let Some(u) = util {
                     out.sample(&c.labels(), pick(u));
                 }
@@ -550,7 +578,7 @@ impl Cpu {
             } else {
                 out.family(name, help, Kind::Counter);
             }
-            for (c, _, _, t) in &rows {
+            for (c, _, _, t, _) in &rows {
                 if let Some(v) = t.as_ref().and_then(pick) {
                     out.sample(
                         &c.labels(),
@@ -559,20 +587,64 @@ impl Cpu {
                 }
             }
         }
+        // Run-queue wait (v1 `cpu.stat` `wait_sum`, present only with kernel.sched_schedstats=1).
+        if !huatuo
+            && rows
+                .iter()
+                .any(|r| r.3.is_some_and(|t| t.wait_sum_ns.is_some()))
+        {
+            out.family(
+                "stat_container_wait_seconds_total",
+                "Time the container's tasks waited on run queues (cpu.stat wait_sum; needs kernel.sched_schedstats=1).",
+                Kind::Counter,
+            );
+            for (c, _, _, t, _) in &rows {
+                if let Some(w) = t.and_then(|t| t.wait_sum_ns) {
+                    out.sample(&c.labels(), w as f64 * 1e-9);
+                }
+            }
+        }
+        if rows.iter().any(|r| r.4.is_some()) {
+            out.family(
+                "stat_container_wait_sum_percent",
+                "CFS cgroup runqueue wait as a percentage of total schedulable time (wait / (wait + usage) over the last >= 1 s; requires kernel.sched_schedstats=1).",
+                Kind::Gauge,
+            );
+            for (c, _, _, _, w) in &rows {
+                if let Some(w) = w {
+                    out.sample(&c.labels(), *w);
+                }
+            }
+        }
         Ok(())
     }
 }
 
+/// HuaTuo's `wait_sum_percent`: run-queue wait as a share of the time the cgroup's tasks were
+/// runnable (waiting or running) between two samples of (`wait_sum` ns, usage ns):
+/// Δwait / (Δwait + Δusage) × 100. `None` when a counter went back (cgroup recreated); 0 when
+/// neither moved.
+pub fn wait_sum_percent(prev: (u64, u64), cur: (u64, u64)) -> Option<f64> {
+    if cur.0 < prev.0 || cur.1 < prev.1 {
+        return None;
+    }
+    let (dw, du) = ((cur.0 - prev.0) as f64, (cur.1 - prev.1) as f64);
+    if dw + du <= 0.0 {
+        return Some(0.0);
+    }
+    Some(dw * 100.0 / (dw + du))
+}
+
 /// A container's cumulative usage and throttling (v1: cpuacct + cpu; v2: cpu.stat).
-fn read_container(
+pub fn read_container(
     layout: &cgroup::Layout,
-    c: &ContainerCgroup,
+    rel: &str,
     buf: &mut String,
     tck: f64,
 ) -> Result<(Option<CgroupUsage>, Option<Throttling>)> {
     let mut usage = None;
     let mut throttling = None;
-    if let Some(d) = layout.dir("cpu", &c.rel) {
+    if let Some(d) = layout.dir("cpu", rel) {
         if read_optional(&d.path.join("cpu.stat"), buf)? {
             let (t, u) = parse_cpu_stat(buf)?;
             throttling = Some(t);
@@ -582,7 +654,7 @@ fn read_container(
         }
     }
     if usage.is_none() {
-        if let Some(d) = layout.dir("cpuacct", &c.rel).filter(|d| !d.v2) {
+        if let Some(d) = layout.dir("cpuacct", rel).filter(|d| !d.v2) {
             let mut u = CgroupUsage::default();
             if read_optional(&d.path.join("cpuacct.usage"), buf)? {
                 u.usage_ns = parse_u64(buf.trim(), "cpuacct.usage")?;
@@ -747,6 +819,27 @@ softirq 2000 1 2 3
         for bad in ["nr_periods\n", "nr_periods x\n", "a 1 2\n"] {
             assert!(parse_cpu_stat(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn wait_sum_from_cpu_stat_and_its_percent() {
+        // v1 cpu.stat of a kernel with kernel.sched_schedstats=1.
+        let (t, _) = parse_cpu_stat(
+            "nr_periods 10\nnr_throttled 3\nthrottled_time 5000\nwait_sum 123456789\nnr_bursts 0\nburst_time 0\n",
+        )
+        .unwrap();
+        assert_eq!(t.wait_sum_ns, Some(123_456_789));
+        let (t, _) = parse_cpu_stat("nr_periods 10\nnr_throttled 3\n").unwrap();
+        assert_eq!(t.wait_sum_ns, None, "absent without schedstats");
+        assert!(parse_cpu_stat("wait_sum x\n").is_err());
+        // 1 s waited, 3 s ran → 25 %.
+        assert_eq!(
+            wait_sum_percent((0, 0), (1_000_000_000, 3_000_000_000)),
+            Some(25.0)
+        );
+        assert_eq!(wait_sum_percent((5, 5), (5, 5)), Some(0.0));
+        assert_eq!(wait_sum_percent((10, 0), (5, 100)), None, "rollback");
+        assert_eq!(wait_sum_percent((0, 10), (5, 5)), None, "rollback");
     }
 
     #[test]

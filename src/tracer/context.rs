@@ -58,6 +58,9 @@ impl RunContext {
     }
 
     /// Sleeps up to `d`, waking early when told to stop. Returns false if stopping.
+    ///
+    /// The runner wakes the thread when it stops the tracer or the agent, so an idle tracer
+    /// costs no wake-ups; the wait is still cut into 1 s pieces as a bound on a missed wake-up.
     pub fn sleep(&self, d: Duration) -> bool {
         let end = Instant::now() + d;
         while !self.stopping() {
@@ -65,7 +68,8 @@ impl RunContext {
             if now >= end {
                 return true;
             }
-            std::thread::sleep((end - now).min(Duration::from_millis(50)));
+            self.state
+                .wait((end - now).min(Duration::from_secs(1)), || self.stopping());
         }
         false
     }

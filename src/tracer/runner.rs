@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,8 @@ pub struct TracerState {
     hits: AtomicU64,
     restarts: AtomicU64,
     stop: AtomicBool,
+    /// Wakes the tracer's [`RunContext::sleep`] when it is told to stop (no polling).
+    wake: (Mutex<()>, Condvar),
 }
 
 impl TracerState {
@@ -33,7 +35,25 @@ impl TracerState {
             hits: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            wake: (Mutex::new(()), Condvar::new()),
         }
+    }
+
+    /// Wakes a sleeping tracer thread so that it sees a stop request at once.
+    pub(crate) fn wake(&self) {
+        // Taking the lock orders this after a sleeper's check of the stop flags.
+        let _g = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.wake.1.notify_all();
+    }
+
+    /// Waits up to `d` or until [`TracerState::wake`]; `check` (under the lock) ends the wait
+    /// early when true.
+    pub(crate) fn wait(&self, d: Duration, check: impl Fn() -> bool) {
+        let g = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+        if check() {
+            return;
+        }
+        let _ = self.wake.1.wait_timeout(g, d);
     }
 
     pub fn status(&self) -> (Status, String) {
@@ -319,6 +339,7 @@ impl Runner {
             return Err(format!("tracer {name} is not running"));
         }
         entry.state.stop.store(true, Ordering::Relaxed);
+        entry.state.wake();
         if let Some(h) = entry
             .thread
             .lock()
@@ -338,6 +359,9 @@ impl Runner {
     /// programs detach) up to `timeout`.
     pub fn shutdown(&self, timeout: Duration) {
         self.shutdown.store(true, Ordering::Relaxed);
+        for entry in &self.entries {
+            entry.state.wake();
+        }
         let end = Instant::now() + timeout;
         for entry in &self.entries {
             let handle = entry

@@ -481,3 +481,125 @@ pub fn own_netns_inum() -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self/ns/net").expect("ns").ino()
 }
+
+/// A cgroup the agent takes for a container (its path ends in `docker-<64 hex>.scope`), made in
+/// every hierarchy a container's cgroup lives in: v1 `memory`, `cpu`, `cpuacct` (hybrid hosts
+/// like this one), or the cgroup2 tree with the cpu controller enabled. Its tasks are killed and
+/// the directories removed on drop.
+pub struct ContainerCgroup {
+    pub id: String,
+    /// The path inside each hierarchy, e.g. `/bq-waitrate-123-0/docker-<id>.scope`.
+    pub path: String,
+    /// The cgroup's directory in each hierarchy it was made in.
+    dirs: Vec<PathBuf>,
+    /// The per-test parent directories (removed after the cgroups).
+    parent_dirs: Vec<PathBuf>,
+}
+
+impl ContainerCgroup {
+    /// `quota`: (quota µs, period µs) for the CFS bandwidth limit; None = no limit.
+    pub fn new(tag: &str, quota: Option<(u64, u64)>) -> ContainerCgroup {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let id = format!("{pid:08x}{n:08x}").repeat(4);
+        let parent = format!("bq-{tag}-{pid}-{n}");
+        let path = format!("/{parent}/docker-{id}.scope");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let v1: Vec<PathBuf> = ["memory", "cpu", "cpuacct"]
+            .iter()
+            .filter_map(|c| {
+                bianque::container::cgroup_mount(&mountinfo, c).filter(|m| {
+                    // cgroup_mount falls back to cgroup2; keep v1 hierarchies only here.
+                    !m.join("cgroup.controllers").exists()
+                })
+            })
+            .collect();
+        let mut mounts = v1;
+        mounts.dedup();
+        let v2 = mounts.is_empty();
+        if v2 {
+            let m =
+                bianque::container::cgroup_mount(&mountinfo, "memory").expect("a cgroup2 mount");
+            mounts.push(m);
+        }
+        let mut cg = ContainerCgroup {
+            id,
+            path: path.clone(),
+            dirs: Vec::new(),
+            parent_dirs: Vec::new(),
+        };
+        for m in &mounts {
+            let p = m.join(&parent);
+            std::fs::create_dir(&p).expect("create the test cgroup's parent");
+            cg.parent_dirs.push(p.clone());
+            if v2 {
+                // Controllers reach a child only when every ancestor enables them.
+                let _ = std::fs::write(m.join("cgroup.subtree_control"), "+cpu +memory");
+                std::fs::write(p.join("cgroup.subtree_control"), "+cpu +memory")
+                    .expect("enable cpu and memory for the test cgroup");
+            }
+            let d = m.join(path.trim_start_matches('/'));
+            std::fs::create_dir(&d).expect("create the test cgroup");
+            cg.dirs.push(d);
+        }
+        if let Some((q, p)) = quota {
+            let cpu_dir = if v2 {
+                cg.dirs[0].clone()
+            } else {
+                let cpu = bianque::container::cgroup_mount(&mountinfo, "cpu").expect("cpu");
+                cpu.join(path.trim_start_matches('/'))
+            };
+            if v2 {
+                std::fs::write(cpu_dir.join("cpu.max"), format!("{q} {p}")).expect("cpu.max");
+            } else {
+                std::fs::write(cpu_dir.join("cpu.cfs_period_us"), p.to_string())
+                    .expect("cfs_period_us");
+                std::fs::write(cpu_dir.join("cpu.cfs_quota_us"), q.to_string())
+                    .expect("cfs_quota_us");
+            }
+        }
+        cg
+    }
+
+    /// `sh -c '<join the cgroup in every hierarchy>; exec <cmd>'`; the child's pid is `cmd`'s.
+    pub fn spawn(&self, cmd: &str) -> Child {
+        let joins: Vec<String> = self
+            .dirs
+            .iter()
+            .map(|d| format!("echo $$ > {}/cgroup.procs", d.display()))
+            .collect();
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} && exec {cmd}", joins.join(" && ")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn into the test cgroup")
+    }
+}
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            for d in &self.dirs {
+                let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: kill(2) on pids in our own test cgroup; at worst ESRCH.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            let mut left = false;
+            for d in self.dirs.iter().chain(&self.parent_dirs) {
+                if d.exists() && std::fs::remove_dir(d).is_err() {
+                    left = true;
+                }
+            }
+            if !left {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -36,7 +36,7 @@ const STAT_IDLE: u32 = 2;
 const STAT_MAP_FULL: u32 = 3;
 const STAT_KSTACK_ERR: u32 = 4;
 const STAT_USTACK_ERR: u32 = 5;
-const KEY_SIZE: usize = 32;
+const KEY_SIZE: usize = 40;
 
 /// What to profile and for how long.
 #[derive(Debug, Clone)]
@@ -87,12 +87,23 @@ pub struct Profile {
     pub folded: Vec<String>,
     /// Processes by samples, most first (at most 20).
     pub top_processes: Vec<ProfiledProcess>,
+    /// Samples per memory cgroup (the task's, at sample time), most first (at most 50): the
+    /// per-container attribution of a host profile.
+    pub cgroups: Vec<ProfiledCgroup>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ProfiledProcess {
     pub pid: u32,
     pub comm: String,
+    pub samples: u64,
+    /// Memory cgroup id of the process (kernfs inode; 0 without a memory controller).
+    pub memory_cgroup_id: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProfiledCgroup {
+    pub memory_cgroup_id: u64,
     pub samples: u64,
 }
 
@@ -102,6 +113,7 @@ struct RawKey {
     pid: u32,
     kstack: i32,
     ustack: i32,
+    memcg_id: u64,
     comm: String,
 }
 
@@ -110,12 +122,13 @@ fn parse_key(b: &[u8]) -> Option<RawKey> {
         return None;
     }
     let u32_at = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    let comm = &b[16..32];
+    let comm = &b[24..40];
     let end = comm.iter().position(|&c| c == 0).unwrap_or(comm.len());
     Some(RawKey {
         pid: u32_at(0),
         kstack: u32_at(4) as i32,
         ustack: u32_at(8) as i32,
+        memcg_id: parse_u64(&b[16..24]),
         comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
     })
 }
@@ -277,7 +290,8 @@ pub fn profile(
         .collect();
     let mut users = UserSymbolizer::new();
     let mut folded: HashMap<String, u64> = HashMap::new();
-    let mut per_process: HashMap<u32, (String, u64)> = HashMap::new();
+    let mut per_process: HashMap<u32, (String, u64, u64)> = HashMap::new();
+    let mut per_cgroup: HashMap<u64, u64> = HashMap::new();
     for (key, count) in &raw {
         let kernel: Vec<String> = stack(key.kstack)
             .iter()
@@ -288,8 +302,9 @@ pub fn profile(
         *folded.entry(line).or_default() += count;
         let p = per_process
             .entry(key.pid)
-            .or_insert_with(|| (key.comm.clone(), 0));
+            .or_insert_with(|| (key.comm.clone(), 0, key.memcg_id));
         p.1 += count;
+        *per_cgroup.entry(key.memcg_id).or_default() += count;
     }
     let stacks_total = folded.len();
     let mut sorted: Vec<(String, u64)> = folded.into_iter().collect();
@@ -297,10 +312,28 @@ pub fn profile(
     sorted.truncate(opts.top_stacks);
     let mut top_processes: Vec<ProfiledProcess> = per_process
         .into_iter()
-        .map(|(pid, (comm, samples))| ProfiledProcess { pid, comm, samples })
+        .map(|(pid, (comm, samples, memory_cgroup_id))| ProfiledProcess {
+            pid,
+            comm,
+            samples,
+            memory_cgroup_id,
+        })
         .collect();
     top_processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
     top_processes.truncate(20);
+    let mut cgroups: Vec<ProfiledCgroup> = per_cgroup
+        .into_iter()
+        .map(|(memory_cgroup_id, samples)| ProfiledCgroup {
+            memory_cgroup_id,
+            samples,
+        })
+        .collect();
+    cgroups.sort_by(|a, b| {
+        b.samples
+            .cmp(&a.samples)
+            .then(a.memory_cgroup_id.cmp(&b.memory_cgroup_id))
+    });
+    cgroups.truncate(50);
     Ok(Profile {
         frequency_hz: opts.frequency_hz,
         duration_ms: duration.as_millis() as u64,
@@ -320,6 +353,7 @@ pub fn profile(
             .map(|(s, c)| format!("{s} {c}"))
             .collect(),
         top_processes,
+        cgroups,
     })
 }
 
@@ -504,13 +538,15 @@ mod tests {
         b[0..4].copy_from_slice(&42u32.to_ne_bytes());
         b[4..8].copy_from_slice(&(-14i32).to_ne_bytes());
         b[8..12].copy_from_slice(&7i32.to_ne_bytes());
-        b[16..20].copy_from_slice(b"yes\0");
+        b[16..24].copy_from_slice(&4242u64.to_ne_bytes());
+        b[24..28].copy_from_slice(b"yes\0");
         assert_eq!(
             parse_key(&b).unwrap(),
             RawKey {
                 pid: 42,
                 kstack: -14,
                 ustack: 7,
+                memcg_id: 4242,
                 comm: "yes".into()
             }
         );

@@ -49,8 +49,8 @@ int bq_profile(struct bpf_perf_event_data *ctx)
 		stat_add(STAT_IDLE);
 		return 0;
 	}
-	if (filter_memcg_id &&
-	    task_memcg_id((struct task_struct *)bpf_get_current_task()) != filter_memcg_id) {
+	key.memcg_id = task_memcg_id((struct task_struct *)bpf_get_current_task());
+	if (filter_memcg_id && key.memcg_id != filter_memcg_id) {
 		stat_add(STAT_FILTERED);
 		return 0;
 	}

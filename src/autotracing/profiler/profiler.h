@@ -18,6 +18,7 @@ struct profile_key {
 	__s32 kstack_id; /* < 0: none */
 	__s32 ustack_id; /* < 0: none */
 	__u32 _pad;
+	__u64 memcg_id;  /* memory cgroup (kernfs id) of the task: per-container attribution */
 	char comm[16];
 };
 

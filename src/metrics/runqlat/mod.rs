@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::mem::MaybeUninit;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -71,12 +71,74 @@ impl Default for RunqlatConfig {
 
 fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     let cfg: RunqlatConfig = crate::config::parse_section(ctx.section, table)?;
+    let maps: SharedMaps = Arc::new(Mutex::new(None));
+    if cfg.containers {
+        *SHARED.lock().unwrap_or_else(|e| e.into_inner()) = Some((ctx.host.clone(), maps.clone()));
+    }
     Ok(Tracer::Event(Box::new(Runqlat {
         host: ctx.host.clone(),
         containers: cfg.containers,
         counters: Default::default(),
-        maps: Mutex::new(None),
+        maps,
     })))
+}
+
+type SharedMaps = Arc<Mutex<Option<Maps>>>;
+
+/// The per-container maps of the agent's runqlat tracer (when built with containers on), so
+/// that other tracers can read the run-queue wait it measures (see [`container_wait_ns`]).
+static SHARED: Mutex<Option<(HostRoot, SharedMaps)>> = Mutex::new(None);
+
+/// Total run-queue wait (ns) per container id, from the running runqlat tracer's per-cgroup
+/// histograms (their sums). `None` when runqlat is not running or keeps no container series.
+/// The counts start when a container is first asked for (here or by a scrape; 0 until its first
+/// wait) and restart with the tracer: callers treat a decrease as a rollback.
+pub fn container_wait_ns() -> Option<HashMap<String, u64>> {
+    let (host, maps) = SHARED.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+    let mut maps = maps.lock().unwrap_or_else(|e| e.into_inner());
+    let m = maps.as_mut()?;
+    let snap = cgroup::snapshot(&host);
+    let rows = container_rows(m, &snap).ok()?;
+    let mut out: HashMap<String, u64> = rows
+        .into_iter()
+        .map(|(i, h)| (snap.containers[i].id.clone(), h.sum_ns))
+        .collect();
+    // A watched cgroup gets its histogram at its first wait: until then it waited 0 ns (so that
+    // the first wait does not look like a new source to the reader).
+    for c in &snap.containers {
+        if !out.contains_key(&c.id)
+            && snap
+                .layout
+                .dir("cpu", &c.rel)
+                .is_some_and(|d| d.path.is_dir())
+        {
+            out.insert(c.id.clone(), 0);
+        }
+    }
+    Some(out)
+}
+
+/// Syncs the BPF `cg_wanted` set with the containers of `snap` and reads their histograms:
+/// (index into `snap.containers`, histogram), in container order.
+fn container_rows(m: &mut Maps, snap: &cgroup::Snapshot) -> Result<Vec<(usize, Hist)>> {
+    let mut by_id: HashMap<u64, usize> = HashMap::new();
+    for (i, ct) in snap.containers.iter().enumerate() {
+        if let Some(id) = snap
+            .layout
+            .dir("cpu", &ct.rel)
+            .and_then(|d| bpfhist::cgroup_id(&d.path))
+        {
+            by_id.insert(id, i);
+        }
+    }
+    let want: HashSet<u64> = by_id.keys().copied().collect();
+    bpfhist::sync_wanted(&m.wanted, &m.hist, &mut m.current, &want)?;
+    let mut rows: Vec<(usize, Hist)> = bpfhist::read_keyed(&m.hist, BOUNDS.len())?
+        .into_iter()
+        .filter_map(|(id, h)| by_id.get(&id).map(|&i| (i, h)))
+        .collect();
+    rows.sort_by_key(|(i, _)| *i);
+    Ok(rows)
 }
 
 struct Maps {
@@ -90,7 +152,7 @@ struct Runqlat {
     containers: bool,
     /// Outlives a run: counters never go back when the tracer restarts.
     counters: crate::bpf::counters::CountersCell,
-    maps: Mutex<Option<Maps>>,
+    maps: SharedMaps,
 }
 
 impl EventTracer for Runqlat {
@@ -166,23 +228,8 @@ impl EventTracer for Runqlat {
             return Ok(());
         };
         let snap = cgroup::snapshot(&self.host);
-        let mut by_id: HashMap<u64, usize> = HashMap::new();
-        for (i, ct) in snap.containers.iter().enumerate() {
-            if let Some(id) = snap
-                .layout
-                .dir("cpu", &ct.rel)
-                .and_then(|d| bpfhist::cgroup_id(&d.path))
-            {
-                by_id.insert(id, i);
-            }
-        }
-        let want: HashSet<u64> = by_id.keys().copied().collect();
-        bpfhist::sync_wanted(&m.wanted, &m.hist, &mut m.current, &want)?;
-        let mut rows: Vec<(usize, Hist)> = bpfhist::read_keyed(&m.hist, BOUNDS.len())?
-            .into_iter()
-            .filter_map(|(id, h)| by_id.get(&id).map(|&i| (i, h)))
-            .collect();
-        rows.sort_by_key(|(i, _)| *i);
+        let rows = container_rows(m, &snap)?;
+        drop(maps);
         if rows.is_empty() {
             return Ok(());
         }
