@@ -20,6 +20,32 @@ pub use symbolizer::{kallsyms_address, KernelSymbolizer};
 /// submits without wakeups below a backlog threshold: see `bpf/bianque.bpf.h`).
 pub const RING_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Sizes an event tracer's ring buffer for two seconds of records at its rate limit (the reader
+/// drains it at least every [`RING_POLL_INTERVAL`]), as a power of two within 64 KiB..16 MiB;
+/// 4 MiB without a limit. A ring buffer is resident memory of the agent (its data pages are
+/// mapped into it twice), so a tracer at the default 100 records/s should not hold megabytes.
+pub fn ring_buffer_bytes(max_events_per_second: u32, record_bytes: usize) -> u32 {
+    if max_events_per_second == 0 {
+        return 4 << 20;
+    }
+    // Each record carries an 8-byte header and is 8-byte aligned.
+    let per_record = (record_bytes as u64).div_ceil(8) * 8 + 8;
+    let want = u64::from(max_events_per_second) * per_record * 2;
+    want.clamp(64 << 10, 16 << 20)
+        .next_power_of_two()
+        .min(16 << 20) as u32
+}
+
+/// Sets the `events` ring buffer of an object being opened to [`ring_buffer_bytes`].
+pub fn size_ring_buffer(
+    map: &mut libbpf_rs::OpenMapMut<'_>,
+    max_events_per_second: u32,
+    record_bytes: usize,
+) -> Result<()> {
+    map.set_max_entries(ring_buffer_bytes(max_events_per_second, record_bytes))
+        .context("sizing the ring buffer")
+}
+
 /// Routes libbpf's own messages into the agent's log at debug level.
 pub fn route_libbpf_log() {
     fn print(level: PrintLevel, msg: String) {
@@ -172,6 +198,15 @@ pub fn cgroup_path_from_names<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_buffers_hold_two_seconds_at_the_limit() {
+        assert_eq!(ring_buffer_bytes(100, 200), 64 << 10);
+        assert_eq!(ring_buffer_bytes(1000, 200), 512 << 10);
+        assert_eq!(ring_buffer_bytes(0, 200), 4 << 20);
+        assert_eq!(ring_buffer_bytes(u32::MAX, 200), 16 << 20);
+        assert!(ring_buffer_bytes(333, 97).is_power_of_two());
+    }
 
     fn name(s: &str) -> [i8; 8] {
         let mut out = [0i8; 8];

@@ -171,6 +171,11 @@ impl EventTracer for Dropwatch {
             &mut rodata.container_filter_mode,
             ctx.containers(),
         )?;
+        bq_bpf::size_ring_buffer(
+            &mut open.maps.events,
+            self.cfg.max_events_per_second,
+            std::mem::size_of::<drop_event>(),
+        )?;
         self.counters
             .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;

@@ -184,6 +184,11 @@ impl EventTracer for Netrecvlat {
             0
         };
         rodata.counter_slots = COUNTER_SLOTS;
+        bq_bpf::size_ring_buffer(
+            &mut open.maps.events,
+            self.cfg.max_events_per_second,
+            std::mem::size_of::<netrecv_event>(),
+        )?;
         self.counters
             .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let mut skel = open.load().context("loading the BPF program")?;

@@ -189,6 +189,11 @@ impl Softirq {
         };
         rodata.tick_fn = tick_fn.unwrap_or(0);
         rodata.tick_gap_threshold_ns = self.cfg.tick_gap_threshold_us * 1000;
+        bq_bpf::size_ring_buffer(
+            &mut open.maps.events,
+            self.cfg.max_events_per_second,
+            std::mem::size_of::<softirq_event>(),
+        )?;
         self.counters
             .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;

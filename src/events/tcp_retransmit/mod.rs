@@ -127,6 +127,11 @@ impl EventTracer for TcpRetransmit {
             .context("BPF object has no .rodata")?;
         rodata.max_events_per_second = self.cfg.max_events_per_second;
         rodata.counter_slots = COUNTER_SLOTS;
+        bq_bpf::size_ring_buffer(
+            &mut open.maps.events,
+            self.cfg.max_events_per_second,
+            std::mem::size_of::<retrans_event>(),
+        )?;
         self.counters
             .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;
