@@ -408,15 +408,28 @@ impl KubeCgroup {
         cg
     }
 
+    /// Runs `cmd` in the cgroup; returns once the process is in it (on a loaded machine the
+    /// shell may take a while to move itself).
     fn spawn(&self, cmd: &str) -> Child {
-        Command::new("sh")
+        let child = Command::new("sh")
             .arg("-c")
             .arg(format!(
                 "echo $$ > {}/cgroup.procs && exec {cmd}",
                 self.dirs[0].display()
             ))
             .spawn()
-            .unwrap()
+            .unwrap();
+        let pid = child.id().to_string();
+        let procs = self.dirs[0].join("cgroup.procs");
+        assert!(
+            wait_until(Duration::from_secs(10), || std::fs::read_to_string(&procs)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.trim() == pid)),
+            "pid {pid} never joined {}",
+            procs.display()
+        );
+        child
     }
 }
 
