@@ -34,12 +34,12 @@ struct Inner {
     cache: HashMap<u64, String>,
 }
 
-/// Text symbols sorted by address; `names[ends[i-1]..ends[i]]` is symbol i's name, with
+/// Text symbols sorted by address; `names[spans[2i]..spans[2i + 1]]` is symbol i's name, with
 /// `\t[module]` for a module's.
 #[derive(Default)]
 struct Table {
     addrs: Vec<u64>,
-    ends: Vec<u32>,
+    spans: Vec<u32>,
     names: String,
 }
 
@@ -160,16 +160,16 @@ impl Table {
             entries.push((addr, start, names.len() as u32));
         }
         entries.sort_unstable_by_key(|e| e.0);
-        // Names stay in file order; `ends` maps each sorted symbol to its name's range.
+        // Names stay in file order; `spans` maps each sorted symbol to its name's range.
         let mut table = Table {
             addrs: Vec::with_capacity(entries.len()),
-            ends: Vec::with_capacity(entries.len() * 2),
+            spans: Vec::with_capacity(entries.len() * 2),
             names,
         };
         for (addr, start, end) in entries {
             table.addrs.push(addr);
-            table.ends.push(start);
-            table.ends.push(end);
+            table.spans.push(start);
+            table.spans.push(end);
         }
         table.names.shrink_to_fit();
         Ok(table)
@@ -183,7 +183,7 @@ impl Table {
         }
         let name = self
             .names
-            .get(self.ends[2 * i] as usize..self.ends[2 * i + 1] as usize)?;
+            .get(self.spans[2 * i] as usize..self.spans[2 * i + 1] as usize)?;
         Some(match name.split_once('\t') {
             Some((name, module)) => format!("{name}+{off:#x} {module}"),
             None => format!("{name}+{off:#x}"),
@@ -280,7 +280,7 @@ mod tests {
         let t = Table::read(Path::new("/proc/kallsyms")).unwrap();
         assert!(t.addrs.len() > 10_000, "{}", t.addrs.len());
         assert!(t.addrs.windows(2).all(|w| w[0] <= w[1]));
-        let bytes = t.addrs.capacity() * 8 + t.ends.capacity() * 4 + t.names.capacity();
+        let bytes = t.addrs.capacity() * 8 + t.spans.capacity() * 4 + t.names.capacity();
         assert!(bytes < 8 << 20, "{bytes} bytes");
     }
 
