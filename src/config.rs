@@ -324,6 +324,10 @@ pub struct MetricsConfig {
     pub prefix: String,
     /// A collector that takes longer than this in a scrape reports `success 0`.
     pub collector_timeout_ms: u64,
+    /// Collectors running at once in a scrape; one that times out frees its slot. Default: the
+    /// CPU count, within 2..=4 (they mostly wait on the kernel's procfs code; more at once only
+    /// spread their buffers over more threads).
+    pub collector_concurrency: u64,
     /// `[metrics.<collector>]` sections.
     pub collectors: BTreeMap<String, toml::Table>,
 }
@@ -333,6 +337,9 @@ impl Default for MetricsConfig {
         MetricsConfig {
             prefix: DEFAULT_PREFIX.into(),
             collector_timeout_ms: 5000,
+            collector_concurrency: std::thread::available_parallelism()
+                .map_or(2, |n| n.get() as u64)
+                .clamp(2, 4),
             collectors: BTreeMap::new(),
         }
     }
@@ -353,15 +360,20 @@ fn deserialize_metrics<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Metrics
             }
         };
     }
-    if let Some(timeout) = table.remove("collector_timeout_ms") {
-        cfg.collector_timeout_ms = match timeout {
-            toml::Value::Integer(n) if n >= 0 => n as u64,
-            other => {
-                return Err(D::Error::custom(format!(
-                    "metrics.collector_timeout_ms: expected a non-negative integer, found {other}"
-                )))
-            }
-        };
+    for (key, slot) in [
+        ("collector_timeout_ms", &mut cfg.collector_timeout_ms),
+        ("collector_concurrency", &mut cfg.collector_concurrency),
+    ] {
+        if let Some(value) = table.remove(key) {
+            *slot = match value {
+                toml::Value::Integer(n) if n >= 0 => n as u64,
+                other => {
+                    return Err(D::Error::custom(format!(
+                        "metrics.{key}: expected a non-negative integer, found {other}"
+                    )))
+                }
+            };
+        }
     }
     for (name, value) in table {
         match value {
@@ -370,7 +382,7 @@ fn deserialize_metrics<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Metrics
             }
             other => {
                 return Err(D::Error::custom(format!(
-                    "unknown key `metrics.{name}` ({}): expected `prefix`, `collector_timeout_ms` or a `[metrics.<collector>]` section",
+                    "unknown key `metrics.{name}` ({}): expected `prefix`, `collector_timeout_ms`, `collector_concurrency` or a `[metrics.<collector>]` section",
                     other.type_str()
                 )))
             }
@@ -421,6 +433,12 @@ impl Config {
             self.metrics.collector_timeout_ms,
             10,
             60_000,
+        )?;
+        check_range(
+            "metrics.collector_concurrency",
+            self.metrics.collector_concurrency,
+            1,
+            64,
         )?;
         check_range(
             "store.retention_max_age_hours",

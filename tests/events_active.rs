@@ -40,3 +40,34 @@ fn every_event_tracer_is_active_with_defaults() {
     assert!(all_active, "{:#?}\nlog:\n{}", statuses(), agent.log());
     assert_eq!(statuses().len(), names.len());
 }
+
+/// A stopped and continued agent (a debugger attaching, `kill -STOP`/`-CONT`) sees its ring
+/// buffer waits fail with EINTR; that is not a tracer failure.
+#[test]
+fn stop_and_continue_restarts_no_tracer() {
+    let agent = Agent::start("", &[]);
+    let ready = wait_until(Duration::from_secs(10), || agent.get("/readyz").0 == 200);
+    assert!(ready, "{}", agent.log());
+    let restarts = |agent: &Agent| -> f64 {
+        let text = agent.metrics();
+        text.lines()
+            .filter(|l| l.contains("_tracer_restarts_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(restarts(&agent), 0.0, "{}", agent.log());
+    for _ in 0..3 {
+        sh(&format!(
+            "kill -STOP {0}; sleep 0.2; kill -CONT {0}",
+            agent.pid()
+        ));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(restarts(&agent), 0.0, "{}", agent.log());
+    assert!(
+        !agent.log().contains("Interrupted system call"),
+        "{}",
+        agent.log()
+    );
+}

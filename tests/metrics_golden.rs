@@ -271,3 +271,58 @@ fn wait_sum_percent_appears_after_a_one_second_window() {
         "b".repeat(64)
     )));
 }
+
+/// Two collectors whose files never answer (FIFOs without a writer: `open` blocks, as a hung
+/// NFS or FUSE read would) report `success 0` after the timeout; the others still succeed,
+/// even with one collector at a time, and the next scrape does not wait for the stuck ones.
+#[test]
+fn stuck_collectors_time_out_alone() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/root");
+    let root = TempDir::new("stuck-root");
+    sh(&format!(
+        "cp -a {src}/. {dst}/ && cd {dst}/proc && rm loadavg uptime && mkfifo loadavg uptime",
+        src = fixture.display(),
+        dst = root.path().display()
+    ));
+    let mut args = vec!["--host-root", root.path().to_str().unwrap()];
+    let others: Vec<String> = bianque::tracer::registry()
+        .iter()
+        .filter(|s| s.mode != bianque::tracer::Mode::Metric)
+        .map(|s| s.name.to_string())
+        .collect();
+    for t in &others {
+        args.push("--disable");
+        args.push(t);
+    }
+    let agent = Agent::start(
+        "[metrics]\ncollector_timeout_ms = 1000\ncollector_concurrency = 1\n",
+        &args,
+    );
+    let success = |text: &str, name: &str| {
+        metric_value(
+            text,
+            &format!("bianque_scrape_collector_success{{collector=\"{name}\"}}"),
+        )
+    };
+    for round in 0..2 {
+        let t = std::time::Instant::now();
+        let text = agent.metrics();
+        let took = t.elapsed();
+        for stuck in ["loadavg", "uptime"] {
+            assert_eq!(success(&text, stuck), Some(0.0), "round {round}: {stuck}");
+        }
+        for fine in ["cpu", "memory_vmstat", "netdev", "diskio"] {
+            assert_eq!(success(&text, fine), Some(1.0), "round {round}: {fine}");
+        }
+        assert!(text.contains("bianque_memory_vmstat_"), "round {round}");
+        // First round: each stuck collector holds the only slot for its 1 s timeout. Later
+        // rounds skip them while they are still stuck.
+        let limit = if round == 0 { 4.0 } else { 0.9 };
+        assert!(
+            took.as_secs_f64() < limit,
+            "round {round} took {took:?}\n{}",
+            agent.log()
+        );
+    }
+    assert!(agent.log().contains("collector timed out"), "{}", agent.log());
+}

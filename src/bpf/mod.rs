@@ -117,8 +117,11 @@ where
         .build()
         .context("setting up the ring buffer reader")?;
     while !ctx.stopping() {
-        ring.poll(RING_POLL_INTERVAL)
-            .context("polling the ring buffer")?;
+        match ring.poll(RING_POLL_INTERVAL) {
+            // A signal (a debugger attaching, SIGSTOP/SIGCONT) interrupts the wait; not a fault.
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
+            other => other.context("polling the ring buffer")?,
+        }
         ring.consume().context("reading the ring buffer")?;
         tick();
     }

@@ -1,11 +1,13 @@
 //! Kernel address → `symbol+0xoff`, from `/proc/kallsyms`.
 //!
-//! The table is compact: the text symbols' addresses sorted, and their names in one string
-//! (~4.5 MB for ~120k symbols, where blazesym's kernel source kept about 10 MB). It is read at
-//! the first lookup, and read again when an address falls outside every known symbol (a module
-//! or BPF program loaded since), at most every [`RELOAD_EVERY`]. Answers are cached: drop
-//! locations and stack frames repeat, so after warm-up a lookup is a hash probe, and the agent
-//! drops the table when it has not been needed for a while ([`KernelSymbolizer::release_idle`]).
+//! Answers are cached: drop locations and stack frames repeat, so after warm-up a lookup is a
+//! hash probe. A few new addresses are resolved by one pass over kallsyms that keeps nothing but
+//! their answers (~60 ms of CPU, no memory held). When new addresses keep coming (a profile,
+//! many stacks), the symbolizer reads a table instead: the text symbols' addresses sorted and
+//! their names in one string (~5 MB for ~120k symbols, where blazesym's kernel source kept about
+//! 10 MB). The table is read again when an address falls outside every known symbol (a module
+//! or BPF program loaded since), at most every [`RELOAD_EVERY`], and the agent drops it when it
+//! has not been needed for a while ([`KernelSymbolizer::release_idle`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,18 +21,25 @@ const CACHE_MAX: usize = 16 * 1024;
 /// does not know yet (kernel functions are far smaller).
 const MAX_OFFSET: u64 = 1 << 20;
 const RELOAD_EVERY: Duration = Duration::from_secs(10);
+/// New addresses are resolved by a pass over kallsyms while there are at most this many at once
+/// and at most [`SCANS_PER_WINDOW`] passes in [`SCAN_WINDOW`]; past either, the table is read.
+const SCAN_MAX_ADDRS: usize = 256;
+const SCANS_PER_WINDOW: usize = 3;
+const SCAN_WINDOW: Duration = Duration::from_secs(60);
 
 pub struct KernelSymbolizer {
     kallsyms: PathBuf,
     inner: Mutex<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     table: Option<Table>,
     loaded_at: Option<Instant>,
     /// When the table last answered a cache miss.
     used_at: Option<Instant>,
+    /// Passes over kallsyms within the last [`SCAN_WINDOW`].
+    scans: Vec<Instant>,
+    scans_per_window: usize,
     cache: HashMap<u64, String>,
 }
 
@@ -58,24 +67,28 @@ impl KernelSymbolizer {
     pub fn with_kallsyms(path: impl Into<PathBuf>) -> KernelSymbolizer {
         KernelSymbolizer {
             kallsyms: path.into(),
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                table: None,
+                loaded_at: None,
+                used_at: None,
+                scans: Vec::new(),
+                scans_per_window: SCANS_PER_WINDOW,
+                cache: HashMap::new(),
+            }),
         }
     }
 
     /// `name+0xoff` (`name+0xoff [module]` in a module), or the hex address when it cannot be
     /// resolved.
     pub fn symbolize(&self, addr: u64) -> String {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.symbolize(&self.kallsyms, addr)
+        self.symbolize_many(&[addr]).pop().unwrap_or_default()
     }
 
-    /// [`Self::symbolize`] for many addresses, in their order, under one lock.
+    /// [`Self::symbolize`] for many addresses, in their order, under one lock and with at most
+    /// one read of kallsyms.
     pub fn symbolize_many(&self, addrs: &[u64]) -> Vec<String> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        addrs
-            .iter()
-            .map(|&a| inner.symbolize(&self.kallsyms, a))
-            .collect()
+        inner.symbolize_many(&self.kallsyms, addrs)
     }
 
     /// Drops the symbol table if no cache miss needed it for `idle` (the cache of answers
@@ -88,6 +101,22 @@ impl KernelSymbolizer {
             return true;
         }
         false
+    }
+
+    #[cfg(test)]
+    fn has_table(&self) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.table.is_some()
+    }
+
+    /// Always reads the table, never scans (tests of the table path).
+    #[cfg(test)]
+    fn table_only(self) -> KernelSymbolizer {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .scans_per_window = 0;
+        self
     }
 
     /// Symbolizes a kernel stack (innermost first), skipping zero frames and the frames of the
@@ -110,15 +139,64 @@ impl KernelSymbolizer {
 }
 
 impl Inner {
-    fn symbolize(&mut self, path: &Path, addr: u64) -> String {
-        if let Some(s) = self.cache.get(&addr) {
-            return s.clone();
+    fn symbolize_many(&mut self, path: &Path, addrs: &[u64]) -> Vec<String> {
+        let mut misses: Vec<u64> = addrs
+            .iter()
+            .copied()
+            .filter(|a| !self.cache.contains_key(a))
+            .collect();
+        if !misses.is_empty() {
+            misses.sort_unstable();
+            misses.dedup();
+            let answers = self.resolve(path, &misses);
+            if self.cache.len() + misses.len() > CACHE_MAX {
+                self.cache.clear();
+            }
+            for (addr, answer) in misses.into_iter().zip(answers) {
+                self.cache
+                    .insert(addr, answer.unwrap_or_else(|| format!("{addr:#x}")));
+            }
         }
-        self.used_at = Some(Instant::now());
-        let mut text = self.table.as_ref().and_then(|t| t.lookup(addr));
+        addrs
+            .iter()
+            .map(|a| {
+                self.cache
+                    .get(a)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{a:#x}"))
+            })
+            .collect()
+    }
+
+    /// Answers for `misses` (sorted, distinct): by a pass over kallsyms while new addresses are
+    /// few, else from the table.
+    fn resolve(&mut self, path: &Path, misses: &[u64]) -> Vec<Option<String>> {
+        let now = Instant::now();
+        self.used_at = Some(now);
+        self.scans.retain(|t| now.duration_since(*t) < SCAN_WINDOW);
+        if self.table.is_none()
+            && misses.len() <= SCAN_MAX_ADDRS
+            && self.scans.len() < self.scans_per_window
+        {
+            self.scans.push(now);
+            match scan(path, misses) {
+                Ok(answers) => return answers,
+                Err(e) => {
+                    tracing::debug!("reading {}: {e}", path.display());
+                    return vec![None; misses.len()];
+                }
+            }
+        }
+        let lookup = |t: &Option<Table>| -> Vec<Option<String>> {
+            misses
+                .iter()
+                .map(|&a| t.as_ref().and_then(|t| t.lookup(a)))
+                .collect()
+        };
+        let mut answers = lookup(&self.table);
         let stale = self.loaded_at.is_none_or(|t| t.elapsed() >= RELOAD_EVERY);
-        if text.is_none() && stale {
-            self.loaded_at = Some(Instant::now());
+        if answers.iter().any(Option::is_none) && stale {
+            self.loaded_at = Some(now);
             match Table::read(path) {
                 Ok(t) => {
                     // Answers from the old table may be wrong for code that moved.
@@ -127,14 +205,53 @@ impl Inner {
                 }
                 Err(e) => tracing::debug!("reading {}: {e}", path.display()),
             }
-            text = self.table.as_ref().and_then(|t| t.lookup(addr));
+            answers = lookup(&self.table);
         }
-        let text = text.unwrap_or_else(|| format!("{addr:#x}"));
-        if self.cache.len() >= CACHE_MAX {
-            self.cache.clear();
+        answers
+    }
+}
+
+/// One pass over kallsyms for `addrs` (sorted, distinct): the text symbol at or below each,
+/// within [`MAX_OFFSET`].
+fn scan(path: &Path, addrs: &[u64]) -> std::io::Result<Vec<Option<String>>> {
+    // best[i]: the highest symbol start seen at or below addrs[i] and its name. Over the pass
+    // best[..].0 stays non-decreasing in i, so a symbol improves a contiguous run of addresses.
+    let mut best: Vec<(u64, String)> = vec![(0, String::new()); addrs.len()];
+    let mut reader = BufReader::with_capacity(64 * 1024, File::open(path)?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
         }
-        self.cache.insert(addr, text.clone());
-        text
+        let Some((sym, kind, name)) = parse_line(&line) else {
+            continue;
+        };
+        if sym == 0 || !is_text(kind) {
+            continue;
+        }
+        let first = addrs.partition_point(|&a| a < sym);
+        for (addr, slot) in addrs[first..].iter().zip(&mut best[first..]) {
+            if addr - sym >= MAX_OFFSET || slot.0 >= sym {
+                break;
+            }
+            slot.0 = sym;
+            slot.1.clear();
+            slot.1.push_str(name);
+        }
+    }
+    Ok(addrs
+        .iter()
+        .zip(best)
+        .map(|(&addr, (sym, name))| (sym != 0).then(|| render(&name, addr - sym)))
+        .collect())
+}
+
+/// `name+0xoff`, or `name+0xoff [module]` for kallsyms' `name\t[module]`.
+fn render(name: &str, off: u64) -> String {
+    match name.split_once('\t') {
+        Some((name, module)) => format!("{name}+{off:#x} {module}"),
+        None => format!("{name}+{off:#x}"),
     }
 }
 
@@ -184,10 +301,7 @@ impl Table {
         let name = self
             .names
             .get(self.spans[2 * i] as usize..self.spans[2 * i + 1] as usize)?;
-        Some(match name.split_once('\t') {
-            Some((name, module)) => format!("{name}+{off:#x} {module}"),
-            None => format!("{name}+{off:#x}"),
-        })
+        Some(render(name, off))
     }
 }
 
@@ -253,25 +367,31 @@ mod tests {
              ffffffff81000200 T other\n",
         )
         .unwrap();
-        let s = KernelSymbolizer::with_kallsyms(&path);
-        let got = s.symbolize_many(&[
-            0xffffffff81000210,
-            0xffffffff81000090,
-            0xffffffffc0000004,
-            0x10,
-            0xffffffff81000090,
-        ]);
-        assert_eq!(
-            got,
-            [
-                "other+0x10",
-                "_stext+0x90",
-                "mod_fn+0x4 [nf_tables]",
-                "0x10",
-                "_stext+0x90"
-            ]
-        );
-        assert_eq!(s.stack(&[0xffffffff81000100, 0, 5]), ["helper+0x0"]);
+        for s in [
+            KernelSymbolizer::with_kallsyms(&path),
+            KernelSymbolizer::with_kallsyms(&path).table_only(),
+        ] {
+            let got = s.symbolize_many(&[
+                0xffffffff81000210,
+                0xffffffff81000090,
+                0xffffffffc0000004,
+                0x10,
+                0xffffffff81000090,
+                0xffffffff81000000 + MAX_OFFSET + 0x300,
+            ]);
+            assert_eq!(
+                got,
+                [
+                    "other+0x10",
+                    "_stext+0x90",
+                    "mod_fn+0x4 [nf_tables]",
+                    "0x10",
+                    "_stext+0x90",
+                    "0xffffffff81100300",
+                ]
+            );
+            assert_eq!(s.stack(&[0xffffffff81000100, 0, 5]), ["helper+0x0"]);
+        }
         std::fs::remove_file(&path).unwrap();
     }
 
@@ -299,7 +419,7 @@ mod tests {
 
     #[test]
     fn an_idle_table_is_released_and_read_again() {
-        let s = KernelSymbolizer::new();
+        let s = KernelSymbolizer::new().table_only();
         let addr = kallsyms_address(Path::new("/proc/kallsyms"), "__udp4_lib_rcv").unwrap();
         assert_eq!(s.symbolize(addr + 1), "__udp4_lib_rcv+0x1");
         assert!(!s.release_idle(Duration::from_secs(60)), "just used");
@@ -307,6 +427,28 @@ mod tests {
         assert!(!s.release_idle(Duration::ZERO), "already released");
         assert_eq!(s.symbolize(addr + 1), "__udp4_lib_rcv+0x1", "cached answer");
         assert_eq!(s.symbolize(addr + 2), "__udp4_lib_rcv+0x2", "read again");
+    }
+
+    #[test]
+    fn few_new_addresses_hold_no_table_until_they_keep_coming() {
+        let s = KernelSymbolizer::new();
+        let addr = kallsyms_address(Path::new("/proc/kallsyms"), "__udp4_lib_rcv").unwrap();
+        for i in 0..SCANS_PER_WINDOW as u64 {
+            assert_eq!(s.symbolize(addr + i), format!("__udp4_lib_rcv+{i:#x}"));
+            assert!(!s.has_table(), "pass {i} kept no table");
+        }
+        let many: Vec<u64> = (0..SCAN_MAX_ADDRS as u64 + 1)
+            .map(|i| addr + 0x10 + i)
+            .collect();
+        let fresh = KernelSymbolizer::new();
+        assert_eq!(fresh.symbolize_many(&many)[0], "__udp4_lib_rcv+0x10");
+        assert!(fresh.has_table(), "a large batch reads the table");
+        let n = SCANS_PER_WINDOW as u64;
+        assert_eq!(s.symbolize(addr + n), format!("__udp4_lib_rcv+{n:#x}"));
+        assert!(
+            s.has_table(),
+            "a steady stream of new addresses reads the table"
+        );
     }
 
     #[test]

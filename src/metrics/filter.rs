@@ -3,14 +3,24 @@
 //! include only = whitelist; both = included and not excluded. Patterns are unanchored (as in
 //! HuaTuo): use `^…$` to match whole names. An empty string means "no rule".
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use regex::Regex;
 
 use crate::config::{ConfigError, ConfigResult};
+
+/// Answers remembered at most; past this the memo starts over (device names can churn).
+const SEEN_MAX: usize = 4096;
 
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     include: Option<Regex>,
     exclude: Option<Regex>,
+    /// Answers so far. The same keys come at every scrape, and a regex keeps a match cache for
+    /// each thread that runs it (lazy DFA states, up to megabytes), which stayed resident
+    /// across the scrape threads; remembered answers run each regex once per key.
+    seen: Arc<Mutex<HashMap<Box<str>, bool>>>,
 }
 
 impl Filter {
@@ -36,6 +46,7 @@ impl Filter {
         Ok(Filter {
             include: compile(include_key, include)?,
             exclude: compile(exclude_key, exclude)?,
+            seen: Arc::default(),
         })
     }
 
@@ -45,17 +56,20 @@ impl Filter {
     }
 
     pub fn matches(&self, s: &str) -> bool {
-        if let Some(inc) = &self.include {
-            if !inc.is_match(s) {
-                return false;
-            }
+        if self.include.is_none() && self.exclude.is_none() {
+            return true;
         }
-        if let Some(exc) = &self.exclude {
-            if exc.is_match(s) {
-                return false;
-            }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&pass) = seen.get(s) {
+            return pass;
         }
-        true
+        let pass = self.include.as_ref().is_none_or(|inc| inc.is_match(s))
+            && !self.exclude.as_ref().is_some_and(|exc| exc.is_match(s));
+        if seen.len() >= SEEN_MAX {
+            seen.clear();
+        }
+        seen.insert(s.into(), pass);
+        pass
     }
 }
 
@@ -78,6 +92,21 @@ mod tests {
         assert_eq!(pass(&f(None, Some("^(lo|veth.*)$"))), ["eth0", "docker0"]);
         assert_eq!(pass(&f(Some("eth|veth"), None)), ["eth0", "veth12"]);
         assert_eq!(pass(&f(Some("eth"), Some("^veth"))), ["eth0"]);
+    }
+
+    #[test]
+    fn remembered_answers_stay_right() {
+        let flt = f(Some("eth|veth"), Some("^veth"));
+        for _ in 0..3 {
+            assert!(flt.matches("eth0"));
+            assert!(!flt.matches("veth1"));
+            assert!(!flt.matches("lo"));
+        }
+        for i in 0..SEEN_MAX + 10 {
+            assert!(flt.matches(&format!("eth{i}")));
+        }
+        assert!(flt.seen.lock().unwrap().len() <= SEEN_MAX);
+        assert!(!flt.matches("veth1"), "after the memo started over");
     }
 
     #[test]

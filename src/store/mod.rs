@@ -366,9 +366,10 @@ fn init_writer_connection(conn: &Connection) -> rusqlite::Result<()> {
     // auto_vacuum must be set before the first table exists to take effect.
     conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    // A small page cache: records are written once and read rarely; memory is the budget.
+    // A small page cache: records are appended (the right edges of the table and its indexes)
+    // and read rarely, by other connections; memory is the budget.
     conn.execute_batch(
-        "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA cache_size = -1024;",
+        "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA cache_size = -256;",
     )?;
     conn.execute_batch(SCHEMA)
 }
