@@ -324,5 +324,9 @@ fn stuck_collectors_time_out_alone() {
             agent.log()
         );
     }
-    assert!(agent.log().contains("collector timed out"), "{}", agent.log());
+    assert!(
+        agent.log().contains("collector timed out"),
+        "{}",
+        agent.log()
+    );
 }

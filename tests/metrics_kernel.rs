@@ -2,7 +2,8 @@
 //! I/O to a loop device moves block latency, a loopback UDP flood counts NET_RX softirq latency,
 //! page cache in a small memory cgroup counts memcg reclaim stalls, huge page allocations beyond
 //! the free order-9 blocks count direct compaction stalls, busy tasks in a test cgroup
-//! show in its taskstats `nr_running`, a throttled veth's root qdisc counters match `tc -s`; a
+//! show in its taskstats `nr_running` and a writer blocked on a frozen filesystem in its
+//! `nr_disk_sleep`, a throttled veth's root qdisc counters match `tc -s`; a
 //! real Prometheus scrapes
 //! the agent and answers PromQL for the host and for a test cgroup. Everything the tests create
 //! (cgroups, loop devices, processes, temp files) is removed by Drop guards, also on failure.
@@ -372,6 +373,52 @@ fn container_nr_running_counts_busy_tasks_via_taskstats() {
         ),
         Some(0.0)
     );
+}
+
+/// A task of the container blocked on a frozen filesystem (D state in `ps`) counts in its
+/// `nr_disk_sleep`, and leaves it once the filesystem thaws. Taskstats' `nr_uninterruptible`
+/// (HuaTuo's) stays 0: the wait is TASK_UNINTERRUPTIBLE|TASK_FREEZABLE, and the kernel's
+/// cgroupstats counts only the exact state.
+#[test]
+fn container_nr_disk_sleep_counts_a_task_blocked_on_a_frozen_filesystem() {
+    let tmp = TempDir::new("nr-unint");
+    let img = tmp.path().join("disk.img");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    sh(&format!("truncate -s 64M {}", img.display()));
+    let dev = sh(&format!("losetup --show -f {}", img.display()))
+        .trim()
+        .to_string();
+    let _loop = Cleanup(format!("losetup -d {dev}"));
+    sh(&format!("mkfs.ext4 -q {dev}"));
+    sh(&format!("mount {dev} {}", mnt.display()));
+    let _mount = Cleanup(format!("umount {0} || umount -l {0}", mnt.display()));
+    let agent = start_agent();
+    let cg = TestCgroup::new(&["memory", "cpu", "cpuacct"]);
+    let labels = container_labels(&cg.id);
+    let mut kids = Kids(vec![cg.spawn("sleep 60")]);
+    wait_for_container(&agent, &cg.id);
+    let series = format!("bianque_loadavg_container_nr_disk_sleep{{{labels}}}");
+    let taskstats = format!("bianque_loadavg_container_nr_uninterruptible{{{labels}}}");
+    assert_eq!(metric_value(&agent.metrics(), &series), Some(0.0), "idle");
+    // Dropped first (declared last): thawing lets the blocked writer die before Kids reaps it.
+    sh(&format!("fsfreeze -f {}", mnt.display()));
+    let thaw = Cleanup(format!("fsfreeze -u {}", mnt.display()));
+    kids.0
+        .push(cg.spawn(&format!("touch {}/blocked", mnt.display())));
+    let mut last = None;
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = metric_value(&agent.metrics(), &series);
+        last == Some(1.0)
+    });
+    assert!(ok, "nr_disk_sleep with one task in D state: {last:?}");
+    assert_eq!(metric_value(&agent.metrics(), &taskstats), Some(0.0));
+    drop(thaw);
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = metric_value(&agent.metrics(), &series);
+        last == Some(0.0)
+    });
+    assert!(ok, "nr_disk_sleep after the thaw: {last:?}");
 }
 
 /// Free blocks that could serve a 2 MiB huge page (order ≥ 9, in order-9 units), all zones.

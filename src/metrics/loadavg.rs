@@ -1,6 +1,13 @@
 //! `loadavg`: the host load averages and task counts from `/proc/loadavg`; per container the
 //! numbers of running and uninterruptible tasks from taskstats netlink (`CGROUPSTATS_CMD_GET` on
-//! the container's cgroup v1 cpu directory, as HuaTuo; cgroup v1 only).
+//! the container's cgroup v1 cpu directory, as HuaTuo; cgroup v1 only), and the threads in D
+//! state from `/proc/<tid>/stat` (cgroup v1 or v2).
+//!
+//! Why both: taskstats counts a task as uninterruptible only when its state is exactly
+//! TASK_UNINTERRUPTIBLE, so it misses killable waits (a page-cache read waiting for the disk)
+//! and freezable ones (a write to a frozen filesystem), which `ps` shows as D and the load
+//! average counts. `container_nr_uninterruptible` keeps HuaTuo's value; `container_nr_disk_sleep`
+//! counts what `ps` shows.
 
 use std::fs::File;
 use std::io::{Read, Seek};
@@ -9,8 +16,9 @@ use std::sync::Mutex;
 use anyhow::{bail, Context, Result};
 
 use crate::config::ConfigResult;
+use crate::events::hungtask::parse_stat_comm_state;
 use crate::host::HostRoot;
-use crate::metrics::cgroup;
+use crate::metrics::cgroup::{self, CgroupDir};
 use crate::metrics::taskstats::{CgroupStats, TaskStats};
 use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
@@ -19,7 +27,7 @@ use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSp
 static SPEC: TracerSpec = TracerSpec {
     name: "loadavg",
     mode: Mode::Metric,
-    description: "load averages (1, 5, 15 min) and runnable/total task counts from /proc/loadavg; container running/uninterruptible tasks (taskstats, cgroup v1)",
+    description: "load averages (1, 5, 15 min) and runnable/total task counts from /proc/loadavg; container running/uninterruptible tasks (taskstats, cgroup v1) and D-state threads (/proc)",
     requires: &[Requirement::HostFile("proc/loadavg")],
     default_enabled: true,
     build,
@@ -149,6 +157,28 @@ impl LoadAvg {
         if snap.containers.is_empty() {
             return;
         }
+        let (mut tids, mut stat) = (String::new(), String::new());
+        let mut proc_path = self.host.proc("");
+        let d_state: Vec<(usize, u64)> = snap
+            .containers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ct)| {
+                let dir = snap.layout.dir("cpu", &ct.rel)?;
+                let n = count_d_state(&dir, &mut proc_path, &mut tids, &mut stat)?;
+                Some((i, n))
+            })
+            .collect();
+        if !d_state.is_empty() {
+            out.family(
+                "container_nr_disk_sleep",
+                "Threads of the container in D state as ps shows it: any uninterruptible wait, killable and freezable ones included (/proc/<tid>/stat).",
+                Kind::Gauge,
+            );
+            for (i, n) in &d_state {
+                out.sample(&snap.containers[*i].labels(), *n as f64);
+            }
+        }
         let mut rows: Vec<(usize, CgroupStats)> = Vec::with_capacity(snap.containers.len());
         {
             let mut guard = self.taskstats.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,7 +220,7 @@ impl LoadAvg {
             ),
             (
                 "container_nr_uninterruptible",
-                "Tasks of the container in uninterruptible sleep (D state; taskstats).",
+                "Tasks of the container in plain uninterruptible sleep (taskstats: killable and freezable waits are not counted; see container_nr_disk_sleep).",
                 |s: &CgroupStats| s.nr_uninterruptible,
             ),
         ] {
@@ -200,6 +230,36 @@ impl LoadAvg {
             }
         }
     }
+}
+
+/// Threads listed in the cgroup (`tasks` in v1, `cgroup.threads` in v2) whose
+/// `<proc_dir>/<tid>/stat` state is `D`. `None` when the list cannot be read (no such file: a
+/// fixture, a cgroup that went away). Threads that exit in between are skipped.
+fn count_d_state(
+    dir: &CgroupDir,
+    proc_dir: &mut std::path::PathBuf,
+    tids: &mut String,
+    stat: &mut String,
+) -> Option<u64> {
+    let list = if dir.v2 { "cgroup.threads" } else { "tasks" };
+    tids.clear();
+    File::open(dir.path.join(list))
+        .ok()?
+        .read_to_string(tids)
+        .ok()?;
+    let mut n = 0;
+    for tid in tids.lines().map(str::trim).filter(|t| !t.is_empty()) {
+        proc_dir.push(tid);
+        proc_dir.push("stat");
+        stat.clear();
+        let read = File::open(&*proc_dir).and_then(|mut f| f.read_to_string(stat));
+        proc_dir.pop();
+        proc_dir.pop();
+        if read.is_ok() && parse_stat_comm_state(stat).is_some_and(|(_, state)| state == 'D') {
+            n += 1;
+        }
+    }
+    Some(n)
 }
 
 #[cfg(test)]
