@@ -33,6 +33,17 @@ static __always_inline void counter_add(__u32 slot, __u64 n)
 		__sync_fetch_and_add(v, n);
 }
 
+/* counter_add without the locked instruction, for a slot that only one program writes: the row
+ * is this CPU's, and a program does not nest with itself on a CPU, so no write can interleave. */
+static __always_inline void counter_add_owned(__u32 slot, __u64 n)
+{
+	__u32 idx = bpf_get_smp_processor_id() * counter_slots + slot;
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+
+	if (v)
+		*v += n;
+}
+
 /* Global fixed-window limiter: at most `limit` passes per second across all CPUs. The deny path
  * only reads, so a drop storm does not bounce the cache line between CPUs. Two CPUs may both reset
  * the window at a second boundary; that lets at most a handful of extra events through.
@@ -81,13 +92,12 @@ static __always_inline bool rate_limit_pass(__u32 limit)
 }
 
 /* Ring-buffer wakeups cost ~1.7 us each on this class of VM (reference/kernel-notes.md), so
- * producers submit without waking the reader unless a backlog built up; the reader polls on a
- * short timer instead. */
-#define RINGBUF_WAKEUP_BYTES (64 * 1024)
-
+ * producers submit without waking the reader unless a backlog built up (a quarter of the ring,
+ * whatever size user space gave it); the reader polls on a short timer instead. */
 static __always_inline long ringbuf_wakeup_flags(void *ringbuf)
 {
-	return bpf_ringbuf_query(ringbuf, BPF_RB_AVAIL_DATA) >= RINGBUF_WAKEUP_BYTES ?
+	return bpf_ringbuf_query(ringbuf, BPF_RB_AVAIL_DATA) >=
+			       bpf_ringbuf_query(ringbuf, BPF_RB_RING_SIZE) / 4 ?
 		       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* Latency histograms kept in the kernel, read by user space at scrape time (never per event).
  * Bucket bounds (ns, increasing) come from user space through .rodata. Include after
- * bianque.bpf.h.
+ * bianque.bpf.h. A series is written by one program only (its adds are not atomic).
  *
  * Fixed series (host level): `hist_add(series, ns)` bumps the mmapped per-CPU `counters` array:
  * series s owns slots [s * (n + 2), (s + 1) * (n + 2)): n buckets, one overflow bucket, the sum.
@@ -38,8 +38,8 @@ static __always_inline void hist_add(__u32 series, __u64 ns)
 	if (n > HIST_MAX_BUCKETS)
 		return;
 	base = series * (n + 2);
-	counter_add(base + hist_bucket(ns), 1);
-	counter_add(base + n + 1, ns);
+	counter_add_owned(base + hist_bucket(ns), 1);
+	counter_add_owned(base + n + 1, ns);
 }
 
 static __always_inline void hist_key_add(void *map, __u64 *key, __u64 ns)

@@ -12,7 +12,8 @@
  *   not run the vCPU for a while (steal time): the tick handler accounts that steal in
  *   rq->prev_steal_time, so the decision waits for hrtimer_expire_exit and subtracts it.
  * Softirqs do not nest on a CPU, so one per-CPU state is enough. The entry program serves both
- * softirq measures with one clock read; only runs over a threshold go further than a few stores. */
+ * softirq measures with one clock read; the exit program reads only jiffies (a memory load)
+ * unless the run may have reached the threshold, so only long runs read the clock there. */
 #include "bianque.bpf.h"
 #include "histogram.bpf.h"
 #include "softirq.h"
@@ -34,6 +35,7 @@ struct {
 struct cpu_state {
 	__u64 raised_ns[VEC_SLOTS]; /* first raise time of each pending vector, 0 if none */
 	__u64 start_ns;             /* entry time of the running handler, 0 outside one */
+	__u64 start_jiffies;        /* jiffies at that entry */
 	__u64 last_tick_ns;         /* the previous tick, 0 if unknown (idle since) */
 	__u64 gap_ns;               /* the gap before the tick being handled, if over the threshold */
 	__u64 last_steal_ns;        /* rq->prev_steal_time after the previous tick */
@@ -86,6 +88,8 @@ int BPF_PROG(bq_softirq_entry, unsigned int vec)
 		return 0;
 	now = bpf_ktime_get_ns();
 	s->start_ns = now;
+	if (CONFIG_HZ)
+		s->start_jiffies = bpf_jiffies64();
 	s->vec = vec;
 	raised = s->raised_ns[vec];
 	if (raised) {
@@ -136,6 +140,12 @@ int BPF_PROG(bq_softirq_exit, unsigned int vec)
 
 	if (!s || !s->start_ns || s->vec != vec)
 		return 0;
+	/* A run that saw `spanned` jiffy boundaries lasted less than spanned + 1 jiffies. */
+	if (CONFIG_HZ && (bpf_jiffies64() - s->start_jiffies + 1) * 1000000000ULL <
+				 threshold_ns * CONFIG_HZ) {
+		s->start_ns = 0;
+		return 0;
+	}
 	duration = bpf_ktime_get_ns() - s->start_ns;
 	s->start_ns = 0;
 	if (duration >= threshold_ns)
