@@ -494,6 +494,17 @@ fn main() {
             "sends/s",
         ),
     ];
+    // `BENCH_ONLY=softirq,netrecvlat` keeps those rows (and the A/A rows).
+    let only = std::env::var("BENCH_ONLY").ok();
+    let cases: Vec<_> = cases
+        .into_iter()
+        .filter(|(name, tracers, ..)| {
+            tracers.is_empty()
+                || only
+                    .as_deref()
+                    .is_none_or(|o| o.split(',').any(|t| t.trim() == *name))
+        })
+        .collect();
     println!(
         "events overhead: {} alternating rounds of {ROUND:?} per side; ratio = attached/detached (median of per-round ratios; target >= 0.97)\n",
         rounds()

@@ -15,6 +15,10 @@ use common::*;
 
 const THRESHOLD_US: u64 = 20;
 
+/// The tick-gap tests run one at a time: one holds interrupts off on purpose, the other
+/// asserts that nothing did.
+static TICK_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Floods loopback TCP for up to `max`, or until `stop` is set.
 fn flood(stop: Arc<AtomicBool>, max: Duration) {
     let srv = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -124,6 +128,7 @@ fn long_net_rx_softirqs_under_a_loopback_flood_are_recorded() {
 /// tens of ms, so the next scheduler tick on that CPU comes late.
 #[test]
 fn a_tick_held_off_by_a_console_write_is_recorded_as_a_tick_gap() {
+    let _one = TICK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let consoles = std::fs::read_to_string("/proc/consoles").unwrap_or_default();
     assert!(
         consoles.contains("ttyS"),
@@ -187,4 +192,36 @@ fn a_tick_held_off_by_a_console_write_is_recorded_as_a_tick_gap() {
     );
     assert!(!stack[0].starts_with("__traceiter_"), "{stack:?}");
     assert!(agent.metric("bianque_softirq_tick_gaps_total").unwrap() >= 1.0);
+}
+
+/// An idle CPU stops its tick on purpose: a worker that sleeps 30-200 ms between short bursts
+/// leaves tick-less idle periods longer than the 10 ms threshold on both CPUs, and none of them
+/// may count as a tick gap (the tick's `idle_entrytime` says the CPU was idle in between).
+#[test]
+fn idle_periods_are_not_tick_gaps() {
+    let _one = TICK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = Agent::start("[events.dropwatch]\nenabled = false\n", &[]);
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .metric("bianque_softirq_tick_gaps_total")
+            .is_some()),
+        "{}",
+        agent.log()
+    );
+    let before = agent.metric("bianque_softirq_tick_gaps_total").unwrap();
+    let end = Instant::now() + Duration::from_secs(4);
+    let mut sleep_ms = 30;
+    while Instant::now() < end {
+        let busy = Instant::now();
+        while busy.elapsed() < Duration::from_millis(1) {}
+        std::thread::sleep(Duration::from_millis(sleep_ms));
+        sleep_ms = if sleep_ms >= 200 { 30 } else { sleep_ms + 17 };
+    }
+    let after = agent.metric("bianque_softirq_tick_gaps_total").unwrap();
+    let gaps: Vec<serde_json::Value> = agent
+        .events("tracer=softirq&limit=100")
+        .into_iter()
+        .filter(|e| e["tracer_data"]["event"] == "tick_gap")
+        .collect();
+    assert_eq!(after - before, 0.0, "tick gaps while idle: {gaps:#?}");
 }

@@ -9,8 +9,9 @@
 //! (`latency.rs`), read from the per-CPU counters at scrape time.
 //!
 //! Tick gaps: a scheduler tick that came more than a threshold after the previous one on its
-//! CPU means interrupts were off that long (`tp_btf/hrtimer_expire_entry` on the tick handler,
-//! `tp_btf/cpu_idle` to ignore the tick an idle CPU stops on purpose). Recorded like a long
+//! CPU means interrupts were off that long (`tp_btf/hrtimer_expire_entry` on the tick handler;
+//! a gap across an idle period, when the tick is stopped on purpose, is ignored by the tick's
+//! own per-CPU `tick_cpu_sched.idle_entrytime`). Recorded like a long
 //! softirq, with `event = "tick_gap"` and the stack where the tick finally landed. In a VM, the
 //! time the hypervisor did not run the CPU (steal) is taken off the gap first: a late tick that
 //! steal explains is only counted (`tick_gaps_steal_total`).
@@ -218,7 +219,6 @@ impl Softirq {
         let mut _tick_links = Vec::new();
         if tick_fn.is_some() {
             for (prog, tp) in [
-                (&skel.progs.bq_cpu_idle, "cpu_idle"),
                 (&skel.progs.bq_hrtimer_expire_exit, "hrtimer_expire_exit"),
                 (&skel.progs.bq_hrtimer_expire_entry, "hrtimer_expire_entry"),
             ] {

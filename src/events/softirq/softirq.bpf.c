@@ -7,8 +7,10 @@
  *   (tp_btf softirq_raise, softirq_entry, softirq_exit);
  * - a CPU whose scheduler tick came late: interrupts were off (or the tick was held off) for
  *   longer than a threshold. tp_btf hrtimer_expire_entry on the tick handler (its address from
- *   kallsyms) compares each tick with the previous one on the CPU; tp_btf cpu_idle forgets the
- *   previous tick, because an idle CPU stops its tick on purpose. In a VM the hypervisor may
+ *   kallsyms) compares each tick with the previous one on the CPU, unless the CPU went idle in
+ *   between (the tick's own per-CPU state, which holds its timer, says when it last did), because an idle CPU stops its
+ *   tick on purpose. (A cpu_idle hook did that before, but it fires twice per idle period:
+ *   ~200 ns per loopback round trip.) In a VM the hypervisor may
  *   not run the vCPU for a while (steal time): the tick handler accounts that steal in
  *   rq->prev_steal_time, so the decision waits for hrtimer_expire_exit and subtracts it.
  * Softirqs do not nest on a CPU, so one per-CPU state is enough. The entry program serves both
@@ -26,6 +28,20 @@ const volatile __u64 tick_fn = 0;
 const volatile __u64 tick_gap_threshold_ns = 10ULL * 1000 * 1000;
 
 struct softirq_event _event_type = {};
+
+/* When the CPU last entered idle (refreshed after each interrupt taken in idle too), from the
+ * tick's per-CPU state, which holds the tick's timer. Per-CPU data symbols are not in kallsyms
+ * without CONFIG_KALLSYMS_ALL, so it is reached from the timer rather than as a ksym. */
+static __always_inline __u64 idle_entered_ns(struct hrtimer *timer)
+{
+	struct tick_sched *ts;
+
+	if (!bpf_core_field_exists(ts->idle_entrytime))
+		return ~0ULL; /* unknown: count every gap as idle, never report one */
+	ts = (struct tick_sched *)((__u64)timer -
+				   bpf_core_field_offset(struct tick_sched, sched_timer));
+	return (__u64)BPF_CORE_READ(ts, idle_entrytime);
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -168,7 +184,13 @@ int BPF_PROG(bq_hrtimer_expire_entry, struct hrtimer *timer)
 	now = bpf_ktime_get_ns();
 	last = s->last_tick_ns;
 	s->last_tick_ns = now;
-	s->gap_ns = last && now - last >= tick_gap_threshold_ns ? now - last : 0;
+	s->gap_ns = 0;
+	if (!last || now - last < tick_gap_threshold_ns)
+		return 0;
+	/* Idle since the previous tick: the tick was stopped on purpose. */
+	if (idle_entered_ns(timer) >= last)
+		return 0;
+	s->gap_ns = now - last;
 	return 0;
 }
 
@@ -212,17 +234,6 @@ int BPF_PROG(bq_hrtimer_expire_exit, struct hrtimer *timer)
 		report(ctx, TICK_GAP_VEC, gap, stolen, SLOT_TICK_GAPS);
 	else
 		counter_add(event_slot(SLOT_TICK_GAPS_STOLEN), 1);
-	return 0;
-}
-
-SEC("tp_btf/cpu_idle")
-int BPF_PROG(bq_cpu_idle, unsigned int state_idx)
-{
-	__u32 zero = 0;
-	struct cpu_state *s = bpf_map_lookup_elem(&state, &zero);
-
-	if (s)
-		s->last_tick_ns = 0;
 	return 0;
 }
 
