@@ -806,7 +806,13 @@ fn containers_oom_killed_right_at_start_are_named_on_their_records() {
             };
             assert!(
                 wait_until(Duration::from_secs(20), || record(&agent).is_some()),
-                "no {tracer} record of {name}; log:\n{}",
+                "no {tracer} record of {name} ({id}); its records: {:#?}\npodman: {}\nlog:\n{}",
+                agent
+                    .events(&format!("tracer={tracer}&limit=1000"))
+                    .into_iter()
+                    .filter(|e| e["tracer_data"]["signal"] == "SIGKILL")
+                    .collect::<Vec<_>>(),
+                sh(&format!("podman inspect --format '{{{{.State.Status}}}} {{{{.State.OOMKilled}}}} {{{{.State.ExitCode}}}}' {name}")),
                 agent.log()
             );
             let r = record(&agent).unwrap();

@@ -46,6 +46,7 @@ impl Podman {
         ));
         let sock = dir.path().join("podman.sock");
         let service = Command::new("podman")
+            .current_dir(dir.path())
             .args(["system", "service", "--time=0"])
             .arg(format!("unix://{}", sock.display()))
             .stdout(Stdio::null())
@@ -68,11 +69,14 @@ impl Podman {
         self.dir.path().join("podman.sock").display().to_string()
     }
 
-    /// `podman run -d --name <name> <extra> <image> <cmd>`; returns the full id.
+    /// `podman run -d --name <name> <extra> <image> <cmd>`; returns the full id. Run from the
+    /// temp dir: conmon writes a file named `oom` into its working directory when the
+    /// container is OOM-killed.
     pub fn run(&mut self, name: &str, extra: &str, cmd: &str) -> String {
         self.names.push(name.to_string());
         sh(&format!(
-            "podman run -d --name {name} --network=none {extra} {} {cmd}",
+            "cd {} && podman run -d --name {name} --network=none {extra} {} {cmd}",
+            self.dir.path().display(),
             self.tag
         ))
         .trim()

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::bpf::btf::{self, EnumNames};
 use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigError, ConfigResult};
+use crate::events::memcg_container;
 use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
@@ -238,7 +239,16 @@ impl EventTracer for SignalTracer {
 
 impl SignalTracer {
     fn record(&self, ctx: &RunContext, e: &signal_event, clock_offset: i64) {
-        let (path, container) = ctx.containers().attribute_memcg(e.target_memcg_id);
+        let kernel_path = bq_bpf::cgroup_path_from_names(
+            e.target_memcg_path.depth,
+            e.target_memcg_path.truncated != 0,
+            e.target_memcg_path.names.iter().map(|n| &n.s[..]),
+        );
+        let (path, _) = ctx.containers().attribute_memcg(e.target_memcg_id);
+        let path = path.or_else(|| (e.target_memcg_id != 0).then(|| kernel_path.clone()));
+        // By id when the registry knows the cgroup, else from the path the kernel saw: the
+        // container may be gone already (killed right at its start).
+        let container = memcg_container(ctx, e.target_memcg_id, Some(&kernel_path));
         let result = self
             .results
             .lock()

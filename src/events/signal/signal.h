@@ -20,6 +20,9 @@ struct signal_event {
 	__u32 target_tid;
 	char sender_comm[16];
 	char target_comm[16];
+	/* Read in the kernel: a task killed right at its container's start may take its cgroup
+	 * with it before user space could map the id to a container. */
+	struct cgroup_path target_memcg_path;
 };
 
 #endif /* SIGNAL_H */
