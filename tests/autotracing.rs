@@ -244,23 +244,8 @@ fn a_process_doubling_its_rss_fires_memburst_and_tops_the_list() {
 
 #[test]
 fn writers_blocked_on_a_frozen_filesystem_fire_dload_with_their_stacks() {
-    let dir = TempDir::new("dload");
-    let img = dir.path().join("disk.img");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    sh(&format!("truncate -s 64M {}", img.display()));
-    let dev = sh(&format!("losetup --show -f {}", img.display()))
-        .trim()
-        .to_string();
-    // Thaw, unmount and detach even if the test fails (declared before anything can freeze).
-    let _cleanup = Cleanup(format!(
-        "fsfreeze -u {m}; sleep 0.3; umount {m} || umount -l {m}; losetup -d {dev}",
-        m = mnt.display()
-    ));
-    sh(&format!(
-        "mkfs.ext4 -q {dev} && mount {dev} {}",
-        mnt.display()
-    ));
+    let fs = LoopFs::new("dload", 64);
+    let mnt = &fs.mnt;
     let agent = Agent::start(
         "[autotracing.dload]\ninterval_secs = 1\nload_window_secs = 1\nthreshold_load = 2\n",
         &[

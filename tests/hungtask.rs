@@ -67,22 +67,8 @@ fn state_of(pid: u32) -> Option<char> {
 
 #[test]
 fn a_writer_on_a_frozen_filesystem_is_reported_with_its_stack() {
-    let tmp = TempDir::new("hung");
-    let img = tmp.path().join("disk.img");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    sh(&format!("truncate -s 64M {}", img.display()));
-    let dev = sh(&format!("losetup --show -f {}", img.display()))
-        .trim()
-        .to_string();
-    let _loop = Cleanup(format!("losetup -d {dev}"));
-    sh(&format!("mkfs.ext4 -q {dev}"));
-    sh(&format!("mount {dev} {}", mnt.display()));
-    let _mount = Cleanup(format!(
-        "umount {} || umount -l {}",
-        mnt.display(),
-        mnt.display()
-    ));
+    let fs = LoopFs::new("hung", 64);
+    let mnt = &fs.mnt;
 
     let agent = Agent::start("[events.dropwatch]\nenabled = false\n", &[]);
     let _sysctls = Sysctls::save(&[TIMEOUT, WARNINGS]);

@@ -70,24 +70,9 @@ impl Drop for DdLoop {
 
 #[test]
 fn direct_writes_on_a_loop_disk_fire_iotracer_naming_dd_and_its_file() {
-    let dir = TempDir::new("iotracer");
-    let img = dir.path().join("iotracer-disk.img");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    sh(&format!("truncate -s 128M {}", img.display()));
-    let dev = sh(&format!("losetup --show -f {}", img.display()))
-        .trim()
-        .to_string();
-    // Unmount and detach even if the test fails (dd is stopped first: `_dd` is declared later,
-    // so it is dropped before this).
-    let _cleanup = Cleanup(format!(
-        "umount {m} || umount -l {m}; losetup -d {dev}",
-        m = mnt.display()
-    ));
-    sh(&format!(
-        "mkfs.ext4 -q {dev} && mount {dev} {}",
-        mnt.display()
-    ));
+    // Unmounted and detached on drop, after dd (`_dd` is declared later, so dropped first).
+    let fs = LoopFs::new("iotracer", 128);
+    let (dev, mnt) = (&fs.dev, &fs.mnt);
     let disk = dev.trim_start_matches("/dev/").to_string();
     let file = mnt.join("bq-iotracer-dd.bin");
     let file = file.to_str().unwrap().to_string();

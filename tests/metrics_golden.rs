@@ -60,20 +60,25 @@ fn promtool(text: &str, lint_ok: bool) {
     );
 }
 
+/// Agent arguments for a fixture host root: event tracers and autotracers watch the real kernel,
+/// not the fixture, so they are left out.
+fn fixture_args(root: &Path) -> Vec<String> {
+    let mut args = vec!["--host-root".to_string(), root.display().to_string()];
+    for spec in bianque::tracer::registry()
+        .iter()
+        .filter(|s| s.mode != bianque::tracer::Mode::Metric)
+    {
+        args.push("--disable".to_string());
+        args.push(spec.name.to_string());
+    }
+    args
+}
+
 /// Scrapes an agent on a fixture host root and compares with (or rewrites) a golden file.
 fn check_fixture(root_dir: &str, golden_rel: &str, config: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(root_dir);
-    // Event tracers watch the real kernel, not the fixture: leave them out.
-    let mut args = vec!["--host-root", root.to_str().unwrap()];
-    let event_tracers: Vec<String> = bianque::tracer::registry()
-        .iter()
-        .filter(|s| s.mode != bianque::tracer::Mode::Metric)
-        .map(|s| s.name.to_string())
-        .collect();
-    for t in &event_tracers {
-        args.push("--disable");
-        args.push(t);
-    }
+    let args = fixture_args(&root);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start(config, &args);
     // Two scrapes: the second must equal the first (state kept between scrapes is stable).
     let first = normalize(&agent.metrics());
@@ -284,16 +289,8 @@ fn stuck_collectors_time_out_alone() {
         src = fixture.display(),
         dst = root.path().display()
     ));
-    let mut args = vec!["--host-root", root.path().to_str().unwrap()];
-    let others: Vec<String> = bianque::tracer::registry()
-        .iter()
-        .filter(|s| s.mode != bianque::tracer::Mode::Metric)
-        .map(|s| s.name.to_string())
-        .collect();
-    for t in &others {
-        args.push("--disable");
-        args.push(t);
-    }
+    let args = fixture_args(root.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start(
         "[metrics]\ncollector_timeout_ms = 1000\ncollector_concurrency = 1\n",
         &args,

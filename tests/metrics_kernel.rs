@@ -381,18 +381,8 @@ fn container_nr_running_counts_busy_tasks_via_taskstats() {
 /// cgroupstats counts only the exact state.
 #[test]
 fn container_nr_disk_sleep_counts_a_task_blocked_on_a_frozen_filesystem() {
-    let tmp = TempDir::new("nr-unint");
-    let img = tmp.path().join("disk.img");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    sh(&format!("truncate -s 64M {}", img.display()));
-    let dev = sh(&format!("losetup --show -f {}", img.display()))
-        .trim()
-        .to_string();
-    let _loop = Cleanup(format!("losetup -d {dev}"));
-    sh(&format!("mkfs.ext4 -q {dev}"));
-    sh(&format!("mount {dev} {}", mnt.display()));
-    let _mount = Cleanup(format!("umount {0} || umount -l {0}", mnt.display()));
+    let fs = LoopFs::new("nr-disk-sleep", 64);
+    let mnt = &fs.mnt;
     let agent = start_agent();
     let cg = TestCgroup::new(&["memory", "cpu", "cpuacct"]);
     let labels = container_labels(&cg.id);

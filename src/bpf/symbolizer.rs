@@ -217,19 +217,7 @@ fn scan(path: &Path, addrs: &[u64]) -> std::io::Result<Vec<Option<String>>> {
     // best[i]: the highest symbol start seen at or below addrs[i] and its name. Over the pass
     // best[..].0 stays non-decreasing in i, so a symbol improves a contiguous run of addresses.
     let mut best: Vec<(u64, String)> = vec![(0, String::new()); addrs.len()];
-    let mut reader = BufReader::with_capacity(64 * 1024, File::open(path)?);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        let Some((sym, kind, name)) = parse_line(&line) else {
-            continue;
-        };
-        if sym == 0 || !is_text(kind) {
-            continue;
-        }
+    for_each_text_symbol(path, |sym, name| {
         let first = addrs.partition_point(|&a| a < sym);
         for (addr, slot) in addrs[first..].iter().zip(&mut best[first..]) {
             if addr - sym >= MAX_OFFSET || slot.0 >= sym {
@@ -239,7 +227,8 @@ fn scan(path: &Path, addrs: &[u64]) -> std::io::Result<Vec<Option<String>>> {
             slot.1.clear();
             slot.1.push_str(name);
         }
-    }
+        true
+    })?;
     Ok(addrs
         .iter()
         .zip(best)
@@ -259,23 +248,14 @@ impl Table {
     fn read(path: &Path) -> std::io::Result<Table> {
         let mut entries: Vec<(u64, u32, u32)> = Vec::with_capacity(160_000);
         let mut names = String::with_capacity(4 << 20);
-        let mut reader = BufReader::with_capacity(64 * 1024, File::open(path)?);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
-                break;
+        for_each_text_symbol(path, |addr, name| {
+            if names.len() + name.len() <= u32::MAX as usize {
+                let start = names.len() as u32;
+                names.push_str(name);
+                entries.push((addr, start, names.len() as u32));
             }
-            let Some((addr, kind, name)) = parse_line(&line) else {
-                continue;
-            };
-            if addr == 0 || !is_text(kind) || names.len() + name.len() > u32::MAX as usize {
-                continue;
-            }
-            let start = names.len() as u32;
-            names.push_str(name);
-            entries.push((addr, start, names.len() as u32));
-        }
+            true
+        })?;
         entries.sort_unstable_by_key(|e| e.0);
         // Names stay in file order; `spans` maps each sorted symbol to its name's range.
         let mut table = Table {
@@ -308,16 +288,30 @@ impl Table {
 /// The address of text symbol `name` in the core kernel (not a module) in the kallsyms file at
 /// `path`.
 pub fn kallsyms_address(path: &Path, name: &str) -> Option<u64> {
-    let mut reader = BufReader::with_capacity(64 * 1024, File::open(path).ok()?);
+    let mut found = None;
+    for_each_text_symbol(path, |addr, sym| {
+        if sym == name {
+            found = Some(addr);
+        }
+        found.is_none()
+    })
+    .ok()?;
+    found
+}
+
+/// Calls `f(address, name)` for each code symbol of the kallsyms-format file at `path` (nonzero
+/// address; `name\t[module]` in a module), in file order, while `f` returns `true`.
+fn for_each_text_symbol(path: &Path, mut f: impl FnMut(u64, &str) -> bool) -> std::io::Result<()> {
+    let mut reader = BufReader::with_capacity(64 * 1024, File::open(path)?);
     let mut line = String::new();
     loop {
         line.clear();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
         }
-        if let Some((addr, kind, sym)) = parse_line(&line) {
-            if sym == name && addr != 0 && is_text(kind) {
-                return Some(addr);
+        if let Some((addr, kind, name)) = parse_line(&line) {
+            if addr != 0 && is_text(kind) && !f(addr, name) {
+                return Ok(());
             }
         }
     }

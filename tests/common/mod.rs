@@ -273,6 +273,50 @@ impl Drop for Cleanup {
     }
 }
 
+/// An ext4 filesystem on a loop device over a sparse file in its own temp dir, mounted at
+/// `mnt`. Drop thaws it (a test may have frozen it), unmounts it and detaches the device, also
+/// when the test failed. Tests that freeze it keep their own thaw guard declared after the
+/// blocked tasks' guard, so the tasks can die before they are reaped.
+pub struct LoopFs {
+    pub dev: String,
+    pub mnt: PathBuf,
+    _dir: TempDir,
+}
+
+impl LoopFs {
+    pub fn new(tag: &str, size_mib: u64) -> LoopFs {
+        let dir = TempDir::new(tag);
+        let img = dir.path().join("disk.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mount point");
+        sh(&format!("truncate -s {size_mib}M {}", img.display()));
+        let dev = sh(&format!("losetup --show -f {}", img.display()))
+            .trim()
+            .to_string();
+        let fs = LoopFs {
+            dev,
+            mnt,
+            _dir: dir,
+        };
+        sh(&format!(
+            "mkfs.ext4 -q {dev} && mount {dev} {mnt}",
+            dev = fs.dev,
+            mnt = fs.mnt.display()
+        ));
+        fs
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        sh_quiet(&format!(
+            "fsfreeze -u {m}; umount {m} || (sleep 0.3; umount {m}) || umount -l {m}; losetup -d {dev}",
+            m = self.mnt.display(),
+            dev = self.dev
+        ));
+    }
+}
+
 /// Sends `n` UDP datagrams to 127.0.0.1:`port` from a thread named `comm` (the kernel's comm).
 pub fn send_udp_from_thread(comm: &str, target: &str, n: usize) {
     let target = target.to_string();
