@@ -75,8 +75,8 @@ fn a_writer_on_a_frozen_filesystem_is_reported_with_its_stack() {
     let mut children = Children(Vec::new());
     sh(&format!("fsfreeze -f {}", mnt.display()));
     let _thaw = Cleanup(format!("fsfreeze -u {}", mnt.display()));
-    children.0.push(writer(&mnt, "a"));
-    children.0.push(writer(&mnt, "b"));
+    children.0.push(writer(mnt, "a"));
+    children.0.push(writer(mnt, "b"));
     let (a, b) = (children.0[0].id(), children.0[1].id());
     assert!(
         wait_until(Duration::from_secs(5), || state_of(a) == Some('D')
