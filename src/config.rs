@@ -690,6 +690,19 @@ mod tests {
     }
 
     #[test]
+    fn collector_concurrency_defaults_to_the_cpus_and_is_checked() {
+        let cfg = Config::parse("").unwrap();
+        assert!((2..=4).contains(&cfg.metrics.collector_concurrency));
+        let cfg = Config::parse("[metrics]\ncollector_concurrency = 1\n").unwrap();
+        assert_eq!(cfg.metrics.collector_concurrency, 1);
+        let err = Config::parse("[metrics]\ncollector_concurrency = 0\n").unwrap_err();
+        assert!(err.0.contains("metrics.collector_concurrency"), "{err}");
+        assert!(err.0.contains("1..=64"), "{err}");
+        let err = Config::parse("[metrics]\ncollector_concurrency = \"2\"\n").unwrap_err();
+        assert!(err.0.contains("metrics.collector_concurrency"), "{err}");
+    }
+
+    #[test]
     fn elasticsearch_section() {
         let cfg = Config::parse(
             "[storage.elasticsearch]\naddresses = [\"http://127.0.0.1:9200\"]\nindex = \"huatuo_bamai\"\nusername = \"u\"\npassword = \"secret-pw\"\n",
