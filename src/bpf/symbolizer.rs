@@ -152,9 +152,12 @@ impl Inner {
             if self.cache.len() + misses.len() > CACHE_MAX {
                 self.cache.clear();
             }
+            // Only answers are kept: an address not found now (code loaded since, a failed
+            // read) is looked up again next time, through the table once misses keep coming.
             for (addr, answer) in misses.into_iter().zip(answers) {
-                self.cache
-                    .insert(addr, answer.unwrap_or_else(|| format!("{addr:#x}")));
+                if let Some(answer) = answer {
+                    self.cache.insert(addr, answer);
+                }
             }
         }
         addrs
@@ -182,7 +185,7 @@ impl Inner {
             match scan(path, misses) {
                 Ok(answers) => return answers,
                 Err(e) => {
-                    tracing::debug!("reading {}: {e}", path.display());
+                    tracing::warn!("kernel symbols: reading {}: {e}", path.display());
                     return vec![None; misses.len()];
                 }
             }
@@ -203,7 +206,7 @@ impl Inner {
                     self.cache.clear();
                     self.table = Some(t);
                 }
-                Err(e) => tracing::debug!("reading {}: {e}", path.display()),
+                Err(e) => tracing::warn!("kernel symbols: reading {}: {e}", path.display()),
             }
             answers = lookup(&self.table);
         }
@@ -214,21 +217,31 @@ impl Inner {
 /// One pass over kallsyms for `addrs` (sorted, distinct): the text symbol at or below each,
 /// within [`MAX_OFFSET`].
 fn scan(path: &Path, addrs: &[u64]) -> std::io::Result<Vec<Option<String>>> {
-    // best[i]: the highest symbol start seen at or below addrs[i] and its name. Over the pass
-    // best[..].0 stays non-decreasing in i, so a symbol improves a contiguous run of addresses.
+    // best[i]: the highest symbol start seen so far at or below addrs[i], and its name. The file
+    // is not sorted (modules and some sections come out of order), so every address within
+    // MAX_OFFSET above a symbol is checked, not just a prefix of them.
     let mut best: Vec<(u64, String)> = vec![(0, String::new()); addrs.len()];
+    let mut symbols = 0usize;
     for_each_text_symbol(path, |sym, name| {
+        symbols += 1;
         let first = addrs.partition_point(|&a| a < sym);
         for (addr, slot) in addrs[first..].iter().zip(&mut best[first..]) {
-            if addr - sym >= MAX_OFFSET || slot.0 >= sym {
+            if addr - sym >= MAX_OFFSET {
                 break;
             }
-            slot.0 = sym;
-            slot.1.clear();
-            slot.1.push_str(name);
+            // Among aliases at one address the last in the file wins, as in the table.
+            if slot.0 <= sym {
+                slot.0 = sym;
+                slot.1.clear();
+                slot.1.push_str(name);
+            }
         }
         true
     })?;
+    if symbols == 0 {
+        // All addresses read as 0 (no CAP_SYSLOG, kptr_restrict) or an empty file.
+        return Err(std::io::Error::other("no text symbols with addresses"));
+    }
     Ok(addrs
         .iter()
         .zip(best)
@@ -256,7 +269,11 @@ impl Table {
             }
             true
         })?;
-        entries.sort_unstable_by_key(|e| e.0);
+        if entries.is_empty() {
+            return Err(std::io::Error::other("no text symbols with addresses"));
+        }
+        // Stable: among aliases at one address, lookups pick the last in the file.
+        entries.sort_by_key(|e| e.0);
         // Names stay in file order; `spans` maps each sorted symbol to its name's range.
         let mut table = Table {
             addrs: Vec::with_capacity(entries.len()),
@@ -389,6 +406,25 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 
+    /// The pass over kallsyms and the table agree on real addresses from all over the kernel,
+    /// in one batch (the file is not sorted by address).
+    #[test]
+    fn a_pass_and_the_table_agree_on_the_real_kallsyms() {
+        let t = Table::read(Path::new("/proc/kallsyms")).unwrap();
+        let n = t.addrs.len();
+        let mut addrs: Vec<u64> = (0..SCAN_MAX_ADDRS)
+            .map(|i| t.addrs[i * (n - 1) / (SCAN_MAX_ADDRS - 1)] + (i as u64 % 7) * 3)
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        let want: Vec<Option<String>> = addrs.iter().map(|&a| t.lookup(a)).collect();
+        let got = scan(Path::new("/proc/kallsyms"), &addrs).unwrap();
+        for ((a, w), g) in addrs.iter().zip(&want).zip(&got) {
+            assert!(w.is_some(), "{a:#x} not in the table");
+            assert_eq!(g, w, "{a:#x}");
+        }
+    }
+
     #[test]
     fn reads_the_real_kallsyms_compactly() {
         let t = Table::read(Path::new("/proc/kallsyms")).unwrap();
@@ -443,6 +479,25 @@ mod tests {
             s.has_table(),
             "a steady stream of new addresses reads the table"
         );
+    }
+
+    #[test]
+    fn a_kallsyms_without_addresses_answers_nothing_and_caches_nothing() {
+        let path = std::env::temp_dir().join(format!("bianque-zeros-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            "0000000000000000 T _stext\n0000000000000000 t helper\n",
+        )
+        .unwrap();
+        let s = KernelSymbolizer::with_kallsyms(&path);
+        assert_eq!(s.symbolize(0xffffffff81000010), "0xffffffff81000010");
+        std::fs::write(&path, "ffffffff81000000 T _stext\n").unwrap();
+        assert_eq!(
+            s.symbolize(0xffffffff81000010),
+            "_stext+0x10",
+            "asked again"
+        );
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
