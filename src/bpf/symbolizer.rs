@@ -148,15 +148,21 @@ impl Inner {
         if !misses.is_empty() {
             misses.sort_unstable();
             misses.dedup();
-            let answers = self.resolve(path, &misses);
+            let (answers, read_ok) = self.resolve(path, &misses);
             if self.cache.len() + misses.len() > CACHE_MAX {
                 self.cache.clear();
             }
-            // Only answers are kept: an address not found now (code loaded since, a failed
-            // read) is looked up again next time, through the table once misses keep coming.
+            // An address that a good read of kallsyms does not know stays a hex address (it is
+            // not looked up at every record); after a failed read it is asked again next time.
             for (addr, answer) in misses.into_iter().zip(answers) {
-                if let Some(answer) = answer {
-                    self.cache.insert(addr, answer);
+                match answer {
+                    Some(answer) => {
+                        self.cache.insert(addr, answer);
+                    }
+                    None if read_ok => {
+                        self.cache.insert(addr, format!("{addr:#x}"));
+                    }
+                    None => {}
                 }
             }
         }
@@ -172,8 +178,8 @@ impl Inner {
     }
 
     /// Answers for `misses` (sorted, distinct): by a pass over kallsyms while new addresses are
-    /// few, else from the table.
-    fn resolve(&mut self, path: &Path, misses: &[u64]) -> Vec<Option<String>> {
+    /// few, else from the table; and whether a good read of kallsyms backs them.
+    fn resolve(&mut self, path: &Path, misses: &[u64]) -> (Vec<Option<String>>, bool) {
         let now = Instant::now();
         self.used_at = Some(now);
         self.scans.retain(|t| now.duration_since(*t) < SCAN_WINDOW);
@@ -183,10 +189,10 @@ impl Inner {
         {
             self.scans.push(now);
             match scan(path, misses) {
-                Ok(answers) => return answers,
+                Ok(answers) => return (answers, true),
                 Err(e) => {
                     tracing::warn!("kernel symbols: reading {}: {e}", path.display());
-                    return vec![None; misses.len()];
+                    return (vec![None; misses.len()], false);
                 }
             }
         }
@@ -210,16 +216,17 @@ impl Inner {
             }
             answers = lookup(&self.table);
         }
-        answers
+        let read_ok = self.table.is_some();
+        (answers, read_ok)
     }
 }
 
 /// One pass over kallsyms for `addrs` (sorted, distinct): the text symbol at or below each,
 /// within [`MAX_OFFSET`].
 fn scan(path: &Path, addrs: &[u64]) -> std::io::Result<Vec<Option<String>>> {
-    // best[i]: the highest symbol start seen so far at or below addrs[i], and its name. The file
-    // is not sorted (modules and some sections come out of order), so every address within
-    // MAX_OFFSET above a symbol is checked, not just a prefix of them.
+    // best[i]: the highest symbol start seen so far at or below addrs[i], and its name. Nothing
+    // promises the file is sorted by address (this kernel's is, modules included), so every
+    // address within MAX_OFFSET above a symbol is checked, not just a prefix of them.
     let mut best: Vec<(u64, String)> = vec![(0, String::new()); addrs.len()];
     let mut symbols = 0usize;
     for_each_text_symbol(path, |sym, name| {
