@@ -8,9 +8,9 @@
  * - a CPU whose scheduler tick came late: interrupts were off (or the tick was held off) for
  *   longer than a threshold. tp_btf hrtimer_expire_entry on the tick handler (its address from
  *   kallsyms) compares each tick with the previous one on the CPU, unless the CPU went idle in
- *   between (the tick's own per-CPU state, which holds its timer, says when it last did), because an idle CPU stops its
- *   tick on purpose. (A cpu_idle hook did that before, but it fires twice per idle period:
- *   ~200 ns per loopback round trip.) In a VM the hypervisor may
+ *   between (the tick's own per-CPU state, which holds its timer, says when it last did),
+ *   because an idle CPU stops its tick on purpose. (A cpu_idle hook did that before, but it
+ *   fires twice per idle period: ~200 ns per loopback round trip.) In a VM the hypervisor may
  *   not run the vCPU for a while (steal time): the tick handler accounts that steal in
  *   rq->prev_steal_time, so the decision waits for hrtimer_expire_exit and subtracts it.
  * Softirqs do not nest on a CPU, so one per-CPU state is enough. The entry program serves both
@@ -52,7 +52,7 @@ struct cpu_state {
 	__u64 raised_ns[VEC_SLOTS]; /* first raise time of each pending vector, 0 if none */
 	__u64 start_ns;             /* entry time of the running handler, 0 outside one */
 	__u64 start_jiffies;        /* jiffies at that entry */
-	__u64 last_tick_ns;         /* the previous tick, 0 if unknown (idle since) */
+	__u64 last_tick_ns;         /* the previous tick on this CPU, 0 before the first */
 	__u64 gap_ns;               /* the gap before the tick being handled, if over the threshold */
 	__u64 last_steal_ns;        /* rq->prev_steal_time after the previous tick */
 	__u32 vec;
@@ -156,7 +156,8 @@ int BPF_PROG(bq_softirq_exit, unsigned int vec)
 
 	if (!s || !s->start_ns || s->vec != vec)
 		return 0;
-	/* A run that saw `spanned` jiffy boundaries lasted less than spanned + 1 jiffies. */
+	/* A run that saw n jiffy boundaries lasted less than n + 1 jiffies. (Jiffies advance with
+	 * some CPU's tick; softirqs run with interrupts on, so ticks keep coming during one.) */
 	if (CONFIG_HZ && (bpf_jiffies64() - s->start_jiffies + 1) * 1000000000ULL <
 				 threshold_ns * CONFIG_HZ) {
 		s->start_ns = 0;
