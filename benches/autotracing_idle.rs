@@ -11,13 +11,14 @@
 //! (BPF loading, first cgroup walks) comes before it.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bianque::tracer::{registry, Mode};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bianque");
+mod common;
+
+use common::{agent_command, free_port, BIN};
 
 /// Thresholds no detector reaches, so the detectors run and never capture.
 const QUIET: &str = "\
@@ -41,22 +42,8 @@ impl Agent {
         std::fs::create_dir_all(&dir).expect("bench dir");
         let cfg = dir.join("bianque.toml");
         std::fs::write(&cfg, config).expect("config");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--listen", &format!("127.0.0.1:{port}"), "--config"])
-            .arg(&cfg)
-            .arg("--data-dir")
-            .arg(dir.join("data"));
-        for d in disable {
-            cmd.args(["--disable", d]);
-        }
-        let child = cmd
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = agent_command(&addr, &dir.join("data"), Some(&cfg), disable)
             .spawn()
             .expect("spawn bianque");
         Agent { child, dir }

@@ -10,12 +10,13 @@
 //!    after a 1 s warm-up storm (which loads the kernel symbol table once).
 //! 3. Start-up to all tracers attached (target ≤ 300 ms) and steady RSS (target ≤ 20 MB).
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::UdpSocket;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bianque");
+mod common;
+
+use common::{agent_command, free_port, http, median, BIN};
 
 struct AgentProc {
     child: Child,
@@ -30,25 +31,12 @@ impl AgentProc {
     fn start_with(disable: &[String]) -> (AgentProc, Duration) {
         let dir = std::env::temp_dir().join(format!("bianque-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("127.0.0.1:{}", free_port());
         let t0 = Instant::now();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--listen", &addr, "--data-dir"]).arg(&dir);
-        for d in disable {
-            cmd.args(["--disable", d]);
-        }
-        let child = cmd
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let child = agent_command(&addr, &dir, None, disable)
             .spawn()
             .expect("spawn bianque");
-        while get(&addr, "/readyz") != 200 {
+        while http(&addr, "GET", "/readyz", &[]).0 != 200 {
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
                 "agent did not become ready"
@@ -96,19 +84,6 @@ impl Drop for AgentProc {
     }
 }
 
-fn get(addr: &str, path: &str) -> u16 {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return 0;
-    };
-    let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
-    let mut r = String::new();
-    let _ = s.read_to_string(&mut r);
-    r.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Sends UDP datagrams to a closed port as fast as possible for `d`; returns sends per second.
 fn flood(d: Duration) -> f64 {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -154,11 +129,6 @@ fn event_tracers() -> Vec<String> {
         .filter(|t| t["mode"] != "metric")
         .filter_map(|t| t["name"].as_str().map(str::to_string))
         .collect()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {

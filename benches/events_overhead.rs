@@ -22,10 +22,12 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bianque");
+mod common;
+
+use common::{agent_command, free_port, median};
 const TOKEN: &str = "bench-token-0123456789";
 const ROUND: Duration = Duration::from_millis(1000);
 
@@ -50,24 +52,8 @@ impl Agent {
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("bianque.toml");
         std::fs::write(&cfg, format!("[server]\ntoken = \"{TOKEN}\"\n")).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--listen", &addr, "--config"])
-            .arg(&cfg)
-            .arg("--data-dir")
-            .arg(dir.join("data"));
-        for d in disable {
-            cmd.args(["--disable", d]);
-        }
-        let child = cmd
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = agent_command(&addr, &dir.join("data"), Some(&cfg), disable)
             .spawn()
             .expect("spawn bianque");
         let agent = Agent { child, addr, dir };
@@ -128,22 +114,12 @@ impl Drop for Agent {
 }
 
 fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    let _ = write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
-    );
-    let mut r = String::new();
-    let _ = s.read_to_string(&mut r);
-    let (head, body) = r.split_once("\r\n\r\n").unwrap_or((&r, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
+    common::http(
+        addr,
+        method,
+        path,
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+    )
 }
 
 /// A memory cgroup with a 64 MiB limit, removed on drop.
@@ -275,15 +251,6 @@ fn memcg_fill(ctx: &Ctx) -> f64 {
         Ok(s) if s.success() => 192.0 / took,
         _ => f64::NAN,
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| x.is_finite());
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Alternating rounds of `work` detached/attached; returns (median off, median on, median ratio).

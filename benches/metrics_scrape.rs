@@ -4,12 +4,14 @@
 //! and the series count of a test container. Prints a table; asserts nothing about timings.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bianque");
+mod common;
+
+use common::{free_port, median, BIN};
 const ALTERNATING: usize = 60;
 const LONG_RUN: usize = 1000;
 
@@ -48,14 +50,6 @@ impl Drop for TestCgroup {
             let _ = std::fs::remove_dir(p);
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn scrape(addr: &str) -> String {
@@ -104,16 +98,6 @@ fn usage(pid: u32) -> (u64, f64) {
 fn series(text: &str) -> impl Iterator<Item = &str> {
     text.lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn test_container() -> Option<TestCgroup> {
@@ -205,8 +189,8 @@ fn main() {
             }
         }
     }
-    let mb = median(&mut tb);
-    let mn = median(&mut tn);
+    let mb = median(tb.clone());
+    let mn = median(tn.clone());
 
     let (_, cpu_b0) = usage(bq.0.id());
     let (_, cpu_n0) = usage(ne.0.id());

@@ -20,8 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use bianque::autotracing::profiler::{profile, ProfileOptions};
 use bianque::bpf::KernelSymbolizer;
+use common::median;
 
 /// Run time (ns) of one thread of this process from its schedstat (first field).
 fn thread_ns(tid: i64) -> u64 {
@@ -60,11 +63,6 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {

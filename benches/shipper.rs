@@ -21,7 +21,9 @@ use bianque::config::ElasticsearchConfig;
 use bianque::store::shipper::{index_template, Shipper};
 use bianque::store::{now_ns, ContainerFields, Record, Retention, Store, TracerType};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bianque");
+mod common;
+
+use common::{free_port, BIN};
 const BATCH: usize = 1000;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -29,13 +31,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn osmem_bin() -> PathBuf {
