@@ -52,14 +52,14 @@ fn a_cpu_burner_in_a_container_fires_cpuidle_with_its_flame_graph() {
     let dir = TempDir::new("cpuidle");
     let burner = build_burner(dir.path());
     let mut podman = Podman::with_files(&[(&burner, "/bin/bq-burner")]);
-    let agent = Agent::start(
+    let agent = Agent::start_only_autotracer(
         &format!(
             "[containers]\nengine_sockets = [\"{}\"]\nkubelet_read_only_address = \"\"\nresync_secs = 1\n\
              [autotracing.cpuidle]\ninterval_secs = 1\nuser_threshold_percent = 30\nuser_delta_threshold_percent = 20\n\
              sys_threshold_percent = 100\nusage_threshold_percent = 30\nusage_delta_threshold_percent = 20\nprofile_secs = 3\n",
             podman.socket()
         ),
-        &["--disable", "cpusys", "--disable", "cpu_pressure", "--disable", "dropwatch"],
+        "cpuidle",
     );
     let name = format!("bq-burn-{}", std::process::id());
     // Idle for a few samples (the detector's baseline), then burn one core (quota: 1 CPU).
@@ -145,19 +145,12 @@ fn a_syscall_loop_fires_cpusys_with_a_host_profile() {
     // The shared machine has its own sys load: put the threshold above what it is now.
     let baseline = host_sys_percent(Duration::from_secs(1));
     let threshold = (baseline + 15.0).clamp(15.0, 60.0);
-    let agent = Agent::start(
+    let agent = Agent::start_only_autotracer(
         &format!(
             "[autotracing.cpusys]\ninterval_secs = 1\nsys_threshold_percent = {threshold:.1}\n\
              sys_delta_threshold_percent = 10\nprofile_secs = 2\n"
         ),
-        &[
-            "--disable",
-            "cpuidle",
-            "--disable",
-            "cpu_pressure",
-            "--disable",
-            "dropwatch",
-        ],
+        "cpusys",
     );
     std::thread::sleep(Duration::from_millis(2500));
     // Reading /dev/zero in 1 MiB blocks: nearly all of it is kernel time.
@@ -208,9 +201,9 @@ fn a_process_doubling_its_rss_fires_memburst_and_tops_the_list() {
     // anon level at the test's start broke when that level was tiny: a few MB here after a
     // build, so the agent's own start-up alone moved the window's baseline past reach.)
     let burst_percent = 100.0_f64;
-    let agent = Agent::start(
+    let agent = Agent::start_only_autotracer(
         &format!("[autotracing.memburst]\ninterval_secs = 1\ncooldown_secs = 0\nwindow_samples = 4\nburst_percent = {burst_percent:.0}\nanon_threshold_percent = 0\n"),
-        &["--disable", "cpuidle", "--disable", "cpusys", "--disable", "cpu_pressure", "--disable", "dropwatch"],
+        "memburst",
     );
     std::thread::sleep(Duration::from_millis(1500));
     let script = format!("import time\ntime.sleep(2)\nb = b'\\x01' * {grow}\ntime.sleep(60)\n");
@@ -246,20 +239,9 @@ fn a_process_doubling_its_rss_fires_memburst_and_tops_the_list() {
 fn writers_blocked_on_a_frozen_filesystem_fire_dload_with_their_stacks() {
     let fs = LoopFs::new("dload", 64);
     let mnt = &fs.mnt;
-    let agent = Agent::start(
+    let agent = Agent::start_only_autotracer(
         "[autotracing.dload]\ninterval_secs = 1\nload_window_secs = 1\nthreshold_load = 2\n",
-        &[
-            "--disable",
-            "cpuidle",
-            "--disable",
-            "cpusys",
-            "--disable",
-            "cpu_pressure",
-            "--disable",
-            "memburst",
-            "--disable",
-            "dropwatch",
-        ],
+        "dload",
     );
     sh(&format!("fsfreeze -f {}", mnt.display()));
     let writers = Kids(

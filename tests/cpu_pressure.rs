@@ -31,9 +31,9 @@ fn cpu_burners_fire_cpu_pressure_and_are_named() {
     wait_until(Duration::from_secs(60), || avg10() < 60.0);
     let baseline = avg10();
     let threshold = (baseline + 25.0).clamp(30.0, 90.0);
-    let agent = Agent::start(
+    let agent = Agent::start_only_autotracer(
         &format!("[autotracing.cpu_pressure]\nthreshold_percent = {threshold:.1}\ninterval_secs = 1\ncapture_ms = 500\n"),
-        &["--disable", "dropwatch"],
+        "cpu_pressure",
     );
     // Let the detector see a calm sample first (it only fires on a rising edge).
     std::thread::sleep(Duration::from_millis(1500));

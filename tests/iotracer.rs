@@ -79,26 +79,13 @@ fn direct_writes_on_a_loop_disk_fire_iotracer_naming_dd_and_its_file() {
 
     // Only this loop disk is watched (other loop devices on the shared machine stay out), busy
     // above 10% for two 1 s samples in a row; every IO wait is kept (dd's are short).
-    let agent = Agent::start(
+    let agent = Agent::start_only_autotracer(
         &format!(
             "[autotracing.iotracer]\ninterval_secs = 1\ncooldown_secs = 3600\nconsecutive_samples = 2\n\
              util_threshold_percent = 10\nawait_threshold_ms = 100000\ncapture_secs = 4\n\
              io_stall_threshold_ms = 0\ntop_io_stalls = 1000\ndevice_include = \"^{disk}$\"\n"
         ),
-        &[
-            "--disable",
-            "cpuidle",
-            "--disable",
-            "cpusys",
-            "--disable",
-            "cpu_pressure",
-            "--disable",
-            "memburst",
-            "--disable",
-            "dload",
-            "--disable",
-            "dropwatch",
-        ],
+        "iotracer",
     );
     let (status, body) = agent.get("/tracers");
     assert_eq!(status, 200);

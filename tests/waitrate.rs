@@ -22,22 +22,6 @@ impl Drop for Kids {
     }
 }
 
-/// Other autotracers would profile the same burners: leave them out.
-const DISABLE: &[&str] = &[
-    "--disable",
-    "cpuidle",
-    "--disable",
-    "cpusys",
-    "--disable",
-    "cpu_pressure",
-    "--disable",
-    "memburst",
-    "--disable",
-    "dload",
-    "--disable",
-    "dropwatch",
-];
-
 /// A copy of `yes` named so that its comm is recognisable in profiles.
 fn burner(dir: &TempDir) -> PathBuf {
     let p = dir.path().join("bq-wr-burner");
@@ -62,11 +46,11 @@ fn a_throttled_container_fires_waitrate_and_is_named_among_the_contenders() {
     // 5 ms every 50 ms: a twentieth of a CPU, throttled in every period once it burns.
     let tight = ContainerCgroup::new("waitrate", Some((5_000, 50_000)));
     let free = ContainerCgroup::new("waitrate", None);
-    let agent = Agent::start(
+    let agent = Agent::start_only_autotracer(
         "[containers]\nengine_sockets = []\nkubelet_read_only_address = \"\"\nresync_secs = 1\n\
          [autotracing.waitrate]\ninterval_secs = 1\nthrottled_threshold_percent = 30\n\
          throttled_delta_threshold_percent = 20\nwait_threshold_percent = 100\nprofile_secs = 2\n",
-        DISABLE,
+        "waitrate",
     );
     // Calm samples first: the detector fires on a rise.
     std::thread::sleep(Duration::from_secs(3));
@@ -140,11 +124,11 @@ fn tasks_queuing_for_the_cpu_fire_waitrate_on_their_wait_share() {
     let dir = TempDir::new("waitrate-q");
     let bin = burner(&dir);
     let busy = ContainerCgroup::new("waitrate", None);
-    let agent = Agent::start(
+    let agent = Agent::start_only_autotracer(
         "[containers]\nengine_sockets = []\nkubelet_read_only_address = \"\"\nresync_secs = 1\n\
          [autotracing.waitrate]\ninterval_secs = 1\nwait_threshold_percent = 30\n\
          wait_delta_threshold_percent = 20\nthrottled_threshold_percent = 100\nprofile_secs = 1\n",
-        DISABLE,
+        "waitrate",
     );
     std::thread::sleep(Duration::from_secs(3));
     // Three runnable tasks per CPU: each waits about two thirds of the time it is runnable.

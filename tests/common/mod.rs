@@ -105,6 +105,22 @@ impl Agent {
         agent
     }
 
+    /// Starts the agent with every autotracer but `keep` disabled, and dropwatch (the host's
+    /// own drops would fill the store): an autotracer's test sees only its own detector fire
+    /// and its own captures take the CPU.
+    pub fn start_only_autotracer(config: &str, keep: &str) -> Agent {
+        let mut args = Vec::new();
+        for spec in bianque::tracer::registry() {
+            if (spec.mode == bianque::tracer::Mode::Autotracing && spec.name != keep)
+                || spec.name == "dropwatch"
+            {
+                args.push("--disable");
+                args.push(spec.name);
+            }
+        }
+        Agent::start(config, &args)
+    }
+
     /// SIGKILL, no chance to flush or clean up; returns the directory for [`Agent::start_in`].
     pub fn kill9(mut self) -> TempDir {
         if let Some(mut c) = self.child.take() {
