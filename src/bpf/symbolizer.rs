@@ -140,10 +140,14 @@ impl KernelSymbolizer {
 
 impl Inner {
     fn symbolize_many(&mut self, path: &Path, addrs: &[u64]) -> Vec<String> {
+        // Hits are taken before anything is resolved: reading a new table clears the cache.
+        let mut out: Vec<Option<String>> =
+            addrs.iter().map(|a| self.cache.get(a).cloned()).collect();
         let mut misses: Vec<u64> = addrs
             .iter()
-            .copied()
-            .filter(|a| !self.cache.contains_key(a))
+            .zip(&out)
+            .filter(|(_, hit)| hit.is_none())
+            .map(|(&a, _)| a)
             .collect();
         if !misses.is_empty() {
             misses.sort_unstable();
@@ -151,6 +155,13 @@ impl Inner {
             let (answers, read_ok) = self.resolve(path, &misses);
             if self.cache.len() + misses.len() > CACHE_MAX {
                 self.cache.clear();
+            }
+            for (slot, addr) in out.iter_mut().zip(addrs) {
+                if slot.is_none() {
+                    if let Ok(i) = misses.binary_search(addr) {
+                        slot.clone_from(&answers[i]);
+                    }
+                }
             }
             // An address that a good read of kallsyms does not know stays a hex address (it is
             // not looked up at every record); after a failed read it is asked again next time.
@@ -166,14 +177,9 @@ impl Inner {
                 }
             }
         }
-        addrs
-            .iter()
-            .map(|a| {
-                self.cache
-                    .get(a)
-                    .cloned()
-                    .unwrap_or_else(|| format!("{a:#x}"))
-            })
+        out.into_iter()
+            .zip(addrs)
+            .map(|(s, a)| s.unwrap_or_else(|| format!("{a:#x}")))
             .collect()
     }
 
@@ -505,6 +511,21 @@ mod tests {
             "asked again"
         );
         std::fs::remove_file(&path).unwrap();
+    }
+
+    /// Reading a new table clears the cache; the cached frames of the same stack must still be
+    /// answered (they came back as hex addresses once).
+    #[test]
+    fn cached_frames_survive_a_table_read_in_the_same_stack() {
+        let s = KernelSymbolizer::new().table_only();
+        let a = kallsyms_address(Path::new("/proc/kallsyms"), "__udp4_lib_rcv").unwrap();
+        let b = kallsyms_address(Path::new("/proc/kallsyms"), "handle_softirqs").unwrap();
+        assert_eq!(s.symbolize(a + 1), "__udp4_lib_rcv+0x1");
+        assert!(s.release_idle(Duration::ZERO));
+        assert_eq!(
+            s.stack(&[a + 1, b + 2]),
+            ["__udp4_lib_rcv+0x1", "handle_softirqs+0x2"]
+        );
     }
 
     #[test]
