@@ -127,7 +127,10 @@ impl Drop for Kids {
 }
 
 fn start_agent() -> Agent {
-    let agent = Agent::start("", &["--disable", "dropwatch"]);
+    let agent = Agent::start(
+        "[events.softirq]\nlatency_histogram = true\n",
+        &["--disable", "dropwatch"],
+    );
     // The BPF tracers are attached once `/readyz` answers; their families show up then.
     assert!(
         wait_until(Duration::from_secs(20), || {

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use anyhow::{Context, Result};
-use libbpf_rs::btf::types::{Enum, Typedef};
+use libbpf_rs::btf::types::{DataSec, Enum, Typedef, Var};
 use libbpf_rs::btf::Btf;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -73,6 +73,34 @@ pub fn enum_members_with(member: &str, strip_prefix: &str) -> Result<Vec<(i64, S
         .collect())
 }
 
+/// Offsets of the named per-CPU variables within the kernel's per-CPU section (`.data..percpu`
+/// in vmlinux BTF), in the order asked. A CPU's copy of one is at its copy of another plus the
+/// difference of their offsets: how BPF reaches per-CPU data that kallsyms does not list.
+pub fn percpu_offsets(names: &[&str]) -> Result<Vec<u64>> {
+    let btf = Btf::from_vmlinux().context("reading /sys/kernel/btf/vmlinux")?;
+    let sec = btf
+        .type_by_name::<DataSec>(".data..percpu")
+        .context("no .data..percpu section in kernel BTF")?;
+    let mut found = vec![None; names.len()];
+    for info in sec.iter() {
+        let Some(name) = btf
+            .type_by_id::<Var>(info.ty)
+            .and_then(|v| v.name())
+            .and_then(|n| n.to_str())
+        else {
+            continue;
+        };
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            found[i] = Some(u64::from(info.offset));
+        }
+    }
+    names
+        .iter()
+        .zip(found)
+        .map(|(n, off)| off.with_context(|| format!("per-CPU variable {n} not in kernel BTF")))
+        .collect()
+}
+
 /// Symbolic values from a tracepoint's `print fmt` (`__print_symbolic(REC->x, { 2, "NAME" }, …)`),
 /// the fallback when BTF lacks the enum.
 pub fn parse_print_symbolic(format: &str) -> Vec<(i64, String)> {
@@ -137,6 +165,17 @@ impl EnumNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percpu_offsets_are_found_in_kernel_btf() {
+        let offs = percpu_offsets(&["tick_cpu_sched", "kstat"]).unwrap();
+        assert_ne!(offs[0], offs[1]);
+        let err = percpu_offsets(&["no_such_percpu_variable"]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no_such_percpu_variable"),
+            "{err:#}"
+        );
+    }
 
     #[test]
     fn print_symbolic_is_parsed() {

@@ -80,6 +80,13 @@ impl RunContext {
         tracing::info!(tracer = self.name, "tracer attached");
     }
 
+    /// Like [`RunContext::attached`], for a tracer running without some of its parts; the
+    /// reason (what is not watched, and why) shows in its status.
+    pub fn attached_partly(&self, reason: &str) {
+        self.state.set_status(Status::Active, reason);
+        tracing::warn!(tracer = self.name, reason, "tracer attached in part");
+    }
+
     pub fn host(&self) -> &HostRoot {
         &self.services.host
     }

@@ -1,21 +1,31 @@
 // SPDX-License-Identifier: GPL-2.0
-/* softirq, three measures:
- * - the delay from a softirq being raised to its handler starting, as histograms per vector in
- *   the per-CPU counters (a vector raised again while pending keeps its first raise time);
- * - a CPU that spent longer than a threshold in one handler run, counted by vector and, through
- *   the rate limit, recorded with the interrupted task and the kernel stack
- *   (tp_btf softirq_raise, softirq_entry, softirq_exit);
- * - a CPU whose scheduler tick came late: interrupts were off (or the tick was held off) for
- *   longer than a threshold. tp_btf hrtimer_expire_entry on the tick handler (its address from
- *   kallsyms) compares each tick with the previous one on the CPU, unless the CPU went idle in
- *   between (the tick's own per-CPU state, which holds its timer, says when it last did),
- *   because an idle CPU stops its tick on purpose. (A cpu_idle hook did that before, but it
- *   fires twice per idle period: ~200 ns per loopback round trip.) In a VM the hypervisor may
- *   not run the vCPU for a while (steal time): the tick handler accounts that steal in
- *   rq->prev_steal_time, so the decision waits for hrtimer_expire_exit and subtracts it.
- * Softirqs do not nest on a CPU, so one per-CPU state is enough. The entry program serves both
- * softirq measures with one clock read; the exit program reads only jiffies (a memory load)
- * unless the run may have reached the threshold, so only long runs read the clock there. */
+/* softirq: a CPU stuck in one softirq handler run, or with its tick held off, for longer than a
+ * threshold; optionally the delay from a softirq being raised to its handler starting.
+ *
+ * Everything always on runs in the scheduler tick (tp_btf hrtimer_expire_entry/exit on the tick
+ * handler, whose address comes from kallsyms), 250-1000 times a second per busy CPU and never
+ * per softirq: a hook on softirq_entry/exit costs ~100 ns per softirq, which is 5-7 % of a
+ * loopback packet's cost.
+ * - Long runs: the tick reads the interrupted context's preempt count (serving a softirq?) and
+ *   the CPU's per-softirq run counts (kstat.softirqs). Counts unchanged since the previous tick,
+ *   which was also inside a softirq, mean one handler run spans both ticks. Once the ticks that
+ *   saw one run span the threshold it is reported, while it still runs, with the stack under the
+ *   tick: the handler's own frames, so the record shows what it was busy with (and a run that
+ *   never ends is caught too). Durations are at least what the ticks saw: a run longer than the
+ *   threshold plus one tick is always caught.
+ *   Those two are per-CPU kernel variables, which kallsyms does not list without
+ *   CONFIG_KALLSYMS_ALL: they are reached from the tick's own per-CPU state (its timer is the
+ *   argument) plus their offsets in the per-CPU section, which user space reads from BTF. The
+ *   preempt count read at a tick must show a hard interrupt; if it does not, the offsets are
+ *   wrong and the tick counts a mismatch instead of trusting them.
+ * - Tick gaps: a tick that came late after the previous one on its CPU means interrupts were off
+ *   (or the tick was held off) that long, unless the CPU went idle in between (the tick's per-CPU
+ *   state says when it last did) because an idle CPU stops its tick on purpose. In a VM the
+ *   hypervisor may not run the vCPU for a while (steal time): the tick handler accounts that
+ *   steal in rq->prev_steal_time, so the decision waits for hrtimer_expire_exit and subtracts it.
+ * - Latency histograms (opt-in, tp_btf softirq_raise and softirq_entry): per vector, the time
+ *   from the first raise while not pending to the handler starting. Two clock reads and two
+ *   hooks per softirq. */
 #include "bianque.bpf.h"
 #include "histogram.bpf.h"
 #include "softirq.h"
@@ -23,25 +33,20 @@
 const volatile __u64 threshold_ns = 10ULL * 1000 * 1000;
 const volatile __u32 max_events_per_second = 100;
 /* Address of the tick's hrtimer function (tick_nohz_handler, tick_sched_timer before 6.9);
- * 0 leaves tick gaps unwatched. */
+ * 0 leaves the tick unwatched. */
 const volatile __u64 tick_fn = 0;
 const volatile __u64 tick_gap_threshold_ns = 10ULL * 1000 * 1000;
+/* Offsets in the per-CPU section of tick_cpu_sched, __preempt_count and kstat (from BTF);
+ * watch_runs = 0 leaves long runs unwatched. */
+const volatile __u32 watch_runs = 0;
+const volatile __u64 pcpu_tick_sched = 0;
+const volatile __u64 pcpu_preempt_count = 0;
+const volatile __u64 pcpu_kstat = 0;
+
+#define SOFTIRQ_OFFSET 0x100
+#define HARDIRQ_MASK 0xf0000
 
 struct softirq_event _event_type = {};
-
-/* When the CPU last entered idle (refreshed after each interrupt taken in idle too), from the
- * tick's per-CPU state, which holds the tick's timer. Per-CPU data symbols are not in kallsyms
- * without CONFIG_KALLSYMS_ALL, so it is reached from the timer rather than as a ksym. */
-static __always_inline __u64 idle_entered_ns(struct hrtimer *timer)
-{
-	struct tick_sched *ts;
-
-	if (!bpf_core_field_exists(ts->idle_entrytime))
-		return ~0ULL; /* unknown: count every gap as idle, never report one */
-	ts = (struct tick_sched *)((__u64)timer -
-				   bpf_core_field_offset(struct tick_sched, sched_timer));
-	return (__u64)BPF_CORE_READ(ts, idle_entrytime);
-}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -50,13 +55,13 @@ struct {
 
 struct cpu_state {
 	__u64 raised_ns[VEC_SLOTS]; /* first raise time of each pending vector, 0 if none */
-	__u64 start_ns;             /* entry time of the running handler, 0 outside one */
-	__u64 start_jiffies;        /* jiffies at that entry */
 	__u64 last_tick_ns;         /* the previous tick on this CPU, 0 before the first */
 	__u64 gap_ns;               /* the gap before the tick being handled, if over the threshold */
 	__u64 last_steal_ns;        /* rq->prev_steal_time after the previous tick */
-	__u32 vec;
-	__u32 _pad;
+	__u64 run_seen_ns;          /* the first tick inside the current softirq run, 0 if none */
+	__u32 run_counts[VEC_SLOTS]; /* kstat.softirqs at the previous tick */
+	__u32 run_vec;              /* the run's vector if the counts tell, else UNKNOWN_VEC */
+	__u32 run_reported;
 };
 
 struct {
@@ -66,7 +71,7 @@ struct {
 	__type(value, struct cpu_state);
 } state SEC(".maps");
 
-/* The long-run counters follow the latency histograms (VEC_SLOTS series of hist_nbounds + 2). */
+/* The event counters follow the latency histograms (VEC_SLOTS series of hist_nbounds + 2). */
 static __always_inline __u32 event_slot(__u32 slot)
 {
 	return VEC_SLOTS * (hist_nbounds + 2) + slot;
@@ -102,21 +107,17 @@ int BPF_PROG(bq_softirq_entry, unsigned int vec)
 	s = bpf_map_lookup_elem(&state, &zero);
 	if (!s)
 		return 0;
-	now = bpf_ktime_get_ns();
-	s->start_ns = now;
-	if (CONFIG_HZ)
-		s->start_jiffies = bpf_jiffies64();
-	s->vec = vec;
 	raised = s->raised_ns[vec];
-	if (raised) {
-		s->raised_ns[vec] = 0;
-		if (now > raised)
-			hist_add(vec, now - raised);
-	}
+	if (!raised)
+		return 0;
+	s->raised_ns[vec] = 0;
+	now = bpf_ktime_get_ns();
+	if (now > raised)
+		hist_add(vec, now - raised);
 	return 0;
 }
 
-/* Counts, rate-limits and sends one record: a softirq run (vec) or a tick gap (TICK_GAP_VEC). */
+/* Counts, rate-limits and sends one record: a softirq run or a tick gap (TICK_GAP_VEC). */
 static __always_inline void report(void *ctx, __u32 vec, __u64 duration, __u64 stolen,
 				   __u32 count_slot)
 {
@@ -147,27 +148,63 @@ static __always_inline void report(void *ctx, __u32 vec, __u64 duration, __u64 s
 	bpf_ringbuf_submit(e, ringbuf_wakeup_flags(&events));
 }
 
-SEC("tp_btf/softirq_exit")
-int BPF_PROG(bq_softirq_exit, unsigned int vec)
+/* This CPU's address of the per-CPU variable at `offset`, from the tick's per-CPU state. */
+static __always_inline void *percpu_var(struct tick_sched *ts, __u64 offset)
 {
-	__u32 zero = 0;
-	struct cpu_state *s = bpf_map_lookup_elem(&state, &zero);
-	__u64 duration;
+	return (void *)((__u64)ts - pcpu_tick_sched + offset);
+}
 
-	if (!s || !s->start_ns || s->vec != vec)
-		return 0;
-	/* A run that saw n jiffy boundaries lasted less than n + 1 jiffies. (Jiffies advance with
-	 * some CPU's tick; softirqs run with interrupts on, so ticks keep coming during one.) */
-	if (CONFIG_HZ && (bpf_jiffies64() - s->start_jiffies + 1) * 1000000000ULL <
-				 threshold_ns * CONFIG_HZ) {
-		s->start_ns = 0;
-		return 0;
+/* Called at each tick: follows the softirq run the tick interrupted, if any, and reports it
+ * once the ticks inside it span the threshold. */
+static __always_inline void watch_run(void *ctx, struct cpu_state *s, struct tick_sched *ts,
+				      __u64 now)
+{
+	__u32 counts[VEC_SLOTS] = {};
+	__u32 size = bpf_core_field_size(struct kernel_stat, softirqs);
+	__u32 pc = 0, i, changed = 0, nchanged = 0;
+
+	if (bpf_probe_read_kernel(&pc, sizeof(pc), percpu_var(ts, pcpu_preempt_count)) ||
+	    !(pc & HARDIRQ_MASK)) {
+		counter_add(event_slot(SLOT_PERCPU_MISMATCH), 1);
+		return;
 	}
-	duration = bpf_ktime_get_ns() - s->start_ns;
-	s->start_ns = 0;
-	if (duration >= threshold_ns)
-		report(ctx, vec, duration, 0, vec < VEC_SLOTS ? vec : VEC_SLOTS - 1);
-	return 0;
+	if (size > sizeof(counts))
+		size = sizeof(counts);
+	if (bpf_probe_read_kernel(counts, size,
+				  percpu_var(ts, pcpu_kstat +
+						 bpf_core_field_offset(struct kernel_stat, softirqs))))
+		return;
+	for (i = 0; i < VEC_SLOTS; i++) {
+		if (counts[i] != s->run_counts[i]) {
+			nchanged++;
+			changed = i;
+			s->run_counts[i] = counts[i];
+		}
+	}
+	if (!(pc & SOFTIRQ_OFFSET)) {
+		s->run_seen_ns = 0;
+		return;
+	}
+	if (!s->run_seen_ns || nchanged) {
+		/* A handler started since the previous tick: a new run. If only one vector ran
+		 * meanwhile it is this one; otherwise user space reads it from the stack. */
+		s->run_seen_ns = now;
+		s->run_vec = nchanged == 1 ? changed : UNKNOWN_VEC;
+		s->run_reported = 0;
+		return;
+	}
+	if (s->run_reported || now - s->run_seen_ns < threshold_ns)
+		return;
+	s->run_reported = 1;
+	report(ctx, s->run_vec, now - s->run_seen_ns, 0, SLOT_LONG_RUNS);
+}
+
+/* When the CPU last entered idle (refreshed after each interrupt taken in idle too). */
+static __always_inline __u64 idle_entered_ns(struct tick_sched *ts)
+{
+	if (!bpf_core_field_exists(ts->idle_entrytime))
+		return ~0ULL; /* unknown: count every gap as idle, never report one */
+	return (__u64)BPF_CORE_READ(ts, idle_entrytime);
 }
 
 SEC("tp_btf/hrtimer_expire_entry")
@@ -175,6 +212,7 @@ int BPF_PROG(bq_hrtimer_expire_entry, struct hrtimer *timer)
 {
 	__u32 zero = 0;
 	struct cpu_state *s;
+	struct tick_sched *ts;
 	__u64 now, last;
 
 	if (!tick_fn || (__u64)timer->function != tick_fn)
@@ -182,14 +220,21 @@ int BPF_PROG(bq_hrtimer_expire_entry, struct hrtimer *timer)
 	s = bpf_map_lookup_elem(&state, &zero);
 	if (!s)
 		return 0;
+	/* The tick's timer is the sched_timer of this CPU's tick_cpu_sched. */
+	ts = (struct tick_sched *)((__u64)timer -
+				   bpf_core_field_offset(struct tick_sched, sched_timer));
 	now = bpf_ktime_get_ns();
+	if (watch_runs)
+		watch_run(ctx, s, ts, now);
+	if (!tick_gap_threshold_ns)
+		return 0;
 	last = s->last_tick_ns;
 	s->last_tick_ns = now;
 	s->gap_ns = 0;
 	if (!last || now - last < tick_gap_threshold_ns)
 		return 0;
 	/* Idle since the previous tick: the tick was stopped on purpose. */
-	if (idle_entered_ns(timer) >= last)
+	if (idle_entered_ns(ts) >= last)
 		return 0;
 	s->gap_ns = now - last;
 	return 0;
@@ -219,7 +264,7 @@ int BPF_PROG(bq_hrtimer_expire_exit, struct hrtimer *timer)
 	struct cpu_state *s;
 	__u64 steal, stolen, gap;
 
-	if (!tick_fn || (__u64)timer->function != tick_fn)
+	if (!tick_fn || !tick_gap_threshold_ns || (__u64)timer->function != tick_fn)
 		return 0;
 	s = bpf_map_lookup_elem(&state, &zero);
 	if (!s)

@@ -1,26 +1,28 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* The record softirq.bpf.c sends for a softirq that ran longer than the threshold. */
+/* The record softirq.bpf.c sends for a long softirq run or a late tick. */
 #ifndef SOFTIRQ_H
 #define SOFTIRQ_H
 
-#define STACK_DEPTH 32
+#define STACK_DEPTH 48
 
 /* Softirq vectors tracked (a power of two; the kernel has 10). */
 #define VEC_SLOTS 16
-/* Long-run counter slots, after the latency histograms: [0, VEC_SLOTS) runs over the threshold
- * by vector, then the rest. */
-#define SLOT_SUPPRESSED (VEC_SLOTS + 0)
-#define SLOT_RINGBUF_FULL (VEC_SLOTS + 1)
-#define SLOT_TICK_GAPS (VEC_SLOTS + 2)
-#define SLOT_TICK_GAPS_STOLEN (VEC_SLOTS + 3) /* late ticks explained by steal time */
-#define EVENT_SLOTS (VEC_SLOTS + 4)
+/* Counter slots after the latency histograms. */
+#define SLOT_LONG_RUNS 0        /* softirq runs seen past the threshold */
+#define SLOT_SUPPRESSED 1
+#define SLOT_RINGBUF_FULL 2
+#define SLOT_TICK_GAPS 3
+#define SLOT_TICK_GAPS_STOLEN 4 /* late ticks explained by steal time */
+#define SLOT_PERCPU_MISMATCH 5  /* ticks where the per-CPU offsets from BTF read nonsense */
+#define EVENT_SLOTS 6
 
-/* `vec` of a tick-gap record. */
+/* `vec` of a tick-gap record, and of a long run whose vector the counts do not tell. */
 #define TICK_GAP_VEC 0xffff
+#define UNKNOWN_VEC 0xfffe
 
 struct softirq_event {
-	__u64 time_ns;      /* CLOCK_BOOTTIME, at the exit */
-	__u64 duration_ns;
+	__u64 time_ns;      /* CLOCK_BOOTTIME, at the tick that reported it */
+	__u64 duration_ns;  /* long runs: observed so far (at least); tick gaps: the gap */
 	__u64 steal_ns;     /* tick gaps: of the gap, the time the hypervisor did not run the CPU */
 	__u32 cpu;
 	__u32 vec;
