@@ -116,3 +116,68 @@ fn a_receiver_that_sleeps_before_reading_is_recorded_at_the_usercopy_stage() {
             >= records.len() as f64
     );
 }
+
+/// At the default thresholds (5 / 10 / 115 ms) most packets are settled without a clock read:
+/// data read at once is not recorded, data that waited 300 ms in the socket is, at usercopy.
+#[test]
+fn at_the_default_thresholds_only_data_that_waited_past_115_ms_is_recorded() {
+    let agent = Agent::start(
+        "[events.netrecvlat]\nmax_events_per_second = 1000\n[events.dropwatch]\nenabled = false\n",
+        &[],
+    );
+    let ns = NetnsPair::new("nrld");
+    let listener = ns.run_in({
+        let addr = ns.ns_addr;
+        move || TcpListener::bind((addr, 0)).expect("bind in netns")
+    });
+    let port = listener.local_addr().unwrap().port();
+    let receiver = ns.spawn_in("bq-nrl-late", move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        // A ping-pong read at once, then data left waiting.
+        for _ in 0..200 {
+            c.read_exact(&mut buf[..100]).unwrap();
+            c.write_all(&buf[..100]).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let mut total = 0;
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        total
+    });
+    let mut client = TcpStream::connect((ns.ns_addr, port)).unwrap();
+    let mut buf = [b'p'; 100];
+    for _ in 0..200 {
+        client.write_all(&buf).unwrap();
+        client.read_exact(&mut buf).unwrap();
+    }
+    client.write_all(&[b'n'; 5000]).unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(receiver.join().unwrap(), 5000);
+
+    let ours = || -> Vec<serde_json::Value> {
+        agent
+            .events("tracer=netrecvlat&limit=10000")
+            .into_iter()
+            .filter(|e| e["tracer_data"]["dport"] == port || e["tracer_data"]["sport"] == port)
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || !ours().is_empty()),
+        "no record for port {port}; metrics:\n{}\nlog:\n{}",
+        agent.metrics(),
+        agent.log()
+    );
+    for e in ours() {
+        let d = &e["tracer_data"];
+        assert_eq!(d["latency_stage"], "usercopy", "{d}");
+        assert_eq!(d["dport"], port, "{d}");
+        assert_eq!(d["latency_threshold_ns"], 115_000_000u64, "{d}");
+        let lat = d["latency_ns"].as_u64().unwrap();
+        assert!((115_000_000..10_000_000_000).contains(&lat), "{d}");
+    }
+}

@@ -3,7 +3,16 @@
  * stamped by the stack when the agent keeps RX timestamps on) to a later stage: entering the
  * stack (netif_receive_skb), TCP processing (tcp_probe), or the copy to the reading process
  * (skb_copy_datagram_iovec). The hot path is a timestamp read and a compare per packet; only
- * packets over their stage's threshold are parsed, rate-limited and sent up. */
+ * packets over their stage's threshold are parsed, rate-limited and sent up.
+ *
+ * The compare needs "now", and a clock read is ~40 ns of a ~100 ns program here (three run per
+ * packet). Most packets are far under their threshold, which an upper bound on now settles
+ * without the clock: jiffies were j0 at this CPU's last clock read t0, so while jiffies are
+ * updated on time, now < t0 + (jiffies - j0 + 1) ticks. A packet under its threshold even at
+ * that bound (plus a slack for a late jiffies update) skips the clock; the rest read it and
+ * refresh t0. Jiffies can stall (the CPU that updates them held off, or its vCPU not run, for up
+ * to ~5 ticks before another takes over): every MAX_SKIPPED-th packet on a CPU reads the clock
+ * anyway, and a clock past the bound stops the skipping until jiffies move again. */
 #include "bianque.bpf.h"
 #include "netrecvlat.h"
 
@@ -19,6 +28,24 @@ const volatile __u32 exclude_netns_inum = 0;
 volatile __s64 realtime_offset_ns = 0;
 
 struct netrecv_event _event_type = {};
+
+/* How late a jiffies update may come and the bound still hold (ns). */
+#define BOUND_SLACK_NS 500000ULL
+/* Packets a CPU may skip the clock for between two clock reads. */
+#define MAX_SKIPPED 64
+
+struct clock_cache {
+	__u64 ns;       /* bpf_ktime_get_ns() at this CPU's last clock read; 0: jiffies not trusted */
+	__u64 jiffies;  /* jiffies then */
+	__u64 skipped;  /* packets since that skipped the clock */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct clock_cache);
+} clock_cache SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -50,22 +77,56 @@ static __always_inline __u8 skb_clock(const struct sk_buff *skb)
 	return 0;
 }
 
-/* Nanoseconds since the skb's timestamp; 0 without one. (bpf_ktime_get_coarse_ns would make a
- * cheaper pre-check, but tracing programs may not call it.) */
-static __always_inline __u64 skb_latency(const struct sk_buff *skb, __u8 *clock)
+/* A time no earlier than now (CLOCK_MONOTONIC ns) without reading the clock, from jiffies and
+ * this CPU's last clock read; 0 if there is none to trust. */
+static __always_inline __u64 now_at_most(const struct clock_cache *c, __u64 jiffies)
+{
+	if (!CONFIG_HZ || !c->ns || jiffies < c->jiffies || c->skipped >= MAX_SKIPPED)
+		return 0;
+	return c->ns + (jiffies - c->jiffies + 1) * (1000000000ULL / CONFIG_HZ) + BOUND_SLACK_NS;
+}
+
+/* Nanoseconds since the skb's timestamp if they may reach `threshold`; 0 without a timestamp,
+ * and 0 or the true latency if it is surely under. */
+static __always_inline __u64 skb_latency(const struct sk_buff *skb, __u64 threshold, __u8 *clock)
 {
 	__u64 ts = skb->tstamp;
-	__u64 now;
+	__u32 zero = 0;
+	struct clock_cache *c;
+	__u64 now, jiffies, bound = 0;
+	__s64 offset;
 
 	if (!ts)
 		return 0;
 	*clock = skb_clock(skb);
-	if (*clock == 1)
-		now = bpf_ktime_get_ns();
-	else if (*clock == 2)
+	if (*clock == 2) {
 		now = bpf_ktime_get_tai_ns();
-	else
-		now = bpf_ktime_get_ns() + realtime_offset_ns;
+		return now > ts ? now - ts : 0;
+	}
+	/* skb->tstamp is realtime unless marked monotonic. */
+	offset = *clock == 1 ? 0 : realtime_offset_ns;
+	jiffies = bpf_jiffies64();
+	c = bpf_map_lookup_elem(&clock_cache, &zero);
+	if (c) {
+		bound = now_at_most(c, jiffies);
+		if (bound && bound + offset < ts + threshold) {
+			c->skipped++;
+			return 0;
+		}
+	}
+	now = bpf_ktime_get_ns();
+	if (c) {
+		c->skipped = 0;
+		if (bound && now > bound) {
+			/* Jiffies lag the clock: trust them again once they move. */
+			c->ns = 0;
+			c->jiffies = jiffies;
+		} else if (c->ns || jiffies != c->jiffies) {
+			c->ns = now;
+			c->jiffies = jiffies;
+		}
+	}
+	now += offset;
 	return now > ts ? now - ts : 0;
 }
 
@@ -126,7 +187,7 @@ static __always_inline void handle(const struct sk_buff *skb, __u32 stage, bool 
 
 	if (stage >= STAGES)
 		return;
-	latency = skb_latency(skb, &clock);
+	latency = skb_latency(skb, threshold_ns[stage], &clock);
 	if (latency < threshold_ns[stage])
 		return;
 	/* Past the threshold: the rare path starts here. */
