@@ -51,7 +51,10 @@ impl Agent {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = dir.join("bianque.toml");
-        std::fs::write(&cfg, format!("[server]\ntoken = \"{TOKEN}\"\n")).unwrap();
+        // `BENCH_AGENT_CONFIG` (TOML) is added to the agent's config, e.g. to measure an opt-in
+        // part: `BENCH_AGENT_CONFIG=$'[events.softirq]\nlatency_histogram = true'`.
+        let extra = std::env::var("BENCH_AGENT_CONFIG").unwrap_or_default();
+        std::fs::write(&cfg, format!("[server]\ntoken = \"{TOKEN}\"\n{extra}\n")).unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let child = agent_command(&addr, &dir.join("data"), Some(&cfg), disable)
             .spawn()
@@ -462,6 +465,9 @@ fn main() {
         ),
     ];
     // `BENCH_ONLY=softirq,netrecvlat` keeps those rows (and the A/A rows).
+    if let Ok(extra) = std::env::var("BENCH_AGENT_CONFIG") {
+        println!("agent config added (BENCH_AGENT_CONFIG): {extra:?}\n");
+    }
     let only = std::env::var("BENCH_ONLY").ok();
     let cases: Vec<_> = cases
         .into_iter()
