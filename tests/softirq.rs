@@ -137,6 +137,7 @@ fn a_net_rx_run_held_long_by_a_slow_firewall_is_recorded_while_it_runs() {
             .filter_map(|f| f.as_str())
             .collect();
         // The tick's frames, then the interrupted handler's, down to the softirq loop.
+        assert!(!stack[0].starts_with("bpf_"), "{stack:?}");
         assert!(
             stack.iter().any(|f| f.starts_with("hrtimer_interrupt+0x")),
             "{stack:?}"
@@ -157,6 +158,14 @@ fn a_net_rx_run_held_long_by_a_slow_firewall_is_recorded_while_it_runs() {
             .unwrap()
             >= events.len() as f64
     );
+    // Softirqs the ticks raised on that CPU waited behind the runs.
+    let metrics = agent.metrics();
+    let delayed: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("bianque_softirq_delayed_ticks_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(delayed > 0.0, "no delayed softirq counted:\n{metrics}");
     // The latency histograms are opt-in: at the defaults no hook runs per softirq.
     assert!(
         !agent.metrics().contains("bianque_softirq_latency_seconds"),

@@ -10,6 +10,10 @@
 //! tracepoint's format. Durations are what the ticks saw (at least): every run longer than the
 //! threshold plus one tick (4 ms at HZ=250) is caught.
 //!
+//! Delayed softirqs: the same ticks count, per type, each tick at which a raised softirq had been
+//! pending since the previous tick without running (`delayed_ticks_total{type}`): at least one
+//! tick of raise→run delay, always on and free, where the opt-in histograms below are exact.
+//!
 //! Tick gaps: a scheduler tick that came more than a threshold after the previous one on its
 //! CPU means interrupts were off that long (a gap across an idle period, when the tick is
 //! stopped on purpose, is ignored by the tick's own per-CPU `tick_cpu_sched.idle_entrytime`).
@@ -58,15 +62,21 @@ const SLOT_RINGBUF_FULL: usize = EVENT_BASE + 2;
 const SLOT_TICK_GAPS: usize = EVENT_BASE + 3;
 const SLOT_TICK_GAPS_STOLEN: usize = EVENT_BASE + 4;
 const SLOT_PERCPU_MISMATCH: usize = EVENT_BASE + 5;
-const COUNTER_SLOTS: u32 = latency::SLOTS + 6;
+const SLOT_DELAYED: usize = EVENT_BASE + 6;
+const COUNTER_SLOTS: u32 = latency::SLOTS + 6 + VEC_SLOTS as u32;
 const TICK_GAP_VEC: u32 = 0xffff;
 /// The tick's hrtimer function: `tick_nohz_handler` since 6.9, `tick_sched_timer` before.
 const TICK_FUNCTIONS: [&str; 2] = ["tick_nohz_handler", "tick_sched_timer"];
-/// Per-CPU variables the tick reads: its own state (the anchor), the preempt count, and the
-/// per-softirq run counts.
-const PERCPU_VARS: [&str; 3] = ["tick_cpu_sched", "__preempt_count", "kstat"];
-/// The loop that calls softirq handlers (`__do_softirq` before 6.8): the frame above it in a
-/// stack is the running handler.
+/// Per-CPU variables the tick reads: its own state (the anchor), the preempt count, the
+/// per-softirq run counts and the pending softirqs.
+const PERCPU_VARS: [&str; 4] = [
+    "tick_cpu_sched",
+    "__preempt_count",
+    "kstat",
+    "__softirq_pending",
+];
+/// The loop that calls softirq handlers (`__do_softirq` before 6.8): the frame it called (just
+/// before it in an innermost-first stack) is the running handler.
 const SOFTIRQ_LOOPS: [&str; 2] = ["handle_softirqs", "__do_softirq"];
 /// Softirq handlers and their types, to name a long run from its stack. A handler not listed
 /// leaves the type to the run counts, or `unknown`.
@@ -213,12 +223,7 @@ impl Softirq {
     /// Watches the tick (and keeps the histograms if asked) until the tracer stops.
     fn run_programs(&self, ctx: &RunContext) -> Result<(), TracerError> {
         let tick_fn = tick_function();
-        let pcpu = PERCPU_VARS.map(|_| 0u64);
-        let pcpu = btf::percpu_offsets(&PERCPU_VARS).map(|v| {
-            let mut a = pcpu;
-            a.copy_from_slice(&v);
-            a
-        });
+        let pcpu = btf::percpu_offsets(&PERCPU_VARS);
         // What this kernel does not let the tracer watch; the rest runs on.
         let mut unwatched = Vec::new();
         if tick_fn.is_none() {
@@ -230,7 +235,7 @@ impl Softirq {
                 return Err(TracerError::Unsupported(unwatched.remove(0)));
             }
         } else if let Err(e) = &pcpu {
-            unwatched.push(format!("long runs: {e:#}"));
+            unwatched.push(format!("long runs and delays: {e:#}"));
         }
 
         let mut storage = MaybeUninit::uninit();
@@ -249,11 +254,12 @@ impl Softirq {
         rodata.hist_nbounds = latency::BOUNDS.len() as u32;
         rodata.tick_fn = tick_fn.unwrap_or(0);
         rodata.tick_gap_threshold_ns = self.cfg.tick_gap_threshold_us * 1000;
-        if let Ok([tick_sched, preempt_count, kstat]) = pcpu {
+        if let Ok(&[tick_sched, preempt_count, kstat, pending]) = pcpu.as_deref() {
             rodata.watch_runs = 1;
             rodata.pcpu_tick_sched = tick_sched;
             rodata.pcpu_preempt_count = preempt_count;
             rodata.pcpu_kstat = kstat;
+            rodata.pcpu_softirq_pending = pending;
         }
         if !self.cfg.latency_histogram {
             open.progs.bq_softirq_raise.set_autoload(false);
@@ -321,7 +327,8 @@ impl Softirq {
                 if mismatch && !mismatch_said {
                     mismatch_said = true;
                     unwatched.push(
-                        "long runs: the per-CPU offsets from BTF do not fit this kernel".into(),
+                        "long runs and delays: the per-CPU offsets from BTF do not fit this kernel"
+                            .into(),
                     );
                     let reason = format!("not watched: {}", unwatched.join("; "));
                     tracing::warn!(tracer = "softirq", "{reason}");
@@ -346,6 +353,17 @@ impl Softirq {
                     out.sample(&[("type", "unknown")], n as f64);
                 }
             } else if vec < known || n > 0 {
+                out.sample(&[("type", &names.name(vec as u32))], n as f64);
+            }
+        }
+        out.family(
+            "delayed_ticks_total",
+            "Scheduler ticks at which a raised softirq had waited since the previous tick without running, by softirq type: each is at least one tick of delay.",
+            Kind::Counter,
+        );
+        for vec in 0..VEC_SLOTS {
+            let n = c.get(SLOT_DELAYED + vec);
+            if vec < known || n > 0 {
                 out.sample(&[("type", &names.name(vec as u32))], n as f64);
             }
         }

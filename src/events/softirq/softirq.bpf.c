@@ -13,6 +13,8 @@
  *   tick: the handler's own frames, so the record shows what it was busy with (and a run that
  *   never ends is caught too). Durations are at least what the ticks saw: a run longer than the
  *   threshold plus one tick is always caught.
+ * - Delayed softirqs: a vector pending (raised) at two ticks in a row whose run count did not
+ *   move in between waited that whole tick without running; counted per vector.
  *   Those two are per-CPU kernel variables, which kallsyms does not list without
  *   CONFIG_KALLSYMS_ALL: they are reached from the tick's own per-CPU state (its timer is the
  *   argument) plus their offsets in the per-CPU section, which user space reads from BTF. The
@@ -36,12 +38,13 @@ const volatile __u32 max_events_per_second = 100;
  * 0 leaves the tick unwatched. */
 const volatile __u64 tick_fn = 0;
 const volatile __u64 tick_gap_threshold_ns = 10ULL * 1000 * 1000;
-/* Offsets in the per-CPU section of tick_cpu_sched, __preempt_count and kstat (from BTF);
- * watch_runs = 0 leaves long runs unwatched. */
+/* Offsets in the per-CPU section of tick_cpu_sched, __preempt_count, kstat and
+ * __softirq_pending (from BTF); watch_runs = 0 leaves long runs and delays unwatched. */
 const volatile __u32 watch_runs = 0;
 const volatile __u64 pcpu_tick_sched = 0;
 const volatile __u64 pcpu_preempt_count = 0;
 const volatile __u64 pcpu_kstat = 0;
+const volatile __u64 pcpu_softirq_pending = 0;
 
 #define SOFTIRQ_OFFSET 0x100
 #define HARDIRQ_MASK 0xf0000
@@ -61,7 +64,8 @@ struct cpu_state {
 	__u64 run_seen_ns;          /* the first tick inside the current softirq run, 0 if none */
 	__u32 run_counts[VEC_SLOTS]; /* kstat.softirqs at the previous tick */
 	__u32 run_vec;              /* the run's vector if the counts tell, else UNKNOWN_VEC */
-	__u32 run_reported;
+	__u16 run_reported;
+	__u16 pending;              /* softirqs pending at the previous tick */
 };
 
 struct {
@@ -154,6 +158,21 @@ static __always_inline void *percpu_var(struct tick_sched *ts, __u64 offset)
 	return (void *)((__u64)ts - pcpu_tick_sched + offset);
 }
 
+/* 1 if x is not 0, else 0: (x | -x) >> 63 kept as arithmetic. Written in C, clang makes it a
+ * compare and a branch, and a branch per vector doubles the paths the verifier walks each time
+ * (2^16 is past its limit). */
+static __always_inline __u64 nonzero(__u64 x)
+{
+	__u64 t = x;
+
+	asm volatile("%[t] = -%[t]\n\t"
+		     "%[t] |= %[x]\n\t"
+		     "%[t] >>= 63"
+		     : [t] "+r"(t)
+		     : [x] "r"(x));
+	return t;
+}
+
 /* Called at each tick: follows the softirq run the tick interrupted, if any, and reports it
  * once the ticks inside it span the threshold. */
 static __always_inline void watch_run(void *ctx, struct cpu_state *s, struct tick_sched *ts,
@@ -161,7 +180,8 @@ static __always_inline void watch_run(void *ctx, struct cpu_state *s, struct tic
 {
 	__u32 counts[VEC_SLOTS] = {};
 	__u32 size = bpf_core_field_size(struct kernel_stat, softirqs);
-	__u32 pc = 0, i, changed = 0, nchanged = 0;
+	__u32 pc = 0, i, moved_mask = 0, moved_index = 0;
+	__u16 pending = 0, waited;
 
 	if (bpf_probe_read_kernel(&pc, sizeof(pc), percpu_var(ts, pcpu_preempt_count)) ||
 	    !(pc & HARDIRQ_MASK)) {
@@ -174,22 +194,32 @@ static __always_inline void watch_run(void *ctx, struct cpu_state *s, struct tic
 				  percpu_var(ts, pcpu_kstat +
 						 bpf_core_field_offset(struct kernel_stat, softirqs))))
 		return;
+	bpf_probe_read_kernel(&pending, sizeof(pending), percpu_var(ts, pcpu_softirq_pending));
+	/* Which run counts moved since the previous tick, without a branch per vector. */
 	for (i = 0; i < VEC_SLOTS; i++) {
-		if (counts[i] != s->run_counts[i]) {
-			nchanged++;
-			changed = i;
-			s->run_counts[i] = counts[i];
-		}
+		__u32 moved = nonzero(counts[i] ^ s->run_counts[i]);
+
+		moved_mask |= moved << i;
+		moved_index += moved * i; /* the index, when only one moved */
+		s->run_counts[i] = counts[i];
+	}
+	/* Pending then and now, and not run in between. */
+	waited = pending & s->pending & ~moved_mask;
+	s->pending = pending;
+	if (waited) {
+		/* Adds of 0 or 1 rather than a branch per vector (see nonzero()). */
+		for (i = 0; i < VEC_SLOTS; i++)
+			counter_add_owned(event_slot(SLOT_DELAYED + i), (waited >> i) & 1);
 	}
 	if (!(pc & SOFTIRQ_OFFSET)) {
 		s->run_seen_ns = 0;
 		return;
 	}
-	if (!s->run_seen_ns || nchanged) {
+	if (!s->run_seen_ns || moved_mask) {
 		/* A handler started since the previous tick: a new run. If only one vector ran
 		 * meanwhile it is this one; otherwise user space reads it from the stack. */
 		s->run_seen_ns = now;
-		s->run_vec = nchanged == 1 ? changed : UNKNOWN_VEC;
+		s->run_vec = moved_mask && !(moved_mask & (moved_mask - 1)) ? moved_index : UNKNOWN_VEC;
 		s->run_reported = 0;
 		return;
 	}

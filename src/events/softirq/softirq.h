@@ -14,7 +14,10 @@
 #define SLOT_TICK_GAPS 3
 #define SLOT_TICK_GAPS_STOLEN 4 /* late ticks explained by steal time */
 #define SLOT_PERCPU_MISMATCH 5  /* ticks where the per-CPU offsets from BTF read nonsense */
-#define EVENT_SLOTS 6
+/* [SLOT_DELAYED, SLOT_DELAYED + VEC_SLOTS): ticks at which a vector had waited, raised and not
+ * run, since the previous tick. */
+#define SLOT_DELAYED 6
+#define EVENT_SLOTS (SLOT_DELAYED + VEC_SLOTS)
 
 /* `vec` of a tick-gap record, and of a long run whose vector the counts do not tell. */
 #define TICK_GAP_VEC 0xffff
