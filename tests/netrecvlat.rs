@@ -12,6 +12,12 @@ use common::*;
 
 const SLEEP: Duration = Duration::from_millis(100);
 
+/// A TCP listener on the namespace's address.
+fn listener_in(ns: &NetnsPair) -> TcpListener {
+    let addr = ns.ns_addr;
+    ns.run_in(move || TcpListener::bind((addr, 0)).expect("bind in netns"))
+}
+
 #[test]
 fn a_receiver_that_sleeps_before_reading_is_recorded_at_the_usercopy_stage() {
     let agent = Agent::start(
@@ -25,25 +31,14 @@ fn a_receiver_that_sleeps_before_reading_is_recorded_at_the_usercopy_stage() {
         .trim()
         .parse()
         .unwrap();
-    let listener = ns.run_in({
-        let addr = ns.ns_addr;
-        move || TcpListener::bind((addr, 0)).expect("bind in netns")
-    });
+    let listener = listener_in(&ns);
     let port = listener.local_addr().unwrap().port();
-    // The reader thread lives in the namespace; sleeping before each read lets data queue.
+    // The reader thread lives in the namespace; sleeping before it reads lets data queue.
     let receiver = ns.spawn_in("bq-nrl-rx", move || {
         let (mut c, _) = listener.accept().unwrap();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0;
         // Everything the client sends meanwhile waits in the socket.
         std::thread::sleep(SLEEP);
-        loop {
-            match c.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-        total
+        c.read_to_end(&mut Vec::new()).expect("read in netns")
     });
     let mut client = TcpStream::connect((ns.ns_addr, port)).unwrap();
     let sport = client.local_addr().unwrap().port();
@@ -126,28 +121,18 @@ fn at_the_default_thresholds_only_data_that_waited_past_115_ms_is_recorded() {
         &[],
     );
     let ns = NetnsPair::new("nrld");
-    let listener = ns.run_in({
-        let addr = ns.ns_addr;
-        move || TcpListener::bind((addr, 0)).expect("bind in netns")
-    });
+    let listener = listener_in(&ns);
     let port = listener.local_addr().unwrap().port();
     let receiver = ns.spawn_in("bq-nrl-late", move || {
         let (mut c, _) = listener.accept().unwrap();
-        let mut buf = vec![0u8; 1 << 16];
+        let mut buf = [0u8; 100];
         // A ping-pong read at once, then data left waiting.
         for _ in 0..200 {
-            c.read_exact(&mut buf[..100]).unwrap();
-            c.write_all(&buf[..100]).unwrap();
+            c.read_exact(&mut buf).unwrap();
+            c.write_all(&buf).unwrap();
         }
         std::thread::sleep(Duration::from_millis(300));
-        let mut total = 0;
-        loop {
-            match c.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-        total
+        c.read_to_end(&mut Vec::new()).expect("read in netns")
     });
     let mut client = TcpStream::connect((ns.ns_addr, port)).unwrap();
     let mut buf = [b'p'; 100];

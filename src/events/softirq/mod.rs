@@ -274,31 +274,24 @@ impl Softirq {
             .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
         let skel = open.load().context("loading the BPF program")?;
         self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
-        let mut _links = Vec::new();
+        let mut progs = Vec::new();
         if tick_fn.is_some() {
             // Exit first: its half of a tick gap waits for the entry's.
-            for (prog, tp) in [
-                (&skel.progs.bq_hrtimer_expire_exit, "hrtimer_expire_exit"),
-                (&skel.progs.bq_hrtimer_expire_entry, "hrtimer_expire_entry"),
-            ] {
-                _links.push(
-                    prog.attach()
-                        .with_context(|| format!("attaching to tp_btf/{tp}"))?,
-                );
-            }
+            progs.push((&skel.progs.bq_hrtimer_expire_exit, "hrtimer_expire_exit"));
+            progs.push((&skel.progs.bq_hrtimer_expire_entry, "hrtimer_expire_entry"));
         }
         if self.cfg.latency_histogram {
             // Entry first: an entry without a raise is ignored.
-            for (prog, tp) in [
-                (&skel.progs.bq_softirq_entry, "softirq_entry"),
-                (&skel.progs.bq_softirq_raise, "softirq_raise"),
-            ] {
-                _links.push(
-                    prog.attach()
-                        .with_context(|| format!("attaching to tp_btf/{tp}"))?,
-                );
-            }
+            progs.push((&skel.progs.bq_softirq_entry, "softirq_entry"));
+            progs.push((&skel.progs.bq_softirq_raise, "softirq_raise"));
         }
+        let _links = progs
+            .into_iter()
+            .map(|(prog, tp)| {
+                prog.attach()
+                    .with_context(|| format!("attaching to tp_btf/{tp}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         if unwatched.is_empty() {
             ctx.attached();
         } else {
