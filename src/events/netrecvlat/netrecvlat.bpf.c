@@ -35,8 +35,9 @@ struct netrecv_event _event_type = {};
 #define MAX_SKIPPED 64
 
 struct clock_cache {
-	__u64 ns;       /* bpf_ktime_get_ns() at this CPU's last clock read; 0: jiffies not trusted */
-	__u64 jiffies;  /* jiffies then */
+	__u64 limit;    /* now is before this while jiffies read `jiffies`; 0: not trusted */
+	__u64 jiffies;  /* jiffies at this CPU's last clock read */
+	__u64 tick_ns;  /* one jiffy (the division done once per refresh, not per packet) */
 	__u64 skipped;  /* packets since that skipped the clock */
 };
 
@@ -81,9 +82,9 @@ static __always_inline __u8 skb_clock(const struct sk_buff *skb)
  * this CPU's last clock read; 0 if there is none to trust. */
 static __always_inline __u64 now_at_most(const struct clock_cache *c, __u64 jiffies)
 {
-	if (!CONFIG_HZ || !c->ns || jiffies < c->jiffies || c->skipped >= MAX_SKIPPED)
+	if (!c->limit || jiffies < c->jiffies || c->skipped >= MAX_SKIPPED)
 		return 0;
-	return c->ns + (jiffies - c->jiffies + 1) * (1000000000ULL / CONFIG_HZ) + BOUND_SLACK_NS;
+	return c->limit + (jiffies - c->jiffies) * c->tick_ns;
 }
 
 /* Nanoseconds since the skb's timestamp if they may reach `threshold`; 0 without a timestamp,
@@ -119,10 +120,11 @@ static __always_inline __u64 skb_latency(const struct sk_buff *skb, __u64 thresh
 		c->skipped = 0;
 		if (bound && now > bound) {
 			/* Jiffies lag the clock: trust them again once they move. */
-			c->ns = 0;
+			c->limit = 0;
 			c->jiffies = jiffies;
-		} else if (c->ns || jiffies != c->jiffies) {
-			c->ns = now;
+		} else if (c->limit || jiffies != c->jiffies) {
+			c->tick_ns = CONFIG_HZ ? 1000000000ULL / CONFIG_HZ : 0;
+			c->limit = c->tick_ns ? now + c->tick_ns + BOUND_SLACK_NS : 0;
 			c->jiffies = jiffies;
 		}
 	}
