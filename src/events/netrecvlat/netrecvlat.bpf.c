@@ -82,7 +82,7 @@ static __always_inline __u8 skb_clock(const struct sk_buff *skb)
  * this CPU's last clock read; 0 if there is none to trust. */
 static __always_inline __u64 now_at_most(const struct clock_cache *c, __u64 jiffies)
 {
-	if (!c->limit || jiffies < c->jiffies || c->skipped >= MAX_SKIPPED)
+	if (!c->limit || jiffies < c->jiffies)
 		return 0;
 	return c->limit + (jiffies - c->jiffies) * c->tick_ns;
 }
@@ -110,7 +110,8 @@ static __always_inline __u64 skb_latency(const struct sk_buff *skb, __u64 thresh
 	c = bpf_map_lookup_elem(&clock_cache, &zero);
 	if (c) {
 		bound = now_at_most(c, jiffies);
-		if (bound && bound + offset < ts + threshold) {
+		/* Past MAX_SKIPPED the clock is read anyway, and checked against the bound. */
+		if (bound && c->skipped < MAX_SKIPPED && bound + offset < ts + threshold) {
 			c->skipped++;
 			return 0;
 		}
