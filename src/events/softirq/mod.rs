@@ -56,14 +56,13 @@ use skel::SoftirqSkelBuilder;
 // Mirrors softirq.h: the event slots follow the latency histograms.
 const VEC_SLOTS: usize = latency::VECTORS;
 const EVENT_BASE: usize = latency::SLOTS as usize;
-// EVENT_BASE + 0: SLOT_LONG_RUNS, all runs seen (events_total counts those recorded, by type).
-const SLOT_SUPPRESSED: usize = EVENT_BASE + 1;
-const SLOT_RINGBUF_FULL: usize = EVENT_BASE + 2;
-const SLOT_TICK_GAPS: usize = EVENT_BASE + 3;
-const SLOT_TICK_GAPS_STOLEN: usize = EVENT_BASE + 4;
-const SLOT_PERCPU_MISMATCH: usize = EVENT_BASE + 5;
-const SLOT_DELAYED: usize = EVENT_BASE + 6;
-const COUNTER_SLOTS: u32 = latency::SLOTS + 6 + VEC_SLOTS as u32;
+const SLOT_SUPPRESSED: usize = EVENT_BASE;
+const SLOT_RINGBUF_FULL: usize = EVENT_BASE + 1;
+const SLOT_TICK_GAPS: usize = EVENT_BASE + 2;
+const SLOT_TICK_GAPS_STOLEN: usize = EVENT_BASE + 3;
+const SLOT_PERCPU_MISMATCH: usize = EVENT_BASE + 4;
+const SLOT_DELAYED: usize = EVENT_BASE + 5;
+const COUNTER_SLOTS: u32 = latency::SLOTS + 5 + VEC_SLOTS as u32;
 const TICK_GAP_VEC: u32 = 0xffff;
 /// The tick's hrtimer function: `tick_nohz_handler` since 6.9, `tick_sched_timer` before.
 const TICK_FUNCTIONS: [&str; 2] = ["tick_nohz_handler", "tick_sched_timer"];

@@ -121,14 +121,13 @@ int BPF_PROG(bq_softirq_entry, unsigned int vec)
 	return 0;
 }
 
-/* Counts, rate-limits and sends one record: a softirq run or a tick gap (TICK_GAP_VEC). */
-static __always_inline void report(void *ctx, __u32 vec, __u64 duration, __u64 stolen,
-				   __u32 count_slot)
+/* Rate-limits and sends one record: a softirq run or a tick gap (TICK_GAP_VEC). Long runs are
+ * counted by type in user space from the records; the rest land in the counters here. */
+static __always_inline void report(void *ctx, __u32 vec, __u64 duration, __u64 stolen)
 {
 	struct softirq_event *e;
 	__u64 pid_tgid;
 
-	counter_add(event_slot(count_slot), 1);
 	if (!rate_limit_pass(max_events_per_second)) {
 		counter_add(event_slot(SLOT_SUPPRESSED), 1);
 		return;
@@ -226,7 +225,7 @@ static __always_inline void watch_run(void *ctx, struct cpu_state *s, struct tic
 	if (s->run_reported || now - s->run_seen_ns < threshold_ns)
 		return;
 	s->run_reported = 1;
-	report(ctx, s->run_vec, now - s->run_seen_ns, 0, SLOT_LONG_RUNS);
+	report(ctx, s->run_vec, now - s->run_seen_ns, 0);
 }
 
 /* When the CPU last entered idle (refreshed after each interrupt taken in idle too). */
@@ -306,10 +305,12 @@ int BPF_PROG(bq_hrtimer_expire_exit, struct hrtimer *timer)
 	if (!gap)
 		return 0;
 	s->gap_ns = 0;
-	if (gap - (stolen < gap ? stolen : gap) >= tick_gap_threshold_ns)
-		report(ctx, TICK_GAP_VEC, gap, stolen, SLOT_TICK_GAPS);
-	else
+	if (gap - (stolen < gap ? stolen : gap) < tick_gap_threshold_ns) {
 		counter_add(event_slot(SLOT_TICK_GAPS_STOLEN), 1);
+		return 0;
+	}
+	counter_add(event_slot(SLOT_TICK_GAPS), 1);
+	report(ctx, TICK_GAP_VEC, gap, stolen);
 	return 0;
 }
 

@@ -8,15 +8,14 @@
 /* Softirq vectors tracked (a power of two; the kernel has 10). */
 #define VEC_SLOTS 16
 /* Counter slots after the latency histograms. */
-#define SLOT_LONG_RUNS 0        /* softirq runs seen past the threshold */
-#define SLOT_SUPPRESSED 1
-#define SLOT_RINGBUF_FULL 2
-#define SLOT_TICK_GAPS 3
-#define SLOT_TICK_GAPS_STOLEN 4 /* late ticks explained by steal time */
-#define SLOT_PERCPU_MISMATCH 5  /* ticks where the per-CPU offsets from BTF read nonsense */
+#define SLOT_SUPPRESSED 0
+#define SLOT_RINGBUF_FULL 1
+#define SLOT_TICK_GAPS 2
+#define SLOT_TICK_GAPS_STOLEN 3 /* late ticks explained by steal time */
+#define SLOT_PERCPU_MISMATCH 4  /* ticks where the per-CPU offsets from BTF read nonsense */
 /* [SLOT_DELAYED, SLOT_DELAYED + VEC_SLOTS): ticks at which a vector had waited, raised and not
  * run, since the previous tick. */
-#define SLOT_DELAYED 6
+#define SLOT_DELAYED 5
 #define EVENT_SLOTS (SLOT_DELAYED + VEC_SLOTS)
 
 /* `vec` of a tick-gap record, and of a long run whose vector the counts do not tell. */
