@@ -2,8 +2,7 @@
 //! the command that starts the agent under test.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -32,26 +31,12 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+#[path = "../../tests/common/http_client.rs"]
+mod http_client;
+
 /// One HTTP/1.0 request; (status, body), status 0 when the agent is not reachable.
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let _ = s.write_all(req.as_bytes());
-    let mut r = String::new();
-    let _ = s.read_to_string(&mut r);
-    let (head, body) = r.split_once("\r\n\r\n").unwrap_or((&r, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
+    http_client::request(addr, method, path, headers, "")
 }
 
 /// `bianque run` listening on `addr` with its store in `data_dir`, an optional config file,

@@ -1,8 +1,6 @@
 //! osmem-server (PyPI): a real OpenSearch-API server in one binary, for the shipper tests.
 //! `make test-deps` installs it into `.test-deps/osmem` (or set `OSMEM_BIN`).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -113,28 +111,8 @@ impl Drop for Osmem {
     }
 }
 
-/// Minimal HTTP/1.0 request with a JSON body: (status, body).
+/// An HTTP/1.0 request with a JSON body: (status, body).
 pub fn request(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return (0, String::new());
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut resp = String::new();
-    if s.read_to_string(&mut resp).is_err() {
-        return (0, String::new());
-    }
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
+    let json = [("Content-Type", "application/json")];
+    super::http_client::request(addr, method, path, &json, body)
 }
