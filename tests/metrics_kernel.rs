@@ -431,6 +431,130 @@ fn free_huge_blocks() -> u64 {
     n
 }
 
+/// A counter of /proc/vmstat.
+fn vmstat(key: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/vmstat").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/vmstat"))
+}
+
+/// `key` of /proc/meminfo, bytes.
+fn meminfo_bytes(key: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/meminfo"))
+        * 1024
+}
+
+const PAGE: usize = 4096;
+/// Pages in a 2 MiB (order-9) block.
+const BLOCK_PAGES: u64 = 512;
+
+/// Free memory cut into pieces no huge page fits in, whatever state the machine is in: a
+/// mapping of `bytes` in 4 KiB pages of which one page per physical 2 MiB block stays allocated
+/// (the physical frames are read from /proc/self/pagemap) and the rest is freed again. The
+/// memory is free but fragmented: an order-9 allocation can only be served from it once
+/// compaction has moved the kept (movable, anonymous) pages. Unmapped on drop.
+struct FragmentedMemory {
+    ptr: *mut libc::c_void,
+    len: usize,
+    blocks: usize,
+}
+
+impl FragmentedMemory {
+    fn new(bytes: u64) -> FragmentedMemory {
+        use std::io::{Read, Seek, SeekFrom};
+        let len = (bytes as usize / PAGE) * PAGE;
+        // SAFETY: a fresh private anonymous mapping; the pointer is checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED, "mmap of {len} bytes");
+        let mut frag = FragmentedMemory {
+            ptr,
+            len,
+            blocks: 0,
+        };
+        // 4 KiB pages (no transparent huge pages), all allocated now.
+        // SAFETY: ptr/len is the mapping made above.
+        unsafe {
+            assert_eq!(libc::madvise(ptr, len, libc::MADV_NOHUGEPAGE), 0);
+            assert_eq!(
+                libc::madvise(ptr, len, libc::MADV_POPULATE_WRITE),
+                0,
+                "populating {len} bytes: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let pages = len / PAGE;
+        let mut pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+        pagemap
+            .seek(SeekFrom::Start((ptr as u64 / PAGE as u64) * 8))
+            .unwrap();
+        let mut seen = std::collections::HashSet::new();
+        let mut buf = vec![0u8; 8 * 65536];
+        let mut free_from: Option<usize> = None;
+        let mut page = 0;
+        while page < pages {
+            let n = (pages - page).min(65536);
+            pagemap.read_exact(&mut buf[..n * 8]).unwrap();
+            for i in 0..n {
+                let entry = u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap());
+                let pfn = entry & ((1 << 55) - 1);
+                assert!(
+                    entry >> 63 == 1 && pfn != 0,
+                    "pagemap shows no frame (not root?)"
+                );
+                let keep = seen.insert(pfn / BLOCK_PAGES);
+                match (keep, free_from) {
+                    (true, Some(from)) => {
+                        frag.free_pages(from, page + i);
+                        free_from = None;
+                    }
+                    (false, None) => free_from = Some(page + i),
+                    _ => {}
+                }
+            }
+            page += n;
+        }
+        if let Some(from) = free_from {
+            frag.free_pages(from, pages);
+        }
+        frag.blocks = seen.len();
+        frag
+    }
+
+    /// Gives pages `from..to` of the mapping back to the kernel.
+    fn free_pages(&self, from: usize, to: usize) {
+        // SAFETY: the range lies inside the mapping; nothing reads those pages.
+        let rc = unsafe {
+            libc::madvise(
+                self.ptr.cast::<u8>().add(from * PAGE).cast(),
+                (to - from) * PAGE,
+                libc::MADV_DONTNEED,
+            )
+        };
+        assert_eq!(rc, 0, "madvise DONTNEED");
+    }
+}
+
+impl Drop for FragmentedMemory {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len is exactly the mapping made in new().
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
 #[test]
 fn direct_compaction_and_reclaim_stall_on_huge_page_allocation() {
     let agent = start_agent();
@@ -439,9 +563,24 @@ fn direct_compaction_and_reclaim_stall_on_huge_page_allocation() {
     let m = agent.metrics();
     assert!(m.contains(&format!("# TYPE {compact} histogram")), "{m}");
     let (c0, d0) = (count(&m, compact, ""), count(&m, direct, ""));
-    // Ask for more huge pages than there are free order-9 blocks: the writer's allocations
-    // then run direct compaction (and reclaim) in its own context: real allocation stalls.
-    // Transient: the pages are given back right after (also on failure).
+    // No background compaction while the test sets up what only direct compaction can solve.
+    let proactive = "/proc/sys/vm/compaction_proactiveness";
+    let proactive_orig = std::fs::read_to_string(proactive).unwrap();
+    let _proactive = Cleanup(format!("echo {} > {proactive}", proactive_orig.trim()));
+    sh(&format!("echo 0 > {proactive}"));
+    // Free memory fragmented: all the free memory already in pieces smaller than a huge page
+    // (the allocator hands those out first) and 1 GiB more, taken from whole blocks (a fresh
+    // machine has nearly all its memory in order-10 blocks). Then more huge pages are asked for
+    // than there are free order-9 blocks: the last ones can only come from direct compaction in
+    // the writer's own context, a real allocation stall. Freed huge pages may wait on per-CPU
+    // lists that /proc/buddyinfo does not show, so the request grows until /proc/vmstat counts
+    // a direct compaction. Transient: the pages and the mapping are given back right after
+    // (also on failure).
+    let spare = 512 << 20;
+    let in_pieces = meminfo_bytes("MemFree").saturating_sub(free_huge_blocks() * (2 << 20));
+    let frag = FragmentedMemory::new(
+        (in_pieces + (1 << 30)).min(meminfo_bytes("MemFree").saturating_sub(spare)),
+    );
     let path = "/proc/sys/vm/nr_hugepages";
     let orig: u64 = std::fs::read_to_string(path)
         .unwrap()
@@ -449,10 +588,27 @@ fn direct_compaction_and_reclaim_stall_on_huge_page_allocation() {
         .parse()
         .unwrap();
     let _restore = Cleanup(format!("echo {orig} > {path}"));
-    let want = orig + free_huge_blocks() + 128;
-    sh(&format!("echo {want} > {path}"));
-    let got = std::fs::read_to_string(path).unwrap();
+    let stalls = || vmstat("compact_stall");
+    let (stalls0, unfragmented) = (stalls(), free_huge_blocks());
+    let mut want = orig + unfragmented;
+    let mut got = String::new();
+    for _ in 0..8 {
+        want += 128;
+        sh(&format!("echo {want} > {path}"));
+        got = std::fs::read_to_string(path).unwrap();
+        if stalls() > stalls0 {
+            break;
+        }
+    }
     sh(&format!("echo {orig} > {path}"));
+    let blocks = frag.blocks;
+    drop(frag);
+    assert!(
+        stalls() > stalls0,
+        "no direct compaction in /proc/vmstat after asking for {want} huge pages \
+         ({unfragmented} free blocks, {blocks} fragmented), got {}: the test did not provoke it",
+        got.trim()
+    );
     let mut m = String::new();
     let ok = wait_until(Duration::from_secs(5), || {
         m = agent.metrics();
@@ -461,11 +617,16 @@ fn direct_compaction_and_reclaim_stall_on_huge_page_allocation() {
     let (c1, d1) = (count(&m, compact, ""), count(&m, direct, ""));
     assert!(
         ok,
-        "direct compaction runs {c0} → {c1} (direct reclaim {d0} → {d1}) after asking for {want} huge pages, got {}",
+        "direct compaction runs {c0} → {c1} (direct reclaim {d0} → {d1}) after asking for {want} huge pages \
+         ({unfragmented} free blocks, {blocks} fragmented), got {}",
         got.trim()
     );
     assert!(metric_value(&m, &format!("{compact}_sum")).unwrap_or(0.0) > 0.0);
-    eprintln!("compaction stalls {c0} → {c1}, direct reclaim stalls {d0} → {d1}");
+    eprintln!(
+        "{blocks} blocks fragmented, {unfragmented} left whole; asked for {want} huge pages, got {}; \
+         compaction stalls {c0} → {c1}, direct reclaim stalls {d0} → {d1}",
+        got.trim()
+    );
 }
 
 #[test]
