@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bianque::config::ElasticsearchConfig;
+use bianque::record::{now_ns, ContainerFields, Record, TracerType};
+use bianque::store::shipper::ElasticsearchConfig;
 use bianque::store::shipper::{index_template, Shipper};
-use bianque::store::{now_ns, ContainerFields, Record, Retention, Store, TracerType};
+use bianque::store::{Retention, Store};
 
 mod common;
 

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bianque::agent::{self, AgentError, RunOptions};
-use bianque::config::{ConfigError, DEFAULT_DATA_DIR};
+use bianque::config::ConfigError;
 use bianque::host::HostRoot;
+use bianque::store::DEFAULT_DATA_DIR;
 use bianque::store::{self, Query, Store};
 use bianque::tracer::{self, check};
 use clap::{Args, Parser, Subcommand};
@@ -186,11 +187,11 @@ fn events(a: EventsArgs) -> Result<(), AgentError> {
     if let Some(EventsAction::Show(s)) = a.action {
         return show_event(s);
     }
-    let now = store::now_ns();
+    let now = bianque::record::now_ns();
     let time = |key: &str, v: &Option<String>| -> Result<Option<i64>, AgentError> {
         v.as_deref()
             .map(|s| {
-                store::parse_time_arg(s, now)
+                bianque::record::parse_time_arg(s, now)
                     .map_err(|e| ConfigError(format!("--{key}: {e}")).into())
             })
             .transpose()
@@ -502,7 +503,7 @@ fn tracers(a: TracersArgs) -> Result<(), AgentError> {
         None => {
             eprintln!("no agent answers at {addr}; showing what would run here");
             let host = HostRoot::new(a.host_root.clone().unwrap_or_else(|| PathBuf::from("/")));
-            let entries = tracer::runner::build_tracers(&cfg, &[], &host)?;
+            let entries = tracer::runner::build_tracers(cfg.tracer_sections(), &[], &host)?;
             entries
                 .iter()
                 .map(|e| {
@@ -554,7 +555,7 @@ fn check_cmd(a: CheckArgs) -> Result<(), AgentError> {
     };
     let cfg = agent::load_config(&opts)?;
     let host = HostRoot::new(a.host_root.clone().unwrap_or_else(|| PathBuf::from("/")));
-    let entries = tracer::runner::build_tracers(&cfg, &[], &host)?;
+    let entries = tracer::runner::build_tracers(cfg.tracer_sections(), &[], &host)?;
     let rows: Vec<(&str, &str, Result<(), String>, bool)> = entries
         .iter()
         .map(|e| {

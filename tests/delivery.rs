@@ -266,7 +266,7 @@ fn a_permanent_item_error_is_counted_and_reported_and_the_rest_lands() {
         == 200));
     // Records written into the agent's store through the library, as a tracer would: the
     // template types `*_bytes` as long, so "lots" cannot be indexed.
-    let now = bianque::store::now_ns();
+    let now = bianque::record::now_ns();
     let mut ids = Vec::new();
     let bad_id;
     {
@@ -284,9 +284,9 @@ fn a_permanent_item_error_is_counted_and_reported_and_the_rest_lands() {
             } else {
                 json!(100 + i)
             };
-            let r = bianque::store::Record::new(
+            let r = bianque::record::Record::new(
                 "conflict_test",
-                bianque::store::TracerType::Event,
+                bianque::record::TracerType::Event,
                 now + i,
                 "h",
                 "r",

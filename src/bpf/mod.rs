@@ -140,7 +140,7 @@ pub fn boottime_to_wall_offset_ns() -> i64 {
     // SAFETY: ts is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     let boot = ts.tv_sec * 1_000_000_000 + ts.tv_nsec;
-    crate::store::now_ns() - boot
+    crate::record::now_ns() - boot
 }
 
 /// Points a program's `container_filter` map at the agent's shared one and sets its mode

@@ -23,7 +23,7 @@ pub use cgroup_path::{is_container_id, CgroupMatch, Runtime};
 
 use crate::config::{check_range, ConfigResult};
 use crate::host::HostRoot;
-use crate::store::ContainerFields;
+use crate::record::ContainerFields;
 
 /// An unknown cgroup id triggers a resync (it is usually a container that just started), but
 /// each id at most once a second, and resyncs at most every 200 ms: a stream of events from
@@ -287,13 +287,13 @@ pub struct ContainerRegistry {
 type MetaMap = Arc<HashMap<String, metadata::Meta>>;
 
 /// Saves a record (the store, in the agent).
-pub type RecordSink = Arc<dyn Fn(crate::store::Record) + Send + Sync>;
+pub type RecordSink = Arc<dyn Fn(crate::record::Record) + Send + Sync>;
 
 enum LateMsg {
     /// Ask the metadata sources again (an event named a cgroup the registry did not know).
     Refresh,
     /// A record whose container is known by id only.
-    Record(Box<crate::store::Record>, RecordSink, Instant),
+    Record(Box<crate::record::Record>, RecordSink, Instant),
 }
 
 impl ContainerRegistry {
@@ -530,7 +530,7 @@ impl ContainerRegistry {
         let unknown = found.keys().any(|id| !meta.contains_key(id));
         // Containers sharing the host's network namespace must not claim its packets.
         let host_netns = netns_inum(&self.host, 1);
-        let now_text = crate::store::format_time_ns(crate::store::now_ns());
+        let now_text = crate::record::format_time_ns(crate::record::now_ns());
 
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         let mut containers: HashMap<String, Arc<Container>> = HashMap::with_capacity(found.len());
@@ -775,9 +775,9 @@ impl ContainerRegistry {
     /// the id already waited in vain.
     pub fn save_when_named(
         &self,
-        record: crate::store::Record,
+        record: crate::record::Record,
         save: impl FnOnce() -> RecordSink,
-    ) -> Option<crate::store::Record> {
+    ) -> Option<crate::record::Record> {
         let Some(c) = record.container.as_ref() else {
             return Some(record);
         };
@@ -831,7 +831,7 @@ impl ContainerRegistry {
     /// the others.
     fn resolve_late(
         &self,
-        pending: &mut Vec<(Box<crate::store::Record>, RecordSink, Instant)>,
+        pending: &mut Vec<(Box<crate::record::Record>, RecordSink, Instant)>,
         last: bool,
     ) {
         if pending.is_empty() {
@@ -1125,11 +1125,11 @@ mod tests {
         })
     }
 
-    fn unnamed_record(id: &str) -> crate::store::Record {
-        crate::store::Record::new(
+    fn unnamed_record(id: &str) -> crate::record::Record {
+        crate::record::Record::new(
             "test",
-            crate::store::TracerType::Event,
-            crate::store::now_ns(),
+            crate::record::TracerType::Event,
+            crate::record::now_ns(),
             "h",
             "r",
             Some(ContainerFields {

@@ -12,7 +12,7 @@ pub mod softirq;
 pub mod softlockup;
 pub mod tcp_retransmit;
 
-use crate::store::ContainerFields;
+use crate::record::ContainerFields;
 use crate::tracer::RunContext;
 
 /// The container fields of a record from a memory cgroup: the container registry first (full

@@ -4,10 +4,10 @@
 use anyhow::{bail, Result};
 
 use crate::config::ConfigResult;
+use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
 use crate::metrics::cgroup;
 use crate::metrics::procfile::{read_optional, ProcFile};
-use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

@@ -8,7 +8,7 @@ use anyhow::Result;
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::bpf::PerCpuCounters;
-use crate::metrics::MetricSink;
+use crate::exposition::MetricSink;
 
 /// Mirrors `HIST_MAX_BUCKETS` in bpf/histogram.bpf.h.
 pub const MAX_BUCKETS: usize = 24;
@@ -191,7 +191,7 @@ mod tests {
         };
         let bounds = [0.001, 0.01, 0.1];
         let mut s = MetricSink::new("bianque", "x");
-        s.family("lat_seconds", "h", crate::metrics::Kind::Histogram);
+        s.family("lat_seconds", "h", crate::exposition::Kind::Histogram);
         h.write(&mut s, &[], &[], &bounds, Some(&[0.01]));
         assert_eq!(
             s.as_str().lines().skip(2).collect::<Vec<_>>(),

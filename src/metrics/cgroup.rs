@@ -139,7 +139,7 @@ impl ContainerCgroup {
         }
     }
 
-    /// The container labels, ready for [`crate::metrics::MetricSink::sample2`].
+    /// The container labels, ready for [`crate::exposition::MetricSink::sample2`].
     pub fn labels(&self) -> [(&str, &str); 5] {
         [
             (CONTAINER_LABELS[0], self.values[0].as_str()),

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
+use crate::config::filter::Filter;
 use crate::config::ConfigResult;
-use crate::metrics::filter::Filter;
+use crate::exposition::{Kind, MetricSink};
 use crate::metrics::procfile::{parse_u64, ProcFile};
-use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

@@ -4,12 +4,12 @@
 
 use anyhow::Result;
 
+use crate::config::filter::Filter;
 use crate::config::ConfigResult;
+use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
 use crate::metrics::cgroup;
-use crate::metrics::filter::Filter;
 use crate::metrics::procfile::{for_each_kv, parse_u64, read_optional};
-use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{BuildContext, Collector, Mode, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

@@ -4,10 +4,10 @@
 
 use anyhow::{bail, Result};
 
+use crate::config::filter::Filter;
 use crate::config::ConfigResult;
-use crate::metrics::filter::Filter;
+use crate::exposition::{Kind, MetricSink};
 use crate::metrics::procfile::{parse_u64, ProcFile};
-use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]
@@ -88,7 +88,7 @@ fn lint_clean(name: &mut String) {
             name.push_str(to);
         }
     }
-    crate::metrics::expand_unit_tokens(name);
+    crate::exposition::expand_unit_tokens(name);
 }
 
 /// `MemTotal` → `mem_total`, `Active(anon)` → `active_anon`, `HugePages_Total` →

@@ -7,12 +7,12 @@
 
 use anyhow::Result;
 
+use crate::config::filter::Filter;
 use crate::config::ConfigResult;
+use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
 use crate::metrics::cgroup;
-use crate::metrics::filter::Filter;
 use crate::metrics::procfile::{parse_u64, read_optional, ProcFile};
-use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]
@@ -145,7 +145,7 @@ fn emit_key(
     let kind = if out.huatuo_names() {
         Kind::Gauge
     } else {
-        crate::metrics::expand_unit_tokens(name_buf);
+        crate::exposition::expand_unit_tokens(name_buf);
         if is_event_count(key) {
             name_buf.push_str("_total");
             Kind::Counter
@@ -254,7 +254,7 @@ impl Collector for Vmstat {
             let kind = if out.huatuo_names() {
                 Kind::Gauge
             } else {
-                crate::metrics::expand_unit_tokens(&mut name);
+                crate::exposition::expand_unit_tokens(&mut name);
                 if is_event_count(k) {
                     name.push_str("_total");
                     Kind::Counter

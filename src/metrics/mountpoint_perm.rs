@@ -4,10 +4,10 @@
 
 use anyhow::{bail, Result};
 
+use crate::config::filter::Filter;
 use crate::config::ConfigResult;
-use crate::metrics::filter::Filter;
+use crate::exposition::{Kind, MetricSink};
 use crate::metrics::procfile::ProcFile;
-use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

@@ -18,10 +18,10 @@ use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcStats2};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
+use crate::config::filter::Filter;
 use crate::config::ConfigResult;
+use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
-use crate::metrics::filter::Filter;
-use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{BuildContext, Collector, Mode, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

@@ -5,10 +5,10 @@
 use anyhow::{bail, Result};
 
 use crate::config::ConfigResult;
+use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
 use crate::metrics::cgroup;
 use crate::metrics::procfile::{parse_f64, parse_u64, read_optional, ProcFile};
-use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::config::{parse_section, ConfigResult};
-use crate::metrics::{Kind, MetricSink};
+use crate::exposition::{Kind, MetricSink};
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

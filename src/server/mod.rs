@@ -1,6 +1,7 @@
 //! HTTP API (axum): `/metrics`, health, the tracer table and control, and stored events.
 //! Errors are JSON `{"error":{"code","message"}}` with a matching status code.
 
+pub mod config;
 pub mod scrape;
 pub mod watch;
 
@@ -16,6 +17,8 @@ use axum::Router;
 use serde::Serialize;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+
+pub use config::ServerConfig;
 
 use crate::store::shipper::ShipperStats;
 use crate::store::{self, Store};
@@ -243,9 +246,9 @@ pub const EVENTS_MAX_LIMIT: usize = 10_000;
 /// `/events` query: `tracer`, `since`, `until`, `container`, `limit`, `cursor`, and any number
 /// of `data.<field>=<value>` matches inside `tracer_data`.
 fn events_query(pairs: Vec<(String, String)>) -> Result<store::Query, ApiError> {
-    let now = store::now_ns();
+    let now = crate::record::now_ns();
     let time = |key: &str, v: &str| -> Result<Option<i64>, ApiError> {
-        store::parse_time_arg(v, now)
+        crate::record::parse_time_arg(v, now)
             .map(Some)
             .map_err(|e| ApiError::bad_request(format!("{key}: {e}")))
     };

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::metrics::{Kind, MetricSink};
+use crate::exposition::{Kind, MetricSink};
 use crate::server::watch::StreamStats;
 use crate::store::shipper::ShipperStats;
 use crate::store::Store;

@@ -21,7 +21,8 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{ApiError, AppState};
-use crate::store::{Published, Record, TracerType};
+use crate::record::{Record, TracerType};
+use crate::store::Published;
 
 /// Limits of the live stream (`[server]` `stream_*` keys).
 #[derive(Debug, Clone, Copy)]
@@ -235,7 +236,7 @@ fn drop_client(tx: &mpsc::Sender<Item>, stats: &StreamStats, why: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ContainerFields;
+    use crate::record::ContainerFields;
 
     fn published(container: Option<ContainerFields>) -> Published {
         let record = Record::new(

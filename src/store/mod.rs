@@ -5,7 +5,6 @@
 //! burst never blocks a ring-buffer reader. Readers (HTTP, CLI) use their own connection; WAL
 //! mode lets them read while the writer writes.
 
-pub mod record;
 pub mod shipper;
 
 use std::path::{Path, PathBuf};
@@ -17,8 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::Deserialize;
 
-pub use record::{format_time_ns, now_ns, parse_time_arg, ContainerFields, Record, TracerType};
+use crate::config::{check_range, ConfigResult};
+
+use crate::record::{format_time_ns, now_ns, Record};
 
 pub const DB_FILE: &str = "bianque.db";
 const BATCH_MAX: usize = 4096;
@@ -57,6 +59,46 @@ CREATE TABLE IF NOT EXISTS shipper_failures (
 /// Records on the live stream are kept in a ring of this many; a subscriber further behind is
 /// told it lagged.
 pub const FANOUT_CAPACITY: usize = 1024;
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/bianque";
+
+/// `[store]`: where the local store lives and how long it keeps records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    /// Records older than this are deleted.
+    pub retention_max_age_hours: u64,
+    /// The store is trimmed, oldest first, to stay under this size.
+    pub retention_max_size_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            retention_max_age_hours: 7 * 24,
+            retention_max_size_bytes: 1 << 30,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn validate(&self) -> ConfigResult<()> {
+        check_range(
+            "store.retention_max_age_hours",
+            self.retention_max_age_hours,
+            1,
+            24 * 3650,
+        )?;
+        check_range(
+            "store.retention_max_size_bytes",
+            self.retention_max_size_bytes,
+            1 << 20,
+            1 << 44,
+        )
+    }
+}
 
 /// A record as written, handed to live-stream subscribers after its transaction committed.
 #[derive(Debug)]
@@ -544,6 +586,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::{ContainerFields, TracerType};
     use serde_json::json;
 
     fn tmpdir(name: &str) -> PathBuf {

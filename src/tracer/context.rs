@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use crate::bpf::KernelSymbolizer;
 use crate::container::ContainerRegistry;
 use crate::host::HostRoot;
-use crate::store::{ContainerFields, Record, Store, TracerType};
+use crate::record::{ContainerFields, Record, TracerType};
+use crate::store::Store;
 use crate::tracer::runner::TracerState;
 use crate::tracer::{Mode, Status};
 
@@ -101,7 +102,7 @@ impl RunContext {
 
     /// Saves a record stamped now.
     pub fn save(&self, container: Option<ContainerFields>, data: serde_json::Value) {
-        self.save_at(crate::store::now_ns(), container, data)
+        self.save_at(crate::record::now_ns(), container, data)
     }
 
     /// Saves a tracer's own record struct as `tracer_data` (see [`RunContext::save_at`]); a

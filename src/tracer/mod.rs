@@ -10,11 +10,12 @@ pub mod check;
 pub mod context;
 pub mod runner;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::config::ConfigResult;
+use crate::exposition::MetricSink;
 use crate::host::HostRoot;
-use crate::metrics::MetricSink;
 
 pub use check::Requirement;
 pub use context::{RunContext, Services};
@@ -112,7 +113,7 @@ pub trait EventTracer: Send + Sync + 'static {
 pub struct Anomaly {
     /// `host` or a container id: the cooldown is kept per target.
     pub target: String,
-    pub container: Option<crate::store::ContainerFields>,
+    pub container: Option<crate::record::ContainerFields>,
     /// Detector values (thresholds, deltas); merged into the record's `tracer_data`.
     pub data: serde_json::Value,
 }
@@ -152,6 +153,26 @@ impl Tracer {
             Tracer::Metric(c) => c.collect(out),
             Tracer::Event(e) => e.collect(out),
             Tracer::Autotracing(a) => a.collect(out),
+        }
+    }
+}
+
+/// The tracers' own config sections by mode (`[metrics.<name>]`, `[events.<name>]`,
+/// `[autotracing.<name>]`), each a TOML table the tracer parses itself.
+#[derive(Debug, Clone, Copy)]
+pub struct TracerSections<'a> {
+    pub metrics: &'a BTreeMap<String, toml::Table>,
+    pub events: &'a BTreeMap<String, toml::Table>,
+    pub autotracing: &'a BTreeMap<String, toml::Table>,
+}
+
+impl TracerSections<'_> {
+    /// The sections of one mode.
+    pub fn of(&self, mode: Mode) -> &BTreeMap<String, toml::Table> {
+        match mode {
+            Mode::Metric => self.metrics,
+            Mode::Event => self.events,
+            Mode::Autotracing => self.autotracing,
         }
     }
 }

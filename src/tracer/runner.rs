@@ -8,11 +8,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::{check_range, Config, ConfigError, ConfigResult};
+use crate::config::{check_range, ConfigError, ConfigResult};
 use crate::host::HostRoot;
 use crate::tracer::{
     check, registry, AutoTracer, BuildContext, EventTracer, Mode, RunContext, Services, Status,
-    Tracer, TracerError, TracerSpec,
+    Tracer, TracerError, TracerSections, TracerSpec,
 };
 
 const DEFAULT_RESTART_INTERVAL: Duration = Duration::from_secs(10);
@@ -137,7 +137,7 @@ fn take_common_keys(section: &str, table: &mut toml::Table) -> ConfigResult<Comm
 /// Builds all registered tracers. Fails on any config error: unknown tracer sections, unknown
 /// names in `--disable`, or a tracer rejecting its section.
 pub fn build_tracers(
-    cfg: &Config,
+    sections: TracerSections<'_>,
     disabled: &[String],
     host: &HostRoot,
 ) -> ConfigResult<Vec<Arc<TracerEntry>>> {
@@ -152,12 +152,8 @@ pub fn build_tracers(
         }
     }
     // Every section must name a registered tracer of that section's mode.
-    for (mode, sections) in [
-        (Mode::Metric, &cfg.metrics.collectors),
-        (Mode::Event, &cfg.events),
-        (Mode::Autotracing, &cfg.autotracing),
-    ] {
-        for name in sections.keys() {
+    for mode in [Mode::Metric, Mode::Event, Mode::Autotracing] {
+        for name in sections.of(mode).keys() {
             match specs.iter().find(|s| s.name == name) {
                 None => {
                     return Err(ConfigError(format!(
@@ -181,13 +177,11 @@ pub fn build_tracers(
     let mut entries = Vec::with_capacity(specs.len());
     for spec in specs {
         let section_name = format!("{}.{}", spec.mode.section(), spec.name);
-        let mut table = match spec.mode {
-            Mode::Metric => cfg.metrics.collectors.get(spec.name),
-            Mode::Event => cfg.events.get(spec.name),
-            Mode::Autotracing => cfg.autotracing.get(spec.name),
-        }
-        .cloned()
-        .unwrap_or_default();
+        let mut table = sections
+            .of(spec.mode)
+            .get(spec.name)
+            .cloned()
+            .unwrap_or_default();
         let common = take_common_keys(&section_name, &mut table)?;
         let tracer = (spec.build)(
             &BuildContext {
@@ -510,37 +504,75 @@ fn merge(detector: serde_json::Value, captured: serde_json::Value) -> serde_json
 mod tests {
     use super::*;
 
+    /// Builds every tracer from a config file's tracer sections.
+    fn build_from(
+        text: &str,
+        disabled: &[String],
+        host: &HostRoot,
+    ) -> ConfigResult<Vec<Arc<TracerEntry>>> {
+        let mut file: toml::Table = toml::from_str(text).unwrap();
+        let mut section = |name: &str| -> std::collections::BTreeMap<String, toml::Table> {
+            match file.remove(name) {
+                Some(toml::Value::Table(t)) => t
+                    .into_iter()
+                    .map(|(k, v)| (k, v.as_table().cloned().unwrap_or_default()))
+                    .collect(),
+                _ => Default::default(),
+            }
+        };
+        let (metrics, events, autotracing) = (
+            section("metrics"),
+            section("events"),
+            section("autotracing"),
+        );
+        build_tracers(
+            TracerSections {
+                metrics: &metrics,
+                events: &events,
+                autotracing: &autotracing,
+            },
+            disabled,
+            host,
+        )
+    }
+
     #[test]
     fn unknown_section_and_disable_are_rejected() {
         let host = HostRoot::default();
-        let cfg = Config::parse("[events.nosuch]\nenabled = true\n").unwrap();
-        let err = build_tracers(&cfg, &[], &host).err().unwrap();
+        let err = build_from("[events.nosuch]\nenabled = true\n", &[], &host)
+            .err()
+            .unwrap();
         assert!(
             err.0.contains("events.nosuch") && err.0.contains("unknown tracer"),
             "{err}"
         );
-        let err = build_tracers(&Config::default(), &["bogus".into()], &host)
-            .err()
-            .unwrap();
+        let err = build_from("", &["bogus".into()], &host).err().unwrap();
         assert!(err.0.contains("--disable bogus"), "{err}");
     }
 
     #[test]
     fn section_in_the_wrong_mode_is_explained() {
         let host = HostRoot::default();
-        let cfg = Config::parse("[events.loadavg]\nenabled = true\n").unwrap();
-        let err = build_tracers(&cfg, &[], &host).err().unwrap();
+        let err = build_from("[events.loadavg]\nenabled = true\n", &[], &host)
+            .err()
+            .unwrap();
         assert!(err.0.contains("[metrics.loadavg]"), "{err}");
     }
 
     #[test]
     fn common_keys_are_validated() {
         let host = HostRoot::default();
-        let cfg = Config::parse("[metrics.loadavg]\nenabled = \"yes\"\n").unwrap();
-        let err = build_tracers(&cfg, &[], &host).err().unwrap();
+        let err = build_from("[metrics.loadavg]\nenabled = \"yes\"\n", &[], &host)
+            .err()
+            .unwrap();
         assert!(err.0.contains("metrics.loadavg.enabled"), "{err}");
-        let cfg = Config::parse("[events.dropwatch]\nrestart_interval_secs = 0\n").unwrap();
-        let err = build_tracers(&cfg, &[], &host).err().unwrap();
+        let err = build_from(
+            "[events.dropwatch]\nrestart_interval_secs = 0\n",
+            &[],
+            &host,
+        )
+        .err()
+        .unwrap();
         assert!(
             err.0.contains("events.dropwatch.restart_interval_secs"),
             "{err}"
@@ -550,8 +582,12 @@ mod tests {
     #[test]
     fn disabled_by_flag_and_config() {
         let host = HostRoot::default();
-        let cfg = Config::parse("[metrics.loadavg]\nenabled = false\n").unwrap();
-        let entries = build_tracers(&cfg, &["dropwatch".into()], &host).unwrap();
+        let entries = build_from(
+            "[metrics.loadavg]\nenabled = false\n",
+            &["dropwatch".into()],
+            &host,
+        )
+        .unwrap();
         let status = |n: &str| {
             entries
                 .iter()

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::bpf::{self as bq_bpf};
 use crate::config::{parse_section, ConfigResult};
 use crate::container::cgroup_path;
-use crate::metrics::{Kind, MetricSink};
+use crate::exposition::{Kind, MetricSink};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -173,7 +173,7 @@ impl Lifecycle {
         let fields =
             container
                 .map(|c| c.fields())
-                .unwrap_or_else(|| crate::store::ContainerFields {
+                .unwrap_or_else(|| crate::record::ContainerFields {
                     id: m.id.clone(),
                     ..Default::default()
                 });

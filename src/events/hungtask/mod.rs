@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::events::memcg_container;
+use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
-use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_section, ConfigError, ConfigResult};
-use crate::metrics::{Kind, MetricSink};
+use crate::exposition::{Kind, MetricSink};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, RunContext, Tracer, TracerError, TracerSpec, TRACERS,
 };
@@ -482,7 +482,7 @@ impl NetdevEvents {
             driver_version,
             firmware_version,
         };
-        ctx.save_data_at(crate::store::now_ns(), None, &data);
+        ctx.save_data_at(crate::record::now_ns(), None, &data);
     }
 }
 

@@ -14,7 +14,7 @@ use crate::bpf::btf::{self, EnumNames};
 use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigError, ConfigResult};
 use crate::events::memcg_container;
-use crate::metrics::{Kind, MetricSink};
+use crate::exposition::{Kind, MetricSink};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,

@@ -39,8 +39,8 @@ use crate::bpf::btf::{self, EnumNames};
 use crate::bpf::counters::PerCpuCounters;
 use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigResult};
+use crate::exposition::{Kind, MetricSink};
 use crate::metrics::bpfhist;
-use crate::metrics::{Kind, MetricSink};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,

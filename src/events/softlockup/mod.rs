@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{check_range, parse_section, ConfigError, ConfigResult};
 use crate::container::proc_cgroup_path;
-use crate::metrics::{Kind, MetricSink};
-use crate::store::ContainerFields;
+use crate::exposition::{Kind, MetricSink};
+use crate::record::ContainerFields;
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -147,7 +147,7 @@ fn mono_to_wall_offset_ns() -> i64 {
     };
     // SAFETY: ts is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    crate::store::now_ns() - (ts.tv_sec * 1_000_000_000 + ts.tv_nsec)
+    crate::record::now_ns() - (ts.tv_sec * 1_000_000_000 + ts.tv_nsec)
 }
 
 /// Reads kmsg records without blocking; `Ok(None)` when there is nothing more for now.

@@ -16,6 +16,8 @@
 //! It runs on its own thread with a single-threaded async runtime, so that shipping never
 //! competes with the HTTP server, and its SQLite reads and writes use their own connection.
 
+pub mod config;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,8 +29,8 @@ use chrono::format::{Item, StrftimeItems};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
-use crate::config::ElasticsearchConfig;
-use crate::store::now_ns;
+use crate::record::now_ns;
+pub use config::ElasticsearchConfig;
 
 /// The row name in `shipper_state`.
 const CURSOR_NAME: &str = "elasticsearch";

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+pub mod config;
+
 use crate::bpf::KernelSymbolizer;
-use crate::config::{Config, ConfigError};
+use crate::config::ConfigError;
 use crate::container::ContainerRegistry;
 use crate::host::{self, HostRoot};
 use crate::server::watch::{StreamLimits, StreamStats};
@@ -18,6 +20,8 @@ use crate::server::{self, scrape::Scraper, AppState};
 use crate::store::shipper::Shipper;
 use crate::store::{Retention, Store};
 use crate::tracer::{runner, Runner, Services};
+
+pub use config::Config;
 
 /// Options of `bianque run` that override the config file.
 #[derive(Debug, Clone, Default)]
@@ -95,7 +99,7 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     let cfg = load_config(&opts)?;
     init_logging(&cfg);
     let host_root = HostRoot::new(opts.host_root.clone().unwrap_or_else(|| PathBuf::from("/")));
-    let entries = runner::build_tracers(&cfg, &opts.disable, &host_root)?;
+    let entries = runner::build_tracers(cfg.tracer_sections(), &opts.disable, &host_root)?;
 
     let addr: SocketAddr = cfg.server.listen.parse().map_err(|_| {
         ConfigError(format!(

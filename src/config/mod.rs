@@ -1,0 +1,119 @@
+//! What every config section's parser shares: the error type (a message that names the key and
+//! what is allowed), range checks, and parsing a tracer's own section into its type.
+//!
+//! Each layer owns its sections (`[containers]` in `container`, `[store]` in `store`, a tracer's
+//! `[events.<name>]` in the tracer); `agent::config` puts the file together.
+
+pub mod filter;
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+
+/// A configuration problem: the message names the key and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub type ConfigResult<T> = Result<T, ConfigError>;
+
+/// `key` must lie in `min..=max`.
+pub fn check_range<T: PartialOrd + fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> ConfigResult<()> {
+    if value < min || value > max {
+        Err(ConfigError(format!(
+            "{key}: {value} is out of range, allowed {min}..={max}"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses a tracer's own section into its config type; errors are prefixed with the section
+/// name (`events.dropwatch: unknown field ...`).
+pub fn parse_section<T: DeserializeOwned + Default>(
+    section: &str,
+    table: &toml::Table,
+) -> ConfigResult<T> {
+    if table.is_empty() {
+        return Ok(T::default());
+    }
+    serde_path_to_error::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = one_line(&e.into_inner().to_string());
+        if path.is_empty() || path == "." {
+            ConfigError(format!("{section}: {msg}"))
+        } else {
+            ConfigError(format!("{section}.{path}: {msg}"))
+        }
+    })
+}
+
+/// toml's messages span several lines (source excerpt); keep the first meaningful line plus
+/// the line/column so the error fits on one line.
+pub fn one_line(msg: &str) -> String {
+    let lines: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        [] => msg.to_string(),
+        [only] => only.to_string(),
+        [first, rest @ ..] => {
+            // toml-rs: "TOML parse error at line 3, column 1" then the excerpt, then the message.
+            let message = rest.iter().rev().find(|l| {
+                !l.starts_with('|') && !l.chars().next().is_some_and(|c| c.is_ascii_digit())
+            });
+            match message {
+                Some(m) => format!(
+                    "{m} ({})",
+                    first
+                        .trim_start_matches("TOML parse error ")
+                        .trim_end_matches(':')
+                ),
+                None => first.to_string(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_errors_name_the_key_and_the_range() {
+        assert_eq!(check_range("a.b", 5, 1, 10), Ok(()));
+        let err = check_range("a.b", 0, 1, 10).unwrap_err();
+        assert_eq!(err.0, "a.b: 0 is out of range, allowed 1..=10");
+    }
+
+    #[test]
+    fn section_errors_name_the_section_and_key() {
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        struct S {
+            #[allow(dead_code)]
+            n: u32,
+        }
+        let t: toml::Table = toml::from_str("m = 1").unwrap();
+        let err = parse_section::<S>("events.x", &t).unwrap_err();
+        assert!(err.0.starts_with("events.x.m: unknown field `m`"), "{err}");
+        let t: toml::Table = toml::from_str("n = \"x\"").unwrap();
+        let err = parse_section::<S>("events.x", &t).unwrap_err();
+        assert!(err.0.starts_with("events.x.n: "), "{err}");
+        assert!(!err.0.contains('\n'), "{err}");
+    }
+}
