@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use bianque::autotracing::profiler::{profile, ProfileOptions};
 use bianque::bpf::KernelSymbolizer;
+use bianque::profiler::{profile, ProfileOptions};
 use common::median;
 
 /// Run time (ns) of one thread of this process from its schedstat (first field).

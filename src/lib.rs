@@ -8,12 +8,15 @@
 pub mod agent;
 pub mod autotracing;
 pub mod bpf;
+pub mod cgroupfs;
 pub mod config;
 pub mod container;
 pub mod events;
 pub mod exposition;
 pub mod host;
 pub mod metrics;
+pub mod procfs;
+pub mod profiler;
 pub mod record;
 pub mod server;
 pub mod store;

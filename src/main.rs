@@ -417,9 +417,9 @@ fn show_event(a: ShowArgs) -> Result<(), AgentError> {
     let v: serde_json::Value =
         serde_json::from_str(&row).map_err(|e| anyhow::anyhow!("stored record: {e}"))?;
     if let Some(path) = &a.flamegraph {
-        let folded = bianque::autotracing::profiler::folded_of_record(&v)
+        let folded = bianque::profiler::folded_of_record(&v)
             .ok_or_else(|| anyhow::anyhow!("event {} holds no profile", a.id))?;
-        let svg = bianque::autotracing::profiler::flamegraph_svg(&flamegraph_title(&v), &folded)?;
+        let svg = bianque::profiler::flamegraph_svg(&flamegraph_title(&v), &folded)?;
         std::fs::write(path, svg)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
         eprintln!("flame graph written to {}", path.display());
@@ -431,7 +431,7 @@ fn show_event(a: ShowArgs) -> Result<(), AgentError> {
 }
 
 fn flamegraph_title(v: &serde_json::Value) -> String {
-    bianque::autotracing::profiler::flamegraph_title(v)
+    bianque::profiler::flamegraph_title(v)
 }
 
 fn summarize(data: &serde_json::Value, width: usize) -> String {

@@ -3,9 +3,7 @@
 pub mod cpu_pressure;
 pub mod cpuidle;
 pub mod cpusys;
-pub mod detect;
 pub mod dload;
 pub mod iotracer;
 pub mod memburst;
-pub mod profiler;
 pub mod waitrate;

@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod counters;
+pub mod hist;
 pub mod symbolizer;
 
 use std::path::{Path, PathBuf};
@@ -10,8 +11,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, PrintLevel, RingBufferBuilder};
-
-use crate::tracer::RunContext;
 
 pub use counters::PerCpuCounters;
 pub use symbolizer::{kallsyms_address, KernelSymbolizer};
@@ -88,19 +87,20 @@ pub fn tracefs_dir() -> Result<PathBuf, String> {
     }
 }
 
-/// Polls the ring buffer in `map` and hands each record to `handle` until the tracer is told to
-/// stop. Records are also drained on a timer, since producers submit without wakeups.
-pub fn poll_ring_buffer<F>(ctx: &RunContext, map: &dyn MapCore, handle: F) -> Result<()>
+/// Polls the ring buffer in `map` and hands each record to `handle` until `stopping` turns
+/// true (checked at least every [`RING_POLL_INTERVAL`]). Records are also drained on a timer,
+/// since producers submit without wakeups.
+pub fn poll_ring_buffer<F>(stopping: &dyn Fn() -> bool, map: &dyn MapCore, handle: F) -> Result<()>
 where
     F: FnMut(&[u8]) -> i32,
 {
-    poll_ring_buffer_with_tick(ctx, map, handle, || {})
+    poll_ring_buffer_with_tick(stopping, map, handle, || {})
 }
 
 /// [`poll_ring_buffer`], calling `tick` once per poll round (at least every
 /// [`RING_POLL_INTERVAL`]): for tracers that refresh something the BPF side reads.
 pub fn poll_ring_buffer_with_tick<F, T>(
-    ctx: &RunContext,
+    stopping: &dyn Fn() -> bool,
     map: &dyn MapCore,
     handle: F,
     mut tick: T,
@@ -116,7 +116,7 @@ where
     let ring = builder
         .build()
         .context("setting up the ring buffer reader")?;
-    while !ctx.stopping() {
+    while !stopping() {
         match ring.poll(RING_POLL_INTERVAL) {
             // A signal (a debugger attaching, SIGSTOP/SIGCONT) interrupts the wait; not a fault.
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
@@ -141,21 +141,6 @@ pub fn boottime_to_wall_offset_ns() -> i64 {
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     let boot = ts.tv_sec * 1_000_000_000 + ts.tv_nsec;
     crate::record::now_ns() - boot
-}
-
-/// Points a program's `container_filter` map at the agent's shared one and sets its mode
-/// (see bpf/bianque.bpf.h). Without a configured filter the program's own empty map stays.
-pub fn use_container_filter(
-    map: &mut libbpf_rs::OpenMapMut<'_>,
-    mode: &mut u8,
-    containers: &crate::container::ContainerRegistry,
-) -> Result<()> {
-    if let Some(fd) = containers.filter().map_fd() {
-        map.reuse_fd(fd)
-            .context("sharing the container filter map")?;
-        *mode = containers.filter().mode() as u8;
-    }
-    Ok(())
 }
 
 /// Reads a C struct out of a ring-buffer record (records are not aligned for `T`).

@@ -152,6 +152,21 @@ impl ContainerFilter {
         self.map.as_ref().map(|m| m.as_fd())
     }
 
+    /// Points a program's `container_filter` map at this shared one and sets the program's
+    /// `container_filter_mode` (see bpf/bianque.bpf.h). Without a configured filter the
+    /// program's own empty map stays and the mode stays 0 (off).
+    pub fn share_with(
+        &self,
+        map: &mut libbpf_rs::OpenMapMut<'_>,
+        mode: &mut u8,
+    ) -> anyhow::Result<()> {
+        if let Some(fd) = self.map_fd() {
+            anyhow::Context::context(map.reuse_fd(fd), "sharing the container filter map")?;
+            *mode = self.mode() as u8;
+        }
+        Ok(())
+    }
+
     /// Brings the map in line with the listed containers' cgroups (`(memcg id, container)` for
     /// every cgroup at or below a container).
     pub fn apply<'a>(&self, cgroups: impl Iterator<Item = (u64, &'a Container)>) {

@@ -5,9 +5,9 @@ use anyhow::{bail, Result};
 
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
+use crate::host::file::{read_optional, ProcFile};
 use crate::host::HostRoot;
 use crate::metrics::cgroup;
-use crate::metrics::procfile::{read_optional, ProcFile};
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

@@ -262,7 +262,7 @@ pub fn netns_pid(
         .iter()
         .filter_map(|ctrl| layout.dir(ctrl, &c.rel))
         .find(|d| d.path.join("cgroup.procs").exists())?;
-    if !crate::metrics::procfile::read_optional(&dir.path.join("cgroup.procs"), buf).ok()? {
+    if !crate::host::file::read_optional(&dir.path.join("cgroup.procs"), buf).ok()? {
         return None;
     }
     let pid: u32 = buf.lines().next()?.trim().parse().ok()?;

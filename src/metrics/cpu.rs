@@ -13,9 +13,10 @@ use anyhow::{bail, Result};
 
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
+use crate::host::file::{read_optional, ProcFile};
 use crate::host::HostRoot;
 use crate::metrics::cgroup::{self, cpuset_count, ContainerCgroup};
-use crate::metrics::procfile::{for_each_kv, parse_u64, read_optional, ProcFile};
+use crate::procfs::{for_each_kv, parse_u64};
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

@@ -15,12 +15,12 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 
+use crate::cgroupfs::taskstats::{CgroupStats, TaskStats};
 use crate::config::ConfigResult;
 use crate::events::hungtask::parse_stat_comm_state;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
 use crate::metrics::cgroup::{self, CgroupDir};
-use crate::metrics::taskstats::{CgroupStats, TaskStats};
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

@@ -7,9 +7,10 @@ use anyhow::Result;
 use crate::config::filter::Filter;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
+use crate::host::file::read_optional;
 use crate::host::HostRoot;
 use crate::metrics::cgroup;
-use crate::metrics::procfile::{for_each_kv, parse_u64, read_optional};
+use crate::procfs::{for_each_kv, parse_u64};
 use crate::tracer::{BuildContext, Collector, Mode, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

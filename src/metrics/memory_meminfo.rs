@@ -7,7 +7,8 @@ use anyhow::{bail, Result};
 use crate::config::filter::Filter;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
-use crate::metrics::procfile::{parse_u64, ProcFile};
+use crate::host::file::ProcFile;
+use crate::procfs::parse_u64;
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

@@ -1,7 +1,6 @@
 //! Metric collectors, one file (or folder, with its BPF program) each, computed at scrape time.
 
 pub mod arp;
-pub mod bpfhist;
 pub mod cgroup;
 pub mod cpu;
 pub mod diskio;
@@ -17,9 +16,7 @@ pub mod netdev;
 pub mod netdev_qdisc;
 pub mod netstat;
 pub mod pressure;
-pub mod procfile;
 pub mod runqlat;
 pub mod sockstat;
-pub mod taskstats;
 pub mod tcp_memory;
 pub mod uptime;

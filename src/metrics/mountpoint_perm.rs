@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use crate::config::filter::Filter;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
-use crate::metrics::procfile::ProcFile;
+use crate::host::file::ProcFile;
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

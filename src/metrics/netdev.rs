@@ -7,9 +7,10 @@ use anyhow::{bail, Result};
 use crate::config::filter::Filter;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
+use crate::host::file::{read_optional, ProcFile};
 use crate::host::HostRoot;
 use crate::metrics::cgroup;
-use crate::metrics::procfile::{parse_u64, read_optional, ProcFile};
+use crate::procfs::parse_u64;
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

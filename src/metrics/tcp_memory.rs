@@ -5,9 +5,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
+use crate::host::file::ProcFile;
 use crate::metrics::cgroup;
-use crate::metrics::procfile::{parse_u64, ProcFile};
 use crate::metrics::sockstat::{page_size, parse_sockstat};
+use crate::procfs::parse_u64;
 use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]

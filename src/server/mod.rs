@@ -390,7 +390,7 @@ async fn event_flamegraph(
         })?;
     let record: serde_json::Value =
         serde_json::from_str(&row).map_err(|e| ApiError::internal(e.into()))?;
-    let folded = crate::autotracing::profiler::folded_of_record(&record)
+    let folded = crate::profiler::folded_of_record(&record)
         .filter(|f| !f.is_empty())
         .ok_or_else(|| {
             ApiError::new(
@@ -399,13 +399,11 @@ async fn event_flamegraph(
                 format!("event {id} holds no CPU profile"),
             )
         })?;
-    let title = crate::autotracing::profiler::flamegraph_title(&record);
-    let svg = tokio::task::spawn_blocking(move || {
-        crate::autotracing::profiler::flamegraph_svg(&title, &folded)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.into()))?
-    .map_err(ApiError::internal)?;
+    let title = crate::profiler::flamegraph_title(&record);
+    let svg = tokio::task::spawn_blocking(move || crate::profiler::flamegraph_svg(&title, &folded))
+        .await
+        .map_err(|e| ApiError::internal(e.into()))?
+        .map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
 

@@ -96,6 +96,25 @@ impl RunContext {
         &self.services.containers
     }
 
+    /// The container fields of a record from a memory cgroup: the container registry first
+    /// (full metadata), else the container id in the cgroup path (a container the registry no
+    /// longer knows), else none (the host).
+    pub fn container_of_memcg(&self, memcg_id: u64, path: Option<&str>) -> Option<ContainerFields> {
+        if let Some(c) = self.containers().by_memcg(memcg_id) {
+            return Some(c.fields());
+        }
+        let (_, id) = crate::container::container_of_cgroup_path(path?)?;
+        Some(ContainerFields {
+            id,
+            ..Default::default()
+        })
+    }
+
+    /// The container fields of a record from a network namespace inode.
+    pub fn container_of_netns(&self, inum: u32) -> Option<ContainerFields> {
+        self.containers().by_netns(inum as u64).map(|c| c.fields())
+    }
+
     pub fn symbolizer(&self) -> &KernelSymbolizer {
         &self.services.symbolizer
     }

@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod context;
+pub mod detect;
 pub mod runner;
 
 use std::collections::BTreeMap;

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::autotracing::detect::{counter_deltas, round2, Jump, JumpState, ProfileConfig};
-use crate::autotracing::profiler::parse_cpu_list;
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::container::cgroup_mount;
 use crate::host::HostRoot;
+use crate::profiler::parse_cpu_list;
+use crate::tracer::detect::{counter_deltas, round2, Jump, JumpState, ProfileConfig};
 use crate::tracer::{
     Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
 };

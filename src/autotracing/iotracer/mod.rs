@@ -19,12 +19,12 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::autotracing::detect::{counter_deltas, round2};
 use crate::bpf as bq_bpf;
 use crate::config::filter::Filter;
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::host::HostRoot;
 use crate::metrics::diskio::parse_diskstats;
+use crate::tracer::detect::{counter_deltas, round2};
 use crate::tracer::{
     Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
 };

@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::autotracing::detect::{counter_deltas, round2, Jump, JumpState, ProfileConfig};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::container::Container;
 use crate::host::HostRoot;
 use crate::metrics::cgroup::Layout;
 use crate::metrics::cpu::{clk_tck, read_container, wait_sum_percent};
+use crate::tracer::detect::{counter_deltas, round2, Jump, JumpState, ProfileConfig};
 use crate::tracer::{
     Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
 };

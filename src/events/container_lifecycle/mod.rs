@@ -114,7 +114,7 @@ impl EventTracer for Lifecycle {
             .context("attaching to tp_btf/cgroup_rmdir")?;
         ctx.attached();
         let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
-        bq_bpf::poll_ring_buffer(ctx, &skel.maps.events, |data| {
+        bq_bpf::poll_ring_buffer(&|| ctx.stopping(), &skel.maps.events, |data| {
             if let Some(e) = bq_bpf::read_record::<cgroup_event>(data) {
                 self.handle(ctx, &e, clock_offset);
             }

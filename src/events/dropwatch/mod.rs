@@ -166,10 +166,9 @@ impl EventTracer for Dropwatch {
             *slot = *port;
         }
         rodata.counter_slots = COUNTER_SLOTS;
-        bq_bpf::use_container_filter(
+        ctx.containers().filter().share_with(
             &mut open.maps.container_filter,
             &mut rodata.container_filter_mode,
-            ctx.containers(),
         )?;
         bq_bpf::size_ring_buffer(
             &mut open.maps.events,
@@ -188,7 +187,7 @@ impl EventTracer for Dropwatch {
         ctx.attached();
 
         let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
-        bq_bpf::poll_ring_buffer(ctx, &skel.maps.events, |data| {
+        bq_bpf::poll_ring_buffer(&|| ctx.stopping(), &skel.maps.events, |data| {
             if let Some(e) = bq_bpf::read_record::<drop_event>(data) {
                 self.record(ctx, &e, clock_offset);
             }

@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigResult};
-use crate::events::memcg_container;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
 use crate::tracer::{
@@ -154,7 +153,7 @@ impl EventTracer for Hungtask {
             last_recorded: HashMap::new(),
             blocked_scan: None,
         };
-        bq_bpf::poll_ring_buffer(ctx, &skel.maps.events, |data| {
+        bq_bpf::poll_ring_buffer(&|| ctx.stopping(), &skel.maps.events, |data| {
             if let Some(e) = bq_bpf::read_record::<hung_event>(data) {
                 handler.handle(&e);
             }
@@ -329,7 +328,7 @@ impl Handler<'_> {
                 e.memcg_path.names.iter().map(|n| &n.s[..]),
             )
         });
-        let container = memcg_container(self.ctx, e.memcg_id, path.as_deref());
+        let container = self.ctx.container_of_memcg(e.memcg_id, path.as_deref());
         let blocked_ns = (e.hz > 0 && e.last_switch_time > 0).then(|| {
             e.jiffies_now.saturating_sub(e.last_switch_time) * (1_000_000_000 / e.hz as u64)
         });

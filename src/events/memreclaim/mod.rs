@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigResult};
-use crate::events::memcg_container;
 use crate::exposition::{Kind, MetricSink};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
@@ -127,7 +126,7 @@ impl EventTracer for Memreclaim {
 
         let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
         let threshold_ns = self.cfg.threshold_ms * 1_000_000;
-        bq_bpf::poll_ring_buffer(ctx, &skel.maps.events, |data| {
+        bq_bpf::poll_ring_buffer(&|| ctx.stopping(), &skel.maps.events, |data| {
             if let Some(e) = bq_bpf::read_record::<reclaim_event>(data) {
                 record(ctx, &e, clock_offset, threshold_ns);
             }
@@ -197,7 +196,7 @@ fn record(ctx: &RunContext, e: &reclaim_event, clock_offset: i64, threshold_ns: 
             e.memcg_path.names.iter().map(|n| &n.s[..]),
         )
     });
-    let container = memcg_container(ctx, e.memcg_id, path.as_deref());
+    let container = ctx.container_of_memcg(e.memcg_id, path.as_deref());
     let data = ReclaimData {
         pid: e.pid,
         tid: e.tid,

@@ -213,7 +213,7 @@ impl EventTracer for Netrecvlat {
         let thresholds = self.thresholds_ns();
         let mut data = skel.maps.bss_data.as_deref_mut();
         bq_bpf::poll_ring_buffer_with_tick(
-            ctx,
+            &|| ctx.stopping(),
             &skel.maps.events,
             |raw| {
                 if let Some(e) = bq_bpf::read_record::<netrecv_event>(raw) {
@@ -337,7 +337,7 @@ fn record(ctx: &RunContext, e: &netrecv_event, clock_offset: i64, thresholds: &[
             _ => "realtime",
         },
     };
-    let container = crate::events::netns_container(ctx, e.netns_inum);
+    let container = ctx.container_of_netns(e.netns_inum);
     ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
 }
 

@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigResult};
-use crate::events::memcg_container;
 use crate::exposition::{Kind, MetricSink};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
@@ -134,7 +133,7 @@ impl EventTracer for Oom {
             size: page,
             unlimited: i64::MAX as u64 / page,
         };
-        bq_bpf::poll_ring_buffer(ctx, &skel.maps.events, |data| {
+        bq_bpf::poll_ring_buffer(&|| ctx.stopping(), &skel.maps.events, |data| {
             if let Some(e) = bq_bpf::read_record::<oom_event>(data) {
                 self.record(ctx, &e, clock_offset, pages);
             }
@@ -329,7 +328,9 @@ impl Oom {
             e.victim_memcg_path.truncated != 0,
             e.victim_memcg_path.names.iter().map(|n| &n.s[..]),
         );
-        let victim_container = memcg_container(ctx, e.victim_memcg_id, Some(&vpath)).map(|c| c.id);
+        let victim_container = ctx
+            .container_of_memcg(e.victim_memcg_id, Some(&vpath))
+            .map(|c| c.id);
         let trigger_path = if e.trigger_memcg_id == e.victim_memcg_id {
             Some(vpath.clone())
         } else {
@@ -337,8 +338,9 @@ impl Oom {
                 .memcg_path(e.trigger_memcg_id)
                 .map(|p| p.to_string())
         };
-        let trigger_container =
-            memcg_container(ctx, e.trigger_memcg_id, trigger_path.as_deref()).map(|c| c.id);
+        let trigger_container = ctx
+            .container_of_memcg(e.trigger_memcg_id, trigger_path.as_deref())
+            .map(|c| c.id);
         let constraint_memcg = (e.constraint == CONSTRAINT_MEMCG).then(|| {
             let path = bq_bpf::cgroup_path_from_names(
                 e.constraint_memcg_path.depth,
@@ -399,7 +401,7 @@ impl Oom {
             }),
             cpu: e.cpu,
         };
-        let container = memcg_container(ctx, e.victim_memcg_id, Some(&data.victim.task_path()));
+        let container = ctx.container_of_memcg(e.victim_memcg_id, Some(&data.victim.task_path()));
         ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
     }
 }

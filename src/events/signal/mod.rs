@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use crate::bpf::btf::{self, EnumNames};
 use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigError, ConfigResult};
-use crate::events::memcg_container;
 use crate::exposition::{Kind, MetricSink};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
@@ -182,10 +181,9 @@ impl EventTracer for SignalTracer {
         rodata.watched_signals = self.mask;
         rodata.max_events_per_second = self.cfg.max_events_per_second;
         rodata.counter_slots = COUNTER_SLOTS;
-        bq_bpf::use_container_filter(
+        ctx.containers().filter().share_with(
             &mut open.maps.container_filter,
             &mut rodata.container_filter_mode,
-            ctx.containers(),
         )?;
         self.counters
             .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
@@ -198,7 +196,7 @@ impl EventTracer for SignalTracer {
             .context("attaching to tp_btf/signal_generate")?;
         ctx.attached();
         let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
-        bq_bpf::poll_ring_buffer(ctx, &skel.maps.events, |data| {
+        bq_bpf::poll_ring_buffer(&|| ctx.stopping(), &skel.maps.events, |data| {
             if let Some(e) = bq_bpf::read_record::<signal_event>(data) {
                 self.record(ctx, &e, clock_offset);
             }
@@ -248,7 +246,7 @@ impl SignalTracer {
         let path = path.or_else(|| (e.target_memcg_id != 0).then(|| kernel_path.clone()));
         // By id when the registry knows the cgroup, else from the path the kernel saw: the
         // container may be gone already (killed right at its start).
-        let container = memcg_container(ctx, e.target_memcg_id, Some(&kernel_path));
+        let container = ctx.container_of_memcg(e.target_memcg_id, Some(&kernel_path));
         let result = self
             .results
             .lock()

@@ -10,8 +10,8 @@ use anyhow::Result;
 
 use crate::bpf::btf::EnumNames;
 use crate::bpf::counters::PerCpuCounters;
+use crate::bpf::hist::Hist;
 use crate::exposition::{Kind, MetricSink};
-use crate::metrics::bpfhist::Hist;
 
 /// Bucket upper bounds, seconds (includes HuaTuo's 10 µs, 100 µs and 1 ms zone edges).
 pub const BOUNDS: [f64; 13] = [

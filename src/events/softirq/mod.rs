@@ -37,10 +37,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::bpf::btf::{self, EnumNames};
 use crate::bpf::counters::PerCpuCounters;
+use crate::bpf::hist;
 use crate::bpf::{self as bq_bpf};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
-use crate::metrics::bpfhist;
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -249,7 +249,7 @@ impl Softirq {
         rodata.threshold_ns = self.cfg.threshold_us * 1000;
         rodata.max_events_per_second = self.cfg.max_events_per_second;
         rodata.counter_slots = COUNTER_SLOTS;
-        rodata.hist_bounds_ns = bpfhist::bounds_ns(&latency::BOUNDS);
+        rodata.hist_bounds_ns = hist::bounds_ns(&latency::BOUNDS);
         rodata.hist_nbounds = latency::BOUNDS.len() as u32;
         rodata.tick_fn = tick_fn.unwrap_or(0);
         rodata.tick_gap_threshold_ns = self.cfg.tick_gap_threshold_us * 1000;
@@ -302,7 +302,7 @@ impl Softirq {
         let counters = self.counters.get();
         let mut mismatch_said = false;
         bq_bpf::poll_ring_buffer_with_tick(
-            ctx,
+            &|| ctx.stopping(),
             &skel.maps.events,
             |data| {
                 if let Some(e) = bq_bpf::read_record::<softirq_event>(data) {

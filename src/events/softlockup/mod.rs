@@ -307,7 +307,7 @@ fn task_container(ctx: &RunContext, pid: u32) -> Option<ContainerFields> {
     let id = std::fs::metadata(root.join(path.trim_start_matches('/')))
         .map(|m| m.ino())
         .unwrap_or(0);
-    crate::events::memcg_container(ctx, id, Some(&path))
+    ctx.container_of_memcg(id, Some(&path))
 }
 
 impl Softlockup {

@@ -149,7 +149,7 @@ impl EventTracer for TcpRetransmit {
         ctx.attached();
 
         let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
-        bq_bpf::poll_ring_buffer(ctx, &skel.maps.events, |data| {
+        bq_bpf::poll_ring_buffer(&|| ctx.stopping(), &skel.maps.events, |data| {
             if let Some(e) = bq_bpf::read_record::<retrans_event>(data) {
                 self.record(ctx, &e, clock_offset);
             }
@@ -302,7 +302,7 @@ impl TcpRetransmit {
             pid: e.pid,
         };
         drop(names);
-        let container = crate::events::netns_container(ctx, e.netns_inum);
+        let container = ctx.container_of_netns(e.netns_inum);
         ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
     }
 }

@@ -13,12 +13,13 @@ use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapHandle};
 
+use crate::bpf::hist;
+use crate::bpf::hist::Hist;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
+use crate::host::file::ProcFile;
 use crate::host::HostRoot;
-use crate::metrics::bpfhist::{self, Hist};
 use crate::metrics::cgroup;
-use crate::metrics::procfile::ProcFile;
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -145,7 +146,7 @@ impl EventTracer for IoLatency {
             .rodata_data
             .as_deref_mut()
             .context("BPF object has no .rodata")?;
-        rodata.hist_bounds_ns = bpfhist::bounds_ns(&BOUNDS);
+        rodata.hist_bounds_ns = hist::bounds_ns(&BOUNDS);
         rodata.hist_nbounds = BOUNDS.len() as u32;
         let previous = self.hist.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = &previous {
@@ -188,7 +189,7 @@ impl EventTracer for IoLatency {
         let Some(map) = guard.as_ref() else {
             return Ok(());
         };
-        let mut rows = bpfhist::read_keyed(map, BOUNDS.len())?;
+        let mut rows = hist::read_keyed(map, BOUNDS.len())?;
         drop(guard);
         rows.sort_by_key(|(k, _)| *k);
         let names = self
@@ -227,19 +228,19 @@ impl IoLatency {
             if let Some(id) = snap
                 .layout
                 .dir("blkio", &ct.rel)
-                .and_then(|d| bpfhist::cgroup_id(&d.path))
+                .and_then(|d| hist::cgroup_id(&d.path))
             {
                 by_id.insert(id, i);
             }
         }
         let want: HashSet<u64> = by_id.keys().copied().collect();
         let hist = &m.hist;
-        bpfhist::sync_wanted_with(&m.wanted, &mut m.current, &want, |id| {
+        hist::sync_wanted_with(&m.wanted, &mut m.current, &want, |id| {
             for kind in [KIND_Q2C, KIND_D2C] {
                 let _ = hist.delete(&(id << 1 | kind).to_ne_bytes());
             }
         })?;
-        let mut rows: Vec<(usize, u64, Hist)> = bpfhist::read_keyed(&m.hist, BOUNDS.len())?
+        let mut rows: Vec<(usize, u64, Hist)> = hist::read_keyed(&m.hist, BOUNDS.len())?
             .into_iter()
             .filter_map(|(k, h)| by_id.get(&(k >> 1)).map(|&i| (i, k & 1, h)))
             .collect();

@@ -14,10 +14,11 @@ use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::MapHandle;
 
+use crate::bpf::hist;
+use crate::bpf::hist::Hist;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
-use crate::metrics::bpfhist::{self, Hist};
 use crate::metrics::cgroup;
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
@@ -126,14 +127,14 @@ fn container_rows(m: &mut Maps, snap: &cgroup::Snapshot) -> Result<Vec<(usize, H
         if let Some(id) = snap
             .layout
             .dir("cpu", &ct.rel)
-            .and_then(|d| bpfhist::cgroup_id(&d.path))
+            .and_then(|d| hist::cgroup_id(&d.path))
         {
             by_id.insert(id, i);
         }
     }
     let want: HashSet<u64> = by_id.keys().copied().collect();
-    bpfhist::sync_wanted(&m.wanted, &m.hist, &mut m.current, &want)?;
-    let mut rows: Vec<(usize, Hist)> = bpfhist::read_keyed(&m.hist, BOUNDS.len())?
+    hist::sync_wanted(&m.wanted, &m.hist, &mut m.current, &want)?;
+    let mut rows: Vec<(usize, Hist)> = hist::read_keyed(&m.hist, BOUNDS.len())?
         .into_iter()
         .filter_map(|(id, h)| by_id.get(&id).map(|&i| (i, h)))
         .collect();
@@ -166,7 +167,7 @@ impl EventTracer for Runqlat {
             .rodata_data
             .as_deref_mut()
             .context("BPF object has no .rodata")?;
-        rodata.hist_bounds_ns = bpfhist::bounds_ns(&BOUNDS);
+        rodata.hist_bounds_ns = hist::bounds_ns(&BOUNDS);
         rodata.hist_nbounds = BOUNDS.len() as u32;
         rodata.counter_slots = SLOTS;
         self.counters.prepare(&mut open.maps.counters, SLOTS)?;

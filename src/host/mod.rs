@@ -1,6 +1,8 @@
 //! Where the host's files are. `--host-root` stands for `/`: fixtures in tests, or the host
 //! mounted at e.g. `/host` when the agent runs in a container.
 
+pub mod file;
+
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]

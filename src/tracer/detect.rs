@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::autotracing::profiler::{self, Profile, ProfileOptions};
 use crate::config::{check_range, ConfigResult};
+use crate::profiler::{self, Profile, ProfileOptions};
 use crate::tracer::RunContext;
 
 /// One watched value: fires when it is above `threshold` and rose by more than `delta` (in its

@@ -1,0 +1,76 @@
+//! Parsers of the kernel's procfs files, one module per file format, each a pure function of
+//! the file's text tested on fixture text; shared by every tracer that reads that file (the
+//! model is node_exporter's prometheus/procfs library). Reading is the caller's job
+//! ([`crate::host::file`]).
+
+use anyhow::{Context, Result};
+
+/// Parses an unsigned integer field, naming it in the error.
+pub fn parse_u64(field: &str, what: &str) -> Result<u64> {
+    field
+        .parse::<u64>()
+        .with_context(|| format!("{what}: {field:?} is not an unsigned integer"))
+}
+
+/// Parses a signed integer field (some kernel counters are printed signed).
+pub fn parse_i64(field: &str, what: &str) -> Result<i64> {
+    field
+        .parse::<i64>()
+        .with_context(|| format!("{what}: {field:?} is not an integer"))
+}
+
+/// Parses a number in any notation.
+pub fn parse_f64(field: &str, what: &str) -> Result<f64> {
+    field
+        .parse::<f64>()
+        .with_context(|| format!("{what}: {field:?} is not a number"))
+}
+
+/// `key value` lines (vmstat, memory.stat, memory.events, cpu.stat). Empty lines are skipped;
+/// a line without exactly two fields or with a non-numeric value is an error.
+pub fn for_each_kv(text: &str, mut f: impl FnMut(&str, u64)) -> Result<()> {
+    for line in text.lines() {
+        let mut it = line.split_ascii_whitespace();
+        let Some(key) = it.next() else { continue };
+        let Some(value) = it.next() else {
+            anyhow::bail!("line {line:?}: key without a value");
+        };
+        if it.next().is_some() {
+            anyhow::bail!("line {line:?}: more than two fields");
+        }
+        // Some kernels print a few vmstat values signed (per-CPU drift); clamp those at 0.
+        let v = match value.parse::<u64>() {
+            Ok(v) => v,
+            Err(_) => parse_i64(value, key)?.max(0) as u64,
+        };
+        f(key, v);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_lines() {
+        let mut got = Vec::new();
+        for_each_kv("a 1\n\nb -3\nc 18446744073709551615\n", |k, v| {
+            got.push((k.to_string(), v))
+        })
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![("a".into(), 1), ("b".into(), 0), ("c".into(), u64::MAX)]
+        );
+        for bad in [
+            "a\n",
+            "a 1 2\n",
+            "a x\n",
+            "a 1.5\n",
+            "a 99999999999999999999\n",
+        ] {
+            assert!(for_each_kv(bad, |_, _| {}).is_err(), "{bad:?}");
+        }
+    }
+}
