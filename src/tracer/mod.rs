@@ -9,6 +9,7 @@
 pub mod check;
 pub mod context;
 pub mod detect;
+pub mod program;
 pub mod runner;
 
 use std::collections::BTreeMap;
