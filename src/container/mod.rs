@@ -11,6 +11,7 @@ pub mod cgroup_path;
 pub mod filter;
 pub mod kubelet;
 pub mod metadata;
+pub mod view;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -205,20 +206,6 @@ pub fn proc_cgroup_path(text: &str, controller: &str) -> Option<String> {
     v2
 }
 
-/// The agent's registry, for code that is not handed one: metric collectors are built before it
-/// exists and look container metadata up here at scrape time.
-static AGENT_REGISTRY: std::sync::OnceLock<Arc<ContainerRegistry>> = std::sync::OnceLock::new();
-
-/// Publishes the agent's registry (once; later calls are ignored).
-pub fn set_agent_registry(registry: Arc<ContainerRegistry>) {
-    let _ = AGENT_REGISTRY.set(registry);
-}
-
-/// The agent's registry, when one runs in this process.
-pub fn agent_registry() -> Option<&'static Arc<ContainerRegistry>> {
-    AGENT_REGISTRY.get()
-}
-
 /// The container id in a cgroup path, from its container segment (compatibility helper).
 pub fn container_of_cgroup_path(path: &str) -> Option<(Runtime, String)> {
     cgroup_path::parse(path).map(|m| (m.runtime, m.id))
@@ -281,6 +268,8 @@ pub struct ContainerRegistry {
     /// Container ids whose name did not come within `LATE_METADATA_WAIT`: their records are
     /// not held again.
     late_given_up: Mutex<HashMap<String, Instant>>,
+    /// The last view for collectors ([`ContainerRegistry::cgroups`]) and when it was taken.
+    view: Mutex<Option<(Instant, Arc<view::ContainerCgroups>)>>,
 }
 
 /// Metadata by container id, as the sources last answered.
@@ -319,6 +308,7 @@ impl ContainerRegistry {
             fetching: Mutex::new(kubelet),
             late_tx: Mutex::new(None),
             late_given_up: Mutex::new(HashMap::new()),
+            view: Mutex::new(None),
         }
     }
 
@@ -405,6 +395,31 @@ impl ContainerRegistry {
             (Some(c), None) => Some(c.clone()),
             _ => None,
         }
+    }
+
+    /// The live containers' cgroups for collectors: the view taken at most `max_age` ago, else
+    /// a new one after a cgroup walk (callers at the same time share it). The walk uses the
+    /// metadata at hand; new containers' names are asked for on the registry's own thread.
+    pub fn cgroups(&self, max_age: Duration) -> Arc<view::ContainerCgroups> {
+        let mut cached = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, v)) = cached.as_ref() {
+            if at.elapsed() < max_age {
+                return v.clone();
+            }
+        }
+        if self.rebuild(&self.cached_metadata().1) {
+            self.request_refresh();
+        }
+        let v = Arc::new(view::ContainerCgroups {
+            layout: crate::cgroupfs::Layout::read(&self.host),
+            containers: self
+                .list()
+                .iter()
+                .map(|c| view::ContainerCgroup::of(c))
+                .collect(),
+        });
+        *cached = Some((Instant::now(), v.clone()));
+        v
     }
 
     /// Running containers, by id.

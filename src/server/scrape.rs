@@ -8,17 +8,28 @@
 //! threads and malloc arenas, which stayed resident (~5 MB) between scrapes.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::anyhow;
 use tokio::sync::Semaphore;
 
 use crate::exposition::{Kind, MetricSink};
 use crate::server::watch::StreamStats;
 use crate::store::shipper::ShipperStats;
 use crate::store::Store;
-use crate::tracer::{Mode, Runner, Status};
+use crate::tracer::{panic_message, Mode, Runner, ScrapeContext, Status, Tracer};
+
+/// Clears a collector's busy flag when its run ends, however it ends.
+struct BusyGuard(Arc<AtomicBool>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
 
 pub struct Scraper {
     prefix: String,
@@ -67,6 +78,8 @@ impl Scraper {
     }
 
     pub async fn scrape(&self, runner: &Runner, store: &Store) -> String {
+        // One context for every collector of this scrape: they share one view of the containers.
+        let ctx = Arc::new(ScrapeContext::new(runner.services().clone()));
         let mut pending = Vec::new();
         for entry in runner.entries() {
             let (status, _) = entry.state.status();
@@ -93,12 +106,23 @@ impl Scraper {
             }
             let entry = entry.clone();
             let prefix = self.prefix.clone();
+            let ctx = ctx.clone();
             let collect = move || {
+                // Cleared however the collector ends, a panic included: the next scrape tries
+                // it again.
+                let _busy = BusyGuard(busy);
                 let start = Instant::now();
                 let mut sink = MetricSink::new(&prefix, entry.spec.name);
-                let result = entry.tracer.collect(&mut sink);
-                busy.store(false, Ordering::Release);
-                if entry.spec.mode == Mode::Metric {
+                let result =
+                    catch_unwind(AssertUnwindSafe(|| entry.tracer.collect(&ctx, &mut sink)))
+                        .unwrap_or_else(|p| {
+                            Err(anyhow!("panicked: {}", panic_message(p.as_ref())))
+                        });
+                // A collector's status is its own unless it owns a program (the program's run
+                // keeps that status).
+                let owns_status =
+                    matches!(entry.tracer.as_ref(), Tracer::Metric(c) if !c.owns_program());
+                if owns_status {
                     match &result {
                         Ok(()) => {
                             if entry.state.status().0 == Status::Failed {

@@ -7,7 +7,8 @@
 //!
 //! ```ignore
 //! let mut storage = MaybeUninit::uninit();
-//! BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+//! BpfProgram::new(ctx)
+//!     .counters(&self.counters, Slot::COUNTER_SLOTS.0)
 //!     .ring_buffer::<signal_event>(self.cfg.max_events_per_second)
 //!     .load(SignalSkelBuilder::default(), &mut storage, |open| {
 //!         let rodata = rodata(open)?;
@@ -44,21 +45,25 @@ const CAPTURE_RECORDS: usize = 16;
 /// A BPF tracer being set up: what to size before load.
 pub struct BpfProgram<'t> {
     ctx: &'t RunContext,
-    counters: &'t CountersCell,
-    slots: u32,
+    /// The program's per-CPU counters and their slots per CPU.
+    counters: Option<(&'t CountersCell, u32)>,
     /// `(records per second at most, bytes per record)` of the `events` ring buffer.
     ring: Option<(u32, usize)>,
 }
 
 impl<'t> BpfProgram<'t> {
-    /// `slots` counters per CPU in the program's `counters` map, kept in `counters` across runs.
-    pub fn new(ctx: &'t RunContext, counters: &'t CountersCell, slots: u32) -> BpfProgram<'t> {
+    pub fn new(ctx: &'t RunContext) -> BpfProgram<'t> {
         BpfProgram {
             ctx,
-            counters,
-            slots,
+            counters: None,
             ring: None,
         }
+    }
+
+    /// `slots` counters per CPU in the program's `counters` map, kept in `cell` across runs.
+    pub fn counters(mut self, cell: &'t CountersCell, slots: u32) -> BpfProgram<'t> {
+        self.counters = Some((cell, slots));
+        self
     }
 
     /// The `events` ring buffer carries records of `T`, at most `max_per_second` a second (0:
@@ -86,12 +91,18 @@ impl<'t> BpfProgram<'t> {
         let filter = self.ctx.containers().filter();
         {
             let (slots, filter_mode) = open.shared_rodata().context("BPF object has no .rodata")?;
-            *slots = self.slots;
+            if let Some((_, n)) = self.counters {
+                *slots = n;
+            }
             *filter_mode = filter.program_mode();
         }
         for mut map in open.open_object_mut().maps_mut() {
             match map.name().to_str() {
-                Some(COUNTERS_MAP) => self.counters.prepare(&mut map, self.slots)?,
+                Some(COUNTERS_MAP) => {
+                    if let Some((cell, n)) = self.counters {
+                        cell.prepare(&mut map, n)?;
+                    }
+                }
                 Some(EVENTS_MAP) => {
                     if let Some((rate, bytes)) = self.ring {
                         bpf::size_ring_buffer(&mut map, rate, bytes)?;
@@ -102,8 +113,9 @@ impl<'t> BpfProgram<'t> {
             }
         }
         let skel = open.load().context("loading the BPF program")?;
-        let counters = find_map(skel.object(), COUNTERS_MAP)?;
-        self.counters.adopt(&counters, self.slots)?;
+        if let Some((cell, n)) = self.counters {
+            cell.adopt(&find_map(skel.object(), COUNTERS_MAP)?, n)?;
+        }
         Ok(Loaded {
             ctx: self.ctx,
             skel,

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use crate::config::{check_range, ConfigError, ConfigResult};
 use crate::host::HostRoot;
 use crate::tracer::{
-    check, registry, AutoTracer, BuildContext, EventTracer, Mode, RunContext, Services, Status,
-    Tracer, TracerError, TracerSections, TracerSpec,
+    check, registry, AutoTracer, BuildContext, Mode, RunContext, Services, Status, Tracer,
+    TracerError, TracerSections, TracerSpec,
 };
 
 const DEFAULT_RESTART_INTERVAL: Duration = Duration::from_secs(10);
@@ -276,11 +276,11 @@ impl Runner {
         }
         entry.state.stop.store(false, Ordering::Relaxed);
         match entry.tracer.as_ref() {
-            Tracer::Metric(_) => {
+            Tracer::Metric(c) if !c.owns_program() => {
                 entry.state.set_status(Status::Active, "");
                 tracing::info!(tracer = name, mode = "metric", "tracer started");
             }
-            Tracer::Event(_) | Tracer::Autotracing(_) => {
+            _ => {
                 entry.state.set_status(Status::Active, "starting");
                 let ctx = RunContext::new(
                     name,
@@ -316,8 +316,8 @@ impl Runner {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .is_some_and(|h| !h.is_finished());
-        if running || (entry.spec.mode == Mode::Metric && entry.state.status().0 == Status::Active)
-        {
+        let threadless = matches!(entry.tracer.as_ref(), Tracer::Metric(c) if !c.owns_program());
+        if running || (threadless && entry.state.status().0 == Status::Active) {
             return Err(format!("tracer {name} is already running"));
         }
         self.start_entry(entry);
@@ -377,7 +377,8 @@ impl Runner {
     }
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+/// The message of a caught panic.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
@@ -387,19 +388,29 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 fn run_loop(entry: &TracerEntry, ctx: &RunContext) {
     let name = entry.spec.name;
     match entry.tracer.as_ref() {
-        Tracer::Event(t) => run_event_loop(entry, t.as_ref(), ctx),
+        Tracer::Event(t) => run_program_loop(entry, ctx, &|ctx| t.run(ctx)),
+        Tracer::Metric(c) => run_program_loop(entry, ctx, &|ctx| c.run(ctx)),
         Tracer::Autotracing(t) => run_autotracing_loop(entry, t.as_ref(), ctx),
-        Tracer::Metric(_) => {}
     }
     tracing::info!(tracer = name, "tracer stopped");
 }
 
-fn run_event_loop(entry: &TracerEntry, tracer: &dyn EventTracer, ctx: &RunContext) {
+/// Runs an event tracer (or a collector's program) until it is stopped, starting it again after
+/// its restart interval whenever it ends or fails.
+fn run_program_loop(
+    entry: &TracerEntry,
+    ctx: &RunContext,
+    run: &dyn Fn(&RunContext) -> Result<(), TracerError>,
+) {
     let name = entry.spec.name;
     let state = &entry.state;
     loop {
-        tracing::info!(tracer = name, mode = "event", "tracer starting");
-        let outcome = catch_unwind(AssertUnwindSafe(|| tracer.run(ctx)));
+        tracing::info!(
+            tracer = name,
+            mode = entry.spec.mode.as_str(),
+            "tracer starting"
+        );
+        let outcome = catch_unwind(AssertUnwindSafe(|| run(ctx)));
         if ctx.stopping() {
             return;
         }
@@ -625,6 +636,7 @@ mod tests {
                 Default::default(),
             )),
             symbolizer: crate::bpf::KernelSymbolizer::new(),
+            shared: Default::default(),
         });
         (services, dir)
     }

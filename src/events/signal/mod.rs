@@ -165,7 +165,8 @@ impl EventTracer for SignalTracer {
             *self.results.lock().unwrap_or_else(|e| e.into_inner()) = EnumNames::from_members(&m);
         }
         let mut storage = MaybeUninit::uninit();
-        BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+        BpfProgram::new(ctx)
+            .counters(&self.counters, Slot::COUNTER_SLOTS.0)
             .ring_buffer::<signal_event>(self.cfg.max_events_per_second)
             .load(SignalSkelBuilder::default(), &mut storage, |open| {
                 let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
