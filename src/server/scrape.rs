@@ -343,3 +343,68 @@ impl Scraper {
         m.into_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracer::runner::testing::{entry, services};
+    use crate::tracer::{BuildContext, Collector, Tracer, TracerSpec};
+    use std::sync::atomic::AtomicU32;
+
+    /// Panics on its first scrape, then writes one family.
+    struct PanicsOnce(AtomicU32);
+
+    impl Collector for PanicsOnce {
+        fn collect(&self, _ctx: &ScrapeContext, out: &mut MetricSink) -> anyhow::Result<()> {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("first scrape panics");
+            }
+            out.single("up", "x", Kind::Gauge, 1.0);
+            Ok(())
+        }
+    }
+
+    fn never_build(_: &BuildContext, _: &toml::Table) -> crate::config::ConfigResult<Tracer> {
+        Err(crate::config::ConfigError("test spec".into()))
+    }
+
+    static PANICS_SPEC: TracerSpec = TracerSpec {
+        name: "panics_once",
+        mode: Mode::Metric,
+        description: "test",
+        requires: &[],
+        default_enabled: true,
+        build: never_build,
+    };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_collector_reports_failure_and_is_tried_again() {
+        let (services, dir) = services("scrape-panic");
+        let store = services.store.clone();
+        let e = entry(
+            &PANICS_SPEC,
+            Tracer::Metric(Box::new(PanicsOnce(AtomicU32::new(0)))),
+            Duration::from_secs(1),
+        );
+        let runner = Runner::new(vec![e.clone()], services);
+        runner.start_all();
+        let scraper = Scraper::new("bq", Duration::from_secs(5), 2, &runner);
+        let first = scraper.scrape(&runner, &store).await;
+        assert!(
+            first.contains("bq_scrape_collector_success{collector=\"panics_once\"} 0"),
+            "{first}"
+        );
+        let (status, reason) = e.state.status();
+        assert_eq!(status, Status::Failed);
+        assert!(reason.contains("panicked: first scrape panics"), "{reason}");
+        let second = scraper.scrape(&runner, &store).await;
+        assert!(
+            second.contains("bq_scrape_collector_success{collector=\"panics_once\"} 1"),
+            "{second}"
+        );
+        assert!(second.contains("\nbq_panics_once_up 1\n"), "{second}");
+        assert_eq!(e.state.status().0, Status::Active);
+        store.close();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

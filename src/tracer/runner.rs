@@ -511,6 +511,49 @@ fn merge(detector: serde_json::Value, captured: serde_json::Value) -> serde_json
     }
 }
 
+/// Pieces for tests of the framework and of what sits on it (the scraper).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Services on a store in a fresh temp dir (returned for removal).
+    pub fn services(tag: &str) -> (Arc<Services>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("bianque-runner-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = crate::store::Store::open(
+            &dir,
+            crate::store::Retention {
+                max_age: Duration::from_secs(3600),
+                max_size_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+        let services = Arc::new(Services {
+            host: HostRoot::default(),
+            hostname: "h".into(),
+            region: "r".into(),
+            store: Arc::new(store),
+            containers: Arc::new(crate::container::ContainerRegistry::new(
+                HostRoot::default(),
+                Default::default(),
+            )),
+            symbolizer: crate::bpf::KernelSymbolizer::new(),
+            shared: Default::default(),
+        });
+        (services, dir)
+    }
+
+    pub fn entry(spec: &'static TracerSpec, tracer: Tracer, restart: Duration) -> Arc<TracerEntry> {
+        Arc::new(TracerEntry {
+            spec,
+            tracer: Arc::new(tracer),
+            state: Arc::new(TracerState::new(Status::Inactive, "not started".into())),
+            restart_interval: restart,
+            thread: Mutex::new(None),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,41 +658,7 @@ mod tests {
     use crate::tracer::{Anomaly, AutoTracer, EventTracer, TracerError};
     use std::sync::atomic::AtomicU32;
 
-    fn services(tag: &str) -> (Arc<Services>, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("bianque-runner-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = crate::store::Store::open(
-            &dir,
-            crate::store::Retention {
-                max_age: Duration::from_secs(3600),
-                max_size_bytes: 1 << 30,
-            },
-        )
-        .unwrap();
-        let services = Arc::new(Services {
-            host: HostRoot::default(),
-            hostname: "h".into(),
-            region: "r".into(),
-            store: Arc::new(store),
-            containers: Arc::new(crate::container::ContainerRegistry::new(
-                HostRoot::default(),
-                Default::default(),
-            )),
-            symbolizer: crate::bpf::KernelSymbolizer::new(),
-            shared: Default::default(),
-        });
-        (services, dir)
-    }
-
-    fn entry(spec: &'static TracerSpec, tracer: Tracer, restart: Duration) -> Arc<TracerEntry> {
-        Arc::new(TracerEntry {
-            spec,
-            tracer: Arc::new(tracer),
-            state: Arc::new(TracerState::new(Status::Inactive, "not started".into())),
-            restart_interval: restart,
-            thread: Mutex::new(None),
-        })
-    }
+    use testing::{entry, services};
 
     fn never_build(_: &BuildContext, _: &toml::Table) -> ConfigResult<Tracer> {
         Err(ConfigError("test spec".into()))
