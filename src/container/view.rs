@@ -13,7 +13,7 @@ use crate::host::{file::read_optional, HostRoot};
 /// A view is walked again once it is older than this.
 pub const MAX_AGE: Duration = Duration::from_secs(2);
 
-/// Label names every container series carries (DESIGN.md), in this order.
+/// Label names every container series carries (the README's metrics contract), in this order.
 pub const CONTAINER_LABELS: [&str; 5] = [
     "container_id",
     "container_name",
