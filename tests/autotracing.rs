@@ -62,12 +62,24 @@ fn a_cpu_burner_in_a_container_fires_cpuidle_with_its_flame_graph() {
         "cpuidle",
     );
     let name = format!("bq-burn-{}", std::process::id());
-    // Idle for a few samples (the detector's baseline), then burn one core (quota: 1 CPU).
+    // Idle until the detector has a baseline of the container (known to the agent, then two
+    // samples), then burn one core (quota: 1 CPU): a first sample already above the threshold
+    // would be taken for a state, not a jump.
     let id = podman.run(
         &name,
         "--cpus 1",
-        "/bin/busybox sh -c 'sleep 4; exec /bin/bq-burner'",
+        "/bin/busybox sh -c 'while [ ! -e /go ]; do sleep 0.1; done; exec /bin/bq-burner'",
     );
+    assert!(
+        wait_until(Duration::from_secs(30), || agent
+            .get("/containers")
+            .1
+            .contains(&id)),
+        "the agent never listed the container; log:\n{}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    sh(&format!("podman exec {name} /bin/busybox touch /go"));
     let fired = |a: &Agent| {
         events(a, "cpuidle")
             .into_iter()
@@ -255,6 +267,9 @@ fn writers_blocked_on_a_frozen_filesystem_fire_dload_with_their_stacks() {
             })
             .collect(),
     );
+    // Dropped before the writers (declared after them): a frozen writer cannot be killed, so
+    // a failure in between must thaw first or Kids' wait() would hang the run.
+    let thaw = Cleanup(format!("fsfreeze -u {}", mnt.display()));
     let pids: Vec<u32> = writers.0.iter().map(|c| c.id()).collect();
     let ok = wait_until(Duration::from_secs(30), || {
         events(&agent, "dload").first().is_some_and(|e| {
@@ -263,7 +278,7 @@ fn writers_blocked_on_a_frozen_filesystem_fire_dload_with_their_stacks() {
                 .is_some_and(|t| t.len() >= 4)
         })
     });
-    sh_quiet(&format!("fsfreeze -u {}", mnt.display()));
+    drop(thaw);
     assert!(
         ok,
         "no dload record with the writers; records {:?}; log:\n{}",

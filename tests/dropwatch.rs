@@ -243,7 +243,6 @@ fn a_dropped_icmp_port_unreachable_is_recorded_with_type_names() {
          nft add chain inet {table} input '{{ type filter hook input priority -10; policy accept; }}' && \
          nft add rule inet {table} input iif lo icmp type destination-unreachable @th,240,16 {port} drop"
     ));
-    send_udp_from_thread("bq-icmp-sender", &format!("127.0.0.1:{port}"), 1);
     let icmp = || {
         agent
             .events("tracer=dropwatch&limit=10000")
@@ -253,8 +252,12 @@ fn a_dropped_icmp_port_unreachable_is_recorded_with_type_names() {
                 d["protocol"] == "icmp" && d["drop_reason"] == "NETFILTER_DROP"
             })
     };
+    // One datagram per poll: the kernel's ICMP rate limit may hold back a single answer.
     assert!(
-        wait_until(Duration::from_secs(5), || icmp().is_some()),
+        wait_until(Duration::from_secs(5), || {
+            send_udp_from_thread("bq-icmp-sender", &format!("127.0.0.1:{port}"), 1);
+            icmp().is_some()
+        }),
         "log:\n{}",
         agent.log()
     );

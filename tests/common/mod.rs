@@ -102,6 +102,19 @@ impl Agent {
         if !ready {
             panic!("agent not ready in 20s; log:\n{}", agent.log());
         }
+        // Ready may come before a slow (cold) tracer has attached; what a test provokes must
+        // find every tracer in place.
+        let attached = wait_until(Duration::from_secs(20), || {
+            let (_, body) = agent.get("/tracers");
+            !body.contains("\"starting\"") && !body.contains("\"not started\"")
+        });
+        if !attached {
+            panic!(
+                "tracers still starting after 20s: {}\nlog:\n{}",
+                agent.get("/tracers").1,
+                agent.log()
+            );
+        }
         agent
     }
 
