@@ -1,6 +1,7 @@
 //! memreclaim on the real kernel: a writer in a 64 MiB memory cgroup fills it with page cache,
 //! so the cgroup reclaims from itself (memcg reclaim); with the threshold at 1 ms the slow
-//! reclaims are recorded with the writer's pid, comm and cgroup path.
+//! reclaims are recorded with the writer's pid, comm and cgroup path. The file is on a loop
+//! device whose writeback is throttled, so reclaim has to wait for it whatever the disk's speed.
 
 mod common;
 
@@ -15,8 +16,23 @@ fn memcg_reclaim_over_the_threshold_is_recorded() {
         &[],
     );
     let cg = MemCgroup::new("reclaim", 64 << 20);
-    let tmp = TempDir::new("reclaim");
-    let file = tmp.path().join("fill");
+    let fs = LoopFs::new("reclaim", 512);
+    let file = fs.mnt.join("fill");
+    // Writeback to the loop device at 8 MiB/s: dirty pages stay dirty long enough that the
+    // cgroup's own reclaim waits on them (the flusher writes from the root blkio cgroup).
+    let dev = sh(&format!("lsblk -dno MAJ:MIN {}", fs.dev))
+        .trim()
+        .to_string();
+    let throttle = memcg_mount()
+        .parent()
+        .expect("cgroup v1 root")
+        .join("blkio/blkio.throttle.write_bps_device");
+    let _unthrottle = Cleanup(format!("echo '{dev} 0' > {}", throttle.display()));
+    sh(&format!(
+        "echo '{dev} {}' > {}",
+        8 << 20,
+        throttle.display()
+    ));
     let mine = |agent: &Agent| -> Vec<serde_json::Value> {
         agent
             .events("tracer=memreclaim&limit=10000")
@@ -25,11 +41,10 @@ fn memcg_reclaim_over_the_threshold_is_recorded() {
             .collect()
     };
     let mut pids = Vec::new();
-    // Dirty page cache well past the limit; reclaim then waits for writeback. Usually the
-    // first round gives records; a few more rounds allow for a fast disk.
-    for _ in 0..5 {
+    // Dirty page cache twice the limit; reclaim then waits for the throttled writeback.
+    for _ in 0..3 {
         let mut child = cg.spawn(&format!(
-            "dd if=/dev/zero of={} bs=1M count=384",
+            "dd if=/dev/zero of={} bs=1M count=128",
             file.display()
         ));
         pids.push(child.id());
