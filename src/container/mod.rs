@@ -274,8 +274,8 @@ pub struct ContainerRegistry {
     /// or after `resync_secs`, so resyncs on container removal never wait on an API.
     metadata: Mutex<(Option<Instant>, MetaMap)>,
     /// Serialises metadata fetches (never held with `last_sync`: a slow API must not stall the
-    /// event readers that walk the cgroups on a miss); holds the kubelet's TLS client.
-    fetching: Mutex<Option<kubelet::KubeletAuth>>,
+    /// event readers that walk the cgroups on a miss); holds the sources' clients.
+    fetching: Mutex<metadata::Sources>,
     /// Records waiting for their container's name, handled by the `keep_current` thread.
     late_tx: Mutex<Option<std::sync::mpsc::SyncSender<LateMsg>>>,
     /// Container ids whose name did not come within `LATE_METADATA_WAIT`: their records are
@@ -307,7 +307,7 @@ impl ContainerRegistry {
         cfg: ContainersConfig,
         filter: filter::ContainerFilter,
     ) -> ContainerRegistry {
-        let kubelet = kubelet::KubeletAuth::new(&cfg, API_TIMEOUT);
+        let sources = metadata::Sources::new(host.clone(), &cfg, API_TIMEOUT);
         ContainerRegistry {
             host,
             cfg,
@@ -316,7 +316,7 @@ impl ContainerRegistry {
             last_sync: Mutex::new(None),
             missed: Mutex::new(HashMap::new()),
             metadata: Mutex::new((None, Arc::new(HashMap::new()))),
-            fetching: Mutex::new(kubelet),
+            fetching: Mutex::new(sources),
             late_tx: Mutex::new(None),
             late_given_up: Mutex::new(HashMap::new()),
         }
@@ -491,13 +491,13 @@ impl ContainerRegistry {
     /// the cached answer when it is recent enough, else a new one. Fetches are serialised, so
     /// callers that asked at the same time share one.
     fn refresh_metadata(&self, not_before: Option<Instant>) -> MetaMap {
-        let mut kubelet = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sources = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
         let (fetched, cached) = self.cached_metadata();
         if fetched.is_some_and(|t| not_before.is_none_or(|nb| t >= nb)) {
             return cached;
         }
         let started = Instant::now();
-        let fresh = Arc::new(self.fetch_metadata(kubelet.as_mut()));
+        let fresh = Arc::new(sources.fetch());
         *self.metadata.lock().unwrap_or_else(|e| e.into_inner()) = (Some(started), fresh.clone());
         fresh
     }
@@ -682,46 +682,6 @@ impl ContainerRegistry {
                 }
             }
         }
-        out
-    }
-
-    /// Metadata from every source that answers; none answering is normal on a bare host.
-    fn fetch_metadata(
-        &self,
-        kubelet: Option<&mut kubelet::KubeletAuth>,
-    ) -> HashMap<String, metadata::Meta> {
-        let mut out = HashMap::new();
-        for sock in &self.cfg.engine_sockets {
-            let path = self
-                .host
-                .root()
-                .join(sock.strip_prefix("/").unwrap_or(sock));
-            if !path.exists() {
-                continue;
-            }
-            // all=1: created and exited containers too, so a container is named from its
-            // first event (an OOM kill can come within milliseconds of the start).
-            match metadata::get_unix(&path, "/containers/json?all=1", API_TIMEOUT)
-                .and_then(|b| metadata::parse_engine_containers(&b))
-            {
-                Ok(m) => out.extend(m),
-                Err(e) => {
-                    tracing::debug!(socket = %path.display(), error = %format!("{e:#}"), "container engine API")
-                }
-            }
-        }
-        // The kubelet knows pods; the engine may know better names for plain containers.
-        // The authenticated port first; the read-only one when that gave nothing.
-        let mut pods = kubelet.and_then(|k| k.fetch());
-        if pods.is_none() && !self.cfg.kubelet_read_only_address.is_empty() {
-            match metadata::get_tcp(&self.cfg.kubelet_read_only_address, "/pods", API_TIMEOUT)
-                .and_then(|b| metadata::parse_kubelet_pods(&b))
-            {
-                Ok(m) => pods = Some(m),
-                Err(e) => tracing::debug!(error = %format!("{e:#}"), "kubelet pod list"),
-            }
-        }
-        out.extend(pods.unwrap_or_default());
         out
     }
 

@@ -25,10 +25,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use base64::prelude::{Engine as _, BASE64_STANDARD};
 use chrono::format::{Item, StrftimeItems};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
+use crate::http::err_text;
 use crate::record::now_ns;
 pub use config::ElasticsearchConfig;
 
@@ -180,7 +182,7 @@ fn build_client(cfg: &ElasticsearchConfig) -> Result<reqwest::Client> {
         use std::io::Write;
         let mut raw = Vec::new();
         let _ = write!(raw, "{user}:{}", cfg.password.as_deref().unwrap_or(""));
-        let mut v = HeaderValue::from_str(&format!("Basic {}", base64(&raw)))
+        let mut v = HeaderValue::from_str(&format!("Basic {}", BASE64_STANDARD.encode(&raw)))
             .map_err(|_| anyhow!("storage.elasticsearch.username: not a valid header value"))?;
         v.set_sensitive(true);
         headers.insert(AUTHORIZATION, v);
@@ -192,56 +194,12 @@ fn build_client(cfg: &ElasticsearchConfig) -> Result<reqwest::Client> {
         .pool_max_idle_per_host(2)
         .user_agent(concat!("bianque/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &cfg.ca_file {
-        let pem = std::fs::read(path).with_context(|| {
-            format!(
-                "storage.elasticsearch.ca_file: cannot read {}",
-                path.display()
-            )
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
-            format!(
-                "storage.elasticsearch.ca_file: {} is not PEM certificates",
-                path.display()
-            )
-        })?;
-        if certs.is_empty() {
-            return Err(anyhow!(
-                "storage.elasticsearch.ca_file: {} holds no certificate",
-                path.display()
-            ));
-        }
+        let certs = crate::http::ca_bundle("storage.elasticsearch.ca_file", path)?;
         for c in certs {
             builder = builder.add_root_certificate(c);
         }
     }
     builder.build().context("shipper: building the HTTP client")
-}
-
-/// Standard base64 with padding (basic auth).
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(A[(n >> 18) as usize & 63] as char);
-        out.push(A[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 {
-            A[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            A[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
 }
 
 fn seed() -> u64 {
@@ -920,23 +878,6 @@ impl Worker {
     }
 }
 
-/// A reqwest error with its causes (`error sending request: connection refused`), without the
-/// URL.
-pub(crate) fn err_text(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut s = e.to_string();
-    let mut cause = std::error::Error::source(&e);
-    while let Some(c) = cause {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cause = c.source();
-    }
-    s
-}
-
 fn retryable_status(status: u16) -> bool {
     status == 429 || (500..=599).contains(&status)
 }
@@ -1107,14 +1048,5 @@ mod tests {
             assert!(err.contains(&path.display().to_string()), "{err}");
         }
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn base64_matches_the_rfc_vectors() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
     }
 }
