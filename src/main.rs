@@ -223,7 +223,7 @@ fn events(a: EventsArgs) -> Result<(), AgentError> {
         limit: a.limit.max(1),
     };
     let store = Store::open_read_only(&a.data_dir)?;
-    let page = store.query_page(&q)?;
+    let page = store.query_page(&q).map_err(anyhow::Error::from)?;
     let rows = &page.rows;
     let mut out = std::io::stdout().lock();
     if a.json {
