@@ -31,13 +31,6 @@ use crate::record::ContainerFields;
 const MISS_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 const MISS_RESYNC_MIN_INTERVAL: Duration = Duration::from_millis(200);
 const API_TIMEOUT: Duration = Duration::from_secs(2);
-/// A record whose container is known only by its id (its metadata was not fetched yet: an OOM
-/// kill milliseconds after `podman run`) waits this long at most for the container's name.
-pub const LATE_METADATA_WAIT: Duration = Duration::from_secs(3);
-/// While records wait for a name, metadata is asked again this often.
-const LATE_RETRY: Duration = Duration::from_millis(150);
-/// Records waiting for a name at most (more are saved at once, by id only).
-const LATE_QUEUE: usize = 1024;
 
 /// `[containers]` in the config.
 #[derive(Debug, Clone, Deserialize)]
@@ -276,25 +269,13 @@ pub struct ContainerRegistry {
     /// Serialises metadata fetches (never held with `last_sync`: a slow API must not stall the
     /// event readers that walk the cgroups on a miss); holds the sources' clients.
     fetching: Mutex<metadata::Sources>,
-    /// Records waiting for their container's name, handled by the `keep_current` thread.
-    late_tx: Mutex<Option<std::sync::mpsc::SyncSender<LateMsg>>>,
-    /// Container ids whose name did not come within `LATE_METADATA_WAIT`: their records are
-    /// not held again.
-    late_given_up: Mutex<HashMap<String, Instant>>,
+    /// Asks the `keep_current` thread to fetch metadata again (an event named a cgroup the
+    /// registry did not know); None while that thread does not run.
+    refresh_tx: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
 }
 
 /// Metadata by container id, as the sources last answered.
 type MetaMap = Arc<HashMap<String, metadata::Meta>>;
-
-/// Saves a record (the store, in the agent).
-pub type RecordSink = Arc<dyn Fn(crate::record::Record) + Send + Sync>;
-
-enum LateMsg {
-    /// Ask the metadata sources again (an event named a cgroup the registry did not know).
-    Refresh,
-    /// A record whose container is known by id only.
-    Record(Box<crate::record::Record>, RecordSink, Instant),
-}
 
 impl ContainerRegistry {
     /// A registry without a BPF container filter (tests, benchmarks).
@@ -317,8 +298,7 @@ impl ContainerRegistry {
             missed: Mutex::new(HashMap::new()),
             metadata: Mutex::new((None, Arc::new(HashMap::new()))),
             fetching: Mutex::new(sources),
-            late_tx: Mutex::new(None),
-            late_given_up: Mutex::new(HashMap::new()),
+            refresh_tx: Mutex::new(None),
         }
     }
 
@@ -714,68 +694,34 @@ impl ContainerRegistry {
             .apply(st.by_memcg.iter().map(|(id, c)| (*id, c.as_ref())));
     }
 
-    /// Asks the registry's thread to fetch metadata again (no-op when it does not run).
+    /// Asks the registry's thread to fetch metadata again (no-op when it does not run; a
+    /// request already waiting covers this one).
     fn request_refresh(&self) {
         if let Some(tx) = self
-            .late_tx
+            .refresh_tx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            let _ = tx.try_send(LateMsg::Refresh);
+            let _ = tx.try_send(());
         }
     }
 
-    /// Holds a record whose container is known only by its id (no metadata yet: the event came
-    /// within milliseconds of the container's start) until the metadata sources name the
-    /// container, at most [`LATE_METADATA_WAIT`]; then `save` gets it, with the container's
-    /// fields filled in when they came. The caller's thread never waits. Returns the record
-    /// when it is not held (the caller saves it): its container has a name or is not
-    /// identified by a runtime id, the registry's thread does not run, the queue is full, or
-    /// the id already waited in vain.
-    pub fn save_when_named(
-        &self,
-        record: crate::record::Record,
-        save: impl FnOnce() -> RecordSink,
-    ) -> Option<crate::record::Record> {
-        let Some(c) = record.container.as_ref() else {
-            return Some(record);
-        };
-        if !c.name.is_empty()
-            || !is_container_id(&c.id)
-            || self
-                .late_given_up
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(&c.id)
-        {
-            return Some(record);
-        }
-        let guard = self.late_tx.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(tx) = guard.as_ref() else {
-            return Some(record);
-        };
-        match tx.try_send(LateMsg::Record(Box::new(record), save(), Instant::now())) {
-            Ok(()) => None,
-            Err(
-                std::sync::mpsc::TrySendError::Full(LateMsg::Record(r, ..))
-                | std::sync::mpsc::TrySendError::Disconnected(LateMsg::Record(r, ..)),
-            ) => Some(*r),
-            // Only records are sent here.
-            Err(_) => None,
-        }
+    /// Fetches metadata unless the last answer is younger than `age`, and names the
+    /// containers in the view from it. Blocks on the sources' APIs (up to their timeout).
+    pub fn refresh_metadata_older_than(&self, age: Duration) {
+        let fresh = self.refresh_metadata(Instant::now().checked_sub(age));
+        self.apply_metadata(&fresh);
     }
 
-    /// The container fields for a held record's id, once some source names it.
-    fn late_fields(
-        &self,
-        id: &str,
-        meta: &HashMap<String, metadata::Meta>,
-    ) -> Option<ContainerFields> {
+    /// The record fields of container `id` if it has a name now: from the view, else from the
+    /// last metadata answer (a container gone before the registry saw its cgroup is still
+    /// listed by its runtime, `all=1`). Never fetches.
+    pub fn named_fields(&self, id: &str) -> Option<ContainerFields> {
         if let Some(c) = self.get_exact(id).filter(|c| !c.name.is_empty()) {
             return Some(c.fields());
         }
-        // Gone before the registry saw its cgroup: the runtime still lists it (all=1).
+        let meta = self.cached_metadata().1;
         let md = meta.get(id).filter(|m| !m.name.is_empty())?;
         Some(ContainerFields {
             id: id.to_string(),
@@ -787,105 +733,34 @@ impl ContainerRegistry {
         })
     }
 
-    /// Saves the held records whose container got a name (all of them when `last`), keeps
-    /// the others.
-    fn resolve_late(
-        &self,
-        pending: &mut Vec<(Box<crate::record::Record>, RecordSink, Instant)>,
-        last: bool,
-    ) {
-        if pending.is_empty() {
-            return;
-        }
-        let meta = if last {
-            self.cached_metadata().1
-        } else {
-            let fresh = self.refresh_metadata(Instant::now().checked_sub(LATE_RETRY));
-            self.apply_metadata(&fresh);
-            fresh
-        };
-        let mut keep = Vec::new();
-        for (mut record, save, since) in pending.drain(..) {
-            let id = record
-                .container
-                .as_ref()
-                .map(|c| c.id.clone())
-                .unwrap_or_default();
-            if let Some(fields) = self.late_fields(&id, &meta) {
-                tracing::debug!(container_id = %id, name = %fields.name, waited_ms = since.elapsed().as_millis() as u64, "held record named");
-                record.container = Some(fields);
-                save(*record);
-            } else if last || since.elapsed() >= LATE_METADATA_WAIT {
-                let mut given_up = self.late_given_up.lock().unwrap_or_else(|e| e.into_inner());
-                if given_up.len() >= 4096 {
-                    given_up.retain(|_, t| t.elapsed() < Duration::from_secs(600));
-                }
-                given_up.insert(id.clone(), Instant::now());
-                drop(given_up);
-                tracing::debug!(container_id = %id, "no metadata names the container; record saved by id");
-                save(*record);
-            } else {
-                keep.push((record, save, since));
-            }
-        }
-        *pending = keep;
-    }
-
-    /// Resyncs every `resync_secs`, fetches metadata when an event names a new container, and
-    /// saves held records once their container is named, until `stop` is set (its own thread).
-    /// Records still held then are saved as they are before it returns.
+    /// Resyncs every `resync_secs` and fetches metadata when a cgroup walk on an event's miss
+    /// found a new container, until `stop` is set (its own thread). Records waiting for a
+    /// container's name are the record pipeline's (`tracer::pipeline`), not this thread's.
     pub fn keep_current(
         self: &Arc<Self>,
         stop: Arc<std::sync::atomic::AtomicBool>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let me = self.clone();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<LateMsg>(LATE_QUEUE);
-        *self.late_tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        // One waiting request is enough: it fetches for every miss before it.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        *self.refresh_tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         std::thread::Builder::new()
             .name("containers".into())
             .spawn(move || {
                 let period = Duration::from_secs(me.cfg.resync_secs);
                 let mut next_resync = Instant::now();
-                let mut pending = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     if Instant::now() >= next_resync {
                         me.resync();
                         next_resync = Instant::now() + period;
                     }
-                    let wait = if pending.is_empty() {
-                        Duration::from_millis(100)
-                    } else {
-                        LATE_RETRY
-                    };
-                    let mut refresh = false;
-                    let first = match rx.recv_timeout(wait) {
-                        Ok(m) => Some(m),
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                    match rx.recv_timeout(Duration::from_millis(100)) {
+                        Ok(()) => me.refresh_metadata_older_than(MISS_RESYNC_MIN_INTERVAL),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                    };
-                    for msg in first
-                        .into_iter()
-                        .chain(std::iter::from_fn(|| rx.try_recv().ok()))
-                    {
-                        match msg {
-                            LateMsg::Refresh => refresh = true,
-                            LateMsg::Record(r, save, since) => pending.push((r, save, since)),
-                        }
-                    }
-                    if refresh && pending.is_empty() {
-                        let fresh = me
-                            .refresh_metadata(Instant::now().checked_sub(MISS_RESYNC_MIN_INTERVAL));
-                        me.apply_metadata(&fresh);
-                    }
-                    me.resolve_late(&mut pending, false);
-                }
-                *me.late_tx.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                for msg in rx.try_iter() {
-                    if let LateMsg::Record(r, save, since) = msg {
-                        pending.push((r, save, since));
                     }
                 }
-                me.resolve_late(&mut pending, true);
+                *me.refresh_tx.lock().unwrap_or_else(|e| e.into_inner()) = None;
             })
     }
 }
@@ -1045,138 +920,5 @@ mod tests {
         r.resync();
         assert!(r.by_memcg(ino).is_some_and(|c| c.exited.is_some()));
         assert!(!r.list().iter().any(|c| c.id == id));
-    }
-
-    /// An engine API on a unix socket that lists nothing until `named_after`, then one
-    /// container; every answer takes `delay` (podman holding its lock while `podman run` runs).
-    fn slow_engine(
-        sock: &Path,
-        id: &'static str,
-        named_after: Duration,
-        delay: Duration,
-    ) -> std::thread::JoinHandle<()> {
-        use std::io::{Read, Write};
-        let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let start = Instant::now();
-        std::thread::spawn(move || {
-            while start.elapsed() < Duration::from_secs(10) {
-                let Ok((mut conn, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                let _ = conn.set_nonblocking(false);
-                let mut buf = [0u8; 1024];
-                let _ = conn.read(&mut buf);
-                std::thread::sleep(delay);
-                let body = if start.elapsed() >= named_after {
-                    format!(r#"[{{"Id":"{id}","Names":["/late-name"],"Labels":null}}]"#)
-                } else {
-                    "[]".to_string()
-                };
-                let _ = conn.write_all(
-                    format!(
-                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .as_bytes(),
-                );
-            }
-        })
-    }
-
-    fn unnamed_record(id: &str) -> crate::record::Record {
-        crate::record::Record::new(
-            "test",
-            crate::record::TracerType::Event,
-            crate::record::now_ns(),
-            "h",
-            "r",
-            Some(ContainerFields {
-                id: id.to_string(),
-                ..Default::default()
-            }),
-            serde_json::json!({}),
-        )
-    }
-
-    #[test]
-    fn a_record_of_a_container_not_yet_named_waits_for_its_name() {
-        const ID: &str = "abababababababababababababababababababababababababababababababab";
-        const NEVER: &str = "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd";
-        let root = std::env::temp_dir().join(format!("bianque-late-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("proc/self")).unwrap();
-        // No memory hierarchy: names can only come from the engine answer.
-        std::fs::write(root.join("proc/self/mountinfo"), "").unwrap();
-        let server = slow_engine(
-            &root.join("engine.sock"),
-            ID,
-            Duration::from_millis(600),
-            Duration::from_millis(100),
-        );
-        let reg = Arc::new(ContainerRegistry::new(
-            HostRoot::new(&root),
-            ContainersConfig {
-                engine_sockets: vec![PathBuf::from("/engine.sock")],
-                kubelet_read_only_address: String::new(),
-                kubelet_url: String::new(),
-                containerd_state_dirs: vec![],
-                ..Default::default()
-            },
-        ));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let thread = reg.keep_current(stop.clone()).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let tx = Mutex::new(tx);
-        let sink: RecordSink = Arc::new(move |r| {
-            let _ = tx.lock().unwrap().send((Instant::now(), r));
-        });
-        let t0 = Instant::now();
-        for id in [ID, NEVER] {
-            let held = reg.save_when_named(unnamed_record(id), || sink.clone());
-            assert!(held.is_none(), "record of {id} not held");
-        }
-        // The caller never waits on the (slow) API.
-        assert!(
-            t0.elapsed() < Duration::from_millis(50),
-            "{:?}",
-            t0.elapsed()
-        );
-        // A named record or a non-runtime id is given back at once.
-        let mut named = unnamed_record(ID);
-        named.container.as_mut().unwrap().name = "x".into();
-        assert!(reg.save_when_named(named, || sink.clone()).is_some());
-        assert!(reg
-            .save_when_named(unnamed_record("bqc1"), || sink.clone())
-            .is_some());
-
-        let (at, first) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        let c = first.container.unwrap();
-        assert_eq!((c.id.as_str(), c.name.as_str()), (ID, "late-name"));
-        assert!(at - t0 >= Duration::from_millis(600), "{:?}", at - t0);
-        // The other one is never named: saved by id only after the wait, and not held again.
-        let (at, second) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        let c = second.container.unwrap();
-        assert_eq!((c.id.as_str(), c.name.as_str()), (NEVER, ""));
-        assert!(at - t0 >= LATE_METADATA_WAIT, "{:?}", at - t0);
-        assert!(reg
-            .save_when_named(unnamed_record(NEVER), || sink.clone())
-            .is_some());
-
-        // Held at shutdown: saved before the thread ends.
-        const THIRD: &str = "efefefefefefefefefefefefefefefefefefefefefefefefefefefefefefefef";
-        assert!(reg
-            .save_when_named(unnamed_record(THIRD), || sink.clone())
-            .is_none());
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        thread.join().unwrap();
-        let (_, third) = rx.try_recv().expect("held record saved at stop");
-        assert_eq!(third.container.unwrap().id, THIRD);
-        assert!(reg
-            .save_when_named(unnamed_record(THIRD), || sink.clone())
-            .is_some());
-        drop(server);
-        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -1,5 +1,5 @@
-//! What a running tracer gets from the framework: the stop signal, record saving, and the
-//! shared services (container resolution, kernel symbols, host paths).
+//! What a running tracer gets from the framework: the stop signal, record saving (through the
+//! [`Pipeline`]), and the shared services (container resolution, kernel symbols, host paths).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use crate::bpf::KernelSymbolizer;
 use crate::container::ContainerRegistry;
 use crate::host::HostRoot;
 use crate::record::{ContainerFields, Record, TracerType};
-use crate::store::Store;
+use crate::tracer::pipeline::Pipeline;
 use crate::tracer::runner::TracerState;
 use crate::tracer::{Mode, Status};
 
@@ -18,7 +18,8 @@ pub struct Services {
     pub host: HostRoot,
     pub hostname: String,
     pub region: String,
-    pub store: Arc<Store>,
+    /// Where tracers' records go (on to the store).
+    pub records: Arc<Pipeline>,
     pub containers: Arc<ContainerRegistry>,
     pub symbolizer: KernelSymbolizer,
 }
@@ -159,21 +160,6 @@ impl RunContext {
             data,
         );
         self.state.add_hit();
-        // A container known only by its id (an event right at its start): held until its
-        // metadata names it, on the registry's thread.
-        let record = match record.container.as_ref() {
-            Some(c) if c.name.is_empty() => {
-                let store = &self.services.store;
-                match self.services.containers.save_when_named(record, || {
-                    let store = store.clone();
-                    Arc::new(move |r| store.save(r))
-                }) {
-                    None => return,
-                    Some(r) => r,
-                }
-            }
-            _ => record,
-        };
-        self.services.store.save(record);
+        self.services.records.save(record);
     }
 }

@@ -9,6 +9,7 @@
 pub mod check;
 pub mod context;
 pub mod detect;
+pub mod pipeline;
 pub mod runner;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use crate::host::HostRoot;
 
 pub use check::Requirement;
 pub use context::{RunContext, Services};
+pub use pipeline::Pipeline;
 pub use runner::{Runner, TracerEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

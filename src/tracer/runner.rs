@@ -604,7 +604,7 @@ mod tests {
     use crate::tracer::{Anomaly, AutoTracer, EventTracer, TracerError};
     use std::sync::atomic::AtomicU32;
 
-    fn services(tag: &str) -> (Arc<Services>, std::path::PathBuf) {
+    fn services(tag: &str) -> (Arc<Services>, Arc<crate::store::Store>, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("bianque-runner-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = crate::store::Store::open(
@@ -615,18 +615,24 @@ mod tests {
             },
         )
         .unwrap();
+        let store = Arc::new(store);
+        let containers = Arc::new(crate::container::ContainerRegistry::new(
+            HostRoot::default(),
+            Default::default(),
+        ));
+        let sink = store.clone();
         let services = Arc::new(Services {
             host: HostRoot::default(),
             hostname: "h".into(),
             region: "r".into(),
-            store: Arc::new(store),
-            containers: Arc::new(crate::container::ContainerRegistry::new(
-                HostRoot::default(),
-                Default::default(),
+            records: Arc::new(crate::tracer::Pipeline::new(
+                containers.clone(),
+                Arc::new(move |r| sink.save(r)),
             )),
+            containers,
             symbolizer: crate::bpf::KernelSymbolizer::new(),
         });
-        (services, dir)
+        (services, store, dir)
     }
 
     fn entry(spec: &'static TracerSpec, tracer: Tracer, restart: Duration) -> Arc<TracerEntry> {
@@ -673,7 +679,7 @@ mod tests {
 
     #[test]
     fn failed_and_panicking_event_tracers_are_restarted() {
-        let (services, dir) = services("flaky");
+        let (services, _store, dir) = services("flaky");
         let e = entry(
             &FLAKY_SPEC,
             Tracer::Event(Box::new(Flaky(AtomicU32::new(0)))),
@@ -727,7 +733,7 @@ mod tests {
 
     #[test]
     fn unsupported_tracers_are_inactive_with_the_reason_and_others_run() {
-        let (services, dir) = services("unsupported");
+        let (services, _store, dir) = services("unsupported");
         let a = entry(
             &UNSUPPORTED_SPEC,
             Tracer::Event(Box::new(Unsupported)),
@@ -792,7 +798,7 @@ mod tests {
 
     #[test]
     fn autotracer_captures_once_per_cooldown_and_records_merged_data() {
-        let (services, dir) = services("always");
+        let (services, store, dir) = services("always");
         let always = Arc::new(Always(AtomicU32::new(0)));
         struct Shared(Arc<Always>);
         impl AutoTracer for Shared {
@@ -814,7 +820,6 @@ mod tests {
             Tracer::Autotracing(Box::new(Shared(always.clone()))),
             Duration::from_millis(10),
         );
-        let store = services.store.clone();
         let runner = Runner::new(vec![e.clone()], services);
         runner.start_all();
         std::thread::sleep(Duration::from_millis(200));
