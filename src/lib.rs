@@ -23,10 +23,22 @@ pub mod server;
 pub mod store;
 pub mod tracer;
 
-/// Includes the libbpf-rs skeleton that build.rs generated from `<stem>.bpf.c`.
+/// Includes the libbpf-rs skeleton that build.rs generated from `<stem>.bpf.c`. With the name
+/// of its open skeleton type (`OpenSignalSkel`), the skeleton also gets
+/// [`bpf::SharedRodata`], so that [`tracer::program::BpfProgram`] can load it.
 #[macro_export]
 macro_rules! bpf_skeleton {
     ($stem:literal) => {
         include!(concat!(env!("OUT_DIR"), "/", $stem, ".skel.rs"));
+    };
+    ($stem:literal, $open:ident) => {
+        include!(concat!(env!("OUT_DIR"), "/", $stem, ".skel.rs"));
+
+        impl<'obj> $crate::bpf::SharedRodata for $open<'obj> {
+            fn shared_rodata(&mut self) -> Option<(&mut u32, &mut u8)> {
+                let r = self.maps.rodata_data.as_deref_mut()?;
+                Some((&mut r.counter_slots, &mut r.container_filter_mode))
+            }
+        }
     };
 }

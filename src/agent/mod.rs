@@ -138,7 +138,6 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     ));
     // One walk before anything scrapes or traces, so the first metrics and events are attributed.
     containers.resync();
-    crate::container::set_agent_registry(containers.clone());
     let containers_stop = Arc::new(AtomicBool::new(false));
     let containers_thread = containers
         .keep_current(containers_stop.clone())
@@ -158,6 +157,7 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         records: records.clone(),
         containers: containers.clone(),
         symbolizer: KernelSymbolizer::new(),
+        shared: Default::default(),
     });
     let runner = Arc::new(Runner::new(entries, services));
     let state = Arc::new(AppState {

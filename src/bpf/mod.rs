@@ -130,26 +130,60 @@ where
     Ok(())
 }
 
-/// Offset that turns CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`) into wall-clock
-/// nanoseconds since the epoch.
-pub fn boottime_to_wall_offset_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    let boot = ts.tv_sec * 1_000_000_000 + ts.tv_nsec;
-    crate::record::now_ns() - boot
+/// Turns CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`, what the programs stamp records
+/// with) into wall-clock nanoseconds since the epoch; the offset is taken once per run.
+#[derive(Debug, Clone, Copy)]
+pub struct BootClock {
+    offset_ns: i64,
 }
 
+impl BootClock {
+    pub fn now() -> BootClock {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid, writable timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        let boot = ts.tv_sec * 1_000_000_000 + ts.tv_nsec;
+        BootClock {
+            offset_ns: crate::record::now_ns() - boot,
+        }
+    }
+
+    /// The wall-clock time of a CLOCK_BOOTTIME stamp.
+    pub fn wall_ns(&self, boot_ns: u64) -> i64 {
+        boot_ns as i64 + self.offset_ns
+    }
+}
+
+/// The offset [`BootClock`] adds (for tracers not yet on [`BootClock`]).
+pub fn boottime_to_wall_offset_ns() -> i64 {
+    BootClock::now().offset_ns
+}
+
+/// The rodata every bianque program has (bpf/bianque.bpf.h): `counter_slots` and
+/// `container_filter_mode`. Implemented for a skeleton by `bpf_skeleton!("stem", OpenStemSkel)`.
+pub trait SharedRodata {
+    /// `(counter_slots, container_filter_mode)`; None if the object has no .rodata.
+    fn shared_rodata(&mut self) -> Option<(&mut u32, &mut u8)>;
+}
+
+/// A C struct that is valid for any bit pattern: integers and arrays of them, no pointers,
+/// references, bools, enums or padding-sensitive invariants (what the skeleton generates from
+/// a record's BTF).
+///
+/// # Safety
+/// Implement only for `#[repr(C)]` types made of integers and arrays of integers.
+pub unsafe trait Plain: Copy {}
+
 /// Reads a C struct out of a ring-buffer record (records are not aligned for `T`).
-pub fn read_record<T: Copy>(data: &[u8]) -> Option<T> {
+pub fn read_record<T: Plain>(data: &[u8]) -> Option<T> {
     if data.len() < std::mem::size_of::<T>() {
         return None;
     }
-    // SAFETY: the length was checked; T is a plain-old-data C struct generated from BTF
-    // (integers and byte arrays), valid for any bit pattern; read_unaligned handles alignment.
+    // SAFETY: the length was checked; T: Plain is valid for any bit pattern;
+    // read_unaligned handles alignment.
     Some(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
 }
 

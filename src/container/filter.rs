@@ -152,17 +152,17 @@ impl ContainerFilter {
         self.map.as_ref().map(|m| m.as_fd())
     }
 
-    /// Points a program's `container_filter` map at this shared one and sets the program's
-    /// `container_filter_mode` (see bpf/bianque.bpf.h). Without a configured filter the
-    /// program's own empty map stays and the mode stays 0 (off).
-    pub fn share_with(
-        &self,
-        map: &mut libbpf_rs::OpenMapMut<'_>,
-        mode: &mut u8,
-    ) -> anyhow::Result<()> {
+    /// The program's `container_filter_mode` (bpf/bianque.bpf.h): 0 (off) without a configured
+    /// filter.
+    pub fn program_mode(&self) -> u8 {
+        self.mode() as u8
+    }
+
+    /// Points a program's `container_filter` map at this shared one; without a configured
+    /// filter the program's own empty map stays.
+    pub fn share_map(&self, map: &mut libbpf_rs::OpenMapMut<'_>) -> anyhow::Result<()> {
         if let Some(fd) = self.map_fd() {
             anyhow::Context::context(map.reuse_fd(fd), "sharing the container filter map")?;
-            *mode = self.mode() as u8;
         }
         Ok(())
     }

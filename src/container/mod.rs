@@ -14,8 +14,7 @@ pub mod filter;
 pub mod kubelet;
 pub mod metadata;
 mod registry;
-
-use std::sync::Arc;
+pub mod view;
 
 use serde::Serialize;
 
@@ -81,20 +80,6 @@ impl Container {
             qos: self.qos.clone(),
         }
     }
-}
-
-/// The agent's registry, for code that is not handed one: metric collectors are built before it
-/// exists and look container metadata up here at scrape time.
-static AGENT_REGISTRY: std::sync::OnceLock<Arc<ContainerRegistry>> = std::sync::OnceLock::new();
-
-/// Publishes the agent's registry (once; later calls are ignored).
-pub fn set_agent_registry(registry: Arc<ContainerRegistry>) {
-    let _ = AGENT_REGISTRY.set(registry);
-}
-
-/// The agent's registry, when one runs in this process.
-pub fn agent_registry() -> Option<&'static Arc<ContainerRegistry>> {
-    AGENT_REGISTRY.get()
 }
 
 /// The container id in a cgroup path, from its container segment (compatibility helper).

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::cgroups::{first_pid, netns_inum, walk_cgroups};
-use super::{cgroup_path, filter, is_container_id, metadata};
+use super::{cgroup_path, filter, is_container_id, metadata, view};
 use super::{CgroupMatch, Container, ContainersConfig, Runtime};
 use crate::host::HostRoot;
 use crate::record::ContainerFields;
@@ -52,6 +52,8 @@ pub struct ContainerRegistry {
     /// Asks the `keep_current` thread to fetch metadata again (an event named a cgroup the
     /// registry did not know); None while that thread does not run.
     refresh_tx: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
+    /// The last view for collectors ([`ContainerRegistry::cgroups`]) and when it was taken.
+    view: Mutex<Option<(Instant, Arc<view::ContainerCgroups>)>>,
 }
 
 /// Metadata by container id, as the sources last answered.
@@ -79,6 +81,7 @@ impl ContainerRegistry {
             metadata: Mutex::new((None, Arc::new(HashMap::new()))),
             fetching: Mutex::new(sources),
             refresh_tx: Mutex::new(None),
+            view: Mutex::new(None),
         }
     }
 
@@ -165,6 +168,31 @@ impl ContainerRegistry {
             (Some(c), None) => Some(c.clone()),
             _ => None,
         }
+    }
+
+    /// The live containers' cgroups for collectors: the view taken at most `max_age` ago, else
+    /// a new one after a cgroup walk (callers at the same time share it). The walk uses the
+    /// metadata at hand; new containers' names are asked for on the registry's own thread.
+    pub fn cgroups(&self, max_age: Duration) -> Arc<view::ContainerCgroups> {
+        let mut cached = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, v)) = cached.as_ref() {
+            if at.elapsed() < max_age {
+                return v.clone();
+            }
+        }
+        if self.rebuild(&self.cached_metadata().1) {
+            self.request_refresh();
+        }
+        let v = Arc::new(view::ContainerCgroups {
+            layout: crate::cgroupfs::Layout::read(&self.host),
+            containers: self
+                .list()
+                .iter()
+                .map(|c| view::ContainerCgroup::of(c))
+                .collect(),
+        });
+        *cached = Some((Instant::now(), v.clone()));
+        v
     }
 
     /// Running containers, by id.

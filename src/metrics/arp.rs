@@ -7,8 +7,9 @@ use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::{read_optional, ProcFile};
 use crate::host::HostRoot;
-use crate::metrics::cgroup;
-use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{
+    BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
+};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -36,8 +37,8 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     let cfg: ArpConfig = crate::config::parse_section(ctx.section, table)?;
     Ok(Tracer::Metric(Box::new(Arp {
         host: ctx.host.clone(),
-        arp: ProcFile::new(cgroup::host_net_file(ctx.host, "arp")),
-        cache: ProcFile::new(cgroup::host_net_file(ctx.host, "stat/arp_cache")),
+        arp: ProcFile::new(ctx.host.net_file("arp")),
+        cache: ProcFile::new(ctx.host.net_file("stat/arp_cache")),
         containers: cfg.containers,
         buf: std::sync::Mutex::new(String::new()),
     })))
@@ -91,7 +92,7 @@ pub fn parse_arp_cache(text: &str) -> Result<u64> {
 }
 
 impl Collector for Arp {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         if let Some(n) = self.arp.with(count_arp)? {
             out.single("entries", "host init namespace", Kind::Gauge, n as f64);
         }
@@ -112,14 +113,14 @@ impl Collector for Arp {
         if !self.containers {
             return Ok(());
         }
-        let snap = cgroup::snapshot(&self.host);
+        let snap = ctx.cgroups();
         if snap.containers.is_empty() {
             return Ok(());
         }
         let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         let mut rows = Vec::new();
         for c in &snap.containers {
-            let Some(pid) = cgroup::netns_pid(&self.host, &snap.layout, c, &mut buf) else {
+            let Some(pid) = snap.netns_pid(&self.host, c, &mut buf) else {
                 continue;
             };
             if read_optional(&self.host.proc(&format!("{pid}/net/arp")), &mut buf)? {

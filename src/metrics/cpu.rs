@@ -12,12 +12,13 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 use crate::config::ConfigResult;
+use crate::container::view::ContainerCgroup;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::{read_optional, ProcFile};
-use crate::host::HostRoot;
-use crate::metrics::cgroup::{self, cpuset_count, ContainerCgroup};
 use crate::procfs::{for_each_kv, parse_u64};
-use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{
+    BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
+};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -42,7 +43,6 @@ struct CpuConfig {
 fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     let cfg: CpuConfig = crate::config::parse_section(ctx.section, table)?;
     Ok(Tracer::Metric(Box::new(Cpu {
-        host: ctx.host.clone(),
         per_cpu: cfg.per_cpu,
         containers: cfg.containers.unwrap_or(true),
         stat: ProcFile::new(ctx.host.proc("stat")),
@@ -52,7 +52,6 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
 }
 
 struct Cpu {
-    host: HostRoot,
     per_cpu: bool,
     containers: bool,
     stat: ProcFile,
@@ -434,8 +433,13 @@ impl Cpu {
         Ok(())
     }
 
-    fn collect_containers(&self, out: &mut MetricSink, st: &mut State) -> Result<()> {
-        let snap = cgroup::snapshot(&self.host);
+    fn collect_containers(
+        &self,
+        ctx: &ScrapeContext,
+        out: &mut MetricSink,
+        st: &mut State,
+    ) -> Result<()> {
+        let snap = ctx.cgroups();
         if snap.containers.is_empty() {
             st.containers.clear();
             return Ok(());
@@ -638,7 +642,7 @@ pub fn wait_sum_percent(prev: (u64, u64), cur: (u64, u64)) -> Option<f64> {
 
 /// A container's cumulative usage and throttling (v1: cpuacct + cpu; v2: cpu.stat).
 pub fn read_container(
-    layout: &cgroup::Layout,
+    layout: &crate::cgroupfs::Layout,
     rel: &str,
     buf: &mut String,
     tck: f64,
@@ -677,7 +681,7 @@ pub fn read_container(
 }
 
 fn container_cores(
-    layout: &cgroup::Layout,
+    layout: &crate::cgroupfs::Layout,
     c: &ContainerCgroup,
     buf: &mut String,
 ) -> Result<Option<f64>> {
@@ -706,8 +710,8 @@ fn container_cores(
         };
         for n in names {
             if read_optional(&d.path.join(n), buf)? {
-                if let Some(k) = cpuset_count(buf) {
-                    return Ok(Some(k as f64));
+                if let Some(cpus) = crate::procfs::cpulist::parse(buf) {
+                    return Ok(Some(cpus.len() as f64));
                 }
             }
         }
@@ -716,11 +720,11 @@ fn container_cores(
 }
 
 impl Collector for Cpu {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         self.collect_host(out, &mut st)?;
         if self.containers {
-            self.collect_containers(out, &mut st)?;
+            self.collect_containers(ctx, out, &mut st)?;
         }
         Ok(())
     }

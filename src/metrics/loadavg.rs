@@ -16,12 +16,14 @@ use std::sync::Mutex;
 use anyhow::{bail, Context, Result};
 
 use crate::cgroupfs::taskstats::{CgroupStats, TaskStats};
+use crate::cgroupfs::CgroupDir;
 use crate::config::ConfigResult;
 use crate::events::hungtask::parse_stat_comm_state;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
-use crate::metrics::cgroup::{self, CgroupDir};
-use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{
+    BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
+};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -108,7 +110,7 @@ pub fn parse_loadavg(text: &str) -> Result<LoadAvgSample> {
 }
 
 impl Collector for LoadAvg {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let mut text = String::with_capacity(64);
         {
             let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
@@ -142,7 +144,7 @@ impl Collector for LoadAvg {
             s.tasks as f64,
         );
         if self.containers {
-            self.collect_containers(out);
+            self.collect_containers(ctx, out);
         }
         Ok(())
     }
@@ -152,8 +154,8 @@ impl LoadAvg {
     /// `container_nr_running` and `container_nr_uninterruptible` (HuaTuo's names) for each
     /// container with a cgroup v1 cpu directory. A container whose cgroup vanished or is not
     /// v1 is skipped; so is everything when the kernel has no taskstats.
-    fn collect_containers(&self, out: &mut MetricSink) {
-        let snap = cgroup::snapshot(&self.host);
+    fn collect_containers(&self, ctx: &ScrapeContext, out: &mut MetricSink) {
+        let snap = ctx.cgroups();
         if snap.containers.is_empty() {
             return;
         }

@@ -7,7 +7,9 @@ use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::ProcFile;
 use crate::procfs::parse_u64;
-use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{
+    BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
+};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -64,7 +66,7 @@ pub fn parse_buddyinfo(text: &str) -> Result<Vec<Zone<'_>>> {
 }
 
 impl Collector for BuddyInfo {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, _ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         const ORDERS: [&str; 16] = [
             "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
         ];

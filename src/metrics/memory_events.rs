@@ -8,10 +8,8 @@ use crate::config::filter::Filter;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::read_optional;
-use crate::host::HostRoot;
-use crate::metrics::cgroup;
 use crate::procfs::{for_each_kv, parse_u64};
-use crate::tracer::{BuildContext, Collector, Mode, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{BuildContext, Collector, Mode, ScrapeContext, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -33,7 +31,6 @@ struct EventsConfig {
 fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     let cfg: EventsConfig = crate::config::parse_section(ctx.section, table)?;
     Ok(Tracer::Metric(Box::new(MemoryEvents {
-        host: ctx.host.clone(),
         filter: Filter::new(
             ctx.section,
             "include",
@@ -46,13 +43,12 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
 }
 
 struct MemoryEvents {
-    host: HostRoot,
     filter: Filter,
     buf: std::sync::Mutex<String>,
 }
 
 /// A container's events as (key, count), v2 file or v1 equivalents.
-fn read_events(dir: &cgroup::CgroupDir, buf: &mut String) -> Result<Vec<(String, u64)>> {
+fn read_events(dir: &crate::cgroupfs::CgroupDir, buf: &mut String) -> Result<Vec<(String, u64)>> {
     let mut out = Vec::new();
     if dir.v2 {
         if read_optional(&dir.path.join("memory.events"), buf)? {
@@ -74,8 +70,8 @@ fn read_events(dir: &cgroup::CgroupDir, buf: &mut String) -> Result<Vec<(String,
 }
 
 impl Collector for MemoryEvents {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
-        let snap = cgroup::snapshot(&self.host);
+    fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
+        let snap = ctx.cgroups();
         let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         let mut rows: Vec<(String, Vec<(usize, u64)>)> = Vec::new();
         for (i, c) in snap.containers.iter().enumerate() {
@@ -137,7 +133,7 @@ mod tests {
         .unwrap();
         let mut buf = String::new();
         let v2 = read_events(
-            &cgroup::CgroupDir {
+            &crate::cgroupfs::CgroupDir {
                 path: dir.clone(),
                 v2: true,
             },
@@ -147,7 +143,7 @@ mod tests {
         assert_eq!(v2.len(), 5);
         assert_eq!(v2[2], ("max".to_string(), 3));
         let v1 = read_events(
-            &cgroup::CgroupDir {
+            &crate::cgroupfs::CgroupDir {
                 path: dir.clone(),
                 v2: false,
             },
@@ -160,7 +156,7 @@ mod tests {
         );
         std::fs::write(dir.join("memory.events"), "low\n").unwrap();
         assert!(read_events(
-            &cgroup::CgroupDir {
+            &crate::cgroupfs::CgroupDir {
                 path: dir.clone(),
                 v2: true
             },

@@ -9,7 +9,9 @@ use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::ProcFile;
 use crate::procfs::parse_u64;
-use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{
+    BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
+};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -125,7 +127,7 @@ pub fn snake_case(key: &str, out: &mut String) {
 }
 
 impl Collector for Meminfo {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, _ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let mut name = String::with_capacity(48);
         let mut help = String::with_capacity(64);
         self.file.with(|text| {

@@ -11,10 +11,10 @@ use crate::config::filter::Filter;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::{read_optional, ProcFile};
-use crate::host::HostRoot;
-use crate::metrics::cgroup;
 use crate::procfs::parse_u64;
-use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{
+    BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
+};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -70,7 +70,6 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
         cfg.container_exclude.as_deref(),
     )?;
     Ok(Tracer::Metric(Box::new(Vmstat {
-        host: ctx.host.clone(),
         file: ProcFile::new(ctx.host.proc("vmstat")),
         host_filter,
         container_filter,
@@ -80,7 +79,6 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
 }
 
 struct Vmstat {
-    host: HostRoot,
     file: ProcFile,
     host_filter: Filter,
     container_filter: Filter,
@@ -188,7 +186,7 @@ pub fn parse_kv(text: &str) -> Result<Vec<(&str, u64)>> {
 }
 
 impl Collector for Vmstat {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let mut name = String::with_capacity(64);
         let mut help = String::with_capacity(64);
         self.file.with(|text| {
@@ -206,7 +204,7 @@ impl Collector for Vmstat {
         if !self.containers {
             return Ok(());
         }
-        let snap = cgroup::snapshot(&self.host);
+        let snap = ctx.cgroups();
         if snap.containers.is_empty() {
             return Ok(());
         }

@@ -1,7 +1,6 @@
 //! Metric collectors, one file (or folder, with its BPF program) each, computed at scrape time.
 
 pub mod arp;
-pub mod cgroup;
 pub mod cpu;
 pub mod diskio;
 pub mod iolatency;

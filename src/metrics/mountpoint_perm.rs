@@ -8,7 +8,9 @@ use crate::config::filter::Filter;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::ProcFile;
-use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{
+    BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
+};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -110,7 +112,7 @@ pub fn parse_mountinfo(text: &str) -> Result<Vec<(String, bool)>> {
 }
 
 impl Collector for MountPoints {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, _ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         self.file.with(|text| {
             let mounts = parse_mountinfo(text)?;
             out.family("ro", "whether mountpoint is readonly or not", Kind::Gauge);

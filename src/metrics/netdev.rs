@@ -9,9 +9,10 @@ use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::{read_optional, ProcFile};
 use crate::host::HostRoot;
-use crate::metrics::cgroup;
 use crate::procfs::parse_u64;
-use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{
+    BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
+};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -69,7 +70,7 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     let cfg: NetdevConfig = crate::config::parse_section(ctx.section, table)?;
     Ok(Tracer::Metric(Box::new(Netdev {
         host: ctx.host.clone(),
-        file: ProcFile::new(cgroup::host_net_file(ctx.host, "dev")),
+        file: ProcFile::new(ctx.host.net_file("dev")),
         filter: Filter::new(
             ctx.section,
             "device_include",
@@ -121,7 +122,7 @@ pub fn parse_netdev(text: &str) -> Result<Vec<(&str, [u64; 16])>> {
 }
 
 impl Collector for Netdev {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let mut name = String::with_capacity(48);
         let mut help = String::with_capacity(64);
         let mut family = |out: &mut MetricSink, prefix: &str, col: &str| {
@@ -151,14 +152,14 @@ impl Collector for Netdev {
         if !self.containers {
             return Ok(());
         }
-        let snap = cgroup::snapshot(&self.host);
+        let snap = ctx.cgroups();
         if snap.containers.is_empty() {
             return Ok(());
         }
         let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         let mut texts = Vec::new();
         for c in &snap.containers {
-            let Some(pid) = cgroup::netns_pid(&self.host, &snap.layout, c, &mut buf) else {
+            let Some(pid) = snap.netns_pid(&self.host, c, &mut buf) else {
                 continue;
             };
             if read_optional(&self.host.proc(&format!("{pid}/net/dev")), &mut buf)? {

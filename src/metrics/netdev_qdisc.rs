@@ -22,7 +22,7 @@ use crate::config::filter::Filter;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
-use crate::tracer::{BuildContext, Collector, Mode, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{BuildContext, Collector, Mode, ScrapeContext, Tracer, TracerSpec, TRACERS};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -351,7 +351,7 @@ const FAMILIES: [Family; 7] = [
 ];
 
 impl Collector for Qdisc {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, _ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let (names, mut rows) = {
             let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
             if guard.is_none() {

@@ -13,9 +13,10 @@ use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::{read_optional, ProcFile};
 use crate::host::HostRoot;
-use crate::metrics::cgroup;
 use crate::procfs::parse_i64;
-use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{
+    BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
+};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -67,8 +68,8 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     let cfg: NetstatConfig = crate::config::parse_section(ctx.section, table)?;
     Ok(Tracer::Metric(Box::new(Netstat {
         host: ctx.host.clone(),
-        netstat: ProcFile::new(cgroup::host_net_file(ctx.host, "netstat")),
-        snmp: ProcFile::new(cgroup::host_net_file(ctx.host, "snmp")),
+        netstat: ProcFile::new(ctx.host.net_file("netstat")),
+        snmp: ProcFile::new(ctx.host.net_file("snmp")),
         filter: Filter::new(
             ctx.section,
             "include",
@@ -176,7 +177,7 @@ impl Netstat {
 }
 
 impl Collector for Netstat {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
         let host: Rows = self
             .read_host()?
@@ -188,7 +189,7 @@ impl Collector for Netstat {
         if !self.containers {
             return Ok(());
         }
-        let snap = cgroup::snapshot(&self.host);
+        let snap = ctx.cgroups();
         if snap.containers.is_empty() {
             return Ok(());
         }
@@ -196,7 +197,7 @@ impl Collector for Netstat {
         let mut labels = Vec::new();
         let mut rows: Rows = Vec::new();
         for c in &snap.containers {
-            let Some(pid) = cgroup::netns_pid(&self.host, &snap.layout, c, &mut buf) else {
+            let Some(pid) = snap.netns_pid(&self.host, c, &mut buf) else {
                 continue;
             };
             let idx = labels.len();

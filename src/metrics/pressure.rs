@@ -7,10 +7,10 @@ use anyhow::{bail, Result};
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::{read_optional, ProcFile};
-use crate::host::HostRoot;
-use crate::metrics::cgroup;
 use crate::procfs::{parse_f64, parse_u64};
-use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{
+    BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
+};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -39,7 +39,6 @@ impl Default for PressureConfig {
 fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     let cfg: PressureConfig = crate::config::parse_section(ctx.section, table)?;
     Ok(Tracer::Metric(Box::new(Pressure {
-        host: ctx.host.clone(),
         files: RESOURCES.map(|r| ProcFile::new(ctx.host.proc(&format!("pressure/{r}")))),
         containers: cfg.containers,
         buf: std::sync::Mutex::new(String::new()),
@@ -47,7 +46,6 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
 }
 
 struct Pressure {
-    host: HostRoot,
     files: [ProcFile; 4],
     containers: bool,
     buf: std::sync::Mutex<String>,
@@ -104,7 +102,7 @@ pub fn parse_psi(text: &str) -> Result<Vec<PsiLine>> {
 }
 
 impl Collector for Pressure {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let mut host = Vec::new();
         for (r, f) in RESOURCES.iter().zip(&self.files) {
             if let Some(lines) = f.with(parse_psi)? {
@@ -142,7 +140,7 @@ impl Collector for Pressure {
         if !self.containers {
             return Ok(());
         }
-        let snap = cgroup::snapshot(&self.host);
+        let snap = ctx.cgroups();
         let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         let mut rows = Vec::new();
         for c in &snap.containers {

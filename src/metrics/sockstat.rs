@@ -8,9 +8,10 @@ use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::{read_optional, ProcFile};
 use crate::host::HostRoot;
-use crate::metrics::cgroup;
 use crate::procfs::parse_u64;
-use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{
+    BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
+};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -38,7 +39,7 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     let cfg: SockstatConfig = crate::config::parse_section(ctx.section, table)?;
     Ok(Tracer::Metric(Box::new(Sockstat {
         host: ctx.host.clone(),
-        file: ProcFile::new(cgroup::host_net_file(ctx.host, "sockstat")),
+        file: ProcFile::new(ctx.host.net_file("sockstat")),
         containers: cfg.containers,
         buf: std::sync::Mutex::new(String::new()),
     })))
@@ -114,7 +115,7 @@ fn with_bytes(mut v: Vec<(String, u64)>) -> Vec<(String, u64)> {
 }
 
 impl Collector for Sockstat {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         self.file.with(|text| {
             for (k, v) in with_bytes(parse_sockstat(text)?) {
                 out.single(&k, &help(&k), Kind::Gauge, v as f64);
@@ -124,14 +125,14 @@ impl Collector for Sockstat {
         if !self.containers {
             return Ok(());
         }
-        let snap = cgroup::snapshot(&self.host);
+        let snap = ctx.cgroups();
         if snap.containers.is_empty() {
             return Ok(());
         }
         let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         let mut rows: Vec<(String, Vec<(usize, u64)>)> = Vec::new();
         for (i, c) in snap.containers.iter().enumerate() {
-            let Some(pid) = cgroup::netns_pid(&self.host, &snap.layout, c, &mut buf) else {
+            let Some(pid) = snap.netns_pid(&self.host, c, &mut buf) else {
                 continue;
             };
             if !read_optional(&self.host.proc(&format!("{pid}/net/sockstat")), &mut buf)? {

@@ -6,10 +6,11 @@ use anyhow::{bail, Context, Result};
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::ProcFile;
-use crate::metrics::cgroup;
 use crate::metrics::sockstat::{page_size, parse_sockstat};
 use crate::procfs::parse_u64;
-use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{
+    BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
+};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -32,7 +33,7 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     let _: NoOptions = crate::config::parse_section(ctx.section, table)?;
     Ok(Tracer::Metric(Box::new(TcpMemory {
         tcp_mem: ProcFile::new(ctx.host.proc("sys/net/ipv4/tcp_mem")),
-        sockstat: ProcFile::new(cgroup::host_net_file(ctx.host, "sockstat")),
+        sockstat: ProcFile::new(ctx.host.net_file("sockstat")),
     })))
 }
 
@@ -55,7 +56,7 @@ pub fn parse_tcp_mem(text: &str) -> Result<[u64; 3]> {
 }
 
 impl Collector for TcpMemory {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, _ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let Some(limits) = self.tcp_mem.with(parse_tcp_mem)? else {
             return Ok(());
         };

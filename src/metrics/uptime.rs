@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 
 use crate::config::{parse_section, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
-use crate::tracer::{BuildContext, Collector, Mode, Requirement, Tracer, TracerSpec, TRACERS};
+use crate::tracer::{
+    BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
+};
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -49,7 +51,7 @@ pub fn parse_uptime(text: &str) -> Result<(f64, f64)> {
 }
 
 impl Collector for Uptime {
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, _ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let text = std::fs::read_to_string(&self.path)
             .with_context(|| format!("reading {}", self.path.display()))?;
         let (up, idle) =

@@ -3,6 +3,9 @@
 //! model is node_exporter's prometheus/procfs library). Reading is the caller's job
 //! ([`crate::host::file`]).
 
+pub mod cpulist;
+pub mod mountinfo;
+
 use anyhow::{Context, Result};
 
 /// Parses an unsigned integer field, naming it in the error.

@@ -8,17 +8,28 @@
 //! threads and malloc arenas, which stayed resident (~5 MB) between scrapes.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::anyhow;
 use tokio::sync::Semaphore;
 
 use crate::exposition::{Kind, MetricSink};
 use crate::server::watch::StreamStats;
 use crate::store::shipper::ShipperStats;
 use crate::store::Store;
-use crate::tracer::{Mode, Runner, Status};
+use crate::tracer::{panic_message, Mode, Runner, ScrapeContext, Status, Tracer};
+
+/// Clears a collector's busy flag when its run ends, however it ends.
+struct BusyGuard(Arc<AtomicBool>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
 
 pub struct Scraper {
     prefix: String,
@@ -67,6 +78,8 @@ impl Scraper {
     }
 
     pub async fn scrape(&self, runner: &Runner, store: &Store) -> String {
+        // One context for every collector of this scrape: they share one view of the containers.
+        let ctx = Arc::new(ScrapeContext::new(runner.services().clone()));
         let mut pending = Vec::new();
         for entry in runner.entries() {
             let (status, _) = entry.state.status();
@@ -93,12 +106,23 @@ impl Scraper {
             }
             let entry = entry.clone();
             let prefix = self.prefix.clone();
+            let ctx = ctx.clone();
             let collect = move || {
+                // Cleared however the collector ends, a panic included: the next scrape tries
+                // it again.
+                let _busy = BusyGuard(busy);
                 let start = Instant::now();
                 let mut sink = MetricSink::new(&prefix, entry.spec.name);
-                let result = entry.tracer.collect(&mut sink);
-                busy.store(false, Ordering::Release);
-                if entry.spec.mode == Mode::Metric {
+                let result =
+                    catch_unwind(AssertUnwindSafe(|| entry.tracer.collect(&ctx, &mut sink)))
+                        .unwrap_or_else(|p| {
+                            Err(anyhow!("panicked: {}", panic_message(p.as_ref())))
+                        });
+                // A collector's status is its own unless it owns a program (the program's run
+                // keeps that status).
+                let owns_status =
+                    matches!(entry.tracer.as_ref(), Tracer::Metric(c) if !c.owns_program());
+                if owns_status {
                     match &result {
                         Ok(()) => {
                             if entry.state.status().0 == Status::Failed {
@@ -317,5 +341,69 @@ impl Scraper {
         m.family("build_info", "Build of the running agent.", Kind::Gauge)
             .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
         m.into_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracer::runner::testing::{entry, services_and_store};
+    use crate::tracer::{BuildContext, Collector, Tracer, TracerSpec};
+    use std::sync::atomic::AtomicU32;
+
+    /// Panics on its first scrape, then writes one family.
+    struct PanicsOnce(AtomicU32);
+
+    impl Collector for PanicsOnce {
+        fn collect(&self, _ctx: &ScrapeContext, out: &mut MetricSink) -> anyhow::Result<()> {
+            if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("first scrape panics");
+            }
+            out.single("up", "x", Kind::Gauge, 1.0);
+            Ok(())
+        }
+    }
+
+    fn never_build(_: &BuildContext, _: &toml::Table) -> crate::config::ConfigResult<Tracer> {
+        Err(crate::config::ConfigError("test spec".into()))
+    }
+
+    static PANICS_SPEC: TracerSpec = TracerSpec {
+        name: "panics_once",
+        mode: Mode::Metric,
+        description: "test",
+        requires: &[],
+        default_enabled: true,
+        build: never_build,
+    };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_collector_reports_failure_and_is_tried_again() {
+        let (services, store, dir) = services_and_store("scrape-panic");
+        let e = entry(
+            &PANICS_SPEC,
+            Tracer::Metric(Box::new(PanicsOnce(AtomicU32::new(0)))),
+            Duration::from_secs(1),
+        );
+        let runner = Runner::new(vec![e.clone()], services);
+        runner.start_all();
+        let scraper = Scraper::new("bq", Duration::from_secs(5), 2, &runner);
+        let first = scraper.scrape(&runner, &store).await;
+        assert!(
+            first.contains("bq_scrape_collector_success{collector=\"panics_once\"} 0"),
+            "{first}"
+        );
+        let (status, reason) = e.state.status();
+        assert_eq!(status, Status::Failed);
+        assert!(reason.contains("panicked: first scrape panics"), "{reason}");
+        let second = scraper.scrape(&runner, &store).await;
+        assert!(
+            second.contains("bq_scrape_collector_success{collector=\"panics_once\"} 1"),
+            "{second}"
+        );
+        assert!(second.contains("\nbq_panics_once_up 1\n"), "{second}");
+        assert_eq!(e.state.status().0, Status::Active);
+        store.close();
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

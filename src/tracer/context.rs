@@ -1,11 +1,14 @@
-//! What a running tracer gets from the framework: the stop signal, record saving (through the
-//! [`Pipeline`]), and the shared services (container resolution, kernel symbols, host paths).
+//! What a tracer gets from the framework: a running tracer its [`RunContext`] (the stop signal,
+//! record saving through the [`Pipeline`], the shared services), a collector its
+//! [`ScrapeContext`] at each scrape (the services and one view of the containers for the whole
+//! scrape).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::bpf::KernelSymbolizer;
+use crate::container::view::{self, ContainerCgroups};
 use crate::container::ContainerRegistry;
 use crate::host::HostRoot;
 use crate::record::{ContainerFields, Record, TracerType};
@@ -22,6 +25,74 @@ pub struct Services {
     pub records: Arc<Pipeline>,
     pub containers: Arc<ContainerRegistry>,
     pub symbolizer: KernelSymbolizer,
+    /// What one tracer measures for others to read.
+    pub shared: SharedMeasurements,
+}
+
+/// Measurements one tracer makes and others read, so that no tracer imports another: the
+/// source publishes while it runs, readers get `None` when it does not.
+#[derive(Default)]
+pub struct SharedMeasurements {
+    runqueue_wait: std::sync::RwLock<Option<Arc<dyn RunqueueWait>>>,
+}
+
+/// Per-container run-queue wait (runqlat measures it; waitrate reads it).
+pub trait RunqueueWait: Send + Sync {
+    /// Total run-queue wait (ns) per container id of `cgroups`, counted since the source
+    /// started; a decrease means it restarted.
+    fn wait_ns(&self, cgroups: &ContainerCgroups)
+        -> Option<std::collections::HashMap<String, u64>>;
+}
+
+impl SharedMeasurements {
+    pub fn publish_runqueue_wait(&self, source: Option<Arc<dyn RunqueueWait>>) {
+        *self
+            .runqueue_wait
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = source;
+    }
+
+    pub fn runqueue_wait(&self) -> Option<Arc<dyn RunqueueWait>> {
+        self.runqueue_wait
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// What a collector gets at one scrape. Every collector of the scrape shares it, so they all see
+/// the same containers, walked at most once.
+pub struct ScrapeContext {
+    services: Arc<Services>,
+    cgroups: OnceLock<Arc<ContainerCgroups>>,
+}
+
+impl ScrapeContext {
+    pub fn new(services: Arc<Services>) -> ScrapeContext {
+        ScrapeContext {
+            services,
+            cgroups: OnceLock::new(),
+        }
+    }
+
+    pub fn host(&self) -> &HostRoot {
+        &self.services.host
+    }
+
+    pub fn containers(&self) -> &ContainerRegistry {
+        &self.services.containers
+    }
+
+    /// The live containers' cgroups, taken once per scrape (from a walk at most
+    /// [`view::MAX_AGE`] old).
+    pub fn cgroups(&self) -> &ContainerCgroups {
+        self.cgroups
+            .get_or_init(|| self.services.containers.cgroups(view::MAX_AGE))
+    }
+
+    pub fn shared(&self) -> &SharedMeasurements {
+        &self.services.shared
+    }
 }
 
 pub struct RunContext {
@@ -118,6 +189,15 @@ impl RunContext {
 
     pub fn symbolizer(&self) -> &KernelSymbolizer {
         &self.services.symbolizer
+    }
+
+    /// The live containers' cgroups (a view at most [`view::MAX_AGE`] old).
+    pub fn cgroups(&self) -> Arc<ContainerCgroups> {
+        self.services.containers.cgroups(view::MAX_AGE)
+    }
+
+    pub fn shared(&self) -> &SharedMeasurements {
+        &self.services.shared
     }
 
     /// Saves a record stamped now.

@@ -10,6 +10,7 @@ pub mod check;
 pub mod context;
 pub mod detect;
 pub mod pipeline;
+pub mod program;
 pub mod runner;
 
 use std::collections::BTreeMap;
@@ -20,9 +21,9 @@ use crate::exposition::MetricSink;
 use crate::host::HostRoot;
 
 pub use check::Requirement;
-pub use context::{RunContext, Services};
+pub use context::{RunContext, ScrapeContext, Services, SharedMeasurements};
 pub use pipeline::Pipeline;
-pub use runner::{Runner, TracerEntry};
+pub use runner::{panic_message, Runner, TracerEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mode {
@@ -93,9 +94,22 @@ pub enum TracerError {
     Failed(#[from] anyhow::Error),
 }
 
-/// A metric collector: appends its families to the sink at scrape time.
+/// A metric collector: appends its families to the sink at scrape time. A collector whose
+/// numbers live in BPF maps owns its program: it keeps it loaded in `run`, on its own thread,
+/// as an event tracer runs (and restarted like one).
 pub trait Collector: Send + Sync + 'static {
-    fn collect(&self, out: &mut MetricSink) -> anyhow::Result<()>;
+    fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> anyhow::Result<()>;
+
+    /// True for a collector that owns a kernel program ([`Collector::run`]).
+    fn owns_program(&self) -> bool {
+        false
+    }
+
+    /// Loads and attaches the collector's program, then keeps it until
+    /// [`RunContext::stopping`] (only called when [`Collector::owns_program`]).
+    fn run(&self, _ctx: &RunContext) -> Result<(), TracerError> {
+        Ok(())
+    }
 }
 
 /// An always-on event tracer.
@@ -151,9 +165,9 @@ impl Tracer {
     }
 
     /// Metrics of any kind of tracer.
-    pub fn collect(&self, out: &mut MetricSink) -> anyhow::Result<()> {
+    pub fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> anyhow::Result<()> {
         match self {
-            Tracer::Metric(c) => c.collect(out),
+            Tracer::Metric(c) => c.collect(ctx, out),
             Tracer::Event(e) => e.collect(out),
             Tracer::Autotracing(a) => a.collect(out),
         }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use crate::config::{check_range, ConfigError, ConfigResult};
 use crate::host::HostRoot;
 use crate::tracer::{
-    check, registry, AutoTracer, BuildContext, EventTracer, Mode, RunContext, Services, Status,
-    Tracer, TracerError, TracerSections, TracerSpec,
+    check, registry, AutoTracer, BuildContext, Mode, RunContext, Services, Status, Tracer,
+    TracerError, TracerSections, TracerSpec,
 };
 
 const DEFAULT_RESTART_INTERVAL: Duration = Duration::from_secs(10);
@@ -276,11 +276,11 @@ impl Runner {
         }
         entry.state.stop.store(false, Ordering::Relaxed);
         match entry.tracer.as_ref() {
-            Tracer::Metric(_) => {
+            Tracer::Metric(c) if !c.owns_program() => {
                 entry.state.set_status(Status::Active, "");
                 tracing::info!(tracer = name, mode = "metric", "tracer started");
             }
-            Tracer::Event(_) | Tracer::Autotracing(_) => {
+            _ => {
                 entry.state.set_status(Status::Active, "starting");
                 let ctx = RunContext::new(
                     name,
@@ -316,8 +316,8 @@ impl Runner {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .is_some_and(|h| !h.is_finished());
-        if running || (entry.spec.mode == Mode::Metric && entry.state.status().0 == Status::Active)
-        {
+        let threadless = matches!(entry.tracer.as_ref(), Tracer::Metric(c) if !c.owns_program());
+        if running || (threadless && entry.state.status().0 == Status::Active) {
             return Err(format!("tracer {name} is already running"));
         }
         self.start_entry(entry);
@@ -377,7 +377,8 @@ impl Runner {
     }
 }
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+/// The message of a caught panic.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
@@ -387,19 +388,29 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 fn run_loop(entry: &TracerEntry, ctx: &RunContext) {
     let name = entry.spec.name;
     match entry.tracer.as_ref() {
-        Tracer::Event(t) => run_event_loop(entry, t.as_ref(), ctx),
+        Tracer::Event(t) => run_program_loop(entry, ctx, &|ctx| t.run(ctx)),
+        Tracer::Metric(c) => run_program_loop(entry, ctx, &|ctx| c.run(ctx)),
         Tracer::Autotracing(t) => run_autotracing_loop(entry, t.as_ref(), ctx),
-        Tracer::Metric(_) => {}
     }
     tracing::info!(tracer = name, "tracer stopped");
 }
 
-fn run_event_loop(entry: &TracerEntry, tracer: &dyn EventTracer, ctx: &RunContext) {
+/// Runs an event tracer (or a collector's program) until it is stopped, starting it again after
+/// its restart interval whenever it ends or fails.
+fn run_program_loop(
+    entry: &TracerEntry,
+    ctx: &RunContext,
+    run: &dyn Fn(&RunContext) -> Result<(), TracerError>,
+) {
     let name = entry.spec.name;
     let state = &entry.state;
     loop {
-        tracing::info!(tracer = name, mode = "event", "tracer starting");
-        let outcome = catch_unwind(AssertUnwindSafe(|| tracer.run(ctx)));
+        tracing::info!(
+            tracer = name,
+            mode = entry.spec.mode.as_str(),
+            "tracer starting"
+        );
+        let outcome = catch_unwind(AssertUnwindSafe(|| run(ctx)));
         if ctx.stopping() {
             return;
         }
@@ -497,6 +508,63 @@ fn merge(detector: serde_json::Value, captured: serde_json::Value) -> serde_json
         (serde_json::Value::Null, c) => c,
         (d, serde_json::Value::Null) => d,
         (d, c) => serde_json::json!({"detector": d, "capture": c}),
+    }
+}
+
+/// Pieces for tests of the framework and of what sits on it (the scraper).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Services on a store in a fresh temp dir (returned for removal).
+    pub fn services(tag: &str) -> (Arc<Services>, std::path::PathBuf) {
+        let (services, _, dir) = services_and_store(tag);
+        (services, dir)
+    }
+
+    /// [`services`], and the store their record pipeline saves to.
+    pub fn services_and_store(
+        tag: &str,
+    ) -> (Arc<Services>, Arc<crate::store::Store>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("bianque-runner-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = crate::store::Store::open(
+            &dir,
+            crate::store::Retention {
+                max_age: Duration::from_secs(3600),
+                max_size_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+        let store = Arc::new(store);
+        let containers = Arc::new(crate::container::ContainerRegistry::new(
+            HostRoot::default(),
+            Default::default(),
+        ));
+        let sink = store.clone();
+        let services = Arc::new(Services {
+            host: HostRoot::default(),
+            hostname: "h".into(),
+            region: "r".into(),
+            records: Arc::new(crate::tracer::Pipeline::new(
+                containers.clone(),
+                Arc::new(move |r| sink.save(r)),
+            )),
+            containers,
+            symbolizer: crate::bpf::KernelSymbolizer::new(),
+            shared: Default::default(),
+        });
+        (services, store, dir)
+    }
+
+    pub fn entry(spec: &'static TracerSpec, tracer: Tracer, restart: Duration) -> Arc<TracerEntry> {
+        Arc::new(TracerEntry {
+            spec,
+            tracer: Arc::new(tracer),
+            state: Arc::new(TracerState::new(Status::Inactive, "not started".into())),
+            restart_interval: restart,
+            thread: Mutex::new(None),
+        })
     }
 }
 
@@ -604,46 +672,7 @@ mod tests {
     use crate::tracer::{Anomaly, AutoTracer, EventTracer, TracerError};
     use std::sync::atomic::AtomicU32;
 
-    fn services(tag: &str) -> (Arc<Services>, Arc<crate::store::Store>, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("bianque-runner-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = crate::store::Store::open(
-            &dir,
-            crate::store::Retention {
-                max_age: Duration::from_secs(3600),
-                max_size_bytes: 1 << 30,
-            },
-        )
-        .unwrap();
-        let store = Arc::new(store);
-        let containers = Arc::new(crate::container::ContainerRegistry::new(
-            HostRoot::default(),
-            Default::default(),
-        ));
-        let sink = store.clone();
-        let services = Arc::new(Services {
-            host: HostRoot::default(),
-            hostname: "h".into(),
-            region: "r".into(),
-            records: Arc::new(crate::tracer::Pipeline::new(
-                containers.clone(),
-                Arc::new(move |r| sink.save(r)),
-            )),
-            containers,
-            symbolizer: crate::bpf::KernelSymbolizer::new(),
-        });
-        (services, store, dir)
-    }
-
-    fn entry(spec: &'static TracerSpec, tracer: Tracer, restart: Duration) -> Arc<TracerEntry> {
-        Arc::new(TracerEntry {
-            spec,
-            tracer: Arc::new(tracer),
-            state: Arc::new(TracerState::new(Status::Inactive, "not started".into())),
-            restart_interval: restart,
-            thread: Mutex::new(None),
-        })
-    }
+    use testing::{entry, services};
 
     fn never_build(_: &BuildContext, _: &toml::Table) -> ConfigResult<Tracer> {
         Err(ConfigError("test spec".into()))
@@ -679,7 +708,7 @@ mod tests {
 
     #[test]
     fn failed_and_panicking_event_tracers_are_restarted() {
-        let (services, _store, dir) = services("flaky");
+        let (services, dir) = services("flaky");
         let e = entry(
             &FLAKY_SPEC,
             Tracer::Event(Box::new(Flaky(AtomicU32::new(0)))),
@@ -733,7 +762,7 @@ mod tests {
 
     #[test]
     fn unsupported_tracers_are_inactive_with_the_reason_and_others_run() {
-        let (services, _store, dir) = services("unsupported");
+        let (services, dir) = services("unsupported");
         let a = entry(
             &UNSUPPORTED_SPEC,
             Tracer::Event(Box::new(Unsupported)),
@@ -798,7 +827,7 @@ mod tests {
 
     #[test]
     fn autotracer_captures_once_per_cooldown_and_records_merged_data() {
-        let (services, store, dir) = services("always");
+        let (services, store, dir) = testing::services_and_store("always");
         let always = Arc::new(Always(AtomicU32::new(0)));
         struct Shared(Arc<Always>);
         impl AutoTracer for Shared {

@@ -417,7 +417,7 @@ pub struct IoStall {
 }
 
 /// Every value of a map.
-fn read_map<T: Copy>(map: &dyn MapCore) -> Vec<T> {
+fn read_map<T: bq_bpf::Plain>(map: &dyn MapCore) -> Vec<T> {
     map.keys()
         .filter_map(|k| map.lookup(&k, MapFlags::ANY).ok().flatten())
         .filter_map(|v| bq_bpf::read_record::<T>(&v))
@@ -816,6 +816,15 @@ impl AutoTracer for IoTracer {
         }))
     }
 }
+
+// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
+unsafe impl crate::bpf::Plain for io_key {}
+
+// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
+unsafe impl crate::bpf::Plain for io_val {}
+
+// SAFETY: as above.
+unsafe impl crate::bpf::Plain for io_stall {}
 
 #[cfg(test)]
 mod tests {

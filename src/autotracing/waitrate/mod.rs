@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use crate::cgroupfs::Layout;
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::container::Container;
 use crate::host::HostRoot;
-use crate::metrics::cgroup::Layout;
 use crate::metrics::cpu::{clk_tck, read_container, wait_sum_percent};
 use crate::tracer::detect::{counter_deltas, round2, Jump, JumpState, ProfileConfig};
 use crate::tracer::{
@@ -303,18 +303,16 @@ fn sample_container(
     })
 }
 
-fn layout(host: &HostRoot) -> Result<Layout> {
-    use anyhow::Context;
-    let mi = std::fs::read_to_string(host.proc("self/mountinfo")).context("reading mountinfo")?;
-    Ok(Layout::from_mountinfo(&mi, host))
-}
-
 impl WaitRate {
     /// Every live container's counters now.
     fn sample_all(&self, ctx: &RunContext) -> Result<Vec<(std::sync::Arc<Container>, CpuSample)>> {
-        let layout = layout(&self.host)?;
+        let layout = Layout::read(&self.host);
         let tck = clk_tck();
-        let bpf_wait = crate::metrics::runqlat::container_wait_ns();
+        // Where the kernel keeps no schedstats, the run-queue wait runqlat measures.
+        let bpf_wait = ctx
+            .shared()
+            .runqueue_wait()
+            .and_then(|w| w.wait_ns(&ctx.cgroups()));
         let mut buf = String::new();
         Ok(ctx
             .containers()

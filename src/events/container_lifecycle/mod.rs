@@ -181,6 +181,9 @@ impl Lifecycle {
     }
 }
 
+// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
+unsafe impl crate::bpf::Plain for cgroup_event {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -166,10 +166,10 @@ impl EventTracer for Dropwatch {
             *slot = *port;
         }
         rodata.counter_slots = COUNTER_SLOTS;
-        ctx.containers().filter().share_with(
-            &mut open.maps.container_filter,
-            &mut rodata.container_filter_mode,
-        )?;
+        ctx.containers()
+            .filter()
+            .share_map(&mut open.maps.container_filter)?;
+        rodata.container_filter_mode = ctx.containers().filter().program_mode();
         bq_bpf::size_ring_buffer(
             &mut open.maps.events,
             self.cfg.max_events_per_second,
@@ -433,6 +433,9 @@ impl Dropwatch {
         ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
     }
 }
+
+// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
+unsafe impl crate::bpf::Plain for drop_event {}
 
 #[cfg(test)]
 mod tests {

@@ -351,6 +351,9 @@ impl Handler<'_> {
     }
 }
 
+// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
+unsafe impl crate::bpf::Plain for hung_event {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

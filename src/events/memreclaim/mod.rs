@@ -213,6 +213,9 @@ fn record(ctx: &RunContext, e: &reclaim_event, clock_offset: i64, threshold_ns: 
     ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
 }
 
+// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
+unsafe impl crate::bpf::Plain for reclaim_event {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -406,6 +406,9 @@ impl Oom {
     }
 }
 
+// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
+unsafe impl crate::bpf::Plain for oom_event {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

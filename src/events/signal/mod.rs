@@ -6,14 +6,14 @@
 use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
-use anyhow::{Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::bpf::btf::{self, EnumNames};
-use crate::bpf::{self as bq_bpf};
+use crate::bpf::{self as bq_bpf, BootClock, Plain};
 use crate::config::{check_range, parse_section, ConfigError, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
+use crate::tracer::program::{self, BpfProgram, Refused};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -21,15 +21,10 @@ use crate::tracer::{
 
 mod skel {
     #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
-    crate::bpf_skeleton!("signal");
+    crate::bpf_skeleton!("signal", OpenSignalSkel);
 }
-use skel::types::signal_event;
+use skel::types::{counter_slot as Slot, signal_event};
 use skel::SignalSkelBuilder;
-
-// Mirrors signal.h.
-const SLOT_SUPPRESSED: usize = 64;
-const SLOT_RINGBUF_FULL: usize = 65;
-const COUNTER_SLOTS: u32 = 66;
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -170,38 +165,17 @@ impl EventTracer for SignalTracer {
             *self.results.lock().unwrap_or_else(|e| e.into_inner()) = EnumNames::from_members(&m);
         }
         let mut storage = MaybeUninit::uninit();
-        let mut open = SignalSkelBuilder::default()
-            .open(&mut storage)
-            .context("opening the BPF object")?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .context("BPF object has no .rodata")?;
-        rodata.watched_signals = self.mask;
-        rodata.max_events_per_second = self.cfg.max_events_per_second;
-        rodata.counter_slots = COUNTER_SLOTS;
-        ctx.containers().filter().share_with(
-            &mut open.maps.container_filter,
-            &mut rodata.container_filter_mode,
-        )?;
-        self.counters
-            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
-        let skel = open.load().context("loading the BPF program")?;
-        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
-        let _link = skel
-            .progs
-            .bq_signal_generate
-            .attach()
-            .context("attaching to tp_btf/signal_generate")?;
-        ctx.attached();
-        let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
-        bq_bpf::poll_ring_buffer(&|| ctx.stopping(), &skel.maps.events, |data| {
-            if let Some(e) = bq_bpf::read_record::<signal_event>(data) {
-                self.record(ctx, &e, clock_offset);
-            }
-            0
-        })?;
+        BpfProgram::new(ctx)
+            .counters(&self.counters, Slot::COUNTER_SLOTS.0)
+            .ring_buffer::<signal_event>(self.cfg.max_events_per_second)
+            .load(SignalSkelBuilder::default(), &mut storage, |open| {
+                let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
+                rodata.watched_signals = self.mask;
+                rodata.max_events_per_second = self.cfg.max_events_per_second;
+                Ok(())
+            })?
+            .attach(&[])?
+            .poll(|e: &signal_event, clock| self.save(ctx, e, clock))?;
         Ok(())
     }
 
@@ -219,61 +193,89 @@ impl EventTracer for SignalTracer {
                 out.sample(&[("signal", name)], c.get(*num as usize) as f64);
             }
         }
-        out.single(
-            "suppressed_total",
-            "Signals not recorded because of the rate limit.",
-            Kind::Counter,
-            c.get(SLOT_SUPPRESSED) as f64,
-        );
-        out.single(
-            "ringbuf_lost_total",
-            "Signals that found the ring buffer full.",
-            Kind::Counter,
-            c.get(SLOT_RINGBUF_FULL) as f64,
-        );
+        Refused {
+            what: "Signals",
+            suppressed: Slot::SLOT_SUPPRESSED.0,
+            ringbuf_full: Slot::SLOT_RINGBUF_FULL.0,
+            filtered: None,
+        }
+        .write(&c, out);
         Ok(())
     }
 }
 
+// SAFETY: generated from signal.h: integers and arrays of integers only.
+unsafe impl Plain for signal_event {}
+
+/// One signal as the kernel reported it, with names (no lookups: what the record says alone).
+fn decode(e: &signal_event, results: &EnumNames) -> SignalData {
+    SignalData {
+        signal: signal_name(e.sig),
+        signal_number: e.sig,
+        result: results.name(e.result as u32).to_ascii_lowercase(),
+        sender_pid: e.sender_pid,
+        sender_comm: bq_bpf::c_str(&e.sender_comm.map(|c| c as u8)),
+        target_pid: e.target_pid,
+        target_tid: e.target_tid,
+        target_comm: bq_bpf::c_str(&e.target_comm.map(|c| c as u8)),
+        si_code: e.code,
+        group: e.group != 0,
+        sender_tid: e.sender_tid,
+        target_memory_cgroup_path: (e.target_memcg_id != 0).then(|| {
+            bq_bpf::cgroup_path_from_names(
+                e.target_memcg_path.depth,
+                e.target_memcg_path.truncated != 0,
+                e.target_memcg_path.names.iter().map(|n| &n.s[..]),
+            )
+        }),
+    }
+}
+
 impl SignalTracer {
-    fn record(&self, ctx: &RunContext, e: &signal_event, clock_offset: i64) {
-        let kernel_path = bq_bpf::cgroup_path_from_names(
-            e.target_memcg_path.depth,
-            e.target_memcg_path.truncated != 0,
-            e.target_memcg_path.names.iter().map(|n| &n.s[..]),
-        );
-        let (path, _) = ctx.containers().attribute_memcg(e.target_memcg_id);
-        let path = path.or_else(|| (e.target_memcg_id != 0).then(|| kernel_path.clone()));
+    /// Saves one signal, attributed to the receiver's container.
+    fn save(&self, ctx: &RunContext, e: &signal_event, clock: &BootClock) {
+        let mut data = decode(e, &self.results.lock().unwrap_or_else(|e| e.into_inner()));
         // By id when the registry knows the cgroup, else from the path the kernel saw: the
         // container may be gone already (killed right at its start).
-        let container = ctx.container_of_memcg(e.target_memcg_id, Some(&kernel_path));
-        let result = self
-            .results
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .name(e.result as u32)
-            .to_ascii_lowercase();
-        let data = SignalData {
-            signal: signal_name(e.sig),
-            signal_number: e.sig,
-            result,
-            sender_pid: e.sender_pid,
-            sender_comm: bq_bpf::c_str(&e.sender_comm.map(|c| c as u8)),
-            target_pid: e.target_pid,
-            target_tid: e.target_tid,
-            target_comm: bq_bpf::c_str(&e.target_comm.map(|c| c as u8)),
-            si_code: e.code,
-            group: e.group != 0,
-            sender_tid: e.sender_tid,
-            target_memory_cgroup_path: path,
-        };
-        ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
+        let container =
+            ctx.container_of_memcg(e.target_memcg_id, data.target_memory_cgroup_path.as_deref());
+        // The registry's path is whole; the kernel's stops at CGROUP_PATH_DEPTH levels.
+        if let Some(p) = ctx.containers().memcg_path(e.target_memcg_id) {
+            data.target_memory_cgroup_path = Some(p.to_string());
+        }
+        ctx.save_data_at(clock.wall_ns(e.time_ns), container, &data);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A SIGKILL that tests/signal.rs sent (`bq-killer` → `sleep`), captured with
+    /// `BIANQUE_CAPTURE_DIR` (tracer/program.rs).
+    const SIGKILL: &str = include_str!("records.hex");
+
+    #[test]
+    fn decodes_a_captured_sigkill() {
+        let bytes = program::hex_record(SIGKILL);
+        let e = bq_bpf::read_record::<signal_event>(&bytes).expect("a whole record");
+        let results = EnumNames::from_members(&[(0, "DELIVERED".into()), (1, "IGNORED".into())]);
+        let d = serde_json::to_value(decode(&e, &results)).unwrap();
+        assert_eq!(d["signal"], "SIGKILL");
+        assert_eq!(d["signal_number"], 9);
+        assert_eq!(d["result"], "delivered");
+        assert_eq!(d["sender_comm"], "bq-killer");
+        assert_eq!(
+            (&d["target_comm"], &d["target_pid"]),
+            (&"sleep".into(), &24233.into())
+        );
+        assert_eq!(d["group"], true);
+        assert_eq!(
+            d["target_memory_cgroup_path"],
+            "/process_api/d61e9f7de34dda485d7ef3b2dbfb9e17"
+        );
+        assert!(bq_bpf::read_record::<signal_event>(&bytes[..bytes.len() - 1]).is_none());
+    }
 
     #[test]
     fn signal_names_and_config() {

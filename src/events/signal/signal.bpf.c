@@ -7,7 +7,9 @@
 const volatile __u64 watched_signals = 0;
 const volatile __u32 max_events_per_second = 100;
 
+/* Globals of the record and slot types, so that the skeleton generates them for user space. */
 struct signal_event _event_type = {};
+enum counter_slot _counter_slot_type = 0;
 
 /* 128 KiB holds ~160 of these records (~0.8 KiB with the cgroup path), more than one second of
  * the default rate limit at once (a container stop kills all its processes together); a ring

@@ -2,10 +2,13 @@
 #ifndef SIGNAL_H
 #define SIGNAL_H
 
-/* Counter slots: [1, 64) count generated signals by number (watched ones only). */
-#define SLOT_SUPPRESSED 64  /* watched, refused by the rate limit */
-#define SLOT_RINGBUF_FULL 65
-#define COUNTER_SLOTS 66
+/* Counter slots: [1, 64) count generated signals by number (watched ones only). User space
+ * reads these names through the skeleton (`types::counter_slot`). */
+enum counter_slot {
+	SLOT_SUPPRESSED = 64, /* watched, refused by the rate limit */
+	SLOT_RINGBUF_FULL,
+	COUNTER_SLOTS,
+};
 
 struct signal_event {
 	__u64 time_ns;        /* CLOCK_BOOTTIME */

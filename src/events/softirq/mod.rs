@@ -483,6 +483,9 @@ impl Softirq {
     }
 }
 
+// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
+unsafe impl crate::bpf::Plain for softirq_event {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

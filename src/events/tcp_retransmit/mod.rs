@@ -307,6 +307,9 @@ impl TcpRetransmit {
     }
 }
 
+// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
+unsafe impl crate::bpf::Plain for retrans_event {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,10 +7,8 @@
 use std::collections::{HashMap, HashSet};
 use std::mem::MaybeUninit;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapHandle};
 
 use crate::bpf::hist;
@@ -18,16 +16,15 @@ use crate::bpf::hist::Hist;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::ProcFile;
-use crate::host::HostRoot;
-use crate::metrics::cgroup;
+use crate::tracer::program::{self, BpfProgram};
 use crate::tracer::{
-    BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
-    TRACERS,
+    BuildContext, Collector, Mode, Requirement, RunContext, ScrapeContext, Tracer, TracerError,
+    TracerSpec, TRACERS,
 };
 
 mod skel {
     #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
-    crate::bpf_skeleton!("iolatency");
+    crate::bpf_skeleton!("iolatency", OpenIolatencySkel);
 }
 use skel::IolatencySkelBuilder;
 
@@ -42,7 +39,7 @@ pub const CONTAINER_BOUNDS: [f64; 6] = [5e-4, 2.5e-3, 1e-2, 5e-2, 2e-1, 1.0];
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
     name: "iolatency",
-    mode: Mode::Event,
+    mode: Mode::Metric,
     description: "block I/O latency histograms per disk, queue→complete and issue→complete (tp_btf block_rq_*); metrics only",
     requires: &[
         Requirement::Root,
@@ -69,10 +66,9 @@ impl Default for IoLatencyConfig {
 
 fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     let cfg: IoLatencyConfig = crate::config::parse_section(ctx.section, table)?;
-    Ok(Tracer::Event(Box::new(IoLatency {
+    Ok(Tracer::Metric(Box::new(IoLatency {
         diskstats: ProcFile::new(ctx.host.proc("diskstats")),
         hist: Mutex::new(None),
-        host: ctx.host.clone(),
         containers: cfg.containers,
         cg: Mutex::new(None),
     })))
@@ -88,7 +84,6 @@ struct IoLatency {
     diskstats: ProcFile,
     /// Kept after a run ends so counts do not vanish between restarts.
     hist: Mutex<Option<MapHandle>>,
-    host: HostRoot,
     containers: bool,
     /// Per-container maps of the running program.
     cg: Mutex<Option<CgMaps>>,
@@ -135,56 +130,42 @@ fn device_names(text: &str) -> HashMap<u64, String> {
     m
 }
 
-impl EventTracer for IoLatency {
+impl Collector for IoLatency {
+    fn owns_program(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
         let mut storage = MaybeUninit::uninit();
-        let mut open = IolatencySkelBuilder::default()
-            .open(&mut storage)
-            .context("opening the BPF object")?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .context("BPF object has no .rodata")?;
-        rodata.hist_bounds_ns = hist::bounds_ns(&BOUNDS);
-        rodata.hist_nbounds = BOUNDS.len() as u32;
         let previous = self.hist.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(h) = &previous {
-            open.maps
-                .disk_hist
-                .reuse_fd(std::os::fd::AsFd::as_fd(h))
-                .context("reusing the histogram map")?;
-        }
-        let skel = open.load().context("loading the BPF program")?;
+        let loaded =
+            BpfProgram::new(ctx).load(IolatencySkelBuilder::default(), &mut storage, |open| {
+                let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
+                rodata.hist_bounds_ns = hist::bounds_ns(&BOUNDS);
+                rodata.hist_nbounds = BOUNDS.len() as u32;
+                // The disk histograms outlive a run: counts never go back on a restart.
+                if let Some(h) = &previous {
+                    open.maps
+                        .disk_hist
+                        .reuse_fd(std::os::fd::AsFd::as_fd(h))
+                        .context("reusing the histogram map")?;
+                }
+                Ok(())
+            })?;
+        let maps = &loaded.skel.maps;
         *self.hist.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(MapHandle::try_from(&skel.maps.disk_hist).context("disk_hist map")?);
+            Some(MapHandle::try_from(&maps.disk_hist).context("disk_hist map")?);
         *self.cg.lock().unwrap_or_else(|e| e.into_inner()) = Some(CgMaps {
-            wanted: MapHandle::try_from(&skel.maps.cg_wanted).context("cg_wanted map")?,
-            hist: MapHandle::try_from(&skel.maps.cg_hist).context("cg_hist map")?,
+            wanted: MapHandle::try_from(&maps.cg_wanted).context("cg_wanted map")?,
+            hist: MapHandle::try_from(&maps.cg_hist).context("cg_hist map")?,
             current: HashSet::new(),
         });
-        let _l1 = skel
-            .progs
-            .bq_block_rq_insert
-            .attach()
-            .context("attaching tp_btf/block_rq_insert")?;
-        let _l2 = skel
-            .progs
-            .bq_block_rq_issue
-            .attach()
-            .context("attaching tp_btf/block_rq_issue")?;
-        let _l3 = skel
-            .progs
-            .bq_block_rq_complete
-            .attach()
-            .context("attaching tp_btf/block_rq_complete")?;
-        ctx.attached();
-        while ctx.sleep(Duration::from_millis(200)) {}
+        loaded.attach(&[])?.wait_for_stop();
         *self.cg.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
     }
 
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let guard = self.hist.lock().unwrap_or_else(|e| e.into_inner());
         let Some(map) = guard.as_ref() else {
             return Ok(());
@@ -210,19 +191,19 @@ impl EventTracer for IoLatency {
             }
         }
         if self.containers {
-            self.collect_containers(out)?;
+            self.collect_containers(ctx, out)?;
         }
         Ok(())
     }
 }
 
 impl IoLatency {
-    fn collect_containers(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect_containers(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let mut guard = self.cg.lock().unwrap_or_else(|e| e.into_inner());
         let Some(m) = guard.as_mut() else {
             return Ok(());
         };
-        let snap = cgroup::snapshot(&self.host);
+        let snap = ctx.cgroups();
         let mut by_id: HashMap<u64, usize> = HashMap::new();
         for (i, ct) in snap.containers.iter().enumerate() {
             if let Some(id) = snap

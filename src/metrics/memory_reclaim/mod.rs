@@ -11,26 +11,23 @@
 use std::collections::{HashMap, HashSet};
 use std::mem::MaybeUninit;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::MapHandle;
 
 use crate::bpf::hist;
 use crate::bpf::hist::Hist;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
-use crate::host::HostRoot;
-use crate::metrics::cgroup;
+use crate::tracer::program::{self, BpfProgram};
 use crate::tracer::{
-    BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
-    TRACERS,
+    BuildContext, Collector, Mode, Requirement, RunContext, ScrapeContext, Tracer, TracerError,
+    TracerSpec, TRACERS,
 };
 
 mod skel {
     #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
-    crate::bpf_skeleton!("memory_reclaim");
+    crate::bpf_skeleton!("memory_reclaim", OpenMemoryReclaimSkel);
 }
 use skel::MemoryReclaimSkelBuilder;
 
@@ -43,7 +40,7 @@ const SLOTS: u32 = 3 * (BOUNDS.len() as u32 + 2);
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
     name: "memory_reclaim",
-    mode: Mode::Event,
+    mode: Mode::Metric,
     description: "memory reclaim stall histograms: memcg (host, containers), direct reclaim and direct compaction (tp_btf mm_vmscan_*, mm_compaction_*); metrics only",
     requires: &[
         Requirement::Root,
@@ -71,8 +68,7 @@ impl Default for ReclaimConfig {
 
 fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     let cfg: ReclaimConfig = crate::config::parse_section(ctx.section, table)?;
-    Ok(Tracer::Event(Box::new(MemoryReclaim {
-        host: ctx.host.clone(),
+    Ok(Tracer::Metric(Box::new(MemoryReclaim {
         containers: cfg.containers,
         counters: Default::default(),
         maps: Mutex::new(None),
@@ -87,7 +83,6 @@ struct Maps {
 }
 
 struct MemoryReclaim {
-    host: HostRoot,
     containers: bool,
     counters: crate::bpf::counters::CountersCell,
     maps: Mutex<Option<Maps>>,
@@ -95,75 +90,46 @@ struct MemoryReclaim {
     compaction: std::sync::atomic::AtomicBool,
 }
 
-impl EventTracer for MemoryReclaim {
+impl Collector for MemoryReclaim {
+    fn owns_program(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
-        let mut storage = MaybeUninit::uninit();
-        let mut open = MemoryReclaimSkelBuilder::default()
-            .open(&mut storage)
-            .context("opening the BPF object")?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .context("BPF object has no .rodata")?;
-        rodata.hist_bounds_ns = hist::bounds_ns(&BOUNDS);
-        rodata.hist_nbounds = BOUNDS.len() as u32;
-        rodata.counter_slots = SLOTS;
-        self.counters.prepare(&mut open.maps.counters, SLOTS)?;
         // Kernels without CONFIG_COMPACTION have no compaction tracepoints: the reclaim
         // histograms still work.
         let compaction = ["mm_compaction_begin", "mm_compaction_end"]
             .iter()
-            .all(|tp| Requirement::BtfTracepoint(tp).check(&self.host).is_ok());
-        if !compaction {
-            open.progs.bq_compaction_begin.set_autoload(false);
-            open.progs.bq_compaction_end.set_autoload(false);
-        }
-        let skel = open.load().context("loading the BPF program")?;
-        self.counters.adopt(&skel.maps.counters, SLOTS)?;
+            .all(|tp| Requirement::BtfTracepoint(tp).check(ctx.host()).is_ok());
+        let mut storage = MaybeUninit::uninit();
+        let loaded = BpfProgram::new(ctx).counters(&self.counters, SLOTS).load(
+            MemoryReclaimSkelBuilder::default(),
+            &mut storage,
+            |open| {
+                let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
+                rodata.hist_bounds_ns = hist::bounds_ns(&BOUNDS);
+                rodata.hist_nbounds = BOUNDS.len() as u32;
+                if !compaction {
+                    open.progs.bq_compaction_begin.set_autoload(false);
+                    open.progs.bq_compaction_end.set_autoload(false);
+                }
+                Ok(())
+            },
+        )?;
         *self.maps.lock().unwrap_or_else(|e| e.into_inner()) = Some(Maps {
-            wanted: MapHandle::try_from(&skel.maps.cg_wanted).context("cg_wanted map")?,
-            hist: MapHandle::try_from(&skel.maps.cg_hist).context("cg_hist map")?,
+            wanted: MapHandle::try_from(&loaded.skel.maps.cg_wanted).context("cg_wanted map")?,
+            hist: MapHandle::try_from(&loaded.skel.maps.cg_hist).context("cg_hist map")?,
             current: HashSet::new(),
         });
-        let p = &skel.progs;
-        let _l1 = p
-            .bq_memcg_reclaim_begin
-            .attach()
-            .context("attaching mm_vmscan_memcg_reclaim_begin")?;
-        let _l2 = p
-            .bq_memcg_reclaim_end
-            .attach()
-            .context("attaching mm_vmscan_memcg_reclaim_end")?;
-        let _l3 = p
-            .bq_direct_reclaim_begin
-            .attach()
-            .context("attaching mm_vmscan_direct_reclaim_begin")?;
-        let _l4 = p
-            .bq_direct_reclaim_end
-            .attach()
-            .context("attaching mm_vmscan_direct_reclaim_end")?;
-        let _compaction = if compaction {
-            Some((
-                p.bq_compaction_begin
-                    .attach()
-                    .context("attaching mm_compaction_begin")?,
-                p.bq_compaction_end
-                    .attach()
-                    .context("attaching mm_compaction_end")?,
-            ))
-        } else {
-            None
-        };
+        let loaded = loaded.attach(&[])?;
         self.compaction
             .store(compaction, std::sync::atomic::Ordering::Relaxed);
-        ctx.attached();
-        while ctx.sleep(Duration::from_millis(200)) {}
+        loaded.wait_for_stop();
         *self.maps.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
     }
 
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let Some(c) = self.counters.get() else {
             return Ok(());
         };
@@ -219,7 +185,7 @@ impl EventTracer for MemoryReclaim {
         let Some(m) = maps.as_mut() else {
             return Ok(());
         };
-        let snap = cgroup::snapshot(&self.host);
+        let snap = ctx.cgroups();
         let mut by_id: HashMap<u64, usize> = HashMap::new();
         for (i, ct) in snap.containers.iter().enumerate() {
             if let Some(id) = snap

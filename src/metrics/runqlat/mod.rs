@@ -8,26 +8,25 @@
 use std::collections::{HashMap, HashSet};
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::MapHandle;
 
 use crate::bpf::hist;
 use crate::bpf::hist::Hist;
 use crate::config::ConfigResult;
+use crate::container::view::ContainerCgroups;
 use crate::exposition::{Kind, MetricSink};
-use crate::host::HostRoot;
-use crate::metrics::cgroup;
+use crate::tracer::context::RunqueueWait;
+use crate::tracer::program::{self, BpfProgram};
 use crate::tracer::{
-    BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
-    TRACERS,
+    BuildContext, Collector, Mode, Requirement, RunContext, ScrapeContext, Tracer, TracerError,
+    TracerSpec, TRACERS,
 };
 
 mod skel {
     #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
-    crate::bpf_skeleton!("runqlat");
+    crate::bpf_skeleton!("runqlat", OpenRunqlatSkel);
 }
 use skel::RunqlatSkelBuilder;
 
@@ -45,7 +44,7 @@ const SLOTS: u32 = BOUNDS.len() as u32 + 2;
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
     name: "runqlat",
-    mode: Mode::Event,
+    mode: Mode::Metric,
     description: "run-queue latency histograms, host and per container (tp_btf sched_wakeup/sched_switch); metrics only",
     requires: &[
         Requirement::Root,
@@ -72,56 +71,50 @@ impl Default for RunqlatConfig {
 
 fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     let cfg: RunqlatConfig = crate::config::parse_section(ctx.section, table)?;
-    let maps: SharedMaps = Arc::new(Mutex::new(None));
-    if cfg.containers {
-        *SHARED.lock().unwrap_or_else(|e| e.into_inner()) = Some((ctx.host.clone(), maps.clone()));
-    }
-    Ok(Tracer::Event(Box::new(Runqlat {
-        host: ctx.host.clone(),
+    Ok(Tracer::Metric(Box::new(Runqlat {
         containers: cfg.containers,
         counters: Default::default(),
-        maps,
+        maps: Arc::new(Mutex::new(None)),
     })))
 }
 
 type SharedMaps = Arc<Mutex<Option<Maps>>>;
 
-/// The per-container maps of the agent's runqlat tracer (when built with containers on), so
-/// that other tracers can read the run-queue wait it measures (see [`container_wait_ns`]).
-static SHARED: Mutex<Option<(HostRoot, SharedMaps)>> = Mutex::new(None);
+/// What runqlat publishes for other tracers while it runs with container series on: the
+/// per-container run-queue wait its histograms measure.
+struct ContainerWait(SharedMaps);
 
-/// Total run-queue wait (ns) per container id, from the running runqlat tracer's per-cgroup
-/// histograms (their sums). `None` when runqlat is not running or keeps no container series.
-/// The counts start when a container is first asked for (here or by a scrape; 0 until its first
-/// wait) and restart with the tracer: callers treat a decrease as a rollback.
-pub fn container_wait_ns() -> Option<HashMap<String, u64>> {
-    let (host, maps) = SHARED.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
-    let mut maps = maps.lock().unwrap_or_else(|e| e.into_inner());
-    let m = maps.as_mut()?;
-    let snap = cgroup::snapshot(&host);
-    let rows = container_rows(m, &snap).ok()?;
-    let mut out: HashMap<String, u64> = rows
-        .into_iter()
-        .map(|(i, h)| (snap.containers[i].id.clone(), h.sum_ns))
-        .collect();
-    // A watched cgroup gets its histogram at its first wait: until then it waited 0 ns (so that
-    // the first wait does not look like a new source to the reader).
-    for c in &snap.containers {
-        if !out.contains_key(&c.id)
-            && snap
-                .layout
-                .dir("cpu", &c.rel)
-                .is_some_and(|d| d.path.is_dir())
-        {
-            out.insert(c.id.clone(), 0);
+impl RunqueueWait for ContainerWait {
+    /// The sums of the per-container histograms. The counts start when a container is first
+    /// asked for (here or by a scrape; 0 until its first wait) and restart with the tracer:
+    /// callers treat a decrease as a rollback.
+    fn wait_ns(&self, cgroups: &ContainerCgroups) -> Option<HashMap<String, u64>> {
+        let mut maps = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let m = maps.as_mut()?;
+        let rows = container_rows(m, cgroups).ok()?;
+        let mut out: HashMap<String, u64> = rows
+            .into_iter()
+            .map(|(i, h)| (cgroups.containers[i].id.clone(), h.sum_ns))
+            .collect();
+        // A watched cgroup gets its histogram at its first wait: until then it waited 0 ns (so
+        // that the first wait does not look like a new source to the reader).
+        for c in &cgroups.containers {
+            if !out.contains_key(&c.id)
+                && cgroups
+                    .layout
+                    .dir("cpu", &c.rel)
+                    .is_some_and(|d| d.path.is_dir())
+            {
+                out.insert(c.id.clone(), 0);
+            }
         }
+        Some(out)
     }
-    Some(out)
 }
 
 /// Syncs the BPF `cg_wanted` set with the containers of `snap` and reads their histograms:
 /// (index into `snap.containers`, histogram), in container order.
-fn container_rows(m: &mut Maps, snap: &cgroup::Snapshot) -> Result<Vec<(usize, Hist)>> {
+fn container_rows(m: &mut Maps, snap: &ContainerCgroups) -> Result<Vec<(usize, Hist)>> {
     let mut by_id: HashMap<u64, usize> = HashMap::new();
     for (i, ct) in snap.containers.iter().enumerate() {
         if let Some(id) = snap
@@ -149,57 +142,46 @@ struct Maps {
 }
 
 struct Runqlat {
-    host: HostRoot,
     containers: bool,
     /// Outlives a run: counters never go back when the tracer restarts.
     counters: crate::bpf::counters::CountersCell,
     maps: SharedMaps,
 }
 
-impl EventTracer for Runqlat {
+impl Collector for Runqlat {
+    fn owns_program(&self) -> bool {
+        true
+    }
+
     fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
         let mut storage = MaybeUninit::uninit();
-        let mut open = RunqlatSkelBuilder::default()
-            .open(&mut storage)
-            .context("opening the BPF object")?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .context("BPF object has no .rodata")?;
-        rodata.hist_bounds_ns = hist::bounds_ns(&BOUNDS);
-        rodata.hist_nbounds = BOUNDS.len() as u32;
-        rodata.counter_slots = SLOTS;
-        self.counters.prepare(&mut open.maps.counters, SLOTS)?;
-        let skel = open.load().context("loading the BPF program")?;
-        self.counters.adopt(&skel.maps.counters, SLOTS)?;
+        let loaded = BpfProgram::new(ctx).counters(&self.counters, SLOTS).load(
+            RunqlatSkelBuilder::default(),
+            &mut storage,
+            |open| {
+                let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
+                rodata.hist_bounds_ns = hist::bounds_ns(&BOUNDS);
+                rodata.hist_nbounds = BOUNDS.len() as u32;
+                Ok(())
+            },
+        )?;
         *self.maps.lock().unwrap_or_else(|e| e.into_inner()) = Some(Maps {
-            wanted: MapHandle::try_from(&skel.maps.cg_wanted).context("cg_wanted map")?,
-            hist: MapHandle::try_from(&skel.maps.cg_hist).context("cg_hist map")?,
+            wanted: MapHandle::try_from(&loaded.skel.maps.cg_wanted).context("cg_wanted map")?,
+            hist: MapHandle::try_from(&loaded.skel.maps.cg_hist).context("cg_hist map")?,
             current: HashSet::new(),
         });
-        let _l1 = skel
-            .progs
-            .bq_sched_wakeup
-            .attach()
-            .context("attaching tp_btf/sched_wakeup")?;
-        let _l2 = skel
-            .progs
-            .bq_sched_wakeup_new
-            .attach()
-            .context("attaching tp_btf/sched_wakeup_new")?;
-        let _l3 = skel
-            .progs
-            .bq_sched_switch
-            .attach()
-            .context("attaching tp_btf/sched_switch")?;
-        ctx.attached();
-        while ctx.sleep(Duration::from_millis(200)) {}
+        if self.containers {
+            ctx.shared()
+                .publish_runqueue_wait(Some(Arc::new(ContainerWait(self.maps.clone()))));
+        }
+        let loaded = loaded.attach(&[])?;
+        loaded.wait_for_stop();
+        ctx.shared().publish_runqueue_wait(None);
         *self.maps.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
     }
 
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let Some(c) = self.counters.get() else {
             return Ok(());
         };
@@ -228,8 +210,8 @@ impl EventTracer for Runqlat {
         let Some(m) = maps.as_mut() else {
             return Ok(());
         };
-        let snap = cgroup::snapshot(&self.host);
-        let rows = container_rows(m, &snap)?;
+        let snap = ctx.cgroups();
+        let rows = container_rows(m, snap)?;
         drop(maps);
         if rows.is_empty() {
             return Ok(());

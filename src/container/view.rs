@@ -1,0 +1,91 @@
+//! The containers as per-container collectors see them at one scrape: each live container's
+//! cgroup (its path relative to the hierarchy roots) with its label values, and where the
+//! hierarchies are mounted. Taken from the registry (one cgroup walk serves events, metrics and
+//! detectors), at most [`MAX_AGE`] old.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cgroupfs::Layout;
+use crate::container::Container;
+use crate::host::{file::read_optional, HostRoot};
+
+/// A view is walked again once it is older than this.
+pub const MAX_AGE: Duration = Duration::from_secs(2);
+
+/// Label names every container series carries (the README's metrics contract), in this order.
+pub const CONTAINER_LABELS: [&str; 5] = [
+    "container_id",
+    "container_name",
+    "container_host_namespace",
+    "container_type",
+    "container_qos",
+];
+
+/// One container's cgroup.
+#[derive(Debug, Clone)]
+pub struct ContainerCgroup {
+    pub id: String,
+    /// Path relative to the hierarchy root, starting with `/`.
+    pub rel: String,
+    /// Values of [`CONTAINER_LABELS`].
+    values: [String; 5],
+}
+
+impl ContainerCgroup {
+    pub fn of(c: &Container) -> ContainerCgroup {
+        ContainerCgroup {
+            id: c.id.clone(),
+            rel: c.cgroup_path.clone(),
+            values: [
+                c.id.clone(),
+                c.name.clone(),
+                c.namespace.clone(),
+                c.kind.clone(),
+                c.qos.clone(),
+            ],
+        }
+    }
+
+    /// The container labels, ready for [`crate::exposition::MetricSink::sample2`].
+    pub fn labels(&self) -> [(&str, &str); 5] {
+        [
+            (CONTAINER_LABELS[0], self.values[0].as_str()),
+            (CONTAINER_LABELS[1], self.values[1].as_str()),
+            (CONTAINER_LABELS[2], self.values[2].as_str()),
+            (CONTAINER_LABELS[3], self.values[3].as_str()),
+            (CONTAINER_LABELS[4], self.values[4].as_str()),
+        ]
+    }
+}
+
+/// The live containers' cgroups at one point in time, by id.
+#[derive(Debug, Default)]
+pub struct ContainerCgroups {
+    pub layout: Layout,
+    pub containers: Vec<ContainerCgroup>,
+}
+
+impl ContainerCgroups {
+    /// A process of the container that lives in its own network namespace (not the host's),
+    /// so that `/proc/<pid>/net/*` shows the container's network. None for host-network
+    /// containers or when the cgroup has no process.
+    pub fn netns_pid(&self, host: &HostRoot, c: &ContainerCgroup, buf: &mut String) -> Option<u32> {
+        use std::os::unix::fs::MetadataExt;
+        let dir: PathBuf = ["memory", "cpu", "pids"]
+            .iter()
+            .filter_map(|ctrl| self.layout.dir(ctrl, &c.rel))
+            .map(|d| d.path)
+            .find(|p| p.join("cgroup.procs").exists())?;
+        if !read_optional(&dir.join("cgroup.procs"), buf).ok()? {
+            return None;
+        }
+        let pid: u32 = buf.lines().next()?.trim().parse().ok()?;
+        // pid 1's namespace is the host's; where pid 1 is out of reach (a sandbox), our own.
+        let host_ns = std::fs::metadata(host.proc("1/ns/net"))
+            .or_else(|_| std::fs::metadata(host.proc("self/ns/net")))
+            .ok()?;
+        let ns = std::fs::metadata(host.proc(&format!("{pid}/ns/net"))).ok()?;
+        (ns.ino() != host_ns.ino() || ns.dev() != host_ns.dev()).then_some(pid)
+    }
+}
