@@ -248,23 +248,10 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_record_of_a_container_not_yet_named_waits_for_its_name() {
-        const ID: &str = "abababababababababababababababababababababababababababababababab";
-        const NEVER: &str = "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd";
-        let root = std::env::temp_dir().join(format!("bianque-late-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("proc/self")).unwrap();
-        // No memory hierarchy: names can only come from the engine answer.
-        std::fs::write(root.join("proc/self/mountinfo"), "").unwrap();
-        let server = slow_engine(
-            &root.join("engine.sock"),
-            ID,
-            Duration::from_millis(600),
-            Duration::from_millis(100),
-        );
-        let reg = Arc::new(ContainerRegistry::new(
-            HostRoot::new(&root),
+    /// A registry whose only metadata source is the engine socket `sock` under `root`.
+    fn registry_on(root: &Path) -> Arc<ContainerRegistry> {
+        Arc::new(ContainerRegistry::new(
+            HostRoot::new(root),
             ContainersConfig {
                 engine_sockets: vec![PathBuf::from("/engine.sock")],
                 kubelet_read_only_address: String::new(),
@@ -272,12 +259,81 @@ mod tests {
                 containerd_state_dirs: vec![],
                 ..Default::default()
             },
-        ));
+        ))
+    }
+
+    /// A temp root with an empty mountinfo (no memory hierarchy: names only come from the
+    /// engine answer).
+    fn fake_root(tag: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("bianque-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("proc/self")).unwrap();
+        std::fs::write(root.join("proc/self/mountinfo"), "").unwrap();
+        root
+    }
+
+    type Saved = std::sync::mpsc::Receiver<(Instant, Record)>;
+
+    fn channel_sink() -> (RecordSink, Saved) {
         let (tx, rx) = std::sync::mpsc::channel();
         let tx = Mutex::new(tx);
         let sink: RecordSink = Arc::new(move |r| {
             let _ = tx.lock().unwrap().send((Instant::now(), r));
         });
+        (sink, rx)
+    }
+
+    #[test]
+    fn a_full_queue_saves_at_once_and_stop_saves_every_held_record() {
+        const ID: &str = "1212121212121212121212121212121212121212121212121212121212121212";
+        let root = fake_root("late-full");
+        // Each answer takes 500 ms: the pipeline's thread is busy asking while the queue fills.
+        let server = slow_engine(
+            &root.join("engine.sock"),
+            ID,
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+        );
+        let (sink, rx) = channel_sink();
+        let pipeline = Pipeline::new(registry_on(&root), sink);
+        pipeline.start().unwrap();
+        pipeline.save(unnamed_record(ID));
+        std::thread::sleep(Duration::from_millis(100));
+        let t0 = Instant::now();
+        let burst = LATE_QUEUE + 100;
+        for _ in 0..burst {
+            pipeline.save(unnamed_record(ID));
+        }
+        assert!(
+            t0.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            t0.elapsed()
+        );
+        let at_once = rx.try_iter().count();
+        assert!(
+            (burst - LATE_QUEUE..=burst - LATE_QUEUE + 1).contains(&at_once),
+            "{at_once} of {burst} saved at once"
+        );
+        pipeline.stop();
+        let at_stop = rx.try_iter().count();
+        assert_eq!(at_once + at_stop, burst + 1);
+        drop(server);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_record_of_a_container_not_yet_named_waits_for_its_name() {
+        const ID: &str = "abababababababababababababababababababababababababababababababab";
+        const NEVER: &str = "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd";
+        let root = fake_root("late");
+        let server = slow_engine(
+            &root.join("engine.sock"),
+            ID,
+            Duration::from_millis(600),
+            Duration::from_millis(100),
+        );
+        let reg = registry_on(&root);
+        let (sink, rx) = channel_sink();
         let pipeline = Pipeline::new(reg, sink);
         pipeline.start().unwrap();
         let t0 = Instant::now();
