@@ -83,27 +83,30 @@ impl Pipeline {
     /// Saves a record: at once, or, when its container has an id but no name yet, once the
     /// name comes (see the module doc). Never waits.
     pub fn save(&self, record: Record) {
-        let Some(c) = record.container.as_ref() else {
-            return (self.shared.sink)(record);
-        };
-        if !c.name.is_empty() || !is_container_id(&c.id) || self.shared.gave_up_on(&c.id) {
-            return (self.shared.sink)(record);
+        if let Some(now) = self.hold(record) {
+            (self.shared.sink)(now);
+        }
+    }
+
+    /// Queues a record for its container's name; gives it back when it is to be saved now.
+    fn hold(&self, record: Record) -> Option<Record> {
+        let waits = record.container.as_ref().is_some_and(|c| {
+            c.name.is_empty() && is_container_id(&c.id) && !self.shared.gave_up_on(&c.id)
+        });
+        if !waits {
+            return Some(record);
         }
         let guard = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let Some(tx) = guard.as_ref() else {
-            drop(guard);
-            return (self.shared.sink)(record);
+            return Some(record);
         };
         let held = Held {
             record,
             since: Instant::now(),
         };
         match tx.try_send(held) {
-            Ok(()) => {}
-            Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => {
-                drop(guard);
-                (self.shared.sink)(h.record)
-            }
+            Ok(()) => None,
+            Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => Some(h.record),
         }
     }
 
