@@ -14,6 +14,7 @@ pub mod container;
 pub mod events;
 pub mod exposition;
 pub mod host;
+pub mod http;
 pub mod metrics;
 pub mod procfs;
 pub mod profiler;

@@ -1,8 +1,8 @@
 //! The `bianque` command: `run` the agent, read stored `events`, list `tracers`, `check` this
 //! kernel.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -223,7 +223,7 @@ fn events(a: EventsArgs) -> Result<(), AgentError> {
         limit: a.limit.max(1),
     };
     let store = Store::open_read_only(&a.data_dir)?;
-    let page = store.query_page(&q)?;
+    let page = store.query_page(&q).map_err(anyhow::Error::from)?;
     let rows = &page.rows;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -294,7 +294,7 @@ fn follow(a: &EventsArgs) -> Result<(), AgentError> {
             url.push(sep);
             url.push_str(k);
             url.push('=');
-            url.push_str(&percent_encode(v));
+            url.extend(percent_encoding::utf8_percent_encode(v, QUERY_VALUE));
             sep = '&';
         }
     }
@@ -396,17 +396,12 @@ impl SseParser {
     }
 }
 
-fn percent_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// What a query value may hold unencoded: RFC 3986 unreserved characters.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// `key=value` pairs of a record's scalar fields, in the tracer's own order, cut to `width`.
 fn show_event(a: ShowArgs) -> Result<(), AgentError> {
@@ -466,17 +461,16 @@ fn summarize(data: &serde_json::Value, width: usize) -> String {
     s
 }
 
-/// `GET path` from a running agent; None when nothing answers.
+/// `GET path` from a running agent; None when nothing answers (or not with 200).
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut resp = String::new();
-    stream.read_to_string(&mut resp).ok()?;
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+    bianque::http::PlainGet::tcp(
+        &addr.to_string(),
+        Duration::from_millis(500),
+        Duration::from_secs(5),
+    )
+    .ok()?
+    .get(path)
+    .ok()
 }
 
 fn tracers(a: TracersArgs) -> Result<(), AgentError> {

@@ -29,6 +29,7 @@ fn health_version_and_json_errors() {
         "/events?since=yesterday",
         "/events?bogus=1",
         "/events?limit=x",
+        "/events?cursor=nope",
     ] {
         let (code, body) = agent.get(bad);
         assert_eq!(code, 400, "{bad}: {body}");

@@ -1,5 +1,5 @@
 //! `bianque run`: config → tracers → store → HTTP, then wait for SIGINT/SIGTERM and shut down
-//! in order (tracers detach, the store flushes, the server stops).
+//! in order (tracers detach, held records are saved, the store flushes, the server stops).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use crate::server::watch::{StreamLimits, StreamStats};
 use crate::server::{self, scrape::Scraper, AppState};
 use crate::store::shipper::Shipper;
 use crate::store::{Retention, Store};
-use crate::tracer::{runner, Runner, Services};
+use crate::tracer::{runner, Pipeline, Runner, Services};
 
 pub use config::Config;
 
@@ -142,11 +142,19 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     let containers_thread = containers
         .keep_current(containers_stop.clone())
         .context("starting the container registry thread")?;
+    let sink = store.clone();
+    let records = Arc::new(Pipeline::new(
+        containers.clone(),
+        Arc::new(move |r| sink.save(r)),
+    ));
+    records
+        .start()
+        .context("starting the record pipeline thread")?;
     let services = Arc::new(Services {
         host: host_root.clone(),
         hostname: cfg.hostname.clone().unwrap_or_else(host::hostname),
         region: cfg.region.clone(),
-        store: store.clone(),
+        records: records.clone(),
         containers: containers.clone(),
         symbolizer: KernelSymbolizer::new(),
         shared: Default::default(),
@@ -246,6 +254,7 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         tokio::task::spawn_blocking(move || {
             stop_runner.shutdown(Duration::from_millis(1500));
             // Records held for a container's name are saved before the store closes.
+            records.stop();
             stop_containers.store(true, Ordering::Relaxed);
             let _ = containers_thread.join();
             stop_store.close();

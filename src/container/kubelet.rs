@@ -139,14 +139,14 @@ impl KubeletAuth {
         }
         let resp = req
             .send()
-            .map_err(|e| anyhow!("GET {}: {}", self.url, crate::store::shipper::err_text(e)))?;
+            .map_err(|e| anyhow!("GET {}: {}", self.url, crate::http::err_text(e)))?;
         let status = resp.status();
         if !status.is_success() {
             bail!("GET {}: HTTP status {status}", self.url);
         }
         let body = resp
             .text()
-            .map_err(|e| anyhow!("GET {}: {}", self.url, crate::store::shipper::err_text(e)))?;
+            .map_err(|e| anyhow!("GET {}: {}", self.url, crate::http::err_text(e)))?;
         Ok(Answer::Pods(
             parse_kubelet_pods(&body).with_context(|| format!("GET {}", self.url))?,
         ))
@@ -166,7 +166,7 @@ impl KubeletAuth {
         } else if !self.ca.as_os_str().is_empty() {
             // A kubelet's serving certificate never comes from a public CA: trust only the bundle.
             b = b.tls_built_in_root_certs(false);
-            for c in ca_bundle(&self.ca)? {
+            for c in crate::http::ca_bundle("containers.kubelet_ca_file", &self.ca)? {
                 b = b.add_root_certificate(c);
             }
         }
@@ -175,7 +175,7 @@ impl KubeletAuth {
                 "containers.kubelet_client_cert / kubelet_client_key: {} and {} do not make a TLS client: {}",
                 self.cert.display(),
                 self.key.display(),
-                crate::store::shipper::err_text(e)
+                crate::http::err_text(e)
             )
         })
     }
@@ -220,27 +220,9 @@ fn identity(cert: &Path, key: &Path) -> Result<reqwest::Identity> {
             "containers.kubelet_client_cert / kubelet_client_key: cannot use {} and {}: {}",
             cert.display(),
             key.display(),
-            crate::store::shipper::err_text(e)
+            crate::http::err_text(e)
         )
     })
-}
-
-fn ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>> {
-    let pem = read("kubelet_ca_file", path)?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-        anyhow!(
-            "containers.kubelet_ca_file: {} is not PEM certificates: {}",
-            path.display(),
-            crate::store::shipper::err_text(e)
-        )
-    })?;
-    if certs.is_empty() {
-        bail!(
-            "containers.kubelet_ca_file: {} holds no certificate",
-            path.display()
-        );
-    }
-    Ok(certs)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

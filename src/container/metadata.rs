@@ -1,14 +1,18 @@
 //! Container metadata from the runtime's API (Docker Engine / podman, docker-compatible
-//! `GET /containers/json` over a unix socket) and from the kubelet pod list. Parsers are pure
-//! functions tested on recorded JSON.
+//! `GET /containers/json` over a unix socket) and from the kubelet pod list ([`Sources`]).
+//! Parsers are pure functions tested on recorded JSON.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Deserialize;
+
+use super::kubelet::KubeletAuth;
+use super::ContainersConfig;
+use crate::host::HostRoot;
+use crate::http::PlainGet;
 
 /// What a metadata source knows about one container.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -173,46 +177,91 @@ pub fn parse_kubelet_pods(json: &str) -> Result<HashMap<String, Meta>> {
     Ok(out)
 }
 
-/// The body of an HTTP/1.0 response, or an error naming the status.
-fn response_body(resp: &[u8]) -> Result<String> {
-    let text = String::from_utf8_lossy(resp);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
-        bail!("HTTP status {status}");
+/// The metadata sources and their clients, built when first needed: the engine API sockets
+/// that exist under the host root, the kubelet's authenticated port, its read-only port.
+pub struct Sources {
+    host: HostRoot,
+    engine_sockets: Vec<PathBuf>,
+    kubelet_read_only_address: String,
+    timeout: Duration,
+    /// Engine API clients by socket path (under the host root).
+    engines: HashMap<PathBuf, PlainGet>,
+    kubelet_read_only: Option<PlainGet>,
+    kubelet: Option<KubeletAuth>,
+}
+
+impl Sources {
+    pub fn new(host: HostRoot, cfg: &ContainersConfig, timeout: Duration) -> Sources {
+        Sources {
+            host,
+            engine_sockets: cfg.engine_sockets.clone(),
+            kubelet_read_only_address: cfg.kubelet_read_only_address.clone(),
+            timeout,
+            engines: HashMap::new(),
+            kubelet_read_only: None,
+            kubelet: KubeletAuth::new(cfg, timeout),
+        }
     }
-    Ok(body.to_string())
-}
 
-/// `GET path` over a unix socket (Docker/podman API). HTTP/1.0, so no chunked encoding.
-pub fn get_unix(socket: &Path, path: &str, timeout: Duration) -> Result<String> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .with_context(|| format!("connecting to {}", socket.display()))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    // One write: servers that read the request once must get all of it.
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)
-        .with_context(|| format!("reading from {}", socket.display()))?;
-    response_body(&buf).with_context(|| format!("GET {path} on {}", socket.display()))
-}
+    /// Metadata from every source that answers; none answering is normal on a bare host.
+    pub fn fetch(&mut self) -> HashMap<String, Meta> {
+        let mut out = HashMap::new();
+        for sock in &self.engine_sockets {
+            let path = self
+                .host
+                .root()
+                .join(sock.strip_prefix("/").unwrap_or(sock));
+            if !path.exists() {
+                continue;
+            }
+            let client = match self.engines.entry(path.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    match PlainGet::unix(&path, self.timeout) {
+                        Ok(c) => e.insert(c),
+                        Err(err) => {
+                            tracing::debug!(socket = %path.display(), error = %format!("{err:#}"), "container engine API");
+                            continue;
+                        }
+                    }
+                }
+            };
+            // all=1: created and exited containers too, so a container is named from its
+            // first event (an OOM kill can come within milliseconds of the start).
+            match client
+                .get("/containers/json?all=1")
+                .and_then(|b| parse_engine_containers(&b))
+            {
+                Ok(m) => out.extend(m),
+                Err(e) => {
+                    tracing::debug!(socket = %path.display(), error = %format!("{e:#}"), "container engine API")
+                }
+            }
+        }
+        // The kubelet knows pods; the engine may know better names for plain containers.
+        // The authenticated port first; the read-only one when that gave nothing.
+        let mut pods = self.kubelet.as_mut().and_then(|k| k.fetch());
+        if pods.is_none() && !self.kubelet_read_only_address.is_empty() {
+            match self.read_only_pods() {
+                Ok(m) => pods = Some(m),
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "kubelet pod list"),
+            }
+        }
+        out.extend(pods.unwrap_or_default());
+        out
+    }
 
-/// `GET path` over plain TCP (the kubelet read-only port).
-pub fn get_tcp(addr: &str, path: &str, timeout: Duration) -> Result<String> {
-    let sock: std::net::SocketAddr = addr
-        .parse()
-        .with_context(|| format!("bad address {addr}"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&sock, timeout)
-        .with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)
-        .with_context(|| format!("reading from {addr}"))?;
-    response_body(&buf).with_context(|| format!("GET {path} on {addr}"))
+    fn read_only_pods(&mut self) -> Result<HashMap<String, Meta>> {
+        let client = match &mut self.kubelet_read_only {
+            Some(c) => c,
+            none => none.insert(PlainGet::tcp(
+                &self.kubelet_read_only_address,
+                self.timeout,
+                self.timeout,
+            )?),
+        };
+        parse_kubelet_pods(&client.get("/pods")?)
+    }
 }
 
 #[cfg(test)]
@@ -264,15 +313,5 @@ mod tests {
         );
         let be = &m["4444444444444444444444444444444444444444444444444444444444444444"];
         assert_eq!(be.qos, "besteffort");
-    }
-
-    #[test]
-    fn non_200_is_an_error() {
-        assert!(response_body(b"HTTP/1.0 404 Not Found\r\n\r\nnope").is_err());
-        assert_eq!(
-            response_body(b"HTTP/1.0 200 OK\r\nA: b\r\n\r\n[]").unwrap(),
-            "[]"
-        );
-        assert!(response_body(b"garbage").is_err());
     }
 }

@@ -299,13 +299,11 @@ async fn events(
     let page = tokio::task::spawn_blocking(move || store.query_page(&q))
         .await
         .map_err(|e| ApiError::internal(e.into()))?
-        .map_err(|e| {
-            let msg = format!("{e:#}");
-            if msg.contains("cursor") || msg.contains("field path") {
-                ApiError::bad_request(msg)
-            } else {
-                ApiError::internal(e)
+        .map_err(|e| match e {
+            store::QueryError::InvalidCursor(_) | store::QueryError::InvalidField(_) => {
+                ApiError::bad_request(e.to_string())
             }
+            store::QueryError::Storage(_) => ApiError::internal(e.into()),
         })?;
     // The store keeps each record's JSON; join them without re-parsing.
     let mut body = String::with_capacity(page.rows.iter().map(|r| r.len() + 1).sum::<usize>() + 64);

@@ -347,7 +347,7 @@ impl Scraper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracer::runner::testing::{entry, services};
+    use crate::tracer::runner::testing::{entry, services_and_store};
     use crate::tracer::{BuildContext, Collector, Tracer, TracerSpec};
     use std::sync::atomic::AtomicU32;
 
@@ -379,8 +379,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_collector_reports_failure_and_is_tried_again() {
-        let (services, dir) = services("scrape-panic");
-        let store = services.store.clone();
+        let (services, store, dir) = services_and_store("scrape-panic");
         let e = entry(
             &PANICS_SPEC,
             Tracer::Metric(Box::new(PanicsOnce(AtomicU32::new(0)))),

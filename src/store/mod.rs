@@ -146,6 +146,17 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// Why a [`Query`] got no page: the caller's mistake (a bad cursor or field path) or the store's.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("`{0}` is not a cursor from a previous page")]
+    InvalidCursor(String),
+    #[error("`{0}` is not a field path (letters, digits, _ and dots)")]
+    InvalidField(String),
+    #[error(transparent)]
+    Storage(#[from] rusqlite::Error),
+}
+
 /// A page cursor: the `(time_ns, seq)` of the last record returned.
 fn encode_cursor(time_ns: i64, seq: i64) -> String {
     format!("{time_ns:x}-{seq:x}")
@@ -285,12 +296,12 @@ impl Store {
     }
 
     /// Records' JSON bodies, newest first.
-    pub fn query(&self, q: &Query) -> Result<Vec<String>> {
+    pub fn query(&self, q: &Query) -> Result<Vec<String>, QueryError> {
         Ok(self.query_page(q)?.rows)
     }
 
     /// A page of records' JSON bodies, newest first, with the cursor of the next page.
-    pub fn query_page(&self, q: &Query) -> Result<Page> {
+    pub fn query_page(&self, q: &Query) -> Result<Page, QueryError> {
         let mut sql = String::from("SELECT body, time_ns, seq FROM records WHERE 1=1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(t) = &q.tracer {
@@ -313,9 +324,7 @@ impl Store {
         }
         for (path, value) in &q.data {
             if !valid_data_path(path) {
-                return Err(anyhow!(
-                    "`{path}` is not a field path (letters, digits, _ and dots)"
-                ));
+                return Err(QueryError::InvalidField(path.clone()));
             }
             // Compare as text so that `dport=53` and `drop_reason=NO_SOCKET` both work;
             // JSON booleans come back from SQLite as 1/0.
@@ -329,8 +338,8 @@ impl Store {
             args.push(v.into());
         }
         if let Some(token) = &q.cursor {
-            let (t, seq) = decode_cursor(token)
-                .ok_or_else(|| anyhow!("`{token}` is not a cursor from a previous page"))?;
+            let (t, seq) =
+                decode_cursor(token).ok_or_else(|| QueryError::InvalidCursor(token.clone()))?;
             sql.push_str(" AND (time_ns < ? OR (time_ns = ? AND seq < ?))");
             args.push(t.into());
             args.push(t.into());
@@ -708,7 +717,10 @@ mod tests {
                 .len(),
             2
         );
-        assert!(store.query(&q(&[("bad-path", "1")], 10, None)).is_err());
+        assert!(matches!(
+            store.query(&q(&[("bad-path", "1")], 10, None)),
+            Err(QueryError::InvalidField(f)) if f == "bad-path"
+        ));
         // Pages of 3: 3 + 3 + 1, newest first, each record once.
         let mut seen = Vec::new();
         let mut cursor = None;
@@ -724,7 +736,10 @@ mod tests {
             }
         }
         assert_eq!(seen, vec![6, 5, 4, 3, 2, 1, 0]);
-        assert!(store.query_page(&q(&[], 3, Some("nope".into()))).is_err());
+        assert!(matches!(
+            store.query_page(&q(&[], 3, Some("nope".into()))),
+            Err(QueryError::InvalidCursor(c)) if c == "nope"
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -1,6 +1,7 @@
 //! What a tracer gets from the framework: a running tracer its [`RunContext`] (the stop signal,
-//! record saving, the shared services), a collector its [`ScrapeContext`] at each scrape (the
-//! services and one view of the containers for the whole scrape).
+//! record saving through the [`Pipeline`], the shared services), a collector its
+//! [`ScrapeContext`] at each scrape (the services and one view of the containers for the whole
+//! scrape).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -11,7 +12,7 @@ use crate::container::view::{self, ContainerCgroups};
 use crate::container::ContainerRegistry;
 use crate::host::HostRoot;
 use crate::record::{ContainerFields, Record, TracerType};
-use crate::store::Store;
+use crate::tracer::pipeline::Pipeline;
 use crate::tracer::runner::TracerState;
 use crate::tracer::{Mode, Status};
 
@@ -20,7 +21,8 @@ pub struct Services {
     pub host: HostRoot,
     pub hostname: String,
     pub region: String,
-    pub store: Arc<Store>,
+    /// Where tracers' records go (on to the store).
+    pub records: Arc<Pipeline>,
     pub containers: Arc<ContainerRegistry>,
     pub symbolizer: KernelSymbolizer,
     /// What one tracer measures for others to read.
@@ -238,21 +240,6 @@ impl RunContext {
             data,
         );
         self.state.add_hit();
-        // A container known only by its id (an event right at its start): held until its
-        // metadata names it, on the registry's thread.
-        let record = match record.container.as_ref() {
-            Some(c) if c.name.is_empty() => {
-                let store = &self.services.store;
-                match self.services.containers.save_when_named(record, || {
-                    let store = store.clone();
-                    Arc::new(move |r| store.save(r))
-                }) {
-                    None => return,
-                    Some(r) => r,
-                }
-            }
-            _ => record,
-        };
-        self.services.store.save(record);
+        self.services.records.save(record);
     }
 }

@@ -9,6 +9,7 @@
 pub mod check;
 pub mod context;
 pub mod detect;
+pub mod pipeline;
 pub mod program;
 pub mod runner;
 
@@ -21,6 +22,7 @@ use crate::host::HostRoot;
 
 pub use check::Requirement;
 pub use context::{RunContext, ScrapeContext, Services, SharedMeasurements};
+pub use pipeline::Pipeline;
 pub use runner::{panic_message, Runner, TracerEntry};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -518,6 +518,14 @@ pub(crate) mod testing {
 
     /// Services on a store in a fresh temp dir (returned for removal).
     pub fn services(tag: &str) -> (Arc<Services>, std::path::PathBuf) {
+        let (services, _, dir) = services_and_store(tag);
+        (services, dir)
+    }
+
+    /// [`services`], and the store their record pipeline saves to.
+    pub fn services_and_store(
+        tag: &str,
+    ) -> (Arc<Services>, Arc<crate::store::Store>, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("bianque-runner-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = crate::store::Store::open(
@@ -528,19 +536,25 @@ pub(crate) mod testing {
             },
         )
         .unwrap();
+        let store = Arc::new(store);
+        let containers = Arc::new(crate::container::ContainerRegistry::new(
+            HostRoot::default(),
+            Default::default(),
+        ));
+        let sink = store.clone();
         let services = Arc::new(Services {
             host: HostRoot::default(),
             hostname: "h".into(),
             region: "r".into(),
-            store: Arc::new(store),
-            containers: Arc::new(crate::container::ContainerRegistry::new(
-                HostRoot::default(),
-                Default::default(),
+            records: Arc::new(crate::tracer::Pipeline::new(
+                containers.clone(),
+                Arc::new(move |r| sink.save(r)),
             )),
+            containers,
             symbolizer: crate::bpf::KernelSymbolizer::new(),
             shared: Default::default(),
         });
-        (services, dir)
+        (services, store, dir)
     }
 
     pub fn entry(spec: &'static TracerSpec, tracer: Tracer, restart: Duration) -> Arc<TracerEntry> {
@@ -813,7 +827,7 @@ mod tests {
 
     #[test]
     fn autotracer_captures_once_per_cooldown_and_records_merged_data() {
-        let (services, dir) = services("always");
+        let (services, store, dir) = testing::services_and_store("always");
         let always = Arc::new(Always(AtomicU32::new(0)));
         struct Shared(Arc<Always>);
         impl AutoTracer for Shared {
@@ -835,7 +849,6 @@ mod tests {
             Tracer::Autotracing(Box::new(Shared(always.clone()))),
             Duration::from_millis(10),
         );
-        let store = services.store.clone();
         let runner = Runner::new(vec![e.clone()], services);
         runner.start_all();
         std::thread::sleep(Duration::from_millis(200));

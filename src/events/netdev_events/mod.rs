@@ -11,6 +11,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
+use netlink_packet_core::{
+    Emitable, ErrorBuffer, NetlinkBuffer, NetlinkMessage, NlasIterator, ParseableParametrized,
+    NLMSG_ALIGNTO, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkHeader, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_section, ConfigError, ConfigResult};
@@ -19,20 +25,10 @@ use crate::tracer::{
     BuildContext, EventTracer, Mode, RunContext, Tracer, TracerError, TracerSpec, TRACERS,
 };
 
-// rtnetlink / ethtool uapi (include/uapi/linux/{netlink,rtnetlink,if_link,if,ethtool}.h).
-const NLMSG_HDRLEN: usize = 16;
-const IFINFOMSG_LEN: usize = 16;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
+// Message types netlink-packet-route keeps private (include/uapi/linux/rtnetlink.h), the
+// link multicast group, and the ethtool ioctl (include/uapi/linux/{sockios,ethtool}.h).
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
-const RTM_GETLINK: u16 = 18;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFF_UP: u32 = 0x1;
-const IFF_LOWER_UP: u32 = 0x1_0000;
 const RTMGRP_LINK: u32 = 1;
 const ETHTOOL_GDRVINFO: u32 = 3;
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
@@ -89,9 +85,10 @@ pub struct NetdevEvents {
 /// One link as an RTM_NEWLINK/RTM_DELLINK message describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkMsg {
-    pub msg_type: u16,
-    pub index: i32,
-    pub flags: u32,
+    /// False for RTM_DELLINK.
+    pub new: bool,
+    pub index: u32,
+    pub flags: LinkFlags,
     pub ifname: String,
     pub mac: Option<String>,
 }
@@ -105,70 +102,52 @@ pub struct Parsed {
     pub error: Option<i32>,
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// Parses the netlink messages in one datagram (safe slicing only).
+/// Parses the netlink messages in one datagram; a truncated message ends it.
 pub fn parse_messages(buf: &[u8]) -> Parsed {
     let mut out = Parsed::default();
     let mut off = 0;
-    while off + NLMSG_HDRLEN <= buf.len() {
-        let Some(len) = u32_at(buf, off).map(|l| l as usize) else {
+    while off < buf.len() {
+        let Ok(msg) = NetlinkBuffer::new_checked(&buf[off..]) else {
             break;
         };
-        let Some(ty) = u16_at(buf, off + 4) else {
-            break;
-        };
-        if len < NLMSG_HDRLEN || off + len > buf.len() {
-            break;
-        }
-        let body = &buf[off + NLMSG_HDRLEN..off + len];
-        match ty {
+        let payload = msg.payload();
+        match msg.message_type() {
             NLMSG_DONE => out.done = true,
-            NLMSG_ERROR => out.error = u32_at(body, 0).map(|e| -(e as i32)),
-            RTM_NEWLINK | RTM_DELLINK => {
-                if let Some(link) = parse_link(ty, body) {
-                    out.links.push(link);
+            NLMSG_ERROR => {
+                if let Ok(e) = ErrorBuffer::new_checked(payload) {
+                    out.error = Some(e.code().map_or(0, |c| -c.get()));
                 }
+            }
+            ty @ (RTM_NEWLINK | RTM_DELLINK) => {
+                out.links.extend(parse_link(ty == RTM_NEWLINK, payload))
             }
             _ => {}
         }
-        off += align4(len);
+        let align = usize::from(NLMSG_ALIGNTO);
+        off += (msg.length() as usize).next_multiple_of(align);
     }
     out
 }
 
-fn parse_link(msg_type: u16, body: &[u8]) -> Option<LinkMsg> {
-    // struct ifinfomsg { u8 family; u8 pad; u16 type; i32 index; u32 flags; u32 change; }
-    let index = u32_at(body, 4)? as i32;
-    let flags = u32_at(body, 8)?;
-    let mut ifname = String::new();
-    let mut mac = None;
-    let mut off = IFINFOMSG_LEN;
-    while off + 4 <= body.len() {
-        let alen = u16_at(body, off)? as usize;
-        let aty = u16_at(body, off + 2)? & 0x3fff; // without NLA_F_NESTED/NET_BYTEORDER
-        if alen < 4 || off + alen > body.len() {
-            break;
-        }
-        let val = &body[off + 4..off + alen];
-        match aty {
-            IFLA_IFNAME => {
-                let end = val.iter().position(|&b| b == 0).unwrap_or(val.len());
-                ifname = String::from_utf8_lossy(&val[..end]).into_owned();
-            }
-            IFLA_ADDRESS if !val.is_empty() => {
-                mac = Some(
-                    val.iter()
+/// The link of an RTM_NEWLINK/RTM_DELLINK payload. Attributes are decoded one by one and only
+/// the name and the address are kept, so one this crate cannot decode does not lose the link.
+fn parse_link(new: bool, payload: &[u8]) -> Option<LinkMsg> {
+    let header = LinkHeader::parse(payload).ok()?;
+    let mut link = LinkMsg {
+        new,
+        index: header.index,
+        flags: header.flags,
+        ifname: String::new(),
+        mac: None,
+    };
+    let attributes = payload.get(header.buffer_len()..).unwrap_or_default();
+    for nla in NlasIterator::new(attributes) {
+        let Ok(nla) = nla else { break };
+        match LinkAttribute::parse_with_param(&nla, header.interface_family) {
+            Ok(LinkAttribute::IfName(name)) => link.ifname = name,
+            Ok(LinkAttribute::Address(a)) if !a.is_empty() => {
+                link.mac = Some(
+                    a.iter()
                         .map(|b| format!("{b:02x}"))
                         .collect::<Vec<_>>()
                         .join(":"),
@@ -176,29 +155,23 @@ fn parse_link(msg_type: u16, body: &[u8]) -> Option<LinkMsg> {
             }
             _ => {}
         }
-        off += align4(alen);
     }
-    Some(LinkMsg {
-        msg_type,
-        index,
-        flags,
-        ifname,
-        mac,
-    })
+    Some(link)
 }
 
 /// The admin and carrier changes between two flag words, in CHANGES order.
-pub fn link_changes(old: u32, new: u32) -> Vec<&'static str> {
+pub fn link_changes(old: LinkFlags, new: LinkFlags) -> Vec<&'static str> {
     let mut out = Vec::new();
-    if (old ^ new) & IFF_UP != 0 {
-        out.push(if new & IFF_UP != 0 {
+    let changed = old ^ new;
+    if changed.contains(LinkFlags::Up) {
+        out.push(if new.contains(LinkFlags::Up) {
             CHANGES[0]
         } else {
             CHANGES[1]
         });
     }
-    if (old ^ new) & IFF_LOWER_UP != 0 {
-        out.push(if new & IFF_LOWER_UP != 0 {
+    if changed.contains(LinkFlags::LowerUp) {
+        out.push(if new.contains(LinkFlags::LowerUp) {
             CHANGES[2]
         } else {
             CHANGES[3]
@@ -230,10 +203,10 @@ struct LinkState {
 }
 
 impl LinkState {
-    fn of(flags: u32) -> LinkState {
+    fn of(flags: LinkFlags) -> LinkState {
         LinkState {
-            admin: up_down(flags & IFF_UP != 0),
-            carrier: up_down(flags & IFF_LOWER_UP != 0),
+            admin: up_down(flags.contains(LinkFlags::Up)),
+            carrier: up_down(flags.contains(LinkFlags::LowerUp)),
         }
     }
 }
@@ -241,7 +214,7 @@ impl LinkState {
 #[derive(Debug, Serialize)]
 struct NetdevData {
     ifname: String,
-    index: i32,
+    index: u32,
     /// What changed: `admin_up`, `admin_down`, `carrier_up`, `carrier_down`.
     linkstatus: Vec<&'static str>,
     old_state: LinkState,
@@ -359,13 +332,13 @@ fn open_rtnetlink() -> Result<OwnedFd> {
 }
 
 fn request_dump(sock: &OwnedFd, seq: u32) -> Result<()> {
-    let mut req = [0u8; NLMSG_HDRLEN + IFINFOMSG_LEN];
-    let len = req.len() as u32;
-    req[0..4].copy_from_slice(&len.to_ne_bytes());
-    req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
-    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req[8..12].copy_from_slice(&seq.to_ne_bytes());
-    // ifinfomsg all zero: AF_UNSPEC, every link.
+    // A zero link header: AF_UNSPEC, every link.
+    let mut msg = NetlinkMessage::from(RouteNetlinkMessage::GetLink(LinkMessage::default()));
+    msg.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    msg.header.sequence_number = seq;
+    msg.finalize();
+    let mut req = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut req);
     // SAFETY: send(2) of a valid buffer on our socket (the kernel is the default destination).
     let rc = unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
     if rc < 0 {
@@ -415,7 +388,7 @@ impl NetdevEvents {
         sock: &OwnedFd,
         buf: &mut [u8],
         seq: u32,
-        states: &mut HashMap<i32, u32>,
+        states: &mut HashMap<u32, LinkFlags>,
     ) -> Result<()> {
         request_dump(sock, seq)?;
         states.clear();
@@ -428,7 +401,7 @@ impl NetdevEvents {
                 Recv::Data(n) => {
                     let p = parse_messages(&buf[..n]);
                     for l in p.links {
-                        if l.msg_type == RTM_NEWLINK {
+                        if l.new {
                             states.insert(l.index, l.flags);
                         } else {
                             states.remove(&l.index);
@@ -453,8 +426,8 @@ impl NetdevEvents {
         }
     }
 
-    fn handle(&self, ctx: &RunContext, link: LinkMsg, states: &mut HashMap<i32, u32>) {
-        if link.msg_type == RTM_DELLINK {
+    fn handle(&self, ctx: &RunContext, link: LinkMsg, states: &mut HashMap<u32, LinkFlags>) {
+        if !link.new {
             states.remove(&link.index);
             return;
         }
@@ -490,7 +463,7 @@ impl EventTracer for NetdevEvents {
     fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
         let sock = open_rtnetlink()?;
         let mut buf = vec![0u8; 64 * 1024];
-        let mut states: HashMap<i32, u32> = HashMap::new();
+        let mut states: HashMap<u32, LinkFlags> = HashMap::new();
         let mut seq: u32 = 1;
         self.load_states(ctx, &sock, &mut buf, seq, &mut states)?;
         ctx.attached();
@@ -539,68 +512,106 @@ impl EventTracer for NetdevEvents {
 mod tests {
     use super::*;
 
-    /// An RTM_NEWLINK as the kernel sends it: header, ifinfomsg, IFLA_IFNAME, IFLA_ADDRESS.
-    fn newlink(index: i32, flags: u32, name: &str) -> Vec<u8> {
-        let mut body = Vec::new();
-        body.extend_from_slice(&[0, 0]); // family, pad
-        body.extend_from_slice(&1u16.to_ne_bytes()); // ARPHRD_ETHER
-        body.extend_from_slice(&index.to_ne_bytes());
-        body.extend_from_slice(&flags.to_ne_bytes());
-        body.extend_from_slice(&0xffff_ffffu32.to_ne_bytes());
-        let mut attr = |ty: u16, val: &[u8]| {
-            body.extend_from_slice(&((4 + val.len()) as u16).to_ne_bytes());
-            body.extend_from_slice(&ty.to_ne_bytes());
-            body.extend_from_slice(val);
-            while body.len() % 4 != 0 {
-                body.push(0);
-            }
-        };
-        let mut n = name.as_bytes().to_vec();
-        n.push(0);
-        attr(IFLA_IFNAME, &n);
-        attr(IFLA_ADDRESS, &[0x02, 0, 0, 0, 0, 0x2a]);
-        let mut msg = Vec::new();
-        msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-        msg.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
-        msg.extend_from_slice(&0u16.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&body);
-        msg
+    /// Datagrams a 6.x kernel sent to an RTMGRP_LINK socket in a fresh network namespace
+    /// holding lo and a veth pair (veth1 02:00:00:00:00:2b, index 2; veth0 02:00:00:00:00:2a,
+    /// index 3): the link dump, then `ip link set veth0 up`, `ip link set veth1 up` and
+    /// `ip link del veth0`.
+    fn captured(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/netlink/{name}.bin",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn link(new: bool, index: u32, flags: LinkFlags, ifname: &str, mac: &str) -> LinkMsg {
+        LinkMsg {
+            new,
+            index,
+            flags,
+            ifname: ifname.into(),
+            mac: Some(mac.into()),
+        }
     }
 
     #[test]
-    fn messages_parse() {
-        let mut buf = newlink(7, IFF_UP | IFF_LOWER_UP, "veth0");
-        buf.extend(newlink(8, 0, "eth1"));
-        let mut done = vec![0u8; 20];
-        done[0..4].copy_from_slice(&20u32.to_ne_bytes());
-        done[4..6].copy_from_slice(&NLMSG_DONE.to_ne_bytes());
-        buf.extend(done);
-        let p = parse_messages(&buf);
-        assert!(p.done);
-        assert_eq!(p.links.len(), 2);
-        assert_eq!(p.links[0].ifname, "veth0");
-        assert_eq!(p.links[0].index, 7);
-        assert_eq!(p.links[0].flags, IFF_UP | IFF_LOWER_UP);
-        assert_eq!(p.links[0].mac.as_deref(), Some("02:00:00:00:00:2a"));
-        assert_eq!(p.links[1].ifname, "eth1");
-        // Truncated input stops cleanly.
+    fn captured_messages_parse() {
+        use LinkFlags as F;
+        let dump = parse_messages(&captured("link_dump"));
+        assert!(dump.done);
+        assert_eq!(dump.error, None);
+        assert_eq!(
+            dump.links,
+            [
+                link(true, 1, F::Loopback, "lo", "00:00:00:00:00:00"),
+                link(
+                    true,
+                    2,
+                    F::Broadcast | F::Multicast,
+                    "veth1",
+                    "02:00:00:00:00:2b"
+                ),
+                link(
+                    true,
+                    3,
+                    F::Broadcast | F::Multicast,
+                    "veth0",
+                    "02:00:00:00:00:2a"
+                ),
+            ]
+        );
+
+        let up = parse_messages(&captured("admin_up"));
+        assert!(!up.done);
+        let [veth0] = &up.links[..] else {
+            panic!("{up:?}")
+        };
+        assert_eq!((veth0.index, veth0.ifname.as_str()), (3, "veth0"));
+        assert_eq!(veth0.flags, F::Up | F::Broadcast | F::Multicast);
+
+        let carrier = parse_messages(&captured("carrier_up"));
+        let last = carrier.links.last().unwrap();
+        assert_eq!((carrier.links.len(), last.index), (3, 3));
+        assert_eq!(
+            link_changes(veth0.flags, last.flags),
+            ["carrier_up"],
+            "{last:?}"
+        );
+
+        let deleted = parse_messages(&captured("deleted"));
+        let gone: Vec<(bool, u32)> = deleted.links.iter().map(|l| (l.new, l.index)).collect();
+        assert_eq!(gone, [(true, 3), (true, 2), (false, 3), (false, 2)]);
+
+        // Truncated input stops cleanly at the last whole message.
+        let buf = captured("link_dump");
         assert_eq!(parse_messages(&buf[..30]).links.len(), 0);
+        assert_eq!(parse_messages(&buf[..2000]).links.len(), 1);
+    }
+
+    #[test]
+    fn errors_and_acks_are_told_apart() {
+        let mut msg = vec![0u8; 36];
+        msg[0..4].copy_from_slice(&36u32.to_ne_bytes());
+        msg[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        msg[16..20].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
+        assert_eq!(parse_messages(&msg).error, Some(libc::EPERM));
+        msg[16..20].copy_from_slice(&0i32.to_ne_bytes());
+        assert_eq!(parse_messages(&msg).error, Some(0));
     }
 
     #[test]
     fn changes_are_named() {
-        assert_eq!(link_changes(IFF_UP, 0), vec!["admin_down"]);
+        use LinkFlags as F;
+        assert_eq!(link_changes(F::Up, F::empty()), vec!["admin_down"]);
         assert_eq!(
-            link_changes(0, IFF_UP | IFF_LOWER_UP),
+            link_changes(F::empty(), F::Up | F::LowerUp),
             vec!["admin_up", "carrier_up"]
         );
         assert_eq!(
-            link_changes(IFF_UP | IFF_LOWER_UP, IFF_UP),
+            link_changes(F::Up | F::LowerUp, F::Up),
             vec!["carrier_down"]
         );
-        assert!(link_changes(IFF_UP, IFF_UP | 0x1000).is_empty());
+        assert!(link_changes(F::Up, F::Up | F::Multicast).is_empty());
     }
 
     #[test]

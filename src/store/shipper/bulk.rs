@@ -1,0 +1,201 @@
+//! `_bulk` requests and answers: the NDJSON body, per-item outcomes, what makes a whole request
+//! fail.
+
+use serde::Deserialize;
+
+use super::db::Doc;
+
+#[derive(Deserialize)]
+struct BulkResponse {
+    #[serde(default)]
+    errors: bool,
+    #[serde(default)]
+    items: Vec<std::collections::HashMap<String, BulkItem>>,
+}
+
+#[derive(Deserialize)]
+struct BulkItem {
+    #[serde(default)]
+    status: u16,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+/// How one item of a `_bulk` answer came out.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ItemOutcome {
+    Ok,
+    Retry,
+    Refused {
+        status: u16,
+        error_type: String,
+        reason: String,
+    },
+}
+
+/// Per-item outcomes of a `_bulk` answer with `n` actions; None when the answer does not
+/// describe exactly `n` items (then the whole request is retried).
+pub fn parse_bulk_response(body: &[u8], n: usize) -> Option<Vec<ItemOutcome>> {
+    let resp: BulkResponse = serde_json::from_slice(body).ok()?;
+    if !resp.errors && resp.items.is_empty() {
+        return Some((0..n).map(|_| ItemOutcome::Ok).collect());
+    }
+    if resp.items.len() != n {
+        return None;
+    }
+    Some(
+        resp.items
+            .into_iter()
+            .map(|m| {
+                let Some(item) = m.into_values().next() else {
+                    return ItemOutcome::Retry;
+                };
+                match item.status {
+                    200..=299 => ItemOutcome::Ok,
+                    429 | 500..=599 => ItemOutcome::Retry,
+                    status => {
+                        let err = item.error.unwrap_or_default();
+                        let text = |k: &str| {
+                            err.get(k)
+                                .and_then(|v| v.as_str())
+                                .unwrap_or_default()
+                                .to_string()
+                        };
+                        let mut reason = text("reason");
+                        if let Some(cause) = err
+                            .get("caused_by")
+                            .and_then(|c| c.get("reason"))
+                            .and_then(|r| r.as_str())
+                        {
+                            reason = format!("{reason}: {cause}");
+                        }
+                        if reason.is_empty() {
+                            reason = err.to_string();
+                        }
+                        ItemOutcome::Refused {
+                            status,
+                            error_type: text("type"),
+                            reason,
+                        }
+                    }
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Why a whole `_bulk` request did not get per-item answers.
+pub(super) enum SendError {
+    /// Try again later (connection error, timeout, 429, 5xx, or a 4xx that a fix on the
+    /// server side may cure: auth, missing permissions).
+    Retry(String),
+    /// 413: the body is too large for the server.
+    TooLarge,
+    /// Shutting down.
+    Stopped,
+}
+
+pub(super) fn retryable_status(status: u16) -> bool {
+    status == 429 || (500..=599).contains(&status)
+}
+
+/// NDJSON `_bulk` body: an `index` action with `_index` and `_id` per record, then the record.
+pub(super) fn bulk_body<'a>(docs: impl Iterator<Item = (&'a String, &'a Doc)>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (index, d) in docs {
+        let action = serde_json::json!({"index": {"_index": index, "_id": d.id}});
+        // Serializing a json! value of strings cannot fail.
+        let _ = serde_json::to_writer(&mut out, &action);
+        out.push(b'\n');
+        out.extend_from_slice(d.body.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+pub(super) fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(data)?;
+    enc.finish()
+}
+
+pub(super) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_answers_are_parsed_per_item() {
+        let ok = br#"{"took":1,"errors":false,"items":[{"index":{"status":201}},{"index":{"status":200}}]}"#;
+        assert_eq!(
+            parse_bulk_response(ok, 2),
+            Some(vec![ItemOutcome::Ok, ItemOutcome::Ok])
+        );
+        let mixed = br#"{"errors":true,"items":[
+            {"index":{"_id":"a","status":201}},
+            {"index":{"_id":"b","status":429,"error":{"type":"es_rejected_execution_exception","reason":"queue full"}}},
+            {"index":{"_id":"c","status":400,"error":{"type":"mapper_parsing_exception","reason":"failed to parse field [x] of type [long]","caused_by":{"type":"illegal_argument_exception","reason":"For input string: \"lots\""}}}},
+            {"index":{"_id":"d","status":503,"error":{"type":"unavailable_shards_exception","reason":"primary shard is not active"}}}
+        ]}"#;
+        let out = parse_bulk_response(mixed, 4).unwrap();
+        assert_eq!(out[0], ItemOutcome::Ok);
+        assert_eq!(out[1], ItemOutcome::Retry);
+        assert_eq!(out[3], ItemOutcome::Retry);
+        match &out[2] {
+            ItemOutcome::Refused {
+                status,
+                error_type,
+                reason,
+            } => {
+                assert_eq!(*status, 400);
+                assert_eq!(error_type, "mapper_parsing_exception");
+                assert!(
+                    reason.contains("of type [long]") && reason.contains("lots"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A count mismatch or garbage means the whole request is retried.
+        assert_eq!(parse_bulk_response(mixed, 3), None);
+        assert_eq!(parse_bulk_response(b"<html>", 1), None);
+    }
+
+    #[test]
+    fn bulk_body_is_ndjson_with_ids() {
+        let docs = [
+            Doc {
+                seq: 1,
+                id: "aa".into(),
+                time_ns: 0,
+                body: "{\"x\":1}".into(),
+            },
+            Doc {
+                seq: 2,
+                id: "bb".into(),
+                time_ns: 0,
+                body: "{\"x\":2}".into(),
+            },
+        ];
+        let idx = "i".to_string();
+        let body = String::from_utf8(bulk_body(docs.iter().map(|d| (&idx, d)))).unwrap();
+        assert_eq!(
+            body,
+            "{\"index\":{\"_index\":\"i\",\"_id\":\"aa\"}}\n{\"x\":1}\n{\"index\":{\"_index\":\"i\",\"_id\":\"bb\"}}\n{\"x\":2}\n"
+        );
+    }
+}
