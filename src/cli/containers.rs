@@ -1,0 +1,54 @@
+//! `bianque containers`: the containers a running agent knows, from its `/containers`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use bianque::agent::AgentError;
+use clap::Args;
+
+#[derive(Args)]
+pub struct ContainersArgs {
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address of the running agent (default: the config's server.listen).
+    #[arg(long)]
+    pub listen: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `bianque containers`: the containers a running agent knows.
+pub fn run(a: ContainersArgs) -> Result<(), AgentError> {
+    let cfg = super::load_config(&a.config, &a.listen)?;
+    let addr = super::agent_address(&cfg)?;
+    let body = super::http_get(addr, "/containers")
+        .ok_or_else(|| anyhow::anyhow!("no agent answers at {addr}"))?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let _ = writeln!(out, "{body}");
+        return Ok(());
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("bad /containers answer: {e}"))?;
+    let _ = writeln!(
+        out,
+        "{:<12}  {:<10}  {:<24}  {:<16}  {:<10}  {:>7}  POD",
+        "ID", "RUNTIME", "NAME", "NAMESPACE", "QOS", "PID"
+    );
+    for c in v["containers"].as_array().into_iter().flatten() {
+        let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+        let id = s("id");
+        let _ = writeln!(
+            out,
+            "{:<12}  {:<10}  {:<24}  {:<16}  {:<10}  {:>7}  {}",
+            &id[..id.len().min(12)],
+            s("runtime"),
+            s("name"),
+            s("namespace"),
+            s("qos"),
+            c["init_pid"].as_u64().unwrap_or(0),
+            s("pod")
+        );
+    }
+    Ok(())
+}

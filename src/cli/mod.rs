@@ -1,0 +1,44 @@
+//! The `bianque` command's subcommands, one module each; what several share (finding and asking
+//! the running agent) is here.
+
+pub mod check;
+pub mod containers;
+pub mod events;
+pub mod run;
+pub mod tracers;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bianque::agent::{self, Config, RunOptions};
+use bianque::config::{ConfigError, ConfigResult};
+
+/// The config file (if any) with `--listen` applied: where a running agent listens.
+fn load_config(config: &Option<PathBuf>, listen: &Option<String>) -> ConfigResult<Config> {
+    agent::load_config(&RunOptions {
+        config: config.clone(),
+        listen: listen.clone(),
+        ..Default::default()
+    })
+}
+
+/// The running agent's address from the config.
+fn agent_address(cfg: &Config) -> ConfigResult<SocketAddr> {
+    cfg.server
+        .listen
+        .parse()
+        .map_err(|_| ConfigError(format!("bad address {}", cfg.server.listen)))
+}
+
+/// `GET path` from a running agent; None when nothing answers (or not with 200).
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    bianque::http::PlainGet::tcp(
+        &addr.to_string(),
+        Duration::from_millis(500),
+        Duration::from_secs(5),
+    )
+    .ok()?
+    .get(path)
+    .ok()
+}
