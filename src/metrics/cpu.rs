@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
+use crate::cgroupfs::cpu::{read_cores, read_usage, wait_sum_percent, CgroupUsage, Throttling};
 use crate::config::ConfigResult;
-use crate::container::view::ContainerCgroup;
 use crate::exposition::{Kind, MetricSink};
-use crate::host::file::{read_optional, ProcFile};
-use crate::procfs::{for_each_kv, parse_u64};
+use crate::host::file::ProcFile;
+use crate::procfs::{clk_tck, parse_u64};
 use crate::tracer::{
     BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
 };
@@ -211,16 +211,6 @@ pub fn parse_softirqs(text: &str) -> Result<Vec<(String, u64)>> {
     Ok(out)
 }
 
-pub fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if v > 0 {
-        v as f64
-    } else {
-        100.0
-    }
-}
-
 /// Utilisation between two samples, in percent of `cores` (None if the counters went back or
 /// no time passed).
 fn util_between(d_total: f64, d_usr: f64, d_sys: f64, d_busy: f64) -> Option<Util> {
@@ -235,69 +225,9 @@ fn util_between(d_total: f64, d_usr: f64, d_sys: f64, d_busy: f64) -> Option<Uti
     })
 }
 
-/// Cumulative usage of a cgroup, in nanoseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct CgroupUsage {
-    pub usage_ns: u64,
-    pub user_ns: u64,
-    pub system_ns: u64,
-}
-
-/// CFS bandwidth statistics of a cgroup (fields the kernel lacks are None).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Throttling {
-    pub nr_periods: Option<u64>,
-    pub nr_throttled: Option<u64>,
-    pub throttled_ns: Option<u64>,
-    pub nr_bursts: Option<u64>,
-    pub burst_ns: Option<u64>,
-    /// v1 `wait_sum` (ns the cgroup's tasks waited on run queues; only with
-    /// `kernel.sched_schedstats=1`).
-    pub wait_sum_ns: Option<u64>,
-}
-
-/// Parses a v1 `cpu.stat` or v2 `cpu.stat` into throttling numbers (v2 reports µs).
-pub fn parse_cpu_stat(text: &str) -> Result<(Throttling, Option<CgroupUsage>)> {
-    let mut t = Throttling::default();
-    let mut u = CgroupUsage::default();
-    let mut has_usage = false;
-    for_each_kv(text, |k, v| match k {
-        "nr_periods" => t.nr_periods = Some(v),
-        "nr_throttled" => t.nr_throttled = Some(v),
-        "throttled_time" => t.throttled_ns = Some(v),
-        "throttled_usec" => t.throttled_ns = Some(v.saturating_mul(1000)),
-        "nr_bursts" => t.nr_bursts = Some(v),
-        "burst_time" => t.burst_ns = Some(v),
-        "burst_usec" => t.burst_ns = Some(v.saturating_mul(1000)),
-        "wait_sum" => t.wait_sum_ns = Some(v),
-        "usage_usec" => {
-            u.usage_ns = v.saturating_mul(1000);
-            has_usage = true;
-        }
-        "user_usec" => u.user_ns = v.saturating_mul(1000),
-        "system_usec" => u.system_ns = v.saturating_mul(1000),
-        _ => {}
-    })?;
-    Ok((t, has_usage.then_some(u)))
-}
-
-/// The quota in cores: v1 `cfs_quota_us`/`cfs_period_us` (-1 = none) or v2 `cpu.max`.
-pub fn quota_cores_v1(quota: &str, period: &str) -> Option<f64> {
-    let q: i64 = quota.trim().parse().ok()?;
-    let p: i64 = period.trim().parse().ok()?;
-    (q > 0 && p > 0).then(|| q as f64 / p as f64)
-}
-
-pub fn quota_cores_v2(cpu_max: &str) -> Option<f64> {
-    let mut it = cpu_max.split_ascii_whitespace();
-    let q: f64 = it.next()?.parse().ok()?; // "max" fails to parse: no quota
-    let p: f64 = it.next()?.parse().ok()?;
-    (q > 0.0 && p > 0.0).then_some(q / p)
-}
-
 impl Cpu {
     fn collect_host(&self, out: &mut MetricSink, st: &mut State) -> Result<()> {
-        let tck = clk_tck();
+        let tck = clk_tck() as f64;
         let Some(stat) = self.stat.with(parse_stat)? else {
             return Ok(());
         };
@@ -451,8 +381,8 @@ impl Cpu {
         let mut rows = Vec::with_capacity(snap.containers.len());
         let now = Instant::now();
         for c in &snap.containers {
-            let (usage, throttling) = read_container(&snap.layout, &c.rel, &mut st.buf, tck)?;
-            let cores = container_cores(&snap.layout, c, &mut st.buf)?.unwrap_or(host_cores);
+            let (usage, throttling) = read_usage(&snap.layout, &c.rel, &mut st.buf, tck)?;
+            let cores = read_cores(&snap.layout, &c.rel, &mut st.buf)?.unwrap_or(host_cores);
             let wait = throttling.as_ref().and_then(|t| t.wait_sum_ns);
             let (util, wait_percent) = match usage {
                 None => (None, None),
@@ -625,100 +555,6 @@ impl Cpu {
     }
 }
 
-/// HuaTuo's `wait_sum_percent`: run-queue wait as a share of the time the cgroup's tasks were
-/// runnable (waiting or running) between two samples of (`wait_sum` ns, usage ns):
-/// Δwait / (Δwait + Δusage) × 100. `None` when a counter went back (cgroup recreated); 0 when
-/// neither moved.
-pub fn wait_sum_percent(prev: (u64, u64), cur: (u64, u64)) -> Option<f64> {
-    if cur.0 < prev.0 || cur.1 < prev.1 {
-        return None;
-    }
-    let (dw, du) = ((cur.0 - prev.0) as f64, (cur.1 - prev.1) as f64);
-    if dw + du <= 0.0 {
-        return Some(0.0);
-    }
-    Some(dw * 100.0 / (dw + du))
-}
-
-/// A container's cumulative usage and throttling (v1: cpuacct + cpu; v2: cpu.stat).
-pub fn read_container(
-    layout: &crate::cgroupfs::Layout,
-    rel: &str,
-    buf: &mut String,
-    tck: f64,
-) -> Result<(Option<CgroupUsage>, Option<Throttling>)> {
-    let mut usage = None;
-    let mut throttling = None;
-    if let Some(d) = layout.dir("cpu", rel) {
-        if read_optional(&d.path.join("cpu.stat"), buf)? {
-            let (t, u) = parse_cpu_stat(buf)?;
-            throttling = Some(t);
-            if d.v2 {
-                usage = u;
-            }
-        }
-    }
-    if usage.is_none() {
-        if let Some(d) = layout.dir("cpuacct", rel).filter(|d| !d.v2) {
-            let mut u = CgroupUsage::default();
-            if read_optional(&d.path.join("cpuacct.usage"), buf)? {
-                u.usage_ns = parse_u64(buf.trim(), "cpuacct.usage")?;
-                if read_optional(&d.path.join("cpuacct.stat"), buf)? {
-                    for_each_kv(buf, |k, v| {
-                        let ns = (v as f64 * 1e9 / tck) as u64;
-                        match k {
-                            "user" => u.user_ns = ns,
-                            "system" => u.system_ns = ns,
-                            _ => {}
-                        }
-                    })?;
-                }
-                usage = Some(u);
-            }
-        }
-    }
-    Ok((usage, throttling))
-}
-
-fn container_cores(
-    layout: &crate::cgroupfs::Layout,
-    c: &ContainerCgroup,
-    buf: &mut String,
-) -> Result<Option<f64>> {
-    if let Some(d) = layout.dir("cpu", &c.rel) {
-        let quota = if d.v2 {
-            read_optional(&d.path.join("cpu.max"), buf)?
-                .then(|| quota_cores_v2(buf))
-                .flatten()
-        } else if read_optional(&d.path.join("cpu.cfs_quota_us"), buf)? {
-            let q = buf.clone();
-            read_optional(&d.path.join("cpu.cfs_period_us"), buf)?
-                .then(|| quota_cores_v1(&q, buf))
-                .flatten()
-        } else {
-            None
-        };
-        if quota.is_some() {
-            return Ok(quota);
-        }
-    }
-    if let Some(d) = layout.dir("cpuset", &c.rel) {
-        let names: &[&str] = if d.v2 {
-            &["cpuset.cpus.effective"]
-        } else {
-            &["cpuset.effective_cpus", "cpuset.cpus"]
-        };
-        for n in names {
-            if read_optional(&d.path.join(n), buf)? {
-                if let Some(cpus) = crate::procfs::cpulist::parse(buf) {
-                    return Ok(Some(cpus.len() as f64));
-                }
-            }
-        }
-    }
-    Ok(None)
-}
-
 impl Collector for Cpu {
     fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -796,64 +632,6 @@ softirq 2000 1 2 3
         ] {
             assert!(parse_softirqs(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn cgroup_cpu_stat_v1_and_v2() {
-        let (t, u) = parse_cpu_stat(
-            "nr_periods 10\nnr_throttled 3\nthrottled_time 5000\nnr_bursts 0\nburst_time 0\n",
-        )
-        .unwrap();
-        assert_eq!(t.nr_throttled, Some(3));
-        assert_eq!(t.throttled_ns, Some(5000));
-        assert!(u.is_none());
-        let (t, u) = parse_cpu_stat(
-            "usage_usec 100\nuser_usec 60\nsystem_usec 40\nnr_periods 1\nnr_throttled 1\nthrottled_usec 7\n",
-        )
-        .unwrap();
-        assert_eq!(t.throttled_ns, Some(7000));
-        assert_eq!(t.nr_bursts, None);
-        assert_eq!(
-            u,
-            Some(CgroupUsage {
-                usage_ns: 100_000,
-                user_ns: 60_000,
-                system_ns: 40_000
-            })
-        );
-        for bad in ["nr_periods\n", "nr_periods x\n", "a 1 2\n"] {
-            assert!(parse_cpu_stat(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn wait_sum_from_cpu_stat_and_its_percent() {
-        // v1 cpu.stat of a kernel with kernel.sched_schedstats=1.
-        let (t, _) = parse_cpu_stat(
-            "nr_periods 10\nnr_throttled 3\nthrottled_time 5000\nwait_sum 123456789\nnr_bursts 0\nburst_time 0\n",
-        )
-        .unwrap();
-        assert_eq!(t.wait_sum_ns, Some(123_456_789));
-        let (t, _) = parse_cpu_stat("nr_periods 10\nnr_throttled 3\n").unwrap();
-        assert_eq!(t.wait_sum_ns, None, "absent without schedstats");
-        assert!(parse_cpu_stat("wait_sum x\n").is_err());
-        // 1 s waited, 3 s ran → 25 %.
-        assert_eq!(
-            wait_sum_percent((0, 0), (1_000_000_000, 3_000_000_000)),
-            Some(25.0)
-        );
-        assert_eq!(wait_sum_percent((5, 5), (5, 5)), Some(0.0));
-        assert_eq!(wait_sum_percent((10, 0), (5, 100)), None, "rollback");
-        assert_eq!(wait_sum_percent((0, 10), (5, 5)), None, "rollback");
-    }
-
-    #[test]
-    fn quotas() {
-        assert_eq!(quota_cores_v1("-1\n", "100000\n"), None);
-        assert_eq!(quota_cores_v1("50000\n", "100000\n"), Some(0.5));
-        assert_eq!(quota_cores_v2("max 100000\n"), None);
-        assert_eq!(quota_cores_v2("200000 100000\n"), Some(2.0));
-        assert_eq!(quota_cores_v2("garbage"), None);
     }
 
     #[test]

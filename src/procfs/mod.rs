@@ -44,11 +44,29 @@ pub fn for_each_kv(text: &str, mut f: impl FnMut(&str, u64)) -> Result<()> {
         // Some kernels print a few vmstat values signed (per-CPU drift); clamp those at 0.
         let v = match value.parse::<u64>() {
             Ok(v) => v,
-            Err(_) => parse_i64(value, key)?.max(0) as u64,
+            Err(_) => parse_i64(value, key)
+                .with_context(|| format!("line {line:?}"))?
+                .max(0) as u64,
         };
         f(key, v);
     }
     Ok(())
+}
+
+/// `USER_HZ`: the clock ticks per second that `/proc/stat`, `/proc/<pid>/stat` and cgroup v1
+/// `cpuacct.stat` count in (100 on every mainstream kernel; 100 if sysconf cannot say).
+pub fn clk_tck() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(v).ok().filter(|v| *v > 0).unwrap_or(100)
+}
+
+/// The page size in bytes, the unit of `/proc/net/sockstat` `mem`, `/proc/<pid>/statm` and
+/// `net.ipv4.tcp_mem` (4096 if sysconf cannot say).
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(v).ok().filter(|v| *v > 0).unwrap_or(4096)
 }
 
 #[cfg(test)]
@@ -73,7 +91,14 @@ mod tests {
             "a 1.5\n",
             "a 99999999999999999999\n",
         ] {
-            assert!(for_each_kv(bad, |_, _| {}).is_err(), "{bad:?}");
+            let err = format!("{:#}", for_each_kv(bad, |_, _| {}).unwrap_err());
+            assert!(err.contains(bad.trim_end()), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn units_of_this_machine() {
+        assert!(clk_tck() > 0);
+        assert!(page_size() >= 4096 && page_size().is_power_of_two());
     }
 }

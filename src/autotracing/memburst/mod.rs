@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::cgroupfs::Layout;
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::container::container_of_cgroup_path;
 use crate::host::HostRoot;
@@ -227,12 +228,7 @@ fn memory_stat(
     host: &HostRoot,
     cgroup: &str,
 ) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let mi = std::fs::read_to_string(host.proc("self/mountinfo")).ok()?;
-    let mp = crate::container::cgroup_mount(&mi, "memory")?;
-    let dir = host
-        .root()
-        .join(mp.strip_prefix("/").unwrap_or(&mp))
-        .join(cgroup.trim_start_matches('/'));
+    let dir = Layout::read(host).dir("memory", cgroup)?.path;
     let text = std::fs::read_to_string(dir.join("memory.stat")).ok()?;
     let mut m = serde_json::Map::new();
     for l in text.lines() {
