@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::cgroupfs::cpu::{read_cores, read_usage, wait_sum_percent, CgroupUsage, Throttling};
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::ProcFile;
-use crate::procfs::{clk_tck, parse_u64};
+use crate::procfs::stat::{CpuTimes, MODES};
+use crate::procfs::{clk_tck, softirqs, stat};
 use crate::tracer::{
     BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
 };
@@ -86,131 +87,6 @@ struct Util {
     total: f64,
 }
 
-/// The mode columns of a `cpu` line, in kernel order (documented in proc(5)).
-pub const MODES: [&str; 10] = [
-    "user",
-    "nice",
-    "system",
-    "idle",
-    "iowait",
-    "irq",
-    "softirq",
-    "steal",
-    "guest",
-    "guest_nice",
-];
-
-/// Ticks (USER_HZ) per mode; modes an old kernel lacks stay 0.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct CpuTimes(pub [u64; 10]);
-
-impl CpuTimes {
-    /// All time except guest (already counted in user/nice).
-    fn total(&self) -> u64 {
-        self.0[..8].iter().sum()
-    }
-    fn usr(&self) -> u64 {
-        self.0[0] + self.0[1]
-    }
-    fn sys(&self) -> u64 {
-        self.0[2] + self.0[5] + self.0[6]
-    }
-}
-
-#[derive(Debug, Default, PartialEq)]
-pub struct ProcStat {
-    pub total: CpuTimes,
-    pub per_cpu: Vec<(u32, CpuTimes)>,
-    pub ctxt: Option<u64>,
-    pub intr: Option<u64>,
-    pub processes: Option<u64>,
-    pub btime: Option<u64>,
-    pub procs_running: Option<u64>,
-    pub procs_blocked: Option<u64>,
-}
-
-fn parse_times(fields: &mut std::str::SplitAsciiWhitespace, line: &str) -> Result<CpuTimes> {
-    let mut t = CpuTimes::default();
-    let mut n = 0;
-    for (i, f) in fields.enumerate() {
-        if i >= 10 {
-            break;
-        }
-        t.0[i] = parse_u64(f, line)?;
-        n += 1;
-    }
-    if n < 4 {
-        bail!("line {line:?}: expected at least 4 time columns, found {n}");
-    }
-    Ok(t)
-}
-
-/// Parses `/proc/stat`. Unknown lines are ignored; a known line that is malformed is an error.
-pub fn parse_stat(text: &str) -> Result<ProcStat> {
-    let mut s = ProcStat::default();
-    let mut saw_total = false;
-    for line in text.lines() {
-        let mut it = line.split_ascii_whitespace();
-        let Some(key) = it.next() else { continue };
-        let single = |it: &mut std::str::SplitAsciiWhitespace| -> Result<u64> {
-            match it.next() {
-                Some(v) => parse_u64(v, line),
-                None => bail!("line {line:?}: no value"),
-            }
-        };
-        match key {
-            "cpu" => {
-                s.total = parse_times(&mut it, line)?;
-                saw_total = true;
-            }
-            k if k.starts_with("cpu") => {
-                let n = parse_u64(&k[3..], line)? as u32;
-                s.per_cpu.push((n, parse_times(&mut it, line)?));
-            }
-            "ctxt" => s.ctxt = Some(single(&mut it)?),
-            "intr" => s.intr = Some(single(&mut it)?),
-            "processes" => s.processes = Some(single(&mut it)?),
-            "btime" => s.btime = Some(single(&mut it)?),
-            "procs_running" => s.procs_running = Some(single(&mut it)?),
-            "procs_blocked" => s.procs_blocked = Some(single(&mut it)?),
-            _ => {}
-        }
-    }
-    if !saw_total {
-        bail!("no `cpu` line");
-    }
-    Ok(s)
-}
-
-/// Parses `/proc/softirqs` into (type, sum over CPUs).
-pub fn parse_softirqs(text: &str) -> Result<Vec<(String, u64)>> {
-    let mut out = Vec::new();
-    let mut lines = text.lines();
-    let cpus = match lines.next() {
-        Some(h) => h.split_ascii_whitespace().count(),
-        None => bail!("empty file"),
-    };
-    for line in lines {
-        let Some((name, rest)) = line.split_once(':') else {
-            if line.trim().is_empty() {
-                continue;
-            }
-            bail!("line {line:?}: no `TYPE:`");
-        };
-        let mut sum = 0u64;
-        let mut n = 0;
-        for f in rest.split_ascii_whitespace() {
-            sum = sum.wrapping_add(parse_u64(f, line)?);
-            n += 1;
-        }
-        if n != cpus {
-            bail!("line {line:?}: {n} columns for {cpus} CPUs");
-        }
-        out.push((name.trim().to_string(), sum));
-    }
-    Ok(out)
-}
-
 /// Utilisation between two samples, in percent of `cores` (None if the counters went back or
 /// no time passed).
 fn util_between(d_total: f64, d_usr: f64, d_sys: f64, d_busy: f64) -> Option<Util> {
@@ -228,7 +104,7 @@ fn util_between(d_total: f64, d_usr: f64, d_sys: f64, d_busy: f64) -> Option<Uti
 impl Cpu {
     fn collect_host(&self, out: &mut MetricSink, st: &mut State) -> Result<()> {
         let tck = clk_tck() as f64;
-        let Some(stat) = self.stat.with(parse_stat)? else {
+        let Some(stat) = self.stat.with(stat::parse)? else {
             return Ok(());
         };
         let now = Instant::now();
@@ -350,7 +226,8 @@ impl Cpu {
             Kind::Gauge,
             stat.procs_blocked,
         );
-        if let Some(softirqs) = self.softirqs.with(parse_softirqs)? {
+        self.softirqs.with(|text| {
+            let softirqs = softirqs::parse(text)?;
             out.family(
                 "softirqs_total",
                 "Softirqs raised since boot, by type, summed over CPUs (/proc/softirqs).",
@@ -359,7 +236,8 @@ impl Cpu {
             for (name, n) in &softirqs {
                 out.sample(&[("type", name)], *n as f64);
             }
-        }
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -569,70 +447,6 @@ impl Collector for Cpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const STAT: &str = "cpu  46324 0 9695 174133 2524 0 1142 322 0 0
-cpu0 20323 0 3823 91805 601 0 364 159 0 0
-cpu1 26000 0 5872 82328 1922 0 777 162 0 0
-intr 3795467 0 9 0
-ctxt 7626291
-btime 1764300000
-processes 24817
-procs_running 2
-procs_blocked 0
-softirq 2000 1 2 3
-";
-
-    #[test]
-    fn parses_proc_stat() {
-        let s = parse_stat(STAT).unwrap();
-        assert_eq!(s.total.0[0], 46324);
-        assert_eq!(s.total.0[7], 322);
-        assert_eq!(s.per_cpu.len(), 2);
-        assert_eq!(s.per_cpu[1].0, 1);
-        assert_eq!(s.ctxt, Some(7626291));
-        assert_eq!(s.intr, Some(3795467));
-        assert_eq!(s.procs_running, Some(2));
-        // Old kernels: only 4 columns.
-        let s = parse_stat("cpu 1 2 3 4\n").unwrap();
-        assert_eq!(s.total.0[..5], [1, 2, 3, 4, 0]);
-    }
-
-    #[test]
-    fn malformed_proc_stat_is_an_error() {
-        for bad in [
-            "",
-            "intr 5\n",
-            "cpu 1 2 3\n",
-            "cpu 1 2 x 4\n",
-            "cpu 1 2 3 4\ncpuX 1 2 3 4\n",
-            "cpu 1 2 3 4\ncpu0 1 2\n",
-            "cpu 1 2 3 4\nctxt\n",
-            "cpu 1 2 3 4\nprocs_running -1\n",
-            "cpu 1 2 3 4\nbtime 1e9\n",
-        ] {
-            assert!(parse_stat(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn softirqs() {
-        let t = "                    CPU0       CPU1
-          HI:          1          2
-       NET_RX:        10         20
-";
-        assert_eq!(
-            parse_softirqs(t).unwrap(),
-            vec![("HI".to_string(), 3), ("NET_RX".to_string(), 30)]
-        );
-        for bad in [
-            "",
-            "  CPU0 CPU1\n HI: 1\n",
-            " CPU0\n HI: x\n",
-            " CPU0\n HI 1\n",
-        ] {
-            assert!(parse_softirqs(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn utilisation() {

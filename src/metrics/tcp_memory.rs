@@ -6,8 +6,7 @@ use anyhow::{bail, Context, Result};
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::ProcFile;
-use crate::metrics::sockstat::{page_size, parse_sockstat};
-use crate::procfs::parse_u64;
+use crate::procfs::{page_size, parse_u64, sockstat};
 use crate::tracer::{
     BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
 };
@@ -61,10 +60,10 @@ impl Collector for TcpMemory {
             return Ok(());
         };
         let Some(pages) = self.sockstat.with(|t| {
-            Ok(parse_sockstat(t)?
-                .into_iter()
-                .find(|(k, _)| k == "TCP_mem")
-                .map(|(_, v)| v))
+            Ok(sockstat::parse(t)?
+                .iter()
+                .find(|e| e.proto == "TCP" && e.key == "mem")
+                .map(|e| e.value))
         })?
         else {
             return Ok(());

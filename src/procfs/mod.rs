@@ -2,9 +2,19 @@
 //! the file's text tested on fixture text; shared by every tracer that reads that file (the
 //! model is node_exporter's prometheus/procfs library). Reading is the caller's job
 //! ([`crate::host::file`]).
+//!
+//! Each parser says in its doc whether it is strict (a malformed line is an error naming the
+//! line) or lenient (lines it cannot read are skipped): strict for collectors that export the
+//! whole file, lenient where a caller only looks for one line and always skipped the others.
 
 pub mod cpulist;
+pub mod diskstats;
+pub mod meminfo;
 pub mod mountinfo;
+pub mod pressure;
+pub mod sockstat;
+pub mod softirqs;
+pub mod stat;
 
 use anyhow::{Context, Result};
 

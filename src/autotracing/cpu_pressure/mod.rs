@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::container::container_of_cgroup_path;
 use crate::host::HostRoot;
+use crate::procfs::{clk_tck, pressure};
 use crate::tracer::{
     Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
 };
@@ -92,21 +93,6 @@ impl RisingEdge {
         self.above = value > self.threshold;
         self.above && !was_above
     }
-}
-
-/// `some avg10` from `/proc/pressure/cpu`: `some avg10=1.23 avg60=... total=...`.
-pub fn parse_psi_some_avg10(text: &str) -> Result<f64> {
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("some "))
-        .context("no `some` line")?;
-    let field = line
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("avg10="))
-        .context("no avg10 field")?;
-    field
-        .parse()
-        .with_context(|| format!("avg10 {field:?} is not a number"))
 }
 
 /// utime + stime (clock ticks) and comm from `/proc/<pid>/stat`.
@@ -193,8 +179,9 @@ impl AutoTracer for CpuPressure {
     fn detect(&self, _ctx: &RunContext) -> Result<Vec<Anomaly>> {
         let text = std::fs::read_to_string(&self.psi_path)
             .with_context(|| format!("reading {}", self.psi_path.display()))?;
-        let avg10 = parse_psi_some_avg10(&text)
-            .with_context(|| format!("parsing {}", self.psi_path.display()))?;
+        let avg10 = pressure::find(&text, "some")
+            .with_context(|| format!("parsing {}", self.psi_path.display()))?
+            .avg[0];
         if !self
             .detector
             .lock()
@@ -215,8 +202,7 @@ impl AutoTracer for CpuPressure {
 
     fn capture(&self, _anomaly: &Anomaly, ctx: &RunContext) -> Result<serde_json::Value> {
         let proc_dir = self.host.proc("");
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let ticks = clk_tck() as f64;
         let before = cpu_times(&proc_dir);
         let start = Instant::now();
         ctx.sleep(Duration::from_millis(self.cfg.capture_ms));
@@ -266,14 +252,6 @@ mod tests {
             .collect();
         // Started above (no report of an old spike), dropped, crossed (fire), stayed, dropped, crossed.
         assert_eq!(fired, vec![false, false, true, false, false, true]);
-    }
-
-    #[test]
-    fn parses_psi() {
-        let text = "some avg10=12.50 avg60=3.00 avg300=0.50 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
-        assert_eq!(parse_psi_some_avg10(text).unwrap(), 12.5);
-        assert!(parse_psi_some_avg10("full avg10=1").is_err());
-        assert!(parse_psi_some_avg10("some avg10=x").is_err());
     }
 
     #[test]

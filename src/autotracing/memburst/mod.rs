@@ -15,6 +15,7 @@ use crate::cgroupfs::Layout;
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::container::container_of_cgroup_path;
 use crate::host::HostRoot;
+use crate::procfs::{meminfo, page_size};
 use crate::tracer::{
     Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
 };
@@ -80,20 +81,14 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     })))
 }
 
-/// (MemTotal, anon = Active(anon) + Inactive(anon)) in bytes from `/proc/meminfo`.
-pub fn parse_meminfo(text: &str) -> Result<(u64, u64)> {
-    let kb = |name: &str| -> Result<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .with_context(|| format!("no {name} in meminfo"))?
-            .split_whitespace()
-            .next()
-            .context("empty field")?
-            .parse::<u64>()
-            .map(|v| v * 1024)
-            .with_context(|| format!("{name} is not a number"))
-    };
-    Ok((kb("MemTotal")?, kb("Active(anon)")? + kb("Inactive(anon)")?))
+/// (MemTotal, anon = Active(anon) + Inactive(anon)) in bytes from `/proc/meminfo` (the other
+/// lines are not looked at).
+pub fn total_and_anon(meminfo_text: &str) -> Result<(u64, u64)> {
+    let bytes = |key| meminfo::bytes(meminfo_text, key);
+    Ok((
+        bytes("MemTotal")?,
+        bytes("Active(anon)")?.saturating_add(bytes("Inactive(anon)")?),
+    ))
 }
 
 /// Sliding window of anon levels with a rising edge.
@@ -152,11 +147,6 @@ pub fn parse_statm_rss(text: &str, page: u64) -> Option<u64> {
         .parse::<u64>()
         .ok()
         .map(|p| p * page)
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as u64
 }
 
 fn rss_all(proc_dir: &Path) -> HashMap<u32, u64> {
@@ -254,7 +244,7 @@ impl AutoTracer for MemBurst {
         let path = self.host.proc("meminfo");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let (total, anon) = parse_meminfo(&text)?;
+        let (total, anon) = total_and_anon(&text)?;
         let rss = rss_all(&self.host.proc(""));
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.snapshots.push_back(rss);
@@ -342,8 +332,8 @@ mod tests {
     #[test]
     fn parses_meminfo_and_statm() {
         let t = "MemTotal:       1000 kB\nActive(anon):     100 kB\nInactive(anon):   50 kB\n";
-        assert_eq!(parse_meminfo(t).unwrap(), (1_024_000, 153_600));
-        assert!(parse_meminfo("MemTotal: 1 kB\n").is_err());
+        assert_eq!(total_and_anon(t).unwrap(), (1_024_000, 153_600));
+        assert!(total_and_anon("MemTotal: 1 kB\n").is_err());
         assert_eq!(parse_statm_rss("100 25 3 1 0 10 0\n", 4096), Some(102_400));
     }
 
