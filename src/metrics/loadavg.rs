@@ -18,9 +18,9 @@ use anyhow::{bail, Context, Result};
 use crate::cgroupfs::taskstats::{CgroupStats, TaskStats};
 use crate::cgroupfs::CgroupDir;
 use crate::config::ConfigResult;
-use crate::events::hungtask::parse_stat_comm_state;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
+use crate::procfs::pid_stat;
 use crate::tracer::{
     BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
 };
@@ -257,7 +257,7 @@ fn count_d_state(
         let read = File::open(&*proc_dir).and_then(|mut f| f.read_to_string(stat));
         proc_dir.pop();
         proc_dir.pop();
-        if read.is_ok() && parse_stat_comm_state(stat).is_some_and(|(_, state)| state == 'D') {
+        if read.is_ok() && pid_stat::comm_state(stat).is_some_and(|(_, state)| state == 'D') {
             n += 1;
         }
     }

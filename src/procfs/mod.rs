@@ -1,7 +1,7 @@
 //! Parsers of the kernel's procfs files, one module per file format, each a pure function of
 //! the file's text tested on fixture text; shared by every tracer that reads that file (the
 //! model is node_exporter's prometheus/procfs library). Reading is the caller's job
-//! ([`crate::host::file`]).
+//! ([`crate::host::file`]), except for [`tasks`], the one walk over `/proc/<pid>/task/<tid>`.
 //!
 //! Each parser says in its doc whether it is strict (a malformed line is an error naming the
 //! line) or lenient (lines it cannot read are skipped): strict for collectors that export the
@@ -11,10 +11,14 @@ pub mod cpulist;
 pub mod diskstats;
 pub mod meminfo;
 pub mod mountinfo;
+pub mod pid_cgroup;
+pub mod pid_stack;
+pub mod pid_stat;
 pub mod pressure;
 pub mod sockstat;
 pub mod softirqs;
 pub mod stat;
+pub mod tasks;
 
 use anyhow::{Context, Result};
 

@@ -15,7 +15,7 @@ use crate::cgroupfs::Layout;
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::container::container_of_cgroup_path;
 use crate::host::HostRoot;
-use crate::procfs::{meminfo, page_size};
+use crate::procfs::{meminfo, page_size, pid_cgroup};
 use crate::tracer::{
     Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
 };
@@ -203,15 +203,7 @@ pub fn top_growth(
 
 fn memory_cgroup_of(proc_dir: &Path, pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("cgroup")).ok()?;
-    let line = text
-        .lines()
-        .find(|l| {
-            l.split(':')
-                .nth(1)
-                .is_some_and(|c| c.split(',').any(|x| x == "memory"))
-        })
-        .or_else(|| text.lines().find(|l| l.starts_with("0::")))?;
-    Some(line.splitn(3, ':').nth(2)?.to_string())
+    pid_cgroup::path_of(&text, "memory").map(str::to_string)
 }
 
 fn memory_stat(
