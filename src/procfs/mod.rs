@@ -43,9 +43,10 @@ pub fn parse_f64(field: &str, what: &str) -> Result<f64> {
         .with_context(|| format!("{what}: {field:?} is not a number"))
 }
 
-/// `key value` lines (vmstat, memory.stat, memory.events, cpu.stat). Empty lines are skipped;
-/// a line without exactly two fields or with a non-numeric value is an error.
-pub fn for_each_kv(text: &str, mut f: impl FnMut(&str, u64)) -> Result<()> {
+/// `key value` lines (vmstat, memory.stat, memory.events, cpu.stat), in the file's order; keys
+/// borrow from `text`. Empty lines are skipped; a line without exactly two fields or with a
+/// non-numeric value is an error quoting it.
+pub fn for_each_kv<'a>(text: &'a str, mut f: impl FnMut(&'a str, u64)) -> Result<()> {
     for line in text.lines() {
         let mut it = line.split_ascii_whitespace();
         let Some(key) = it.next() else { continue };
