@@ -7,18 +7,27 @@
 //! line) or lenient (lines it cannot read are skipped): strict for collectors that export the
 //! whole file, lenient where a caller only looks for one line and always skipped the others.
 
+pub mod arp;
+pub mod arp_cache;
+pub mod buddyinfo;
 pub mod cpulist;
 pub mod diskstats;
+pub mod loadavg;
 pub mod meminfo;
 pub mod mountinfo;
+pub mod netdev;
+pub mod netstat;
 pub mod pid_cgroup;
 pub mod pid_stack;
 pub mod pid_stat;
+pub mod pid_statm;
 pub mod pressure;
 pub mod sockstat;
 pub mod softirqs;
 pub mod stat;
 pub mod tasks;
+pub mod tcp_mem;
+pub mod uptime;
 
 use anyhow::{Context, Result};
 

@@ -15,7 +15,7 @@ use crate::cgroupfs::Layout;
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::container::container_of_cgroup_path;
 use crate::host::HostRoot;
-use crate::procfs::{meminfo, page_size, pid_cgroup};
+use crate::procfs::{meminfo, page_size, pid_cgroup, pid_statm};
 use crate::tracer::{
     Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
 };
@@ -140,15 +140,6 @@ struct MemBurst {
     host: HostRoot,
 }
 
-/// RSS in bytes from `/proc/<pid>/statm` (second field, pages).
-pub fn parse_statm_rss(text: &str, page: u64) -> Option<u64> {
-    text.split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()
-        .map(|p| p * page)
-}
-
 fn rss_all(proc_dir: &Path) -> HashMap<u32, u64> {
     let page = page_size();
     let mut out = HashMap::new();
@@ -161,7 +152,8 @@ fn rss_all(proc_dir: &Path) -> HashMap<u32, u64> {
         };
         if let Some(rss) = std::fs::read_to_string(e.path().join("statm"))
             .ok()
-            .and_then(|t| parse_statm_rss(&t, page))
+            .and_then(|t| pid_statm::resident_pages(&t))
+            .map(|pages| pages.saturating_mul(page))
             .filter(|r| *r > 0)
         {
             out.insert(pid, rss);
@@ -322,11 +314,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_meminfo_and_statm() {
+    fn total_and_anon_from_meminfo() {
         let t = "MemTotal:       1000 kB\nActive(anon):     100 kB\nInactive(anon):   50 kB\n";
         assert_eq!(total_and_anon(t).unwrap(), (1_024_000, 153_600));
         assert!(total_and_anon("MemTotal: 1 kB\n").is_err());
-        assert_eq!(parse_statm_rss("100 25 3 1 0 10 0\n", 4096), Some(102_400));
     }
 
     #[test]
