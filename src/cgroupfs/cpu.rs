@@ -195,6 +195,7 @@ mod tests {
 
     use super::*;
     use crate::host::HostRoot;
+    use crate::procfs::assert_err_quotes;
 
     // Files of this machine (6.18, hybrid: v1 cpu, cpuacct, cpuset; cgroup2 `unified`).
     const V1_CPU_STAT: &str =
@@ -239,8 +240,7 @@ mod tests {
         .unwrap();
         assert_eq!(t.wait_sum_ns, Some(123_456_789));
         for bad in ["nr_periods\n", "nr_periods x\n", "a 1 2\n", "wait_sum x\n"] {
-            let err = format!("{:#}", parse_cpu_stat(bad).unwrap_err());
-            assert!(err.contains(bad.trim_end()), "{bad:?}: {err}");
+            assert_err_quotes(parse_cpu_stat(bad), bad.trim_end());
         }
     }
 
@@ -372,11 +372,7 @@ mod tests {
         assert_eq!(read_cores(&unified, "c2", &mut buf).unwrap(), Some(0.5));
         // A malformed file is an error quoting the line.
         write(&cg.join("unified/c2"), &[("cpu.stat", "usage_usec x\n")]);
-        let err = format!(
-            "{:#}",
-            read_usage(&unified, "c2", &mut buf, 100).unwrap_err()
-        );
-        assert!(err.contains("usage_usec x"), "{err}");
+        assert_err_quotes(read_usage(&unified, "c2", &mut buf, 100), "usage_usec x");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

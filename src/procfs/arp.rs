@@ -27,6 +27,7 @@ pub fn count(text: &str) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     /// This machine's /proc/net/arp (one neighbour), and one with an incomplete entry.
     const ARP: &str = "IP address       HW type     Flags       HW address            Mask     Device\n\
@@ -49,7 +50,6 @@ mod tests {
     fn malformed_text_is_an_error() {
         assert!(count("").is_err());
         assert!(count("foo\n").is_err());
-        let err = format!("{:#}", count("IP address HW\n1.2.3.4 0x1\n").unwrap_err());
-        assert!(err.contains("1.2.3.4 0x1"), "{err}");
+        assert_err_quotes(count("IP address HW\n1.2.3.4 0x1\n"), "1.2.3.4 0x1");
     }
 }

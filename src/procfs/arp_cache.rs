@@ -25,6 +25,7 @@ pub fn entries(text: &str) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     /// This machine's (6.18, 2 CPUs).
     const ARP_CACHE: &str = "\
@@ -50,7 +51,6 @@ entries  allocs   destroys hash_grows lookups  hits     res_failed rcv_probes_mc
         ] {
             assert!(entries(bad).is_err(), "{bad:?}");
         }
-        let err = entries("entries allocs\nzz 1\n").unwrap_err().to_string();
-        assert!(err.contains("zz 1"), "{err}");
+        assert_err_quotes(entries("entries allocs\nzz 1\n"), "zz 1");
     }
 }

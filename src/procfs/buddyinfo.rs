@@ -38,6 +38,7 @@ pub fn parse(text: &str) -> Result<Vec<Zone<'_>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     /// This machine's /proc/buddyinfo (one node, 11 orders; lines end in a space).
     const BUDDYINFO: &str = "Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3 \n\
@@ -78,8 +79,7 @@ Node 0, zone   Normal 103073  70419  18521   1494    758    118     36     17   
             "Node 0, zone DMA 1 -2",
             "Node 0, zone",
         ] {
-            let err = format!("{:#}", parse(&format!("{bad}\n")).unwrap_err());
-            assert!(err.contains(bad), "{bad:?}: {err}");
+            assert_err_quotes(parse(&format!("{bad}\n")), bad);
         }
     }
 }

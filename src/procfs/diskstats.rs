@@ -67,6 +67,7 @@ fn device_number(field: &str, line: &str) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     /// Lines of this machine's /proc/diskstats (6.18: 17 counters), and a 4.x-era line (11).
     const DISKSTATS: &str = "   7       0 loop0 139 0 2798 42 91 79 58170 59 0 88 140 2 0 131074 4 23 33
@@ -101,8 +102,7 @@ mod tests {
             "8 0 sda 1 2 3 4 5 6 7 8 -9 10 11",
             "4294967296 0 sda 1 2 3 4 5 6 7 8 9 10 11",
         ] {
-            let err = format!("{:#}", parse(&format!("{bad}\n")).unwrap_err());
-            assert!(err.contains(bad), "{bad:?}: {err}");
+            assert_err_quotes(parse(&format!("{bad}\n")), bad);
         }
     }
 

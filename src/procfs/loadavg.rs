@@ -58,6 +58,7 @@ pub fn parse(text: &str) -> Result<LoadAvg> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     #[test]
     fn parses_real_format() {
@@ -86,8 +87,7 @@ mod tests {
             "0.1 0.2 0.3 1/ 3",
             "\u{0}\u{0}",
         ] {
-            let err = format!("{:#}", parse(bad).unwrap_err());
-            assert!(err.contains(&format!("{:?}", bad.trim())), "{bad:?}: {err}");
+            assert_err_quotes(parse(bad), &format!("{:?}", bad.trim()));
         }
     }
 }

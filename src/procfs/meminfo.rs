@@ -68,6 +68,7 @@ fn parse_line(line: &str) -> Result<Field<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     /// The head and tail of this machine's /proc/meminfo (6.18, x86_64, no swap).
     const MEMINFO: &str = "\
@@ -116,12 +117,10 @@ DirectMap1G:    25165824 kB
         // `Hugepagesize` must not match `HugePages_…`, nor `MemFree` match `MemFreeX`.
         assert_eq!(bytes(MEMINFO, "Hugepagesize").unwrap(), 2048 * 1024);
         assert!(bytes("MemFreeX: 1 kB\n", "MemFree").is_err());
-        let err = bytes(MEMINFO, "Shmem").unwrap_err().to_string();
-        assert!(err.contains("no Shmem"), "{err}");
+        assert_err_quotes(bytes(MEMINFO, "Shmem"), "no Shmem");
         // Other malformed lines do not matter; the wanted one does, and is named.
         assert_eq!(bytes("junk\nMemTotal: 5 kB\n", "MemTotal").unwrap(), 5120);
-        let err = format!("{:#}", bytes("MemTotal: x kB\n", "MemTotal").unwrap_err());
-        assert!(err.contains("MemTotal: x kB"), "{err}");
+        assert_err_quotes(bytes("MemTotal: x kB\n", "MemTotal"), "MemTotal: x kB");
     }
 
     #[test]
@@ -137,8 +136,7 @@ DirectMap1G:    25165824 kB
             "MemTotal: -1 kB\n",
         ] {
             let text = format!("MemFree: 1 kB\n{bad}");
-            let err = format!("{:#}", parse(&text).unwrap_err());
-            assert!(err.contains(bad.trim_end()), "{bad:?}: {err}");
+            assert_err_quotes(parse(&text), bad.trim_end());
         }
     }
 }

@@ -93,6 +93,19 @@ pub fn page_size() -> u64 {
     u64::try_from(v).ok().filter(|v| *v > 0).unwrap_or(4096)
 }
 
+/// Test helper: `result` is an error whose message, causes included, quotes `quoted` (the bad
+/// line or text): every parser here names what it could not read.
+#[cfg(test)]
+pub(crate) fn assert_err_quotes<T: std::fmt::Debug>(result: Result<T>, quoted: &str) {
+    match result {
+        Ok(v) => panic!("expected an error quoting {quoted:?}, got {v:?}"),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            assert!(msg.contains(quoted), "{msg:?} does not quote {quoted:?}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,8 +128,7 @@ mod tests {
             "a 1.5\n",
             "a 99999999999999999999\n",
         ] {
-            let err = format!("{:#}", for_each_kv(bad, |_, _| {}).unwrap_err());
-            assert!(err.contains(bad.trim_end()), "{bad:?}: {err}");
+            assert_err_quotes(for_each_kv(bad, |_, _| {}), bad.trim_end());
         }
     }
 

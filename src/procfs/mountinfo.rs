@@ -142,6 +142,7 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     #[test]
     fn parses_lines_and_escapes() {
@@ -170,8 +171,7 @@ mod tests {
             "27 1 2540 / / rw - ext4 /dev/vda rw\n",
             "27 1 254:0 / mnt rw - ext4 /dev/vda rw\n",
         ] {
-            let err = format!("{:#}", parse(bad).unwrap_err());
-            assert!(err.contains(bad.trim_end()), "{bad:?}: {err}");
+            assert_err_quotes(parse(bad), bad.trim_end());
             let text = format!("{bad}27 1 254:0 / / rw - ext4 /dev/vda rw\n");
             assert_eq!(parse_lenient(&text).len(), 1, "{bad:?}");
         }

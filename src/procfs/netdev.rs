@@ -43,6 +43,7 @@ pub fn parse(text: &str) -> Result<Vec<(&str, [u64; 16])>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     const HEAD: &str = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n";
 
@@ -79,8 +80,7 @@ mod tests {
             "eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 x",
             ": 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16",
         ] {
-            let err = format!("{:#}", parse(&format!("{HEAD}{bad}\n")).unwrap_err());
-            assert!(err.contains(bad), "{bad:?}: {err}");
+            assert_err_quotes(parse(&format!("{HEAD}{bad}\n")), bad);
         }
     }
 }

@@ -56,6 +56,7 @@ pub fn parse(text: &str) -> Result<Vec<Entry<'_>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     /// The head of this machine's /proc/net/snmp (6.18), and a Tcp pair with MaxConn -1.
     const SNMP: &str = "\
@@ -102,8 +103,7 @@ Tcp: 1 200 120000 -1 31
             ("Tcp A\nTcp 1\n", "Tcp 1"),
             ("Tcp: A B\nTcp: 1 2 3\n", "Tcp: 1 2 3"),
         ] {
-            let err = format!("{:#}", parse(bad).unwrap_err());
-            assert!(err.contains(named), "{bad:?}: {err}");
+            assert_err_quotes(parse(bad), named);
         }
     }
 }

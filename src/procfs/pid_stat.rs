@@ -76,6 +76,7 @@ fn split(text: &str) -> Option<(&str, &str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     /// This machine's `/proc/self/stat` of a `cat`, and a thread that named itself oddly.
     const CAT: &str = "28531 (cat) R 28524 28524 26233 0 -1 4194304 101 0 0 0 7 3 0 0 20 0 1 0 287015 3133440 408 18446744073709551615 94759167840256 94759167860137 140734440254640 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 94759167876144 94759167877760 94759937462272 140734440262370 140734440262390 140734440262390 140734440263659 0\n";
@@ -131,8 +132,7 @@ mod tests {
             "1234 (x)",
             "1 )x( R 1 1234 1234 0 -1 4194304 100 0 0 0 250 50",
         ] {
-            let err = format!("{:#}", parse(bad).unwrap_err());
-            assert!(err.contains(bad), "{bad:?}: {err}");
+            assert_err_quotes(parse(bad), bad);
         }
     }
 }

@@ -87,6 +87,7 @@ fn parse_line(line: &str) -> Result<Option<PsiLine>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     /// This machine's /proc/pressure/io (6.18) and a cgroup2 cpu.pressure of a busy container.
     const IO: &str = "some avg10=0.04 avg60=0.37 avg300=0.84 total=52722329\n\
@@ -140,8 +141,7 @@ mod tests {
             "some avg10=1 total=5",
             "some avg10=1 avg60=1 avg300=1 total=-5",
         ] {
-            let err = format!("{:#}", parse(&format!("{bad}\n")).unwrap_err());
-            assert!(err.contains(bad), "{bad:?}: {err}");
+            assert_err_quotes(parse(&format!("{bad}\n")), bad);
         }
     }
 }

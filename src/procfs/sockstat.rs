@@ -53,6 +53,7 @@ pub fn parse(text: &str) -> Result<Vec<Entry<'_>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     /// This machine's /proc/net/sockstat (6.18), with some TCP load added.
     const SOCKSTAT: &str = "\
@@ -99,11 +100,7 @@ FRAG: inuse 0 memory 0
             ": inuse 1",
             "TCP: inuse -1",
         ] {
-            let err = format!(
-                "{:#}",
-                parse(&format!("sockets: used 1\n{bad}\n")).unwrap_err()
-            );
-            assert!(err.contains(bad), "{bad:?}: {err}");
+            assert_err_quotes(parse(&format!("sockets: used 1\n{bad}\n")), bad);
         }
     }
 }

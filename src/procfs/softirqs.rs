@@ -39,6 +39,7 @@ pub fn parse(text: &str) -> Result<Vec<(&str, u64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     /// This machine's /proc/softirqs (6.18, 2 CPUs; the header ends in spaces).
     const SOFTIRQS: &str = concat!(
@@ -74,8 +75,7 @@ mod tests {
             (" CPU0\n HI 1\n", " HI 1"),
             (" CPU0\n HI: 1 2\n", " HI: 1 2"),
         ] {
-            let err = format!("{:#}", parse(bad).unwrap_err());
-            assert!(err.contains(named), "{bad:?}: {err}");
+            assert_err_quotes(parse(bad), named);
         }
     }
 }

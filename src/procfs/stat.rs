@@ -132,6 +132,7 @@ fn parse_times(fields: &mut std::str::SplitAsciiWhitespace, line: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     /// This machine's /proc/stat (6.18, 2 CPUs), the `intr` line cut short.
     const STAT: &str = "\
@@ -193,8 +194,7 @@ softirq 2625622 0 168508 30 1575409 231790 0 179 162494 10 487202
             ("cpu 1 2 3 4\nprocs_running -1\n", "procs_running -1"),
             ("cpu 1 2 3 4\nbtime 1e9\n", "btime 1e9"),
         ] {
-            let err = format!("{:#}", parse(bad).unwrap_err());
-            assert!(err.contains(named), "{bad:?}: {err}");
+            assert_err_quotes(parse(bad), named);
         }
         // Lines it does not know are not its business.
         assert!(parse("cpu 1 2 3 4\nnew_counter x y\n").is_ok());
@@ -210,7 +210,6 @@ softirq 2625622 0 168508 30 1575409 231790 0 179 162494 10 487202
         for bad in ["", "cpu0 1 2 3 4\n", "cpu  x 1 2 3\n", "cpu 1 2\n"] {
             assert!(parse_total(bad).is_err(), "{bad:?}");
         }
-        let err = format!("{:#}", parse_total("cpu  1 2 x 4\n").unwrap_err());
-        assert!(err.contains("cpu  1 2 x 4"), "{err}");
+        assert_err_quotes(parse_total("cpu  1 2 x 4\n"), "cpu  1 2 x 4");
     }
 }

@@ -22,6 +22,7 @@ pub fn parse(text: &str) -> Result<[u64; 3]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     #[test]
     fn parses_and_rejects() {
@@ -35,8 +36,7 @@ mod tests {
             [188475, 251300, 376950]
         );
         for bad in ["", "1 2", "1 2 3 4", "1 x 3", "-1 2 3"] {
-            let err = format!("{:#}", parse(bad).unwrap_err());
-            assert!(err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
+            assert_err_quotes(parse(bad), &format!("{bad:?}"));
         }
     }
 }

@@ -19,6 +19,7 @@ pub fn parse(text: &str) -> Result<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     #[test]
     fn parses_proc_uptime() {
@@ -33,8 +34,7 @@ mod tests {
     #[test]
     fn rejects_malformed_text() {
         for bad in ["", "12.5", "a b", "1.0 x"] {
-            let err = format!("{:#}", parse(bad).unwrap_err());
-            assert!(err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
+            assert_err_quotes(parse(bad), &format!("{bad:?}"));
         }
     }
 }
