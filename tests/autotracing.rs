@@ -142,10 +142,9 @@ fn a_cpu_burner_in_a_container_fires_cpuidle_with_its_flame_graph() {
 
 fn host_sys_percent(window: Duration) -> f64 {
     let read = || {
-        bianque::autotracing::cpusys::parse_proc_stat_cpu(
-            &std::fs::read_to_string("/proc/stat").unwrap(),
-        )
-        .unwrap()
+        bianque::procfs::stat::parse_total(&std::fs::read_to_string("/proc/stat").unwrap())
+            .unwrap()
+            .without_guest()
     };
     let a = read();
     std::thread::sleep(window);
@@ -202,7 +201,7 @@ fn a_syscall_loop_fires_cpusys_with_a_host_profile() {
 
 #[test]
 fn a_process_doubling_its_rss_fires_memburst_and_tops_the_list() {
-    let (total, anon) = bianque::autotracing::memburst::parse_meminfo(
+    let (total, anon) = bianque::autotracing::memburst::total_and_anon(
         &std::fs::read_to_string("/proc/meminfo").unwrap(),
     )
     .unwrap();

@@ -25,7 +25,7 @@ fn cpu_burners_fire_cpu_pressure_and_are_named() {
     // current pressure, so the detector first sees a calm sample and then a real rise.
     let avg10 = || {
         let psi = std::fs::read_to_string("/proc/pressure/cpu").unwrap();
-        bianque::autotracing::cpu_pressure::parse_psi_some_avg10(&psi).unwrap()
+        bianque::procfs::pressure::find(&psi, "some").unwrap().avg[0]
     };
     // Right after a build the pressure is still high: give it time to settle first.
     wait_until(Duration::from_secs(60), || avg10() < 60.0);

@@ -3,6 +3,7 @@
 //! parsers of the files a cgroup directory holds. Fixture-tested, shared by every tracer that
 //! reads a cgroup.
 
+pub mod cpu;
 pub mod taskstats;
 
 use std::collections::HashMap;

@@ -1,12 +1,13 @@
 //! `arp`: ARP (neighbour) table sizes: entries in the host namespace (`/proc/net/arp`),
 //! all namespaces together (`/proc/net/stat/arp_cache`), and per container namespace.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::{read_optional, ProcFile};
 use crate::host::HostRoot;
+use crate::procfs::{arp, arp_cache};
 use crate::tracer::{
     BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
 };
@@ -52,51 +53,12 @@ struct Arp {
     buf: std::sync::Mutex<String>,
 }
 
-/// Entries in `/proc/net/arp`: lines after the header.
-pub fn count_arp(text: &str) -> Result<u64> {
-    let mut lines = text.lines();
-    match lines.next() {
-        Some(h) if h.starts_with("IP address") => {}
-        _ => bail!("no `IP address` header"),
-    }
-    let mut n = 0;
-    for l in lines {
-        if l.trim().is_empty() {
-            continue;
-        }
-        if l.split_ascii_whitespace().count() < 6 {
-            bail!("line {l:?}: truncated");
-        }
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// `entries` (hex) from the first row of `/proc/net/stat/arp_cache`.
-pub fn parse_arp_cache(text: &str) -> Result<u64> {
-    let mut lines = text.lines();
-    let head: Vec<&str> = match lines.next() {
-        Some(h) => h.split_ascii_whitespace().collect(),
-        None => bail!("empty"),
-    };
-    let Some(col) = head.iter().position(|c| *c == "entries") else {
-        bail!("no `entries` column");
-    };
-    let Some(row) = lines.next() else {
-        bail!("no data row");
-    };
-    let Some(v) = row.split_ascii_whitespace().nth(col) else {
-        bail!("row {row:?}: truncated");
-    };
-    u64::from_str_radix(v, 16).map_err(|_| anyhow::anyhow!("entries {v:?} is not hex"))
-}
-
 impl Collector for Arp {
     fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
-        if let Some(n) = self.arp.with(count_arp)? {
+        if let Some(n) = self.arp.with(arp::count)? {
             out.single("entries", "host init namespace", Kind::Gauge, n as f64);
         }
-        if let Some(n) = self.cache.with(parse_arp_cache)? {
+        if let Some(n) = self.cache.with(arp_cache::entries)? {
             // HuaTuo's name ends in _total although it is a gauge; lint-clean otherwise.
             let name = if out.huatuo_names() {
                 "total"
@@ -124,7 +86,7 @@ impl Collector for Arp {
                 continue;
             };
             if read_optional(&self.host.proc(&format!("{pid}/net/arp")), &mut buf)? {
-                rows.push((c, count_arp(&buf)?));
+                rows.push((c, arp::count(&buf)?));
             }
         }
         if !rows.is_empty() {
@@ -138,35 +100,5 @@ impl Collector for Arp {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses() {
-        let arp = "IP address       HW type     Flags       HW address            Mask     Device\n192.0.2.1        0x1         0x2         02:fc:00:00:00:05     *        eth0\n";
-        assert_eq!(count_arp(arp).unwrap(), 1);
-        let cache =
-            "entries  allocs   destroys\n0000000f 00000001 00000000\n0000000f 00000001 00000000\n";
-        assert_eq!(parse_arp_cache(cache).unwrap(), 15);
-    }
-
-    #[test]
-    fn malformed_lines_are_errors() {
-        for bad in ["", "foo\n", "IP address HW\n1.2.3.4 0x1\n"] {
-            assert!(count_arp(bad).is_err(), "{bad:?}");
-        }
-        for bad in [
-            "",
-            "allocs\n1\n",
-            "entries\n",
-            "entries allocs\nzz 1\n",
-            "allocs entries\n1\n",
-        ] {
-            assert!(parse_arp_cache(bad).is_err(), "{bad:?}");
-        }
     }
 }

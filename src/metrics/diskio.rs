@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::config::filter::Filter;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::ProcFile;
-use crate::procfs::parse_u64;
+use crate::procfs::diskstats::{self, DiskStats};
+use crate::procfs::stat;
 use crate::tracer::{
     BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
 };
@@ -78,54 +79,11 @@ struct State {
     iowait: Option<(Instant, u64, u64, f64)>,
 }
 
-/// One `/proc/diskstats` line; fields a kernel lacks (discard: 4.18+, flush: 5.5+) are 0.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct DiskStats<'a> {
-    pub major: u32,
-    pub minor: u32,
-    pub name: &'a str,
-    /// The 17 counters after the name, in kernel order (Documentation/admin-guide/iostats.rst).
-    pub f: [u64; 17],
-    pub fields: usize,
-}
-
-pub fn parse_diskstats(text: &str) -> Result<Vec<DiskStats<'_>>> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut it = line.split_ascii_whitespace();
-        let Some(major) = it.next() else { continue };
-        let major = parse_u64(major, line)?;
-        let (Some(minor), Some(name)) = (it.next(), it.next()) else {
-            bail!("line {line:?}: truncated");
-        };
-        let minor = parse_u64(minor, line)?;
-        let mut d = DiskStats {
-            major: u32::try_from(major)
-                .map_err(|_| anyhow::anyhow!("line {line:?}: major {major} out of range"))?,
-            minor: u32::try_from(minor)
-                .map_err(|_| anyhow::anyhow!("line {line:?}: minor {minor} out of range"))?,
-            name,
-            ..Default::default()
-        };
-        for (i, v) in it.enumerate() {
-            if i >= 17 {
-                break;
-            }
-            d.f[i] = parse_u64(v, line)?;
-            d.fields = i + 1;
-        }
-        if d.fields < 11 {
-            bail!("line {line:?}: {} counters, expected at least 11", d.fields);
-        }
-        out.push(d);
-    }
-    Ok(out)
-}
-
-/// (iowait, total) ticks from the `cpu` line of /proc/stat.
+/// (iowait, total) ticks from the `cpu` line of /proc/stat (the whole file strict, as the
+/// `cpu` collector reads it).
 fn iowait_ticks(text: &str) -> Result<(u64, u64)> {
-    let s = crate::metrics::cpu::parse_stat(text)?;
-    Ok((s.total.0[4], s.total.0[..8].iter().sum()))
+    let s = stat::parse(text)?;
+    Ok((s.total.iowait(), s.total.total()))
 }
 
 impl Collector for DiskIo {
@@ -133,7 +91,7 @@ impl Collector for DiskIo {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         self.file.with(|text| {
-            let disks: Vec<DiskStats> = parse_diskstats(text)?
+            let disks: Vec<DiskStats> = diskstats::parse(text)?
                 .into_iter()
                 .filter(|d| self.filter.matches(d.name))
                 .collect();
@@ -215,38 +173,5 @@ impl Collector for DiskIo {
             );
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_old_and_new_formats() {
-        let d = parse_diskstats(
-            " 254       0 vda 96792 7638 8020402 168504 25956 39252 20021736 160669 0 33240 340850 8546 101 4419992 7391 2302 4284\n   8 0 sda 1 2 3 4 5 6 7 8 9 10 11\n",
-        )
-        .unwrap();
-        assert_eq!(d.len(), 2);
-        assert_eq!(d[0].name, "vda");
-        assert_eq!((d[0].major, d[0].minor), (254, 0));
-        assert_eq!(d[0].f[2], 8020402);
-        assert_eq!(d[0].f[16], 4284);
-        assert_eq!(d[0].fields, 17);
-        assert_eq!(d[1].fields, 11);
-    }
-
-    #[test]
-    fn malformed_lines_are_errors() {
-        for bad in [
-            "8 0\n",
-            "8 0 sda 1 2 3\n",
-            "x 0 sda 1 2 3 4 5 6 7 8 9 10 11\n",
-            "8 0 sda 1 2 3 4 5 6 7 8 9 10 x\n",
-            "8 0 sda 1 2 3 4 5 6 7 8 -9 10 11\n",
-        ] {
-            assert!(parse_diskstats(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -13,14 +13,14 @@ use std::fs::File;
 use std::io::{Read, Seek};
 use std::sync::Mutex;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::cgroupfs::taskstats::{CgroupStats, TaskStats};
 use crate::cgroupfs::CgroupDir;
 use crate::config::ConfigResult;
-use crate::events::hungtask::parse_stat_comm_state;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
+use crate::procfs::{loadavg, pid_stat};
 use crate::tracer::{
     BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
 };
@@ -69,46 +69,6 @@ struct LoadAvg {
     taskstats: Mutex<Option<Result<TaskStats, String>>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LoadAvgSample {
-    pub load1: f64,
-    pub load5: f64,
-    pub load15: f64,
-    pub runnable: u64,
-    pub tasks: u64,
-}
-
-/// Parses `/proc/loadavg`: `0.20 0.18 0.12 1/80 11206`.
-pub fn parse_loadavg(text: &str) -> Result<LoadAvgSample> {
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    if fields.len() < 4 {
-        bail!(
-            "expected at least 4 fields, found {}: {:?}",
-            fields.len(),
-            text.trim()
-        );
-    }
-    let load = |i: usize| {
-        fields[i]
-            .parse::<f64>()
-            .with_context(|| format!("field {} {:?} is not a number", i + 1, fields[i]))
-    };
-    let (runnable, tasks) = fields[3]
-        .split_once('/')
-        .with_context(|| format!("field 4 {:?} is not running/total", fields[3]))?;
-    Ok(LoadAvgSample {
-        load1: load(0)?,
-        load5: load(1)?,
-        load15: load(2)?,
-        runnable: runnable
-            .parse()
-            .with_context(|| format!("runnable count {runnable:?} is not a number"))?,
-        tasks: tasks
-            .parse()
-            .with_context(|| format!("task count {tasks:?} is not a number"))?,
-    })
-}
-
 impl Collector for LoadAvg {
     fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let mut text = String::with_capacity(64);
@@ -127,7 +87,8 @@ impl Collector for LoadAvg {
                 return Err(e).with_context(|| format!("reading {}", self.path.display()));
             }
         }
-        let s = parse_loadavg(&text).with_context(|| format!("parsing {}", self.path.display()))?;
+        let s =
+            loadavg::parse(&text).with_context(|| format!("parsing {}", self.path.display()))?;
         out.single("load1", "1-minute load average.", Kind::Gauge, s.load1);
         out.single("load5", "5-minute load average.", Kind::Gauge, s.load5);
         out.single("load15", "15-minute load average.", Kind::Gauge, s.load15);
@@ -257,44 +218,9 @@ fn count_d_state(
         let read = File::open(&*proc_dir).and_then(|mut f| f.read_to_string(stat));
         proc_dir.pop();
         proc_dir.pop();
-        if read.is_ok() && parse_stat_comm_state(stat).is_some_and(|(_, state)| state == 'D') {
+        if read.is_ok() && pid_stat::comm_state(stat).is_some_and(|(_, state)| state == 'D') {
             n += 1;
         }
     }
     Some(n)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_real_format() {
-        let s = parse_loadavg("0.20 0.18 0.12 1/80 11206\n").unwrap();
-        assert_eq!(
-            s,
-            LoadAvgSample {
-                load1: 0.20,
-                load5: 0.18,
-                load15: 0.12,
-                runnable: 1,
-                tasks: 80
-            }
-        );
-    }
-
-    #[test]
-    fn malformed_lines_are_errors_not_panics() {
-        for bad in [
-            "",
-            "0.1 0.2",
-            "x 0.2 0.3 1/2 3",
-            "0.1 0.2 0.3 12 3",
-            "0.1 0.2 0.3 a/2 3",
-            "0.1 0.2 0.3 1/ 3",
-            "\u{0}\u{0}",
-        ] {
-            assert!(parse_loadavg(bad).is_err(), "{bad:?}");
-        }
-    }
 }

@@ -2,13 +2,13 @@
 //! `mem_total_bytes`, `Active(anon)` `active_anon_bytes`; counts without a unit
 //! (`HugePages_Total`) keep no suffix.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::config::filter::Filter;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::ProcFile;
-use crate::procfs::parse_u64;
+use crate::procfs::meminfo;
 use crate::tracer::{
     BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
 };
@@ -49,34 +49,6 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
 struct Meminfo {
     file: ProcFile,
     filter: Filter,
-}
-
-/// One `/proc/meminfo` line: key, value (bytes when the line had `kB`), and whether it had.
-pub fn parse_meminfo(text: &str) -> Result<Vec<(&str, u64, bool)>> {
-    let mut out = Vec::with_capacity(64);
-    for line in text.lines() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let Some((key, rest)) = line.split_once(':') else {
-            bail!("line {line:?}: no `key:`");
-        };
-        let mut it = rest.split_ascii_whitespace();
-        let Some(v) = it.next() else {
-            bail!("line {line:?}: no value");
-        };
-        let v = parse_u64(v, line)?;
-        let kb = match it.next() {
-            None => false,
-            Some("kB") => true,
-            Some(u) => bail!("line {line:?}: unknown unit {u:?}"),
-        };
-        if it.next().is_some() || key.is_empty() || key.contains(char::is_whitespace) {
-            bail!("line {line:?}: malformed");
-        }
-        out.push((key, if kb { v.saturating_mul(1024) } else { v }, kb));
-    }
-    Ok(out)
 }
 
 /// Spells out what Prometheus' linter takes for abbreviated units (`s_`, `sec_`).
@@ -131,7 +103,7 @@ impl Collector for Meminfo {
         let mut name = String::with_capacity(48);
         let mut help = String::with_capacity(64);
         self.file.with(|text| {
-            for (key, v, kb) in parse_meminfo(text)? {
+            for meminfo::Field { key, value, kb } in meminfo::parse(text)? {
                 if !self.filter.matches(key) {
                     continue;
                 }
@@ -147,7 +119,8 @@ impl Collector for Meminfo {
                     // HugePages_Total/Free/Rsvd/Surp count pages.
                     name.push_str("_pages");
                 }
-                out.family(&name, &help, Kind::Gauge).sample(&[], v as f64);
+                out.family(&name, &help, Kind::Gauge)
+                    .sample(&[], value as f64);
             }
             Ok(())
         })?;
@@ -178,34 +151,6 @@ mod tests {
         ] {
             snake_case(k, &mut s);
             assert_eq!(s, want, "{k}");
-        }
-    }
-
-    #[test]
-    fn parses() {
-        let m = parse_meminfo("MemTotal:       24683656 kB\nHugePages_Total:       0\n").unwrap();
-        assert_eq!(
-            m,
-            vec![
-                ("MemTotal", 24683656 * 1024, true),
-                ("HugePages_Total", 0, false)
-            ]
-        );
-    }
-
-    #[test]
-    fn malformed_lines_are_errors() {
-        for bad in [
-            "MemTotal 1 kB\n",
-            "MemTotal:\n",
-            "MemTotal: x kB\n",
-            "MemTotal: 1 MB\n",
-            "MemTotal: 1 kB x\n",
-            "Mem Total: 1 kB\n",
-            ": 1 kB\n",
-            "MemTotal: -1 kB\n",
-        ] {
-            assert!(parse_meminfo(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::config::filter::Filter;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::{read_optional, ProcFile};
-use crate::procfs::parse_u64;
+use crate::procfs::{for_each_kv, parse_u64};
 use crate::tracer::{
     BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
 };
@@ -155,34 +155,12 @@ fn emit_key(
     out.family(name_buf, help, kind).sample(labels, v as f64);
 }
 
-/// Parses `/proc/vmstat` or `memory.stat` into (key, value), keeping the file's order.
+/// `/proc/vmstat` or `memory.stat` as (key, value), in the file's order. Strict
+/// ([`for_each_kv`]): a malformed line is an error.
 pub fn parse_kv(text: &str) -> Result<Vec<(&str, u64)>> {
     let mut out = Vec::with_capacity(200);
-    let mut err = None;
-    for line in text.lines() {
-        let mut it = line.split_ascii_whitespace();
-        let Some(k) = it.next() else { continue };
-        match (it.next(), it.next()) {
-            (Some(v), None) => match v.parse::<u64>() {
-                Ok(v) => out.push((k, v)),
-                Err(_) => match v.parse::<i64>() {
-                    Ok(v) => out.push((k, v.max(0) as u64)),
-                    Err(_) => {
-                        err = Some(format!("line {line:?}: value is not an integer"));
-                        break;
-                    }
-                },
-            },
-            _ => {
-                err = Some(format!("line {line:?}: expected `key value`"));
-                break;
-            }
-        }
-    }
-    match err {
-        Some(e) => Err(anyhow::anyhow!(e)),
-        None => Ok(out),
-    }
+    for_each_kv(text, |k, v| out.push((k, v)))?;
+    Ok(out)
 }
 
 impl Collector for Vmstat {

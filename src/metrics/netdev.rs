@@ -2,14 +2,14 @@
 //! `receive_bytes_total{device}`…), host and per container (the container's network
 //! namespace). Devices filtered by include/exclude regexes.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::config::filter::Filter;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::{read_optional, ProcFile};
 use crate::host::HostRoot;
-use crate::procfs::parse_u64;
+use crate::procfs::netdev;
 use crate::tracer::{
     BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
 };
@@ -91,36 +91,6 @@ struct Netdev {
     buf: std::sync::Mutex<String>,
 }
 
-pub fn parse_netdev(text: &str) -> Result<Vec<(&str, [u64; 16])>> {
-    let mut out = Vec::new();
-    for line in text.lines().skip(2) {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let Some((name, rest)) = line.split_once(':') else {
-            bail!("line {line:?}: no `device:`");
-        };
-        let mut v = [0u64; 16];
-        let mut n = 0;
-        for f in rest.split_ascii_whitespace() {
-            if n >= 16 {
-                bail!("line {line:?}: more than 16 counters");
-            }
-            v[n] = parse_u64(f, line)?;
-            n += 1;
-        }
-        if n != 16 {
-            bail!("line {line:?}: {n} counters, expected 16");
-        }
-        let name = name.trim();
-        if name.is_empty() {
-            bail!("line {line:?}: empty device name");
-        }
-        out.push((name, v));
-    }
-    Ok(out)
-}
-
 impl Collector for Netdev {
     fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let mut name = String::with_capacity(48);
@@ -137,7 +107,7 @@ impl Collector for Netdev {
             out.family(&name, &help, Kind::Counter);
         };
         self.file.with(|text| {
-            let devs: Vec<_> = parse_netdev(text)?
+            let devs: Vec<_> = netdev::parse(text)?
                 .into_iter()
                 .filter(|(d, _)| self.filter.matches(d))
                 .collect();
@@ -168,7 +138,7 @@ impl Collector for Netdev {
         }
         let mut rows = Vec::new();
         for (c, t) in &texts {
-            for (d, v) in parse_netdev(t)? {
+            for (d, v) in netdev::parse(t)? {
                 if self.filter.matches(d) {
                     rows.push((*c, d, v));
                 }
@@ -191,28 +161,8 @@ impl Collector for Netdev {
 mod tests {
     use super::*;
 
-    const HEAD: &str = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n";
-
     #[test]
-    fn parses() {
-        let t = format!("{HEAD}    lo: 304434828 6071843    0    0    0     0          0         0 304434828 6071843    0    0    0     0       0          0\n  eth0:1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n");
-        let d = parse_netdev(&t).unwrap();
-        assert_eq!(d[0].0, "lo");
-        assert_eq!(d[1].0, "eth0");
-        assert_eq!(d[1].1[15], 16);
-    }
-
-    #[test]
-    fn malformed_lines_are_errors() {
-        for bad in [
-            "eth0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n",
-            "eth0: 1 2 3\n",
-            "eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n",
-            "eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 x\n",
-            ": 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n",
-        ] {
-            assert!(parse_netdev(&format!("{HEAD}{bad}")).is_err(), "{bad:?}");
-        }
+    fn default_filter_leaves_out_virtual_devices() {
         let f = Filter::new("s", "i", None, "e", Some(DEFAULT_DEVICE_EXCLUDE)).unwrap();
         assert!(!f.matches("lo") && !f.matches("veth1a") && !f.matches("docker0"));
         assert!(f.matches("eth0") && f.matches("lo2"));

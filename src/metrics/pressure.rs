@@ -2,12 +2,12 @@
 //! has it), host from `/proc/pressure/*` and per container from cgroup2 `*.pressure` files when
 //! present (on a hybrid machine containers usually have none: skipped).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::{read_optional, ProcFile};
-use crate::procfs::{parse_f64, parse_u64};
+use crate::procfs::pressure;
 use crate::tracer::{
     BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
 };
@@ -51,61 +51,11 @@ struct Pressure {
     buf: std::sync::Mutex<String>,
 }
 
-/// One PSI line: `some avg10=0.00 avg60=0.00 avg300=0.00 total=0`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PsiLine {
-    /// `some` or `full`.
-    pub kind: &'static str,
-    /// Percent of wall time, over 10, 60 and 300 s.
-    pub avg: [f64; 3],
-    /// Total stall time in µs.
-    pub total_us: u64,
-}
-
-pub fn parse_psi(text: &str) -> Result<Vec<PsiLine>> {
-    let mut out = Vec::with_capacity(2);
-    for line in text.lines() {
-        let mut it = line.split_ascii_whitespace();
-        let kind = match it.next() {
-            None => continue,
-            Some("some") => "some",
-            Some("full") => "full",
-            Some(k) => bail!("line {line:?}: unknown kind {k:?}"),
-        };
-        let mut avg = [f64::NAN; 3];
-        let mut total = None;
-        for f in it {
-            let Some((k, v)) = f.split_once('=') else {
-                bail!("line {line:?}: field {f:?} is not key=value");
-            };
-            match k {
-                "avg10" => avg[0] = parse_f64(v, line)?,
-                "avg60" => avg[1] = parse_f64(v, line)?,
-                "avg300" => avg[2] = parse_f64(v, line)?,
-                "total" => total = Some(parse_u64(v, line)?),
-                _ => {}
-            }
-        }
-        let Some(total_us) = total else {
-            bail!("line {line:?}: no total");
-        };
-        if avg.iter().any(|a| a.is_nan()) {
-            bail!("line {line:?}: missing averages");
-        }
-        out.push(PsiLine {
-            kind,
-            avg,
-            total_us,
-        });
-    }
-    Ok(out)
-}
-
 impl Collector for Pressure {
     fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let mut host = Vec::new();
         for (r, f) in RESOURCES.iter().zip(&self.files) {
-            if let Some(lines) = f.with(parse_psi)? {
+            if let Some(lines) = f.with(pressure::parse)? {
                 host.push((*r, lines));
             }
         }
@@ -149,7 +99,7 @@ impl Collector for Pressure {
             };
             for r in &RESOURCES[..3] {
                 if read_optional(&dir.join(format!("{r}.pressure")), &mut buf)? {
-                    for l in parse_psi(&buf)? {
+                    for l in pressure::parse(&buf)? {
                         rows.push((c, *r, l));
                     }
                 }
@@ -170,37 +120,5 @@ impl Collector for Pressure {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses() {
-        let l = parse_psi(
-            "some avg10=7.00 avg60=14.74 avg300=7.55 total=45909189\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
-        )
-        .unwrap();
-        assert_eq!(l.len(), 2);
-        assert_eq!(l[0].avg, [7.0, 14.74, 7.55]);
-        assert_eq!(l[0].total_us, 45909189);
-        assert_eq!(l[1].kind, "full");
-    }
-
-    #[test]
-    fn malformed_lines_are_errors() {
-        for bad in [
-            "some\n",
-            "some avg10=1 avg60=1 avg300=1\n",
-            "some avg10=x avg60=1 avg300=1 total=1\n",
-            "some avg10 avg60=1 avg300=1 total=1\n",
-            "half avg10=1 avg60=1 avg300=1 total=1\n",
-            "some avg10=1 total=5\n",
-            "some avg10=1 avg60=1 avg300=1 total=-5\n",
-        ] {
-            assert!(parse_psi(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -1,13 +1,12 @@
 //! `tcp_memory`: TCP socket memory in use against the `net.ipv4.tcp_mem` limit (HuaTuo names:
 //! `usage_pages`, `usage_bytes`, `limit_pages`, `usage_percent`).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::ProcFile;
-use crate::metrics::sockstat::{page_size, parse_sockstat};
-use crate::procfs::parse_u64;
+use crate::procfs::{page_size, sockstat, tcp_mem};
 use crate::tracer::{
     BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
 };
@@ -42,29 +41,16 @@ struct TcpMemory {
     sockstat: ProcFile,
 }
 
-/// `min pressure max` in pages; the limit is `max`.
-pub fn parse_tcp_mem(text: &str) -> Result<[u64; 3]> {
-    let f: Vec<&str> = text.split_ascii_whitespace().collect();
-    if f.len() != 3 {
-        bail!("expected 3 numbers, found {:?}", text.trim());
-    }
-    Ok([
-        parse_u64(f[0], "min")?,
-        parse_u64(f[1], "pressure")?,
-        parse_u64(f[2], "max")?,
-    ])
-}
-
 impl Collector for TcpMemory {
     fn collect(&self, _ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
-        let Some(limits) = self.tcp_mem.with(parse_tcp_mem)? else {
+        let Some(limits) = self.tcp_mem.with(tcp_mem::parse)? else {
             return Ok(());
         };
         let Some(pages) = self.sockstat.with(|t| {
-            Ok(parse_sockstat(t)?
-                .into_iter()
-                .find(|(k, _)| k == "TCP_mem")
-                .map(|(_, v)| v))
+            Ok(sockstat::parse(t)?
+                .iter()
+                .find(|e| e.proto == "TCP" && e.key == "mem")
+                .map(|e| e.value))
         })?
         else {
             return Ok(());
@@ -108,21 +94,5 @@ impl Collector for TcpMemory {
             ratio,
         );
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_and_rejects() {
-        assert_eq!(
-            parse_tcp_mem("188475\t251300\t376950\n").unwrap(),
-            [188475, 251300, 376950]
-        );
-        for bad in ["", "1 2", "1 2 3 4", "1 x 3", "-1 2 3"] {
-            assert!(parse_tcp_mem(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::config::{parse_section, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
+use crate::procfs::uptime;
 use crate::tracer::{
     BuildContext, Collector, Mode, Requirement, ScrapeContext, Tracer, TracerSpec, TRACERS,
 };
@@ -37,25 +38,12 @@ struct Uptime {
     path: PathBuf,
 }
 
-/// Parses `/proc/uptime`: `12345.67 23456.78` (uptime, idle; seconds).
-pub fn parse_uptime(text: &str) -> Result<(f64, f64)> {
-    let mut fields = text.split_whitespace();
-    let mut next = |what: &str| -> Result<f64> {
-        let f = fields
-            .next()
-            .with_context(|| format!("missing {what} field"))?;
-        f.parse()
-            .with_context(|| format!("{what} {f:?} is not a number"))
-    };
-    Ok((next("uptime")?, next("idle")?))
-}
-
 impl Collector for Uptime {
     fn collect(&self, _ctx: &ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let text = std::fs::read_to_string(&self.path)
             .with_context(|| format!("reading {}", self.path.display()))?;
         let (up, idle) =
-            parse_uptime(&text).with_context(|| format!("parsing {}", self.path.display()))?;
+            uptime::parse(&text).with_context(|| format!("parsing {}", self.path.display()))?;
         out.single("seconds", "Seconds since boot.", Kind::Gauge, up);
         out.single(
             "idle_seconds_total",
@@ -64,25 +52,5 @@ impl Collector for Uptime {
             idle,
         );
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_proc_uptime() {
-        assert_eq!(
-            parse_uptime("350735.47 234388.90\n").unwrap(),
-            (350735.47, 234388.90)
-        );
-    }
-
-    #[test]
-    fn rejects_malformed_text() {
-        for bad in ["", "12.5", "a b", "1.0 x"] {
-            assert!(parse_uptime(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -1,6 +1,8 @@
 //! `/proc/<pid>/mountinfo`: one mount per line,
 //! `<id> <parent> <maj:min> <root> <mount point> <options> [optional…] - <fstype> <source> <super options>`.
 
+use std::borrow::Cow;
+
 use anyhow::{bail, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,39 +22,97 @@ impl Mount {
     }
 }
 
+/// One line's fields as they stand in the text (nothing allocated), for readers that run at
+/// every scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MountLine<'a> {
+    /// With the kernel's octal escapes; [`MountLine::mount_point`] decodes them.
+    pub mount_point_escaped: &'a str,
+    /// Comma-separated per-mount options.
+    pub options: &'a str,
+    pub fstype: &'a str,
+    /// Comma-separated filesystem options (empty if the line has none).
+    pub super_options: &'a str,
+}
+
+impl<'a> MountLine<'a> {
+    /// The mount point, escapes decoded (borrowed when it has none).
+    pub fn mount_point(&self) -> Cow<'a, str> {
+        if self.mount_point_escaped.contains('\\') {
+            Cow::Owned(unescape(self.mount_point_escaped))
+        } else {
+            Cow::Borrowed(self.mount_point_escaped)
+        }
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.options.split(',').any(|o| o == "ro")
+    }
+}
+
+impl From<MountLine<'_>> for Mount {
+    fn from(l: MountLine<'_>) -> Mount {
+        let list = |s: &str| {
+            if s.is_empty() {
+                Vec::new()
+            } else {
+                s.split(',').map(str::to_string).collect()
+            }
+        };
+        Mount {
+            mount_point: l.mount_point().into_owned(),
+            options: list(l.options),
+            fstype: l.fstype.to_string(),
+            super_options: list(l.super_options),
+        }
+    }
+}
+
 /// Every mount, in the file's order (a later mount on the same point hides an earlier one).
 /// A malformed line is an error that quotes it.
 pub fn parse(text: &str) -> Result<Vec<Mount>> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(parse_line)
-        .collect()
+    lines(text).map(|l| l.map(Mount::from)).collect()
 }
 
 /// The mounts of the lines that parse; a malformed line is skipped (for readers that only
 /// look for one kind of mount).
 pub fn parse_lenient(text: &str) -> Vec<Mount> {
-    text.lines().filter_map(|l| parse_line(l).ok()).collect()
+    lines(text)
+        .filter_map(Result::ok)
+        .map(Mount::from)
+        .collect()
 }
 
-fn parse_line(line: &str) -> Result<Mount> {
+/// Each non-blank line, borrowed; a malformed line is an `Err` that quotes it (the caller
+/// picks strict or lenient).
+pub fn lines(text: &str) -> impl Iterator<Item = Result<MountLine<'_>>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(parse_line)
+}
+
+fn parse_line(line: &str) -> Result<MountLine<'_>> {
     let Some((left, right)) = line.split_once(" - ") else {
         bail!("line {line:?}: no ` - ` separator");
     };
-    let f: Vec<&str> = left.split_ascii_whitespace().collect();
-    let r: Vec<&str> = right.split_ascii_whitespace().collect();
-    if f.len() < 6 || r.len() < 2 {
+    let mut f = left.split_ascii_whitespace();
+    let (Some(id), Some(_parent), Some(dev), Some(_root), Some(mount_point), Some(options)) =
+        (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+    else {
         bail!("line {line:?}: truncated");
-    }
-    if f[0].parse::<u64>().is_err() || !f[2].contains(':') || !f[4].starts_with('/') {
+    };
+    let mut r = right.split_ascii_whitespace();
+    let (Some(fstype), Some(_source)) = (r.next(), r.next()) else {
+        bail!("line {line:?}: truncated");
+    };
+    if id.parse::<u64>().is_err() || !dev.contains(':') || !mount_point.starts_with('/') {
         bail!("line {line:?}: malformed");
     }
-    let list = |s: &str| s.split(',').map(str::to_string).collect::<Vec<_>>();
-    Ok(Mount {
-        mount_point: unescape(f[4]),
-        options: list(f[5]),
-        fstype: r[0].to_string(),
-        super_options: r.get(2).map(|s| list(s)).unwrap_or_default(),
+    Ok(MountLine {
+        mount_point_escaped: mount_point,
+        options,
+        fstype,
+        super_options: r.next().unwrap_or(""),
     })
 }
 
@@ -82,6 +142,7 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procfs::assert_err_quotes;
 
     #[test]
     fn parses_lines_and_escapes() {
@@ -110,9 +171,34 @@ mod tests {
             "27 1 2540 / / rw - ext4 /dev/vda rw\n",
             "27 1 254:0 / mnt rw - ext4 /dev/vda rw\n",
         ] {
-            assert!(parse(bad).is_err(), "{bad:?}");
+            assert_err_quotes(parse(bad), bad.trim_end());
             let text = format!("{bad}27 1 254:0 / / rw - ext4 /dev/vda rw\n");
             assert_eq!(parse_lenient(&text).len(), 1, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn borrowed_lines_decode_only_what_is_escaped() {
+        // A line of this machine's /proc/self/mountinfo, a blank line, and a mount point with a
+        // space.
+        let text = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                    \n\
+                    28 27 0:25 / /mnt/a\\040b ro,nosuid shared:1 - tmpfs x\n";
+        let l: Vec<MountLine> = lines(text).collect::<Result<_>>().unwrap();
+        assert_eq!(l.len(), 2);
+        assert!(matches!(
+            l[0].mount_point(),
+            Cow::Borrowed("/sys/fs/cgroup")
+        ));
+        assert!(!l[0].read_only());
+        assert_eq!(l[0].super_options, "rw,mode=755");
+        assert_eq!(l[1].mount_point(), "/mnt/a b");
+        assert!(l[1].read_only());
+        assert_eq!(l[1].super_options, "");
+        assert_eq!(Mount::from(l[1]).super_options, Vec::<String>::new());
+        let bad: Vec<bool> = lines("27 1 254:0 / / rw\n27 1 254:0 / / rw - ext4 /dev/vda rw\n")
+            .map(|l| l.is_ok())
+            .collect();
+        assert_eq!(bad, [false, true]);
     }
 }

@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::container::container_of_cgroup_path;
 use crate::host::HostRoot;
+use crate::procfs::{clk_tck, pid_cgroup, pid_stat, pressure};
 use crate::tracer::{
     Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
 };
@@ -94,43 +95,6 @@ impl RisingEdge {
     }
 }
 
-/// `some avg10` from `/proc/pressure/cpu`: `some avg10=1.23 avg60=... total=...`.
-pub fn parse_psi_some_avg10(text: &str) -> Result<f64> {
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("some "))
-        .context("no `some` line")?;
-    let field = line
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("avg10="))
-        .context("no avg10 field")?;
-    field
-        .parse()
-        .with_context(|| format!("avg10 {field:?} is not a number"))
-}
-
-/// utime + stime (clock ticks) and comm from `/proc/<pid>/stat`.
-pub fn parse_proc_stat(text: &str) -> Result<(String, u64)> {
-    // comm may hold spaces and parentheses: it runs from the first '(' to the last ')'.
-    let (open, close) = (
-        text.find('(').context("no comm")?,
-        text.rfind(')').context("no comm")?,
-    );
-    if close < open {
-        bail!("malformed comm");
-    }
-    let comm = text[open + 1..close].to_string();
-    let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
-    // After comm: state(0) ppid(1) ... utime is field 14 of the line, index 11 here; stime 12.
-    let num = |i: usize| -> Result<u64> {
-        rest.get(i)
-            .context("truncated stat")?
-            .parse()
-            .context("not a number")
-    };
-    Ok((comm, num(11)? + num(12)?))
-}
-
 struct CpuPressure {
     cfg: CpuPressureConfig,
     detector: Mutex<RisingEdge>,
@@ -159,8 +123,8 @@ fn cpu_times(proc_dir: &Path) -> HashMap<u32, (String, u64)> {
             continue;
         };
         if let Ok(text) = std::fs::read_to_string(e.path().join("stat")) {
-            if let Ok(v) = parse_proc_stat(&text) {
-                out.insert(pid, v);
+            if let Ok(s) = pid_stat::parse(&text) {
+                out.insert(pid, (s.comm.to_string(), s.utime.saturating_add(s.stime)));
             }
         }
     }
@@ -170,15 +134,7 @@ fn cpu_times(proc_dir: &Path) -> HashMap<u32, (String, u64)> {
 /// The memory-cgroup (or unified) path from `/proc/<pid>/cgroup`.
 fn process_cgroup(proc_dir: &Path, pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("cgroup")).ok()?;
-    let line = text
-        .lines()
-        .find(|l| {
-            l.split(':')
-                .nth(1)
-                .is_some_and(|c| c.split(',').any(|x| x == "memory"))
-        })
-        .or_else(|| text.lines().find(|l| l.starts_with("0::")))?;
-    Some(line.splitn(3, ':').nth(2)?.to_string())
+    pid_cgroup::path_of(&text, "memory").map(str::to_string)
 }
 
 impl AutoTracer for CpuPressure {
@@ -193,8 +149,9 @@ impl AutoTracer for CpuPressure {
     fn detect(&self, _ctx: &RunContext) -> Result<Vec<Anomaly>> {
         let text = std::fs::read_to_string(&self.psi_path)
             .with_context(|| format!("reading {}", self.psi_path.display()))?;
-        let avg10 = parse_psi_some_avg10(&text)
-            .with_context(|| format!("parsing {}", self.psi_path.display()))?;
+        let avg10 = pressure::find(&text, "some")
+            .with_context(|| format!("parsing {}", self.psi_path.display()))?
+            .avg[0];
         if !self
             .detector
             .lock()
@@ -215,8 +172,7 @@ impl AutoTracer for CpuPressure {
 
     fn capture(&self, _anomaly: &Anomaly, ctx: &RunContext) -> Result<serde_json::Value> {
         let proc_dir = self.host.proc("");
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let ticks = clk_tck() as f64;
         let before = cpu_times(&proc_dir);
         let start = Instant::now();
         ctx.sleep(Duration::from_millis(self.cfg.capture_ms));
@@ -266,21 +222,5 @@ mod tests {
             .collect();
         // Started above (no report of an old spike), dropped, crossed (fire), stayed, dropped, crossed.
         assert_eq!(fired, vec![false, false, true, false, false, true]);
-    }
-
-    #[test]
-    fn parses_psi() {
-        let text = "some avg10=12.50 avg60=3.00 avg300=0.50 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
-        assert_eq!(parse_psi_some_avg10(text).unwrap(), 12.5);
-        assert!(parse_psi_some_avg10("full avg10=1").is_err());
-        assert!(parse_psi_some_avg10("some avg10=x").is_err());
-    }
-
-    #[test]
-    fn parses_proc_stat_with_odd_comm() {
-        let line = "1234 (a (b) c) R 1 1234 1234 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 1 0 100 1000 10 18446744073709551615";
-        assert_eq!(parse_proc_stat(line).unwrap(), ("a (b) c".to_string(), 300));
-        assert!(parse_proc_stat("1234 (x) R 1").is_err());
-        assert!(parse_proc_stat("garbage").is_err());
     }
 }

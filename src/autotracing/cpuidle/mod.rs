@@ -1,20 +1,20 @@
 //! `cpuidle`: a container's CPU usage (user, sys or total, normalised to its cores: CFS quota,
 //! else cpuset, else all CPUs) is above a threshold and jumped since the previous sample → a CPU
 //! profile of that container's cgroup. Cgroup v1 (`cpuacct.usage`, `cpuacct.stat`,
-//! `cpu.cfs_quota_us`) and v2 (`cpu.stat`, `cpu.max`).
+//! `cpu.cfs_quota_us`) and v2 (`cpu.stat`, `cpu.max`), read by [`crate::cgroupfs::cpu`].
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+use crate::cgroupfs::cpu::{read_cores, read_usage, CgroupUsage};
+use crate::cgroupfs::Layout;
 use crate::config::{check_range, parse_section, ConfigResult};
-use crate::container::cgroup_mount;
 use crate::host::HostRoot;
-use crate::profiler::parse_cpu_list;
+use crate::procfs::{clk_tck, cpulist};
 use crate::tracer::detect::{counter_deltas, round2, Jump, JumpState, ProfileConfig};
 use crate::tracer::{
     Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
@@ -123,84 +123,10 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     })))
 }
 
-/// Cumulative CPU time of a cgroup, ns: user, system, total.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CgroupCpu {
-    pub user_ns: u64,
-    pub system_ns: u64,
-    pub usage_ns: u64,
-}
-
-/// v1 `cpuacct.stat` (`user N\nsystem N`, USER_HZ ticks) and `cpuacct.usage` (ns).
-pub fn parse_cpuacct(stat: &str, usage: &str, ticks_per_sec: u64) -> Result<CgroupCpu> {
-    let field = |name: &str| -> Result<u64> {
-        stat.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .with_context(|| format!("no `{name}` in cpuacct.stat"))?
-            .trim()
-            .parse()
-            .with_context(|| format!("cpuacct.stat {name} is not a number"))
-    };
-    let tick_ns = 1_000_000_000 / ticks_per_sec.max(1);
-    Ok(CgroupCpu {
-        user_ns: field("user")? * tick_ns,
-        system_ns: field("system")? * tick_ns,
-        usage_ns: usage
-            .trim()
-            .parse()
-            .context("cpuacct.usage is not a number")?,
-    })
-}
-
-/// v2 `cpu.stat`: `usage_usec`, `user_usec`, `system_usec`.
-pub fn parse_cpu_stat_v2(text: &str) -> Result<CgroupCpu> {
-    let field = |name: &str| -> Result<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .with_context(|| format!("no `{name}` in cpu.stat"))?
-            .trim()
-            .parse::<u64>()
-            .map(|us| us * 1000)
-            .with_context(|| format!("cpu.stat {name} is not a number"))
-    };
-    Ok(CgroupCpu {
-        user_ns: field("user_usec")?,
-        system_ns: field("system_usec")?,
-        usage_ns: field("usage_usec")?,
-    })
-}
-
-/// Cores a cgroup may use: CFS quota/period when limited, else its cpuset, else `online`.
-/// `quota` is v1 `cpu.cfs_quota_us` (-1 = none) or the first field of v2 `cpu.max` (`max`).
-pub fn cgroup_cores(
-    quota: Option<&str>,
-    period: Option<&str>,
-    cpuset: Option<&str>,
-    online: usize,
-) -> f64 {
-    let q = quota
-        .and_then(|q| q.trim().parse::<i64>().ok())
-        .filter(|q| *q > 0);
-    let p = period
-        .and_then(|p| p.trim().parse::<i64>().ok())
-        .filter(|p| *p > 0);
-    if let (Some(q), Some(p)) = (q, p) {
-        return q as f64 / p as f64;
-    }
-    if let Some(n) = cpuset
-        .map(parse_cpu_list)
-        .map(|l| l.len())
-        .filter(|n| *n > 0)
-    {
-        return n as f64;
-    }
-    online.max(1) as f64
-}
-
 /// (user%, sys%, total%) of the cgroup's cores between two samples; `None` on rollback.
 pub fn usage_percent(
-    prev: &CgroupCpu,
-    cur: &CgroupCpu,
+    prev: &CgroupUsage,
+    cur: &CgroupUsage,
     wall: Duration,
     cores: f64,
 ) -> Option<[f64; 3]> {
@@ -219,7 +145,7 @@ pub fn usage_percent(
 /// The per-container detector: samples in, "an anomaly started" out.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerDetector {
-    prev: Option<(CgroupCpu, Instant)>,
+    prev: Option<(CgroupUsage, Instant)>,
     state: JumpState,
 }
 
@@ -228,7 +154,7 @@ impl ContainerDetector {
     pub fn sample(
         &mut self,
         rules: &[Jump; 3],
-        cur: CgroupCpu,
+        cur: CgroupUsage,
         at: Instant,
         cores: f64,
     ) -> Option<([f64; 3], Vec<f64>)> {
@@ -251,81 +177,21 @@ struct CpuIdle {
     state: Mutex<HashMap<String, ContainerDetector>>,
 }
 
-struct Mounts {
-    cpuacct: Option<PathBuf>,
-    cpu: Option<PathBuf>,
-    cpuset: Option<PathBuf>,
-    v2: bool,
-}
-
-fn under_root(host: &HostRoot, mp: PathBuf) -> PathBuf {
-    host.root().join(mp.strip_prefix("/").unwrap_or(&mp))
-}
-
-fn mounts(host: &HostRoot) -> Result<Mounts> {
-    let mi = std::fs::read_to_string(host.proc("self/mountinfo")).context("reading mountinfo")?;
-    let cpuacct = cgroup_mount(&mi, "cpuacct").map(|p| under_root(host, p));
-    let v2 = cpuacct.as_deref().is_some_and(|p| {
-        !p.join("cpuacct.usage").exists() && p.join("cgroup.controllers").exists()
-    });
-    Ok(Mounts {
-        cpu: cgroup_mount(&mi, "cpu").map(|p| under_root(host, p)),
-        cpuset: cgroup_mount(&mi, "cpuset").map(|p| under_root(host, p)),
-        cpuacct,
-        v2,
-    })
-}
-
-fn read(dir: &Path, file: &str) -> Option<String> {
-    std::fs::read_to_string(dir.join(file)).ok()
-}
-
-fn rel(path: &str) -> &str {
-    path.trim_start_matches('/')
-}
-
-impl CpuIdle {
-    fn sample_container(
-        &self,
-        m: &Mounts,
-        cgroup: &str,
-        online: usize,
-        ticks: u64,
-    ) -> Option<(CgroupCpu, f64)> {
-        let acct = m.cpuacct.as_ref()?.join(rel(cgroup));
-        if m.v2 {
-            let cpu = parse_cpu_stat_v2(&read(&acct, "cpu.stat")?).ok()?;
-            let max = read(&acct, "cpu.max").unwrap_or_default();
-            let mut f = max.split_whitespace();
-            let (q, p) = (f.next(), f.next());
-            let cpuset = read(&acct, "cpuset.cpus.effective");
-            return Some((cpu, cgroup_cores(q, p, cpuset.as_deref(), online)));
-        }
-        let cpu = parse_cpuacct(
-            &read(&acct, "cpuacct.stat")?,
-            &read(&acct, "cpuacct.usage")?,
-            ticks,
-        )
-        .ok()?;
-        let cpu_dir = m.cpu.as_ref().map(|p| p.join(rel(cgroup)));
-        let quota = cpu_dir.as_deref().and_then(|d| read(d, "cpu.cfs_quota_us"));
-        let period = cpu_dir
-            .as_deref()
-            .and_then(|d| read(d, "cpu.cfs_period_us"));
-        let cpuset = m
-            .cpuset
-            .as_ref()
-            .and_then(|p| read(&p.join(rel(cgroup)), "cpuset.cpus"));
-        Some((
-            cpu,
-            cgroup_cores(
-                quota.as_deref(),
-                period.as_deref(),
-                cpuset.as_deref(),
-                online,
-            ),
-        ))
-    }
+/// A container's cumulative CPU time and the cores it may use (its quota, else its cpuset,
+/// else the host's `online` CPUs); `None` when its usage cannot be read (cgroup gone).
+fn sample_container(
+    layout: &Layout,
+    cgroup: &str,
+    online: usize,
+    tck: u64,
+    buf: &mut String,
+) -> Option<(CgroupUsage, f64)> {
+    let usage = read_usage(layout, cgroup, buf, tck).ok()?.0?;
+    let cores = read_cores(layout, cgroup, buf)
+        .ok()
+        .flatten()
+        .unwrap_or(online.max(1) as f64);
+    Some((usage, cores))
 }
 
 impl AutoTracer for CpuIdle {
@@ -338,12 +204,13 @@ impl AutoTracer for CpuIdle {
     }
 
     fn detect(&self, ctx: &RunContext) -> Result<Vec<Anomaly>> {
-        let m = mounts(&self.host)?;
+        let layout = Layout::read(&self.host);
         let online = std::fs::read_to_string(self.host.sys("devices/system/cpu/online"))
-            .map(|t| parse_cpu_list(&t).len())
-            .unwrap_or(1);
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+            .ok()
+            .and_then(|t| cpulist::parse(&t))
+            .map_or(1, |cpus| cpus.len());
+        let tck = clk_tck();
+        let mut buf = String::new();
         let rules = self.cfg.rules();
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -353,7 +220,8 @@ impl AutoTracer for CpuIdle {
             if c.exited.is_some() {
                 continue;
             }
-            let Some((cpu, cores)) = self.sample_container(&m, &c.cgroup_path, online, ticks)
+            let Some((cpu, cores)) =
+                sample_container(&layout, &c.cgroup_path, online, tck, &mut buf)
             else {
                 continue;
             };
@@ -406,48 +274,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_cgroup_files() {
-        let c = parse_cpuacct("user 150\nsystem 50\n", "2000000000\n", 100).unwrap();
-        assert_eq!(
-            c,
-            CgroupCpu {
-                user_ns: 1_500_000_000,
-                system_ns: 500_000_000,
-                usage_ns: 2_000_000_000
-            }
-        );
-        let v2 =
-            parse_cpu_stat_v2("usage_usec 300\nuser_usec 200\nsystem_usec 100\nnr_periods 0\n")
-                .unwrap();
-        assert_eq!(
-            (v2.usage_ns, v2.user_ns, v2.system_ns),
-            (300_000, 200_000, 100_000)
-        );
-        assert!(parse_cpuacct("user x\n", "1", 100).is_err());
-        assert!(parse_cpu_stat_v2("nr_periods 0\n").is_err());
-    }
-
-    #[test]
-    fn cores_from_quota_cpuset_or_host() {
-        assert_eq!(
-            cgroup_cores(Some("100000\n"), Some("100000\n"), Some("0-3"), 8),
-            1.0
-        );
-        assert_eq!(
-            cgroup_cores(Some("-1\n"), Some("100000"), Some("0-3\n"), 8),
-            4.0
-        );
-        assert_eq!(cgroup_cores(Some("max"), Some("100000"), None, 8), 8.0);
-        assert_eq!(cgroup_cores(Some("50000"), Some("100000"), None, 8), 0.5);
-    }
-
-    #[test]
     fn recorded_container_sequence_fires_once_and_resets_on_rollback() {
         let rules = CpuIdleConfig::default().rules();
         let mut d = ContainerDetector::default();
         let t0 = Instant::now();
         let s = |secs: u64| t0 + Duration::from_secs(secs);
-        let cpu = |user_s: f64, sys_s: f64| CgroupCpu {
+        let cpu = |user_s: f64, sys_s: f64| CgroupUsage {
             user_ns: (user_s * 1e9) as u64,
             system_ns: (sys_s * 1e9) as u64,
             usage_ns: ((user_s + sys_s) * 1e9) as u64,
@@ -477,12 +309,12 @@ mod tests {
 
     #[test]
     fn usage_is_normalised_to_cores() {
-        let a = CgroupCpu {
+        let a = CgroupUsage {
             user_ns: 0,
             system_ns: 0,
             usage_ns: 0,
         };
-        let b = CgroupCpu {
+        let b = CgroupUsage {
             user_ns: 1_000_000_000,
             system_ns: 0,
             usage_ns: 1_000_000_000,

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::config::{check_range, parse_section, ConfigResult};
+use crate::procfs::stat;
 use crate::tracer::detect::{counter_deltas, round2, Jump, JumpState, ProfileConfig};
 use crate::tracer::{
     Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
@@ -91,26 +92,8 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     })))
 }
 
-/// The aggregate `cpu` line of `/proc/stat`: user nice system idle iowait irq softirq steal.
-pub fn parse_proc_stat_cpu(text: &str) -> Result<[u64; 8]> {
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .context("no aggregate `cpu` line")?;
-    let mut out = [0u64; 8];
-    let mut fields = line.split_whitespace().skip(1);
-    for (i, v) in out.iter_mut().enumerate() {
-        // Kernels before 2.6.11 lack steal; missing trailing fields count as 0.
-        if let Some(f) = fields.next() {
-            *v = f
-                .parse()
-                .with_context(|| format!("cpu field {i} {f:?} is not a number"))?;
-        }
-    }
-    Ok(out)
-}
-
-/// sys% between two `/proc/stat` samples; `None` on a counter rollback or no elapsed time.
+/// sys% between two samples of `/proc/stat`'s `cpu` line (user … steal:
+/// [`stat::CpuTimes::without_guest`]); `None` on a counter rollback or no elapsed time.
 pub fn sys_percent(prev: &[u64; 8], cur: &[u64; 8]) -> Option<f64> {
     let d = counter_deltas(prev, cur)?;
     let total: u64 = d.iter().sum();
@@ -165,7 +148,7 @@ impl AutoTracer for CpuSys {
     fn detect(&self, _ctx: &RunContext) -> Result<Vec<Anomaly>> {
         let text = std::fs::read_to_string(&self.stat_path)
             .with_context(|| format!("reading {}", self.stat_path.display()))?;
-        let cur = parse_proc_stat_cpu(&text)?;
+        let cur = stat::parse_total(&text)?.without_guest();
         let fired = self
             .detector
             .lock()
@@ -198,17 +181,6 @@ mod tests {
 
     fn stat(user: u64, system: u64, idle: u64) -> [u64; 8] {
         [user, 0, system, idle, 0, 0, 0, 0]
-    }
-
-    #[test]
-    fn parses_proc_stat() {
-        let text = "cpu  100 2 300 4000 5 6 7 8 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 1\n";
-        assert_eq!(
-            parse_proc_stat_cpu(text).unwrap(),
-            [100, 2, 300, 4000, 5, 6, 7, 8]
-        );
-        assert!(parse_proc_stat_cpu("cpu0 1 2\n").is_err());
-        assert!(parse_proc_stat_cpu("cpu  x\n").is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::container::container_of_cgroup_path;
 use crate::host::HostRoot;
+use crate::procfs::{pid_cgroup, pid_stack, tasks};
 use crate::tracer::{
     Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
 };
@@ -117,59 +118,10 @@ pub struct DTask {
     pub stack: Vec<String>,
 }
 
-/// State letter and comm from a `/proc/<pid>/task/<tid>/stat` line.
-pub fn parse_state(stat: &str) -> Option<(char, String)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?.to_string();
-    let state = stat.get(close + 1..)?.trim_start().chars().next()?;
-    Some((state, comm))
-}
-
-/// Frames of `/proc/<pid>/task/<tid>/stack`: `[<0>] func+0x1/0x2` → `func+0x1/0x2`.
-pub fn parse_kernel_stack(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| {
-            let f = l.split_once("] ").map(|(_, f)| f).unwrap_or(l).trim();
-            (!f.is_empty()).then(|| f.to_string())
-        })
-        .collect()
-}
-
-/// Every D-state task: (pid, tid, comm).
-fn d_tasks(proc_dir: &Path) -> Vec<(u32, u32, String)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(proc_dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(tasks) = std::fs::read_dir(e.path().join("task")) else {
-            continue;
-        };
-        for t in tasks.flatten() {
-            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some(('D', comm)) = std::fs::read_to_string(t.path().join("stat"))
-                .ok()
-                .and_then(|s| parse_state(&s))
-            {
-                out.push((pid, tid, comm));
-            }
-        }
-    }
-    out
-}
-
 fn container_of_pid(proc_dir: &Path, pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("cgroup")).ok()?;
-    text.lines()
-        .filter_map(|l| l.splitn(3, ':').nth(2))
-        .find_map(container_of_cgroup_path)
-        .map(|(_, id)| id)
+    let id = pid_cgroup::parse(&text).find_map(|m| container_of_cgroup_path(m.path))?;
+    Some(id.1)
 }
 
 impl AutoTracer for Dload {
@@ -183,21 +135,21 @@ impl AutoTracer for Dload {
 
     fn detect(&self, ctx: &RunContext) -> Result<Vec<Anomaly>> {
         let proc_dir = self.host.proc("");
-        let tasks = d_tasks(&proc_dir);
+        let blocked = tasks::in_state(&proc_dir, 'D', usize::MAX);
         let now = Instant::now();
         let mut per_target: HashMap<String, usize> = HashMap::new();
-        per_target.insert("host".into(), tasks.len());
-        for (pid, _, _) in &tasks {
-            if let Some(id) = container_of_pid(&proc_dir, *pid) {
+        per_target.insert("host".into(), blocked.len());
+        for t in &blocked {
+            if let Some(id) = container_of_pid(&proc_dir, t.pid) {
                 *per_target.entry(id).or_default() += 1;
             }
         }
         let decay = (-(self.cfg.interval_secs as f64) / self.cfg.load_window_secs as f64).exp();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.blocked_since
-            .retain(|tid, _| tasks.iter().any(|(_, t, _)| t == tid));
-        for (_, tid, _) in &tasks {
-            st.blocked_since.entry(*tid).or_insert(now);
+            .retain(|tid, _| blocked.iter().any(|t| t.tid == *tid));
+        for t in &blocked {
+            st.blocked_since.entry(t.tid).or_insert(now);
         }
         // Targets without D tasks now still decay; forget them once their load is negligible.
         let known: Vec<String> = st.detectors.keys().cloned().collect();
@@ -243,27 +195,21 @@ impl AutoTracer for Dload {
             .clone();
         let now = Instant::now();
         let mut out = Vec::new();
-        for (pid, tid, comm) in d_tasks(&proc_dir) {
-            let container_id = container_of_pid(&proc_dir, pid);
+        for task in tasks::in_state(&proc_dir, 'D', usize::MAX) {
+            let container_id = container_of_pid(&proc_dir, task.pid);
             if only.is_some() && container_id != only {
                 continue;
             }
-            let stack = std::fs::read_to_string(
-                proc_dir
-                    .join(pid.to_string())
-                    .join("task")
-                    .join(tid.to_string())
-                    .join("stack"),
-            )
-            .map(|t| parse_kernel_stack(&t))
-            .unwrap_or_default();
+            let stack = std::fs::read_to_string(task.dir(&proc_dir).join("stack"))
+                .map(|t| pid_stack::frames(&t).map(str::to_string).collect())
+                .unwrap_or_default();
             out.push(DTask {
-                pid,
-                tid,
-                comm,
+                pid: task.pid,
+                tid: task.tid,
+                comm: task.comm,
                 container_id,
                 blocked_ms: since
-                    .get(&tid)
+                    .get(&task.tid)
                     .map(|t| now.saturating_duration_since(*t).as_millis() as u64)
                     .unwrap_or(0),
                 stack,
@@ -280,19 +226,6 @@ impl AutoTracer for Dload {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_task_state_and_stack() {
-        assert_eq!(
-            parse_state("42 (sh (x)) D 1 2 3"),
-            Some(('D', "sh (x)".to_string()))
-        );
-        assert_eq!(parse_state("garbage"), None);
-        assert_eq!(
-            parse_kernel_stack("[<0>] percpu_rwsem_wait+0x10/0x20\n[<0>] mnt_want_write+0x5/0x9\n"),
-            vec!["percpu_rwsem_wait+0x10/0x20", "mnt_want_write+0x5/0x9"]
-        );
-    }
 
     #[test]
     fn recorded_d_state_counts_fire_once_while_the_load_stays_high() {

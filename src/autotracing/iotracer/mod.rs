@@ -23,7 +23,7 @@ use crate::bpf as bq_bpf;
 use crate::config::filter::Filter;
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::host::HostRoot;
-use crate::metrics::diskio::parse_diskstats;
+use crate::procfs::diskstats;
 use crate::tracer::detect::{counter_deltas, round2};
 use crate::tracer::{
     Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
@@ -604,7 +604,7 @@ impl AutoTracer for IoTracer {
         let path = self.host.proc("diskstats");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let disks = parse_diskstats(&text)?;
+        let disks = diskstats::parse(&text)?;
         let now = Instant::now();
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let secs = st
@@ -839,7 +839,7 @@ mod tests {
 
     /// Counters of one diskstats line (after the name), from text as the kernel prints it.
     fn counters(line: &str) -> [u64; 17] {
-        parse_diskstats(line).unwrap()[0].f
+        diskstats::parse(line).unwrap()[0].f
     }
 
     /// A recorded sda sequence, 5 s apart: idle, saturated (util 100%), saturated, saturated,

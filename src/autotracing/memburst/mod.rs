@@ -11,9 +11,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::cgroupfs::Layout;
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::container::container_of_cgroup_path;
 use crate::host::HostRoot;
+use crate::procfs::{meminfo, page_size, pid_cgroup, pid_statm};
 use crate::tracer::{
     Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
 };
@@ -79,20 +81,14 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     })))
 }
 
-/// (MemTotal, anon = Active(anon) + Inactive(anon)) in bytes from `/proc/meminfo`.
-pub fn parse_meminfo(text: &str) -> Result<(u64, u64)> {
-    let kb = |name: &str| -> Result<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .with_context(|| format!("no {name} in meminfo"))?
-            .split_whitespace()
-            .next()
-            .context("empty field")?
-            .parse::<u64>()
-            .map(|v| v * 1024)
-            .with_context(|| format!("{name} is not a number"))
-    };
-    Ok((kb("MemTotal")?, kb("Active(anon)")? + kb("Inactive(anon)")?))
+/// (MemTotal, anon = Active(anon) + Inactive(anon)) in bytes from `/proc/meminfo` (the other
+/// lines are not looked at).
+pub fn total_and_anon(meminfo_text: &str) -> Result<(u64, u64)> {
+    let bytes = |key| meminfo::bytes(meminfo_text, key);
+    Ok((
+        bytes("MemTotal")?,
+        bytes("Active(anon)")?.saturating_add(bytes("Inactive(anon)")?),
+    ))
 }
 
 /// Sliding window of anon levels with a rising edge.
@@ -144,20 +140,6 @@ struct MemBurst {
     host: HostRoot,
 }
 
-/// RSS in bytes from `/proc/<pid>/statm` (second field, pages).
-pub fn parse_statm_rss(text: &str, page: u64) -> Option<u64> {
-    text.split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()
-        .map(|p| p * page)
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as u64
-}
-
 fn rss_all(proc_dir: &Path) -> HashMap<u32, u64> {
     let page = page_size();
     let mut out = HashMap::new();
@@ -170,7 +152,8 @@ fn rss_all(proc_dir: &Path) -> HashMap<u32, u64> {
         };
         if let Some(rss) = std::fs::read_to_string(e.path().join("statm"))
             .ok()
-            .and_then(|t| parse_statm_rss(&t, page))
+            .and_then(|t| pid_statm::resident_pages(&t))
+            .map(|pages| pages.saturating_mul(page))
             .filter(|r| *r > 0)
         {
             out.insert(pid, rss);
@@ -212,27 +195,14 @@ pub fn top_growth(
 
 fn memory_cgroup_of(proc_dir: &Path, pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(proc_dir.join(pid.to_string()).join("cgroup")).ok()?;
-    let line = text
-        .lines()
-        .find(|l| {
-            l.split(':')
-                .nth(1)
-                .is_some_and(|c| c.split(',').any(|x| x == "memory"))
-        })
-        .or_else(|| text.lines().find(|l| l.starts_with("0::")))?;
-    Some(line.splitn(3, ':').nth(2)?.to_string())
+    pid_cgroup::path_of(&text, "memory").map(str::to_string)
 }
 
 fn memory_stat(
     host: &HostRoot,
     cgroup: &str,
 ) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let mi = std::fs::read_to_string(host.proc("self/mountinfo")).ok()?;
-    let mp = crate::container::cgroup_mount(&mi, "memory")?;
-    let dir = host
-        .root()
-        .join(mp.strip_prefix("/").unwrap_or(&mp))
-        .join(cgroup.trim_start_matches('/'));
+    let dir = Layout::read(host).dir("memory", cgroup)?.path;
     let text = std::fs::read_to_string(dir.join("memory.stat")).ok()?;
     let mut m = serde_json::Map::new();
     for l in text.lines() {
@@ -258,7 +228,7 @@ impl AutoTracer for MemBurst {
         let path = self.host.proc("meminfo");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let (total, anon) = parse_meminfo(&text)?;
+        let (total, anon) = total_and_anon(&text)?;
         let rss = rss_all(&self.host.proc(""));
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.snapshots.push_back(rss);
@@ -344,11 +314,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_meminfo_and_statm() {
+    fn total_and_anon_from_meminfo() {
         let t = "MemTotal:       1000 kB\nActive(anon):     100 kB\nInactive(anon):   50 kB\n";
-        assert_eq!(parse_meminfo(t).unwrap(), (1_024_000, 153_600));
-        assert!(parse_meminfo("MemTotal: 1 kB\n").is_err());
-        assert_eq!(parse_statm_rss("100 25 3 1 0 10 0\n", 4096), Some(102_400));
+        assert_eq!(total_and_anon(t).unwrap(), (1_024_000, 153_600));
+        assert!(total_and_anon("MemTotal: 1 kB\n").is_err());
     }
 
     #[test]

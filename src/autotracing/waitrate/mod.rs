@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use crate::cgroupfs::cpu::{read_usage, wait_sum_percent};
 use crate::cgroupfs::Layout;
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::container::Container;
 use crate::host::HostRoot;
-use crate::metrics::cpu::{clk_tck, read_container, wait_sum_percent};
+use crate::procfs::clk_tck;
 use crate::tracer::detect::{counter_deltas, round2, Jump, JumpState, ProfileConfig};
 use crate::tracer::{
     Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
@@ -282,10 +283,10 @@ fn sample_container(
     layout: &Layout,
     c: &Container,
     buf: &mut String,
-    tck: f64,
+    tck: u64,
     bpf_wait: Option<&HashMap<String, u64>>,
 ) -> Option<CpuSample> {
-    let (usage, throttling) = read_container(layout, &c.cgroup_path, buf, tck).ok()?;
+    let (usage, throttling) = read_usage(layout, &c.cgroup_path, buf, tck).ok()?;
     let usage = usage?;
     let t = throttling.unwrap_or_default();
     let wait = match t.wait_sum_ns {

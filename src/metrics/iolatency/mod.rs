@@ -16,6 +16,7 @@ use crate::bpf::hist::Hist;
 use crate::config::ConfigResult;
 use crate::exposition::{Kind, MetricSink};
 use crate::host::file::ProcFile;
+use crate::procfs::diskstats;
 use crate::tracer::program::{self, BpfProgram};
 use crate::tracer::{
     BuildContext, Collector, Mode, Requirement, RunContext, ScrapeContext, Tracer, TracerError,
@@ -116,18 +117,12 @@ const CONTAINER_FAMILIES: [(u64, &str, &str); 2] = [
     ),
 ];
 
-/// `(major << 20 | minor)` → device name, from /proc/diskstats.
+/// The kernel's device number (`MKDEV`: major << 20 | minor, as the BPF side keys requests)
+/// → device name, from /proc/diskstats.
 fn device_names(text: &str) -> HashMap<u64, String> {
-    let mut m = HashMap::new();
-    for line in text.lines() {
-        let mut it = line.split_ascii_whitespace();
-        if let (Some(ma), Some(mi), Some(name)) = (it.next(), it.next(), it.next()) {
-            if let (Ok(ma), Ok(mi)) = (ma.parse::<u64>(), mi.parse::<u64>()) {
-                m.insert(ma << 20 | mi, name.to_string());
-            }
-        }
-    }
-    m
+    diskstats::devices(text)
+        .map(|(major, minor, name)| (u64::from(major) << 20 | u64::from(minor), name.to_string()))
+        .collect()
 }
 
 impl Collector for IoLatency {
