@@ -266,6 +266,13 @@ pub fn hex_record(line: &str) -> Vec<u8> {
         .collect()
 }
 
+/// Line `n` of captured hex lines (a tracer's `records.hex`) read as a `T` (decode tests).
+#[cfg(test)]
+pub fn captured_record<T: Plain>(lines: &str, n: usize) -> T {
+    let line = lines.lines().nth(n).expect("a captured line");
+    bpf::read_record(&hex_record(line)).expect("a whole record")
+}
+
 /// The records a program had to refuse, exported alike by every event tracer from its
 /// counters: `suppressed_total` (the rate limit), `ringbuf_lost_total` (the ring buffer was
 /// full) and, for a program with a filter, `filtered_total`. The slots come from the tracer's

@@ -180,8 +180,7 @@ mod tests {
     const RECORDS: &str = include_str!("records.hex");
 
     fn captured(n: usize) -> cgroup_event {
-        let line = RECORDS.lines().nth(n).expect("a captured line");
-        bq_bpf::read_record(&program::hex_record(line)).expect("a whole record")
+        program::captured_record(RECORDS, n)
     }
 
     const PODMAN_ID: &str = "f6cf91b7661ed1b1e12e673911d3ac6121adc23002ca286b71a1f0856e17122f";

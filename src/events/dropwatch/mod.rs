@@ -398,18 +398,13 @@ mod tests {
     /// answer to another one that an nftables rule dropped.
     const RECORDS: &str = include_str!("records.hex");
 
-    fn captured(n: usize) -> drop_event {
-        let line = RECORDS.lines().nth(n).expect("a captured line");
-        bq_bpf::read_record(&program::hex_record(line)).expect("a whole record")
-    }
-
     fn reasons() -> EnumNames {
         EnumNames::from_members(&[(3, "NO_SOCKET".into()), (12, "NETFILTER_DROP".into())])
     }
 
     #[test]
     fn decodes_a_captured_udp_drop_to_a_closed_port() {
-        let e = captured(0);
+        let e: drop_event = program::captured_record(RECORDS, 0);
         let d = serde_json::to_value(decode(&e, &reasons(), |a| format!("at {a:#x}"))).unwrap();
         assert_eq!(d["drop_reason"], "NO_SOCKET");
         assert_eq!(d["drop_reason_code"], 3);
@@ -437,7 +432,12 @@ mod tests {
 
     #[test]
     fn decodes_a_captured_icmp_port_unreachable() {
-        let d = serde_json::to_value(decode(&captured(1), &reasons(), |_| String::new())).unwrap();
+        let d = serde_json::to_value(decode(
+            &program::captured_record(RECORDS, 1),
+            &reasons(),
+            |_| String::new(),
+        ))
+        .unwrap();
         assert_eq!(d["drop_reason"], "NETFILTER_DROP");
         assert_eq!(d["protocol"], "icmp");
         assert_eq!((&d["icmp_type"], &d["icmp_code"]), (&3.into(), &3.into()));

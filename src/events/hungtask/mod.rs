@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn decodes_a_captured_hung_writer() {
-        let e: hung_event = bq_bpf::read_record(&program::hex_record(REPORT)).expect("a record");
+        let e: hung_event = program::captured_record(REPORT, 0);
         let d = decode(&e, |addrs| {
             addrs.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>()
         });

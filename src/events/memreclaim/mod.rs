@@ -211,7 +211,7 @@ mod tests {
 
     #[test]
     fn decodes_a_captured_memcg_reclaim_stall() {
-        let e: reclaim_event = bq_bpf::read_record(&program::hex_record(STALL)).expect("a record");
+        let e: reclaim_event = program::captured_record(STALL, 0);
         let d = decode(&e, 1_000_000);
         assert_eq!((d.kind, d.comm.as_str()), ("memcg", "dd"));
         assert_eq!(d.duration_ns, 283_695_770);

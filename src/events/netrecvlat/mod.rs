@@ -333,8 +333,7 @@ mod tests {
     const RECORDS: &str = include_str!("records.hex");
 
     fn captured(n: usize) -> netrecv_event {
-        let line = RECORDS.lines().nth(n).expect("a captured line");
-        bq_bpf::read_record(&program::hex_record(line)).expect("a whole record")
+        program::captured_record(RECORDS, n)
     }
 
     #[test]

@@ -395,7 +395,7 @@ mod tests {
 
     #[test]
     fn decodes_a_captured_memcg_oom_kill() {
-        let e: oom_event = bq_bpf::read_record(&program::hex_record(KILL)).expect("a record");
+        let e: oom_event = program::captured_record(KILL, 0);
         let pages = Pages {
             size: 4096,
             unlimited: i64::MAX as u64 / 4096,

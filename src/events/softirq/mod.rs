@@ -480,8 +480,7 @@ mod tests {
     const RECORDS: &str = include_str!("records.hex");
 
     fn captured(n: usize) -> softirq_event {
-        let line = RECORDS.lines().nth(n).expect("a captured line");
-        bq_bpf::read_record(&program::hex_record(line)).expect("a whole record")
+        program::captured_record(RECORDS, n)
     }
 
     /// Two frames of the long run's stack, as /proc/kallsyms named them on the kernel it was

@@ -284,8 +284,7 @@ mod tests {
     const RECORDS: &str = include_str!("records.hex");
 
     fn decoded(n: usize) -> RetransData {
-        let line = RECORDS.lines().nth(n).expect("a captured line");
-        let e: retrans_event = bq_bpf::read_record(&program::hex_record(line)).expect("a record");
+        let e: retrans_event = program::captured_record(RECORDS, n);
         // The values of the kernel this was captured on (its BTF).
         let names = Names {
             tcp_states: EnumNames::from_members(&[
