@@ -88,17 +88,9 @@ pub fn tracefs_dir() -> Result<PathBuf, String> {
 }
 
 /// Polls the ring buffer in `map` and hands each record to `handle` until `stopping` turns
-/// true (checked at least every [`RING_POLL_INTERVAL`]). Records are also drained on a timer,
-/// since producers submit without wakeups.
-pub fn poll_ring_buffer<F>(stopping: &dyn Fn() -> bool, map: &dyn MapCore, handle: F) -> Result<()>
-where
-    F: FnMut(&[u8]) -> i32,
-{
-    poll_ring_buffer_with_tick(stopping, map, handle, || {})
-}
-
-/// [`poll_ring_buffer`], calling `tick` once per poll round (at least every
-/// [`RING_POLL_INTERVAL`]): for tracers that refresh something the BPF side reads.
+/// true (checked at least every [`RING_POLL_INTERVAL`]), calling `tick` once per poll round:
+/// for tracers that refresh something the BPF side reads. Records are also drained on a
+/// timer, since producers submit without wakeups.
 pub fn poll_ring_buffer_with_tick<F, T>(
     stopping: &dyn Fn() -> bool,
     map: &dyn MapCore,
@@ -155,11 +147,6 @@ impl BootClock {
     pub fn wall_ns(&self, boot_ns: u64) -> i64 {
         boot_ns as i64 + self.offset_ns
     }
-}
-
-/// The offset [`BootClock`] adds (for tracers not yet on [`BootClock`]).
-pub fn boottime_to_wall_offset_ns() -> i64 {
-    BootClock::now().offset_ns
 }
 
 /// The rodata every bianque program has (bpf/bianque.bpf.h): `counter_slots` and

@@ -278,43 +278,98 @@ pub fn hex_record(line: &str) -> Vec<u8> {
         .collect()
 }
 
+/// Line `n` of captured hex lines (a tracer's `records.hex`) read as a `T` (decode tests).
+#[cfg(test)]
+pub fn captured_record<T: Plain>(lines: &str, n: usize) -> T {
+    let line = lines.lines().nth(n).expect("a captured line");
+    bpf::read_record(&hex_record(line)).expect("a whole record")
+}
+
 /// The records a program had to refuse, exported alike by every event tracer from its
 /// counters: `suppressed_total` (the rate limit), `ringbuf_lost_total` (the ring buffer was
 /// full) and, for a program with a filter, `filtered_total`. The slots come from the tracer's
 /// C enum through its skeleton.
 pub struct Refused<'a> {
     /// What a record is about, plural and capitalised: `Signals`, `OOM victims`.
-    pub what: &'a str,
-    pub suppressed: u32,
-    pub ringbuf_full: u32,
+    what: &'a str,
+    /// None for a program without a rate limit.
+    suppressed: Option<u32>,
+    /// Records user space held back too, counted with the rate limit's, and why.
+    also_suppressed: Option<(u64, &'a str)>,
+    ringbuf_full: u32,
     /// The slot of the filter's refusals and what the filter matches on.
-    pub filtered: Option<(u32, &'a str)>,
+    filtered: Option<(u32, &'a str)>,
 }
 
-impl Refused<'_> {
+impl<'a> Refused<'a> {
+    /// A rate-limited program: `suppressed` counts what the limit refused, `ringbuf_full` what
+    /// passed it and found the ring buffer full.
+    pub fn new(what: &'a str, suppressed: u32, ringbuf_full: u32) -> Refused<'a> {
+        Refused {
+            what,
+            suppressed: Some(suppressed),
+            also_suppressed: None,
+            ringbuf_full,
+            filtered: None,
+        }
+    }
+
+    /// A program without a rate limit: only `ringbuf_lost_total`.
+    pub fn unlimited(what: &'a str, ringbuf_full: u32) -> Refused<'a> {
+        Refused {
+            what,
+            suppressed: None,
+            also_suppressed: None,
+            ringbuf_full,
+            filtered: None,
+        }
+    }
+
+    /// Adds `filtered_total`: the slot of the filter's refusals and what the filter matches on.
+    pub fn filtered(mut self, slot: u32, on: &'a str) -> Refused<'a> {
+        self.filtered = Some((slot, on));
+        self
+    }
+
+    /// `suppressed_total` also counts `n` records user space held back, for `why` (`a repeat
+    /// within repeat_interval_secs`).
+    pub fn also_suppressed(mut self, n: u64, why: &'a str) -> Refused<'a> {
+        self.also_suppressed = Some((n, why));
+        self
+    }
+
     pub fn write(&self, counters: &bpf::PerCpuCounters, out: &mut MetricSink) {
-        out.single(
-            "suppressed_total",
-            &format!("{} not recorded because of the rate limit.", self.what),
-            Kind::Counter,
-            counters.get(self.suppressed as usize) as f64,
-        );
+        let what = self.what;
+        if let Some(slot) = self.suppressed {
+            let (extra, help) = match self.also_suppressed {
+                Some((n, why)) => (
+                    n,
+                    format!("{what} not recorded because of the rate limit, or {why}."),
+                ),
+                None => (0, format!("{what} not recorded because of the rate limit.")),
+            };
+            out.single(
+                "suppressed_total",
+                &help,
+                Kind::Counter,
+                (counters.get(slot as usize) + extra) as f64,
+            );
+        }
+        let ringbuf_help = if self.suppressed.is_some() {
+            format!("{what} that passed the rate limit but found the ring buffer full.")
+        } else {
+            format!("{what} that found the ring buffer full.")
+        };
         out.single(
             "ringbuf_lost_total",
-            &format!(
-                "{} that passed the rate limit but found the ring buffer full.",
-                self.what
-            ),
+            &ringbuf_help,
             Kind::Counter,
             counters.get(self.ringbuf_full as usize) as f64,
         );
         if let Some((slot, on)) = self.filtered {
             out.single(
                 "filtered_total",
-                &format!(
-                    "{} that did not match the configured {on} filter.",
-                    self.what
-                ),
+                &format!("{what} that did not match the configured {on} filter."),
                 Kind::Counter,
                 counters.get(slot as usize) as f64,
             );

@@ -7,7 +7,9 @@
 /* Only this hierarchy (the memory controller's, or cgroup2's); 0 = every hierarchy. */
 const volatile __u32 hierarchy_id = 0;
 
+/* Globals of the record and slot types, so that the skeleton generates them for user space. */
 struct cgroup_event _event_type = {};
+enum counter_slot _counter_slot_type = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

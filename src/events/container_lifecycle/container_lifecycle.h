@@ -4,10 +4,13 @@
 
 #define CGROUP_PATH_MAX 256
 
-#define SLOT_MKDIR 0
-#define SLOT_RMDIR 1
-#define SLOT_RINGBUF_FULL 2
-#define COUNTER_SLOTS 3
+/* Counter slots; user space reads these names through the skeleton (`types::counter_slot`). */
+enum counter_slot {
+	SLOT_MKDIR,
+	SLOT_RMDIR,
+	SLOT_RINGBUF_FULL,
+	COUNTER_SLOTS,
+};
 
 struct cgroup_event {
 	__u64 time_ns;       /* CLOCK_BOOTTIME */

@@ -4,14 +4,14 @@
 
 use std::mem::MaybeUninit;
 
-use anyhow::{Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::bpf::{self as bq_bpf};
+use crate::bpf::{self as bq_bpf, BootClock, Plain};
 use crate::config::{parse_section, ConfigResult};
-use crate::container::cgroup_path;
+use crate::container::cgroup_path::{self, CgroupMatch};
 use crate::exposition::{Kind, MetricSink};
+use crate::tracer::program::{self, BpfProgram, Refused};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -19,16 +19,13 @@ use crate::tracer::{
 
 mod skel {
     #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
-    crate::bpf_skeleton!("container_lifecycle");
+    crate::bpf_skeleton!("container_lifecycle", OpenContainerLifecycleSkel);
 }
-use skel::types::cgroup_event;
+use skel::types::{cgroup_event, counter_slot as Slot};
 use skel::ContainerLifecycleSkelBuilder;
 
-// Mirrors container_lifecycle.h.
-const SLOT_MKDIR: usize = 0;
-const SLOT_RMDIR: usize = 1;
-const SLOT_RINGBUF_FULL: usize = 2;
-const COUNTER_SLOTS: u32 = 3;
+// SAFETY: generated from container_lifecycle.h: integers and arrays of integers only.
+unsafe impl Plain for cgroup_event {}
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -73,11 +70,11 @@ pub fn memory_hierarchy_id(proc_cgroups: &str) -> Option<u32> {
     })
 }
 
-#[derive(Serialize)]
-struct LifecycleData<'a> {
+#[derive(Debug, Serialize)]
+struct LifecycleData {
     event: &'static str,
-    runtime: &'a str,
-    cgroup_path: &'a str,
+    runtime: &'static str,
+    cgroup_path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     init_pid: Option<u32>,
 }
@@ -87,39 +84,20 @@ impl EventTracer for Lifecycle {
         let cgroups = std::fs::read_to_string(self.host.proc("cgroups")).unwrap_or_default();
         let hierarchy = memory_hierarchy_id(&cgroups).unwrap_or(0);
         let mut storage = MaybeUninit::uninit();
-        let mut open = ContainerLifecycleSkelBuilder::default()
-            .open(&mut storage)
-            .context("opening the BPF object")?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .context("BPF object has no .rodata")?;
-        // Every hierarchy sees each container's cgroup; watch only the one the registry walks.
-        rodata.hierarchy_id = hierarchy;
-        rodata.counter_slots = COUNTER_SLOTS;
-        self.counters
-            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
-        let skel = open.load().context("loading the BPF program")?;
-        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
-        let _mkdir = skel
-            .progs
-            .bq_cgroup_mkdir
-            .attach()
-            .context("attaching to tp_btf/cgroup_mkdir")?;
-        let _rmdir = skel
-            .progs
-            .bq_cgroup_rmdir
-            .attach()
-            .context("attaching to tp_btf/cgroup_rmdir")?;
-        ctx.attached();
-        let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
-        bq_bpf::poll_ring_buffer(&|| ctx.stopping(), &skel.maps.events, |data| {
-            if let Some(e) = bq_bpf::read_record::<cgroup_event>(data) {
-                self.handle(ctx, &e, clock_offset);
-            }
-            0
-        })?;
+        BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+            .load(
+                ContainerLifecycleSkelBuilder::default(),
+                &mut storage,
+                |open| {
+                    let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
+                    // Every hierarchy sees each container's cgroup; watch only the one the
+                    // registry walks.
+                    rodata.hierarchy_id = hierarchy;
+                    Ok(())
+                },
+            )?
+            .attach(&[])?
+            .poll(|e: &cgroup_event, clock| self.save(ctx, e, clock))?;
         Ok(())
     }
 
@@ -132,44 +110,55 @@ impl EventTracer for Lifecycle {
             "Cgroups created and removed in the watched hierarchy.",
             Kind::Counter,
         )
-        .sample(&[("event", "mkdir")], c.get(SLOT_MKDIR) as f64)
-        .sample(&[("event", "rmdir")], c.get(SLOT_RMDIR) as f64);
-        out.single(
-            "ringbuf_lost_total",
-            "Cgroup events that found the ring buffer full.",
-            Kind::Counter,
-            c.get(SLOT_RINGBUF_FULL) as f64,
+        .sample(
+            &[("event", "mkdir")],
+            c.get(Slot::SLOT_MKDIR.0 as usize) as f64,
+        )
+        .sample(
+            &[("event", "rmdir")],
+            c.get(Slot::SLOT_RMDIR.0 as usize) as f64,
         );
+        Refused::unlimited("Cgroup events", Slot::SLOT_RINGBUF_FULL.0).write(&c, out);
         Ok(())
     }
 }
 
+/// A cgroup created or removed, as the kernel reported it (no lookups: what the record says
+/// alone): the container its path names, and the record of its start or end. None for a
+/// cgroup of no container.
+fn decode(e: &cgroup_event) -> Option<(CgroupMatch, LifecycleData)> {
+    let path = bq_bpf::c_str(&e.path.map(|c| c as u8));
+    let m = cgroup_path::parse(&path)?;
+    let data = LifecycleData {
+        event: if e.removed != 0 { "stopped" } else { "started" },
+        runtime: m.runtime.as_str(),
+        cgroup_path: path,
+        init_pid: None,
+    };
+    Some((m, data))
+}
+
 impl Lifecycle {
-    fn handle(&self, ctx: &RunContext, e: &cgroup_event, clock_offset: i64) {
-        let path = bq_bpf::c_str(&e.path.map(|c| c as u8));
-        let Some(m) = cgroup_path::parse(&path) else {
+    /// Brings the registry up to date with a container's cgroup and, for the container's own
+    /// cgroup, saves its start or end with what the registry knows of it.
+    fn save(&self, ctx: &RunContext, e: &cgroup_event, clock: &BootClock) {
+        let Some((m, mut data)) = decode(e) else {
             return;
         };
         // Only the container's own cgroup marks its start and end (not sub-cgroups below it).
-        let own = m.container_path == path;
-        let removed = e.removed != 0;
+        let own = m.container_path == data.cgroup_path;
         // On removal, take the metadata before the registry forgets the container.
         let before = ctx.containers().get(&m.id);
         ctx.containers().resync();
         if !own {
             return;
         }
-        let (container, event) = if removed {
-            (before, "stopped")
+        let container = if e.removed != 0 {
+            before
         } else {
-            (ctx.containers().get(&m.id), "started")
+            ctx.containers().get(&m.id)
         };
-        let data = LifecycleData {
-            event,
-            runtime: m.runtime.as_str(),
-            cgroup_path: &path,
-            init_pid: container.as_ref().map(|c| c.init_pid).filter(|p| *p != 0),
-        };
+        data.init_pid = container.as_ref().map(|c| c.init_pid).filter(|p| *p != 0);
         let fields =
             container
                 .map(|c| c.fields())
@@ -177,16 +166,43 @@ impl Lifecycle {
                     id: m.id.clone(),
                     ..Default::default()
                 });
-        ctx.save_data_at(e.time_ns as i64 + clock_offset, Some(fields), &data);
+        ctx.save_data_at(clock.wall_ns(e.time_ns), Some(fields), &data);
     }
 }
-
-// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
-unsafe impl crate::bpf::Plain for cgroup_event {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Captured with `BIANQUE_CAPTURE_DIR` (tracer/program.rs) from tests/containers.rs: a
+    /// podman container's cgroup created and removed, then the cgroup of the fake kubelet's
+    /// `kubepods` parent (no container).
+    const RECORDS: &str = include_str!("records.hex");
+
+    fn captured(n: usize) -> cgroup_event {
+        program::captured_record(RECORDS, n)
+    }
+
+    const PODMAN_ID: &str = "f6cf91b7661ed1b1e12e673911d3ac6121adc23002ca286b71a1f0856e17122f";
+
+    #[test]
+    fn decodes_a_captured_container_start_and_end() {
+        let (m, start) = decode(&captured(0)).expect("a container's cgroup");
+        assert_eq!(m.id, PODMAN_ID);
+        assert_eq!((start.event, start.runtime), ("started", "podman"));
+        assert_eq!(
+            start.cgroup_path,
+            format!("/libpod_parent/libpod-{PODMAN_ID}")
+        );
+        assert_eq!(
+            m.container_path, start.cgroup_path,
+            "the container's own cgroup"
+        );
+        assert_eq!(start.init_pid, None, "from the registry, in save()");
+        let (m, end) = decode(&captured(1)).expect("a container's cgroup");
+        assert_eq!((m.id.as_str(), end.event), (PODMAN_ID, "stopped"));
+        assert!(decode(&captured(2)).is_none());
+    }
 
     #[test]
     fn memory_hierarchy_from_proc_cgroups() {

@@ -15,8 +15,11 @@ const volatile __u32 filter_protocols = 0;
 const volatile __u16 filter_ports[MAX_FILTER_PORTS] = {};
 const volatile __u32 filter_port_count = 0;
 
-/* Makes the skeleton generate the Rust twin of struct drop_event. */
+/* Globals of the record and enum types, so that the skeleton generates them for user space. */
 struct drop_event _event_type = {};
+enum counter_slot _counter_slot_type = 0;
+enum proto_bit _proto_bit_type = 0;
+enum filter_limit _filter_limit_type = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

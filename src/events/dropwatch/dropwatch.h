@@ -4,20 +4,27 @@
 #ifndef DROPWATCH_H
 #define DROPWATCH_H
 
-/* Counter slots: [0, REASON_SLOTS) count drops by reason; the rest are listed after. */
-#define REASON_SLOTS 512
-#define SLOT_SUPPRESSED (REASON_SLOTS + 0)   /* matched the filter, refused by the rate limit */
-#define SLOT_RINGBUF_FULL (REASON_SLOTS + 1) /* passed the limit, ring buffer had no room */
-#define SLOT_FILTERED (REASON_SLOTS + 2)     /* did not match the protocol/port or container filter */
-#define COUNTER_SLOTS (REASON_SLOTS + 3)
+/* Counter slots: [0, REASON_SLOTS) count drops by reason; the rest are listed after. User space
+ * reads these names, and those of the enums below, through the skeleton (`types::…`). */
+enum counter_slot {
+	REASON_SLOTS = 512,
+	SLOT_SUPPRESSED = REASON_SLOTS, /* matched the filter, refused by the rate limit */
+	SLOT_RINGBUF_FULL,              /* passed the limit, ring buffer had no room */
+	SLOT_FILTERED,                  /* did not match the protocol/port or container filter */
+	COUNTER_SLOTS,
+};
 
 /* Filter bits for `filter_protocols`; 0 means any. */
-#define PROTO_BIT_TCP (1 << 0)
-#define PROTO_BIT_UDP (1 << 1)
-#define PROTO_BIT_ICMP (1 << 2)
-#define PROTO_BIT_OTHER (1 << 3)
+enum proto_bit {
+	PROTO_BIT_TCP = 1 << 0,
+	PROTO_BIT_UDP = 1 << 1,
+	PROTO_BIT_ICMP = 1 << 2,
+	PROTO_BIT_OTHER = 1 << 3,
+};
 
-#define MAX_FILTER_PORTS 8
+enum filter_limit {
+	MAX_FILTER_PORTS = 8,
+};
 
 struct drop_event {
 	__u64 time_ns;       /* CLOCK_BOOTTIME */

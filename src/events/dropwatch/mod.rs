@@ -10,13 +10,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::RwLock;
 
 use anyhow::{anyhow, Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::bpf::btf::{self, EnumNames};
-use crate::bpf::{self as bq_bpf};
+use crate::bpf::{self as bq_bpf, BootClock, Plain};
 use crate::config::{check_range, parse_section, ConfigError, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
+use crate::tracer::program::{self, BpfProgram, Refused};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -24,22 +24,15 @@ use crate::tracer::{
 
 mod skel {
     #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
-    crate::bpf_skeleton!("dropwatch");
+    crate::bpf_skeleton!("dropwatch", OpenDropwatchSkel);
 }
-use skel::types::drop_event;
+use skel::types::{counter_slot as Slot, drop_event, filter_limit, proto_bit};
 use skel::DropwatchSkelBuilder;
 
-// Mirrors dropwatch.h.
-const REASON_SLOTS: u32 = 512;
-const SLOT_SUPPRESSED: usize = REASON_SLOTS as usize;
-const SLOT_RINGBUF_FULL: usize = REASON_SLOTS as usize + 1;
-const SLOT_FILTERED: usize = REASON_SLOTS as usize + 2;
-const COUNTER_SLOTS: u32 = REASON_SLOTS + 3;
-const MAX_FILTER_PORTS: usize = 8;
-const PROTO_BIT_TCP: u32 = 1;
-const PROTO_BIT_UDP: u32 = 2;
-const PROTO_BIT_ICMP: u32 = 4;
-const PROTO_BIT_OTHER: u32 = 8;
+// SAFETY: generated from dropwatch.h: integers and arrays of integers only.
+unsafe impl Plain for drop_event {}
+
+const MAX_FILTER_PORTS: usize = filter_limit::MAX_FILTER_PORTS.0 as usize;
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -82,10 +75,10 @@ impl DropwatchConfig {
         let mut mask = 0;
         for p in &self.protocols {
             mask |= match p.as_str() {
-                "tcp" => PROTO_BIT_TCP,
-                "udp" => PROTO_BIT_UDP,
-                "icmp" => PROTO_BIT_ICMP,
-                "other" => PROTO_BIT_OTHER,
+                "tcp" => proto_bit::PROTO_BIT_TCP.0,
+                "udp" => proto_bit::PROTO_BIT_UDP.0,
+                "icmp" => proto_bit::PROTO_BIT_ICMP.0,
+                "other" => proto_bit::PROTO_BIT_OTHER.0,
                 other => {
                     return Err(ConfigError(format!(
                         "{section}.protocols: unknown protocol `{other}`, allowed tcp, udp, icmp, other"
@@ -151,48 +144,20 @@ impl EventTracer for Dropwatch {
             }
         }
         let mut storage = MaybeUninit::uninit();
-        let mut open = DropwatchSkelBuilder::default()
-            .open(&mut storage)
-            .context("opening the BPF object")?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .context("BPF object has no .rodata")?;
-        rodata.max_events_per_second = self.cfg.max_events_per_second;
-        rodata.filter_protocols = self.protocol_mask;
-        rodata.filter_port_count = self.cfg.ports.len() as u32;
-        for (slot, port) in rodata.filter_ports.iter_mut().zip(&self.cfg.ports) {
-            *slot = *port;
-        }
-        rodata.counter_slots = COUNTER_SLOTS;
-        ctx.containers()
-            .filter()
-            .share_map(&mut open.maps.container_filter)?;
-        rodata.container_filter_mode = ctx.containers().filter().program_mode();
-        bq_bpf::size_ring_buffer(
-            &mut open.maps.events,
-            self.cfg.max_events_per_second,
-            std::mem::size_of::<drop_event>(),
-        )?;
-        self.counters
-            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
-        let skel = open.load().context("loading the BPF program")?;
-        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
-        let _link = skel
-            .progs
-            .bq_kfree_skb
-            .attach()
-            .context("attaching to tp_btf/kfree_skb")?;
-        ctx.attached();
-
-        let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
-        bq_bpf::poll_ring_buffer(&|| ctx.stopping(), &skel.maps.events, |data| {
-            if let Some(e) = bq_bpf::read_record::<drop_event>(data) {
-                self.record(ctx, &e, clock_offset);
-            }
-            0
-        })?;
+        BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+            .ring_buffer::<drop_event>(self.cfg.max_events_per_second)
+            .load(DropwatchSkelBuilder::default(), &mut storage, |open| {
+                let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
+                rodata.max_events_per_second = self.cfg.max_events_per_second;
+                rodata.filter_protocols = self.protocol_mask;
+                rodata.filter_port_count = self.cfg.ports.len() as u32;
+                for (slot, port) in rodata.filter_ports.iter_mut().zip(&self.cfg.ports) {
+                    *slot = *port;
+                }
+                Ok(())
+            })?
+            .attach(&[])?
+            .poll(|e: &drop_event, clock| self.save(ctx, e, clock))?;
         Ok(())
     }
 
@@ -206,30 +171,15 @@ impl EventTracer for Dropwatch {
             "Packets the kernel dropped, by drop reason (all drops, before filter and rate limit).",
             Kind::Counter,
         );
-        for reason in 0..REASON_SLOTS {
+        for reason in 0..Slot::REASON_SLOTS.0 {
             let n = c.get(reason as usize);
             if n > 0 {
                 out.sample(&[("reason", &names.name(reason))], n as f64);
             }
         }
-        out.single(
-            "suppressed_total",
-            "Drops that matched the filter but were not recorded because of the rate limit.",
-            Kind::Counter,
-            c.get(SLOT_SUPPRESSED) as f64,
-        );
-        out.single(
-            "ringbuf_lost_total",
-            "Drops that passed the rate limit but found the ring buffer full.",
-            Kind::Counter,
-            c.get(SLOT_RINGBUF_FULL) as f64,
-        );
-        out.single(
-            "filtered_total",
-            "Drops that did not match the configured protocol/port filter.",
-            Kind::Counter,
-            c.get(SLOT_FILTERED) as f64,
-        );
+        Refused::new("Drops", Slot::SLOT_SUPPRESSED.0, Slot::SLOT_RINGBUF_FULL.0)
+            .filtered(Slot::SLOT_FILTERED.0, "protocol/port")
+            .write(&c, out);
         Ok(())
     }
 }
@@ -357,24 +307,67 @@ fn ip_addr(l3: u16, bytes: &[u8; 16]) -> Option<IpAddr> {
     }
 }
 
+/// One drop as the kernel reported it, with names (no lookups: what the record says alone);
+/// `symbolize` names the kernel address that freed the packet.
+fn decode(e: &drop_event, reasons: &EnumNames, symbolize: impl Fn(u64) -> String) -> DropData {
+    let l3_protocol = match e.l3_proto {
+        0x0800 => Some("ipv4"),
+        0x86dd => Some("ipv6"),
+        _ => None,
+    };
+    let has_l3 = e.has_l3 != 0;
+    let has_l4 = e.has_l4 != 0;
+    let protocol = has_l3.then(|| match e.l4_proto {
+        IPPROTO_TCP => "tcp".to_string(),
+        IPPROTO_UDP => "udp".to_string(),
+        IPPROTO_ICMP => "icmp".to_string(),
+        IPPROTO_ICMPV6 => "icmpv6".to_string(),
+        n => n.to_string(),
+    });
+    let is_icmp = matches!(e.l4_proto, IPPROTO_ICMP | IPPROTO_ICMPV6);
+    let ports = has_l4 && matches!(e.l4_proto, IPPROTO_TCP | IPPROTO_UDP);
+    DropData {
+        drop_reason: reasons.name(e.reason).into_owned(),
+        drop_reason_code: e.reason,
+        drop_location: symbolize(e.location),
+        l3_protocol,
+        protocol,
+        saddr: if has_l3 {
+            ip_addr(e.l3_proto, &e.saddr).map(|a| a.to_string())
+        } else {
+            None
+        },
+        daddr: if has_l3 {
+            ip_addr(e.l3_proto, &e.daddr).map(|a| a.to_string())
+        } else {
+            None
+        },
+        sport: ports.then_some(e.sport),
+        dport: ports.then_some(e.dport),
+        tcp_flags: (has_l4 && e.l4_proto == IPPROTO_TCP).then(|| tcp_flags_text(e.tcp_flags)),
+        icmp_type: (has_l4 && is_icmp).then_some(e.icmp_type),
+        icmp_code: (has_l4 && is_icmp).then_some(e.icmp_code),
+        icmp_type_name: (has_l4 && is_icmp)
+            .then(|| icmp_type_name(e.l4_proto == IPPROTO_ICMPV6, e.icmp_type))
+            .flatten(),
+        icmp_code_name: (has_l4 && is_icmp)
+            .then(|| icmp_code_name(e.l4_proto == IPPROTO_ICMPV6, e.icmp_type, e.icmp_code))
+            .flatten(),
+        packet_len_bytes: e.len,
+        netdev_name: bq_bpf::c_str(&e.ifname.map(|c| c as u8)),
+        netdev_ifindex: e.ifindex,
+        net_namespace_inum: e.netns_inum,
+        pid: e.pid,
+        tid: e.tid,
+        comm: bq_bpf::c_str(&e.comm.map(|c| c as u8)),
+        cpu: e.cpu,
+        memory_cgroup_path: None,
+    }
+}
+
 impl Dropwatch {
-    fn record(&self, ctx: &RunContext, e: &drop_event, clock_offset: i64) {
-        let l3_protocol = match e.l3_proto {
-            0x0800 => Some("ipv4"),
-            0x86dd => Some("ipv6"),
-            _ => None,
-        };
-        let has_l3 = e.has_l3 != 0;
-        let has_l4 = e.has_l4 != 0;
-        let protocol = has_l3.then(|| match e.l4_proto {
-            IPPROTO_TCP => "tcp".to_string(),
-            IPPROTO_UDP => "udp".to_string(),
-            IPPROTO_ICMP => "icmp".to_string(),
-            IPPROTO_ICMPV6 => "icmpv6".to_string(),
-            n => n.to_string(),
-        });
-        let is_icmp = matches!(e.l4_proto, IPPROTO_ICMP | IPPROTO_ICMPV6);
-        let ports = has_l4 && matches!(e.l4_proto, IPPROTO_TCP | IPPROTO_UDP);
+    /// Saves one drop, attributed to the running task's container or else the packet's.
+    fn save(&self, ctx: &RunContext, e: &drop_event, clock: &BootClock) {
         let (memcg_path, mut container) = ctx.containers().attribute_memcg(e.memcg_id);
         // A drop in softirq context runs on behalf of whoever was interrupted; the packet's
         // network namespace names its container better then.
@@ -388,58 +381,70 @@ impl Dropwatch {
                 container = Some(c.fields());
             }
         }
-        let data = DropData {
-            drop_reason: self
-                .reasons
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .name(e.reason)
-                .into_owned(),
-            drop_reason_code: e.reason,
-            drop_location: ctx.symbolizer().symbolize(e.location),
-            l3_protocol,
-            protocol,
-            saddr: if has_l3 {
-                ip_addr(e.l3_proto, &e.saddr).map(|a| a.to_string())
-            } else {
-                None
-            },
-            daddr: if has_l3 {
-                ip_addr(e.l3_proto, &e.daddr).map(|a| a.to_string())
-            } else {
-                None
-            },
-            sport: ports.then_some(e.sport),
-            dport: ports.then_some(e.dport),
-            tcp_flags: (has_l4 && e.l4_proto == IPPROTO_TCP).then(|| tcp_flags_text(e.tcp_flags)),
-            icmp_type: (has_l4 && is_icmp).then_some(e.icmp_type),
-            icmp_code: (has_l4 && is_icmp).then_some(e.icmp_code),
-            icmp_type_name: (has_l4 && is_icmp)
-                .then(|| icmp_type_name(e.l4_proto == IPPROTO_ICMPV6, e.icmp_type))
-                .flatten(),
-            icmp_code_name: (has_l4 && is_icmp)
-                .then(|| icmp_code_name(e.l4_proto == IPPROTO_ICMPV6, e.icmp_type, e.icmp_code))
-                .flatten(),
-            packet_len_bytes: e.len,
-            netdev_name: bq_bpf::c_str(&e.ifname.map(|c| c as u8)),
-            netdev_ifindex: e.ifindex,
-            net_namespace_inum: e.netns_inum,
-            pid: e.pid,
-            tid: e.tid,
-            comm: bq_bpf::c_str(&e.comm.map(|c| c as u8)),
-            cpu: e.cpu,
-            memory_cgroup_path: memcg_path,
-        };
-        ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
+        let reasons = self.reasons.read().unwrap_or_else(|e| e.into_inner());
+        let mut data = decode(e, &reasons, |addr| ctx.symbolizer().symbolize(addr));
+        drop(reasons);
+        data.memory_cgroup_path = memcg_path;
+        ctx.save_data_at(clock.wall_ns(e.time_ns), container, &data);
     }
 }
-
-// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
-unsafe impl crate::bpf::Plain for drop_event {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Captured with `BIANQUE_CAPTURE_DIR` (tracer/program.rs) from tests/dropwatch.rs: a UDP
+    /// datagram `bq-udp-sender` sent to a closed port on lo, then the ICMP port-unreachable
+    /// answer to another one that an nftables rule dropped.
+    const RECORDS: &str = include_str!("records.hex");
+
+    fn reasons() -> EnumNames {
+        EnumNames::from_members(&[(3, "NO_SOCKET".into()), (12, "NETFILTER_DROP".into())])
+    }
+
+    #[test]
+    fn decodes_a_captured_udp_drop_to_a_closed_port() {
+        let e: drop_event = program::captured_record(RECORDS, 0);
+        let d = serde_json::to_value(decode(&e, &reasons(), |a| format!("at {a:#x}"))).unwrap();
+        assert_eq!(d["drop_reason"], "NO_SOCKET");
+        assert_eq!(d["drop_reason_code"], 3);
+        assert_eq!(d["drop_location"], format!("at {:#x}", e.location));
+        assert_eq!(
+            (&d["protocol"], &d["l3_protocol"]),
+            (&"udp".into(), &"ipv4".into())
+        );
+        assert_eq!(
+            (&d["saddr"], &d["daddr"]),
+            (&"127.0.0.1".into(), &"127.0.0.1".into())
+        );
+        assert_eq!(d["dport"], 52032);
+        assert!(d["sport"].as_u64().unwrap() > 0);
+        assert_eq!(d["comm"], "bq-udp-sender");
+        assert_eq!(d["netdev_name"], "lo");
+        assert_eq!(
+            d["packet_len_bytes"], 9,
+            "8 bytes of UDP header and one of payload"
+        );
+        assert!(d.get("tcp_flags").is_none() && d.get("icmp_type").is_none());
+        // The registry's path is added by save(), not read from the record.
+        assert!(d.get("memory_cgroup_path").is_none());
+    }
+
+    #[test]
+    fn decodes_a_captured_icmp_port_unreachable() {
+        let d = serde_json::to_value(decode(
+            &program::captured_record(RECORDS, 1),
+            &reasons(),
+            |_| String::new(),
+        ))
+        .unwrap();
+        assert_eq!(d["drop_reason"], "NETFILTER_DROP");
+        assert_eq!(d["protocol"], "icmp");
+        assert_eq!((&d["icmp_type"], &d["icmp_code"]), (&3.into(), &3.into()));
+        assert_eq!(d["icmp_type_name"], "destination-unreachable");
+        assert_eq!(d["icmp_code_name"], "port-unreachable");
+        assert!(d.get("dport").is_none() && d.get("sport").is_none());
+    }
 
     #[test]
     fn flags_text() {

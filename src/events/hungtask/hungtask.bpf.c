@@ -9,7 +9,9 @@ extern unsigned int CONFIG_HZ __kconfig __weak;
 
 const volatile __u32 max_events_per_second = 100;
 
+/* Globals of the record and slot types, so that the skeleton generates them for user space. */
 struct hung_event _event_type = {};
+enum counter_slot _counter_slot_type = 0;
 
 /* 64 KiB holds hundreds of these rate-limited records; a ring buffer is resident memory of the
  * agent (mapped into it), so rare-event tracers keep theirs small. */

@@ -5,10 +5,13 @@
 
 #define STACK_DEPTH 32
 
-#define SLOT_REPORTED 0     /* every sched_process_hang */
-#define SLOT_SUPPRESSED 1   /* refused by the rate limit */
-#define SLOT_RINGBUF_FULL 2 /* passed the limit, ring buffer had no room */
-#define COUNTER_SLOTS 3
+/* Counter slots; user space reads these names through the skeleton (`types::counter_slot`). */
+enum counter_slot {
+	SLOT_REPORTED,     /* every sched_process_hang */
+	SLOT_SUPPRESSED,   /* refused by the rate limit */
+	SLOT_RINGBUF_FULL, /* passed the limit, ring buffer had no room */
+	COUNTER_SLOTS,
+};
 
 struct hung_event {
 	__u64 time_ns;          /* CLOCK_BOOTTIME */

@@ -14,14 +14,14 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::bpf::{self as bq_bpf};
+use crate::bpf::{self as bq_bpf, BootClock, Plain};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
+use crate::tracer::program::{self, BpfProgram, Refused};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -29,16 +29,13 @@ use crate::tracer::{
 
 mod skel {
     #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
-    crate::bpf_skeleton!("hungtask");
+    crate::bpf_skeleton!("hungtask", OpenHungtaskSkel);
 }
-use skel::types::hung_event;
+use skel::types::{counter_slot as Slot, hung_event};
 use skel::HungtaskSkelBuilder;
 
-// Mirrors hungtask.h.
-const SLOT_REPORTED: usize = 0;
-const SLOT_SUPPRESSED: usize = 1;
-const SLOT_RINGBUF_FULL: usize = 2;
-const COUNTER_SLOTS: u32 = 3;
+// SAFETY: generated from hungtask.h: integers and arrays of integers only.
+unsafe impl Plain for hung_event {}
 
 /// A /proc scan of D-state tasks younger than this is reused: the detector reports all hung
 /// tasks of one pass within microseconds.
@@ -117,7 +114,6 @@ pub struct Hungtask {
 struct Handler<'a> {
     tracer: &'a Hungtask,
     ctx: &'a RunContext,
-    clock_offset: i64,
     last_recorded: HashMap<u32, Instant>,
     blocked_scan: Option<(Instant, Vec<BlockedTask>)>,
 }
@@ -125,40 +121,20 @@ struct Handler<'a> {
 impl EventTracer for Hungtask {
     fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
         let mut storage = MaybeUninit::uninit();
-        let mut open = HungtaskSkelBuilder::default()
-            .open(&mut storage)
-            .context("opening the BPF object")?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .context("BPF object has no .rodata")?;
-        rodata.max_events_per_second = self.cfg.max_events_per_second;
-        rodata.counter_slots = COUNTER_SLOTS;
-        self.counters
-            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
-        let skel = open.load().context("loading the BPF program")?;
-        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
-        let _link = skel
-            .progs
-            .bq_process_hang
-            .attach()
-            .context("attaching to tp_btf/sched_process_hang")?;
-        ctx.attached();
-
+        let loaded = BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+            .load(HungtaskSkelBuilder::default(), &mut storage, |open| {
+                let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
+                rodata.max_events_per_second = self.cfg.max_events_per_second;
+                Ok(())
+            })?
+            .attach(&[])?;
         let mut handler = Handler {
             tracer: self,
             ctx,
-            clock_offset: bq_bpf::boottime_to_wall_offset_ns(),
             last_recorded: HashMap::new(),
             blocked_scan: None,
         };
-        bq_bpf::poll_ring_buffer(&|| ctx.stopping(), &skel.maps.events, |data| {
-            if let Some(e) = bq_bpf::read_record::<hung_event>(data) {
-                handler.handle(&e);
-            }
-            0
-        })?;
+        loaded.poll(|e: &hung_event, clock| handler.save(e, clock))?;
         Ok(())
     }
 
@@ -170,20 +146,18 @@ impl EventTracer for Hungtask {
             "events_total",
             "Hung-task reports of the kernel's detector (a task still hung is reported on every pass).",
             Kind::Counter,
-            c.get(SLOT_REPORTED) as f64,
+            c.get(Slot::SLOT_REPORTED.0 as usize) as f64,
         );
-        out.single(
-            "suppressed_total",
-            "Hung-task reports not recorded: over the rate limit, or a repeat within repeat_interval_secs.",
-            Kind::Counter,
-            (c.get(SLOT_SUPPRESSED) + self.repeats_suppressed.load(Ordering::Relaxed)) as f64,
-        );
-        out.single(
-            "ringbuf_lost_total",
-            "Hung-task reports that passed the rate limit but found the ring buffer full.",
-            Kind::Counter,
-            c.get(SLOT_RINGBUF_FULL) as f64,
-        );
+        Refused::new(
+            "Hung-task reports",
+            Slot::SLOT_SUPPRESSED.0,
+            Slot::SLOT_RINGBUF_FULL.0,
+        )
+        .also_suppressed(
+            self.repeats_suppressed.load(Ordering::Relaxed),
+            "a repeat within repeat_interval_secs",
+        )
+        .write(&c, out);
         Ok(())
     }
 }
@@ -279,8 +253,39 @@ fn blocked_task(dir: &Path, pid: u32, tid: u32) -> Option<BlockedTask> {
     })
 }
 
+/// One report as the kernel made it (no lookups, no files: what the record says alone);
+/// `symbolize` names the frames of a kernel stack.
+fn decode(e: &hung_event, symbolize: impl Fn(&[u64]) -> Vec<String>) -> HungData {
+    let frames = if e.stack_bytes > 0 {
+        let n = (e.stack_bytes as usize / 8).min(e.stack.len());
+        symbolize(&e.stack[..n])
+    } else {
+        Vec::new()
+    };
+    HungData {
+        pid: e.pid,
+        tid: e.tid,
+        comm: bq_bpf::c_str(&e.comm.map(|c| c as u8)),
+        blocked_ns: (e.hz > 0 && e.last_switch_time > 0).then(|| {
+            e.jiffies_now.saturating_sub(e.last_switch_time) * (1_000_000_000 / e.hz as u64)
+        }),
+        hung_task_timeout_secs: None,
+        stack: frames,
+        memory_cgroup_path: (e.memcg_id != 0).then(|| {
+            bq_bpf::cgroup_path_from_names(
+                e.memcg_path.depth,
+                e.memcg_path.truncated != 0,
+                e.memcg_path.names.iter().map(|n| &n.s[..]),
+            )
+        }),
+        blocked_tasks: Vec::new(),
+    }
+}
+
 impl Handler<'_> {
-    fn handle(&mut self, e: &hung_event) {
+    /// Saves a report unless it repeats one recorded within `repeat_interval_secs`, with the
+    /// detector's timeout and the other D-state tasks, attributed to the task's container.
+    fn save(&mut self, e: &hung_event, clock: &BootClock) {
         let cfg = &self.tracer.cfg;
         let repeat = Duration::from_secs(cfg.repeat_interval_secs);
         if !repeat.is_zero() {
@@ -310,53 +315,51 @@ impl Handler<'_> {
                 }
             }
         };
-        let blocked_tasks: Vec<BlockedTask> = blocked
+        let mut data = decode(e, |addrs| self.ctx.symbolizer().stack(addrs));
+        data.blocked_tasks = blocked
             .into_iter()
             .filter(|t| t.tid != e.tid)
             .take(cfg.max_blocked_tasks)
             .collect();
-        let frames = if e.stack_bytes > 0 {
-            let n = (e.stack_bytes as usize / 8).min(e.stack.len());
-            self.ctx.symbolizer().stack(&e.stack[..n])
-        } else {
-            Vec::new()
-        };
-        let path = (e.memcg_id != 0).then(|| {
-            bq_bpf::cgroup_path_from_names(
-                e.memcg_path.depth,
-                e.memcg_path.truncated != 0,
-                e.memcg_path.names.iter().map(|n| &n.s[..]),
-            )
-        });
-        let container = self.ctx.container_of_memcg(e.memcg_id, path.as_deref());
-        let blocked_ns = (e.hz > 0 && e.last_switch_time > 0).then(|| {
-            e.jiffies_now.saturating_sub(e.last_switch_time) * (1_000_000_000 / e.hz as u64)
-        });
-        let data = HungData {
-            pid: e.pid,
-            tid: e.tid,
-            comm: bq_bpf::c_str(&e.comm.map(|c| c as u8)),
-            blocked_ns,
-            hung_task_timeout_secs: std::fs::read_to_string(
-                self.ctx.host().proc("sys/kernel/hung_task_timeout_secs"),
-            )
-            .ok()
-            .and_then(|s| s.trim().parse().ok()),
-            stack: frames,
-            memory_cgroup_path: path,
-            blocked_tasks,
-        };
+        data.hung_task_timeout_secs =
+            std::fs::read_to_string(self.ctx.host().proc("sys/kernel/hung_task_timeout_secs"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+        let container = self
+            .ctx
+            .container_of_memcg(e.memcg_id, data.memory_cgroup_path.as_deref());
         self.ctx
-            .save_data_at(e.time_ns as i64 + self.clock_offset, container, &data);
+            .save_data_at(clock.wall_ns(e.time_ns), container, &data);
     }
 }
-
-// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
-unsafe impl crate::bpf::Plain for hung_event {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first report of tests/hungtask.rs (a `sh` writing to a frozen ext4, 1 s timeout),
+    /// captured with `BIANQUE_CAPTURE_DIR` (tracer/program.rs).
+    const REPORT: &str = include_str!("records.hex");
+
+    #[test]
+    fn decodes_a_captured_hung_writer() {
+        let e: hung_event = program::captured_record(REPORT, 0);
+        let d = decode(&e, |addrs| {
+            addrs.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>()
+        });
+        assert_eq!((d.comm.as_str(), d.pid), ("sh", d.tid));
+        // 251 jiffies at HZ=250 since the detector saw it switch.
+        assert_eq!(d.blocked_ns, Some(1_004_000_000));
+        // The writer's own kernel stack, from the syscall down to the frozen superblock.
+        assert_eq!(d.stack.len(), 8, "{:?}", d.stack);
+        assert!(d.stack.iter().all(|f| f.starts_with("0xffffffff")));
+        assert_eq!(
+            d.memory_cgroup_path.as_deref(),
+            Some("/process_api/b88e4b34de28f924674a8716e2838423")
+        );
+        // Added by save(): the sysctl and the other D-state tasks.
+        assert!(d.hung_task_timeout_secs.is_none() && d.blocked_tasks.is_empty());
+    }
 
     #[test]
     fn stat_state_with_odd_comm() {

@@ -8,7 +8,10 @@
 const volatile __u64 threshold_ns = 900ULL * 1000 * 1000;
 const volatile __u32 max_events_per_second = 100;
 
+/* Globals of the record and enum types, so that the skeleton generates them for user space. */
 struct reclaim_event _event_type = {};
+enum reclaim_kind _reclaim_kind_type = 0;
+enum counter_slot _counter_slot_type = 0;
 
 /* 64 KiB holds hundreds of these rate-limited records; a ring buffer is resident memory of the
  * agent (mapped into it), so rare-event tracers keep theirs small. */
@@ -31,7 +34,7 @@ static __always_inline void reclaim_begin(__u32 kind, int order, gfp_t gfp)
 	struct reclaim_start *s = bpf_task_storage_get(&in_reclaim, bpf_get_current_task_btf(), 0,
 						       BPF_LOCAL_STORAGE_GET_F_CREATE);
 
-	counter_add(SLOT_SEEN(kind), 1);
+	counter_add(SLOT_SEEN + kind, 1);
 	if (!s)
 		return;
 	s->start_ns = bpf_ktime_get_ns();
@@ -54,7 +57,7 @@ static __always_inline void reclaim_end(__u32 kind, unsigned long nr_reclaimed)
 	s->start_ns = 0;
 	if (duration < threshold_ns)
 		return;
-	counter_add(SLOT_SLOW(kind), 1);
+	counter_add(SLOT_SLOW + kind, 1);
 	if (!rate_limit_pass(max_events_per_second)) {
 		counter_add(SLOT_SUPPRESSED, 1);
 		return;

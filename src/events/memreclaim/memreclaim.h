@@ -3,16 +3,23 @@
 #ifndef MEMRECLAIM_H
 #define MEMRECLAIM_H
 
-#define KIND_DIRECT 0 /* page allocator direct reclaim (the host is short of memory) */
-#define KIND_MEMCG 1  /* a memory cgroup at its limit reclaims from itself */
-#define KINDS 2
+/* `kind` of a reclaim. User space reads these names, and the counter slots', through the
+ * skeleton (`types::…`). */
+enum reclaim_kind {
+	KIND_DIRECT, /* page allocator direct reclaim (the host is short of memory) */
+	KIND_MEMCG,  /* a memory cgroup at its limit reclaims from itself */
+	KINDS,
+};
 
-/* Counter slots: per kind, reclaims seen and reclaims over the threshold. */
-#define SLOT_SEEN(kind) (kind)
-#define SLOT_SLOW(kind) (KINDS + (kind))
-#define SLOT_SUPPRESSED (2 * KINDS + 0)   /* over the threshold, refused by the rate limit */
-#define SLOT_RINGBUF_FULL (2 * KINDS + 1) /* passed the limit, ring buffer had no room */
-#define COUNTER_SLOTS (2 * KINDS + 2)
+/* Counter slots: per kind, reclaims seen (SLOT_SEEN + kind) and reclaims over the threshold
+ * (SLOT_SLOW + kind). */
+enum counter_slot {
+	SLOT_SEEN = 0,
+	SLOT_SLOW = KINDS,
+	SLOT_SUPPRESSED = 2 * KINDS, /* over the threshold, refused by the rate limit */
+	SLOT_RINGBUF_FULL,           /* passed the limit, ring buffer had no room */
+	COUNTER_SLOTS,
+};
 
 struct reclaim_start {
 	__u64 start_ns;
@@ -29,7 +36,7 @@ struct reclaim_event {
 	__u64 memcg_id;
 	__u32 pid;         /* tgid */
 	__u32 tid;
-	__u32 kind;
+	__u32 kind;        /* enum reclaim_kind */
 	__s32 order;
 	__u32 cpu;
 	__u32 _pad;

@@ -8,13 +8,13 @@
 
 use std::mem::MaybeUninit;
 
-use anyhow::{Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::bpf::{self as bq_bpf};
+use crate::bpf::{self as bq_bpf, BootClock, Plain};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
+use crate::tracer::program::{self, BpfProgram, Refused};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -22,16 +22,27 @@ use crate::tracer::{
 
 mod skel {
     #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
-    crate::bpf_skeleton!("memreclaim");
+    crate::bpf_skeleton!("memreclaim", OpenMemreclaimSkel);
 }
-use skel::types::reclaim_event;
+use skel::types::{counter_slot as Slot, reclaim_event, reclaim_kind};
 use skel::MemreclaimSkelBuilder;
 
-// Mirrors memreclaim.h.
-const KINDS: [&str; 2] = ["direct", "memcg"];
-const SLOT_SUPPRESSED: usize = 4;
-const SLOT_RINGBUF_FULL: usize = 5;
-const COUNTER_SLOTS: u32 = 6;
+// SAFETY: generated from memreclaim.h: integers and arrays of integers only.
+unsafe impl Plain for reclaim_event {}
+
+/// The label of each kind of reclaim.
+const KIND_NAMES: [(reclaim_kind, &str); 2] = [
+    (reclaim_kind::KIND_DIRECT, "direct"),
+    (reclaim_kind::KIND_MEMCG, "memcg"),
+];
+const _: () = assert!(KIND_NAMES.len() == reclaim_kind::KINDS.0 as usize);
+
+fn kind_name(kind: u32) -> &'static str {
+    KIND_NAMES
+        .iter()
+        .find(|(k, _)| k.0 == kind)
+        .map_or("unknown", |(_, name)| name)
+}
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -96,42 +107,18 @@ pub struct Memreclaim {
 
 impl EventTracer for Memreclaim {
     fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
-        let mut storage = MaybeUninit::uninit();
-        let mut open = MemreclaimSkelBuilder::default()
-            .open(&mut storage)
-            .context("opening the BPF object")?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .context("BPF object has no .rodata")?;
-        rodata.threshold_ns = self.cfg.threshold_ms * 1_000_000;
-        rodata.max_events_per_second = self.cfg.max_events_per_second;
-        rodata.counter_slots = COUNTER_SLOTS;
-        self.counters
-            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
-        let skel = open.load().context("loading the BPF program")?;
-        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
-        // Ends first: a begin without its end would only wait in the LRU map.
-        let _links = [
-            skel.progs.bq_direct_end.attach(),
-            skel.progs.bq_memcg_end.attach(),
-            skel.progs.bq_direct_begin.attach(),
-            skel.progs.bq_memcg_begin.attach(),
-        ]
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .context("attaching to the vmscan reclaim tracepoints")?;
-        ctx.attached();
-
-        let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
         let threshold_ns = self.cfg.threshold_ms * 1_000_000;
-        bq_bpf::poll_ring_buffer(&|| ctx.stopping(), &skel.maps.events, |data| {
-            if let Some(e) = bq_bpf::read_record::<reclaim_event>(data) {
-                record(ctx, &e, clock_offset, threshold_ns);
-            }
-            0
-        })?;
+        let mut storage = MaybeUninit::uninit();
+        BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+            .load(MemreclaimSkelBuilder::default(), &mut storage, |open| {
+                let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
+                rodata.threshold_ns = threshold_ns;
+                rodata.max_events_per_second = self.cfg.max_events_per_second;
+                Ok(())
+            })?
+            // Ends first: a begin without its end would only wait in the task's storage.
+            .attach(&["bq_direct_end", "bq_memcg_end"])?
+            .poll(|e: &reclaim_event, clock| save(ctx, e, clock, threshold_ns))?;
         Ok(())
     }
 
@@ -144,29 +131,25 @@ impl EventTracer for Memreclaim {
             "Reclaim stalls at or over the threshold, by kind (direct or memcg).",
             Kind::Counter,
         );
-        for (i, kind) in KINDS.iter().enumerate() {
-            out.sample(&[("kind", kind)], c.get(KINDS.len() + i) as f64);
+        for (kind, name) in KIND_NAMES {
+            let slot = Slot::SLOT_SLOW.0 + kind.0;
+            out.sample(&[("kind", name)], c.get(slot as usize) as f64);
         }
         out.family(
             "reclaims_total",
             "Reclaims seen, by kind (direct or memcg), whatever they took.",
             Kind::Counter,
         );
-        for (i, kind) in KINDS.iter().enumerate() {
-            out.sample(&[("kind", kind)], c.get(i) as f64);
+        for (kind, name) in KIND_NAMES {
+            let slot = Slot::SLOT_SEEN.0 + kind.0;
+            out.sample(&[("kind", name)], c.get(slot as usize) as f64);
         }
-        out.single(
-            "suppressed_total",
-            "Reclaim stalls over the threshold not recorded because of the rate limit.",
-            Kind::Counter,
-            c.get(SLOT_SUPPRESSED) as f64,
-        );
-        out.single(
-            "ringbuf_lost_total",
-            "Reclaim stalls that passed the rate limit but found the ring buffer full.",
-            Kind::Counter,
-            c.get(SLOT_RINGBUF_FULL) as f64,
-        );
+        Refused::new(
+            "Reclaim stalls over the threshold",
+            Slot::SLOT_SUPPRESSED.0,
+            Slot::SLOT_RINGBUF_FULL.0,
+        )
+        .write(&c, out);
         Ok(())
     }
 }
@@ -188,37 +171,57 @@ struct ReclaimData {
     cpu: u32,
 }
 
-fn record(ctx: &RunContext, e: &reclaim_event, clock_offset: i64, threshold_ns: u64) {
-    let path = (e.memcg_id != 0).then(|| {
-        bq_bpf::cgroup_path_from_names(
-            e.memcg_path.depth,
-            e.memcg_path.truncated != 0,
-            e.memcg_path.names.iter().map(|n| &n.s[..]),
-        )
-    });
-    let container = ctx.container_of_memcg(e.memcg_id, path.as_deref());
-    let data = ReclaimData {
+/// One stall as the kernel reported it (no lookups: what the record says alone).
+fn decode(e: &reclaim_event, threshold_ns: u64) -> ReclaimData {
+    ReclaimData {
         pid: e.pid,
         tid: e.tid,
         comm: bq_bpf::c_str(&e.comm.map(|c| c as u8)),
-        kind: KINDS.get(e.kind as usize).copied().unwrap_or("unknown"),
+        kind: kind_name(e.kind),
         duration_ns: e.duration_ns,
         threshold_ns,
         nr_reclaimed: e.nr_reclaimed,
         order: e.order,
         gfp_flags: format!("{:#x}", e.gfp_flags),
-        memory_cgroup_path: path,
+        memory_cgroup_path: (e.memcg_id != 0).then(|| {
+            bq_bpf::cgroup_path_from_names(
+                e.memcg_path.depth,
+                e.memcg_path.truncated != 0,
+                e.memcg_path.names.iter().map(|n| &n.s[..]),
+            )
+        }),
         cpu: e.cpu,
-    };
-    ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
+    }
 }
 
-// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
-unsafe impl crate::bpf::Plain for reclaim_event {}
+/// Saves one stall, attributed to the reclaiming task's container.
+fn save(ctx: &RunContext, e: &reclaim_event, clock: &BootClock, threshold_ns: u64) {
+    let data = decode(e, threshold_ns);
+    let container = ctx.container_of_memcg(e.memcg_id, data.memory_cgroup_path.as_deref());
+    ctx.save_data_at(clock.wall_ns(e.time_ns), container, &data);
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A memcg reclaim of tests/memreclaim.rs (`dd` filling a 64 MiB memory cgroup with page
+    /// cache, threshold 1 ms), captured with `BIANQUE_CAPTURE_DIR` (tracer/program.rs).
+    const STALL: &str = include_str!("records.hex");
+
+    #[test]
+    fn decodes_a_captured_memcg_reclaim_stall() {
+        let e: reclaim_event = program::captured_record(STALL, 0);
+        let d = decode(&e, 1_000_000);
+        assert_eq!((d.kind, d.comm.as_str()), ("memcg", "dd"));
+        assert_eq!(d.duration_ns, 283_695_770);
+        assert_eq!(d.threshold_ns, 1_000_000);
+        assert_eq!(d.nr_reclaimed, 257);
+        assert_eq!(d.order, 0);
+        assert_eq!(d.memory_cgroup_path.as_deref(), Some("/bq-reclaim-911-0"));
+        assert_eq!(kind_name(reclaim_kind::KIND_DIRECT.0), "direct");
+        assert_eq!(kind_name(reclaim_kind::KINDS.0), "unknown");
+    }
 
     #[test]
     fn config_ranges_name_the_key() {

@@ -15,12 +15,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use anyhow::{Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::bpf::{self as bq_bpf};
+use crate::bpf::{self as bq_bpf, BootClock, Plain};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
+use crate::tracer::program::{self, BpfProgram, Refused};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -28,18 +28,28 @@ use crate::tracer::{
 
 mod skel {
     #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
-    crate::bpf_skeleton!("netrecvlat");
+    crate::bpf_skeleton!("netrecvlat", OpenNetrecvlatSkel);
 }
-use skel::types::netrecv_event;
+use skel::types::{counter_slot as Slot, netrecv_event, recv_stage, tstamp_clock};
 use skel::NetrecvlatSkelBuilder;
 
-// Mirrors netrecvlat.h.
-const STAGES: [&str; 3] = ["netif", "tcp", "usercopy"];
-const STAGE_USERCOPY: u32 = 2;
-const SLOT_SUPPRESSED: usize = 3;
-const SLOT_RINGBUF_FULL: usize = 4;
-const SLOT_EXCLUDED: usize = 5;
-const COUNTER_SLOTS: u32 = 6;
+// SAFETY: generated from netrecvlat.h: integers and arrays of integers only.
+unsafe impl Plain for netrecv_event {}
+
+const STAGE_COUNT: usize = recv_stage::STAGES.0 as usize;
+/// The label of each stage.
+const STAGE_NAMES: [(recv_stage, &str); STAGE_COUNT] = [
+    (recv_stage::STAGE_NETIF, "netif"),
+    (recv_stage::STAGE_TCP, "tcp"),
+    (recv_stage::STAGE_USERCOPY, "usercopy"),
+];
+
+fn stage_name(stage: u32) -> &'static str {
+    STAGE_NAMES
+        .iter()
+        .find(|(s, _)| s.0 == stage)
+        .map_or("unknown", |(_, name)| name)
+}
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -111,12 +121,17 @@ pub struct Netrecvlat {
 }
 
 impl Netrecvlat {
-    fn thresholds_ns(&self) -> [u64; 3] {
-        [
-            self.cfg.netif_threshold_ms * 1_000_000,
-            self.cfg.tcp_threshold_ms * 1_000_000,
-            self.cfg.usercopy_threshold_ms * 1_000_000,
-        ]
+    /// Each stage's threshold, indexed by stage (the layout of the `threshold_ns` rodata).
+    fn thresholds_ns(&self) -> [u64; STAGE_COUNT] {
+        let mut ns = [0; STAGE_COUNT];
+        for (stage, ms) in [
+            (recv_stage::STAGE_NETIF, self.cfg.netif_threshold_ms),
+            (recv_stage::STAGE_TCP, self.cfg.tcp_threshold_ms),
+            (recv_stage::STAGE_USERCOPY, self.cfg.usercopy_threshold_ms),
+        ] {
+            ns[stage.0 as usize] = ms * 1_000_000;
+        }
+        ns
     }
 }
 
@@ -167,66 +182,33 @@ fn host_netns_inum(ctx: &RunContext) -> u32 {
 impl EventTracer for Netrecvlat {
     fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
         let _timestamps = rx_timestamps_on()?;
+        let thresholds = self.thresholds_ns();
         let mut storage = MaybeUninit::uninit();
-        let mut open = NetrecvlatSkelBuilder::default()
-            .open(&mut storage)
-            .context("opening the BPF object")?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .context("BPF object has no .rodata")?;
-        rodata.threshold_ns = self.thresholds_ns();
-        rodata.max_events_per_second = self.cfg.max_events_per_second;
-        rodata.exclude_netns_inum = if self.cfg.exclude_host_netns {
-            host_netns_inum(ctx)
-        } else {
-            0
-        };
-        rodata.counter_slots = COUNTER_SLOTS;
-        bq_bpf::size_ring_buffer(
-            &mut open.maps.events,
-            self.cfg.max_events_per_second,
-            std::mem::size_of::<netrecv_event>(),
-        )?;
-        self.counters
-            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
-        let mut skel = open.load().context("loading the BPF program")?;
-        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
-        let data = skel
+        let mut loaded = BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+            .ring_buffer::<netrecv_event>(self.cfg.max_events_per_second)
+            .load(NetrecvlatSkelBuilder::default(), &mut storage, |open| {
+                let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
+                rodata.threshold_ns = thresholds;
+                rodata.max_events_per_second = self.cfg.max_events_per_second;
+                rodata.exclude_netns_inum = if self.cfg.exclude_host_netns {
+                    host_netns_inum(ctx)
+                } else {
+                    0
+                };
+                Ok(())
+            })?;
+        // The BPF side reads the realtime clock's offset from .bss; the wall clock may be
+        // stepped or slewed, so every poll round refreshes it.
+        let bss = loaded
+            .skel
             .maps
             .bss_data
-            .as_deref_mut()
+            .take()
             .context("BPF object has no .bss")?;
-        data.realtime_offset_ns = realtime_minus_monotonic_ns();
-        let _links = [
-            skel.progs.bq_netif_receive_skb.attach(),
-            skel.progs.bq_tcp_probe.attach(),
-            skel.progs.bq_skb_copy_datagram_iovec.attach(),
-        ]
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .context("attaching to the receive tracepoints")?;
-        ctx.attached();
-
-        let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
-        let thresholds = self.thresholds_ns();
-        let mut data = skel.maps.bss_data.as_deref_mut();
-        bq_bpf::poll_ring_buffer_with_tick(
-            &|| ctx.stopping(),
-            &skel.maps.events,
-            |raw| {
-                if let Some(e) = bq_bpf::read_record::<netrecv_event>(raw) {
-                    record(ctx, &e, clock_offset, &thresholds);
-                }
-                0
-            },
-            // The wall clock may be stepped or slewed: keep the offset current.
-            || {
-                if let Some(d) = data.as_deref_mut() {
-                    d.realtime_offset_ns = realtime_minus_monotonic_ns();
-                }
-            },
+        bss.realtime_offset_ns = realtime_minus_monotonic_ns();
+        loaded.attach(&[])?.poll_with_tick(
+            |e: &netrecv_event, clock| save(ctx, e, clock, &thresholds),
+            || bss.realtime_offset_ns = realtime_minus_monotonic_ns(),
         )?;
         Ok(())
     }
@@ -240,26 +222,21 @@ impl EventTracer for Netrecvlat {
             "Received packets at or over their stage's latency threshold, by stage.",
             Kind::Counter,
         );
-        for (i, stage) in STAGES.iter().enumerate() {
-            out.sample(&[("stage", stage)], c.get(i) as f64);
+        for (stage, name) in STAGE_NAMES {
+            let slot = Slot::SLOT_SLOW.0 + stage.0;
+            out.sample(&[("stage", name)], c.get(slot as usize) as f64);
         }
-        out.single(
-            "suppressed_total",
-            "Slow packets not recorded because of the rate limit.",
-            Kind::Counter,
-            c.get(SLOT_SUPPRESSED) as f64,
-        );
-        out.single(
-            "ringbuf_lost_total",
-            "Slow packets that passed the rate limit but found the ring buffer full.",
-            Kind::Counter,
-            c.get(SLOT_RINGBUF_FULL) as f64,
-        );
+        Refused::new(
+            "Slow packets",
+            Slot::SLOT_SUPPRESSED.0,
+            Slot::SLOT_RINGBUF_FULL.0,
+        )
+        .write(&c, out);
         out.single(
             "excluded_total",
             "Slow packets in the host network namespace, left out by exclude_host_netns.",
             Kind::Counter,
-            c.get(SLOT_EXCLUDED) as f64,
+            c.get(Slot::SLOT_EXCLUDED.0 as usize) as f64,
         );
         Ok(())
     }
@@ -298,7 +275,8 @@ struct RecvData {
     timestamp_clock: &'static str,
 }
 
-fn record(ctx: &RunContext, e: &netrecv_event, clock_offset: i64, thresholds: &[u64; 3]) {
+/// One slow packet as the kernel reported it (no lookups: what the record says alone).
+fn decode(e: &netrecv_event, thresholds: &[u64; STAGE_COUNT]) -> RecvData {
     let v6 = e.l3_proto == 0x86dd;
     let addr = |b: &[u8; 16]| -> String {
         if v6 {
@@ -308,9 +286,9 @@ fn record(ctx: &RunContext, e: &netrecv_event, clock_offset: i64, thresholds: &[
         }
     };
     let ports = matches!(e.l4_proto, 6 | 17);
-    let usercopy = e.stage == STAGE_USERCOPY;
-    let data = RecvData {
-        latency_stage: STAGES.get(e.stage as usize).copied().unwrap_or("unknown"),
+    let usercopy = e.stage == recv_stage::STAGE_USERCOPY.0;
+    RecvData {
+        latency_stage: stage_name(e.stage),
         latency_ns: e.latency_ns,
         latency_threshold_ns: thresholds.get(e.stage as usize).copied().unwrap_or(0),
         protocol: match e.l4_proto {
@@ -331,22 +309,66 @@ fn record(ctx: &RunContext, e: &netrecv_event, clock_offset: i64, thresholds: &[
         tid: usercopy.then_some(e.tid),
         comm: usercopy.then(|| bq_bpf::c_str(&e.comm.map(|c| c as u8))),
         packet_len_bytes: e.len,
-        timestamp_clock: match e.clock {
-            1 => "monotonic",
-            2 => "tai",
+        timestamp_clock: match tstamp_clock(e.clock.into()) {
+            tstamp_clock::TSTAMP_MONOTONIC => "monotonic",
+            tstamp_clock::TSTAMP_TAI => "tai",
             _ => "realtime",
         },
-    };
-    let container = ctx.container_of_netns(e.netns_inum);
-    ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
+    }
 }
 
-// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
-unsafe impl crate::bpf::Plain for netrecv_event {}
+/// Saves one slow packet, attributed to the container of its network namespace.
+fn save(ctx: &RunContext, e: &netrecv_event, clock: &BootClock, thresholds: &[u64; STAGE_COUNT]) {
+    let container = ctx.container_of_netns(e.netns_inum);
+    ctx.save_data_at(clock.wall_ns(e.time_ns), container, &decode(e, thresholds));
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Captured with `BIANQUE_CAPTURE_DIR` (tracer/program.rs) from tests/netrecvlat.rs: data
+    /// that waited in the socket of a receiver (`bq-nrl-rx`) sleeping before its first read
+    /// (thresholds at 1 ms), then the same past 115 ms at the default thresholds.
+    const RECORDS: &str = include_str!("records.hex");
+
+    fn captured(n: usize) -> netrecv_event {
+        program::captured_record(RECORDS, n)
+    }
+
+    #[test]
+    fn decodes_a_captured_late_read() {
+        let d = decode(&captured(0), &[1_000_000; STAGE_COUNT]);
+        assert_eq!(d.latency_stage, "usercopy");
+        assert_eq!(d.latency_threshold_ns, 1_000_000);
+        assert!(d.latency_ns >= d.latency_threshold_ns);
+        assert_eq!((d.protocol.as_str(), d.l3_protocol), ("tcp", "ipv4"));
+        // The packet's source is the sender, outside the receiver's namespace.
+        assert_eq!(
+            (d.saddr.as_str(), d.daddr.as_str()),
+            ("10.39.134.1", "10.39.134.2")
+        );
+        assert_eq!((d.sport, d.dport), (Some(48780), Some(43453)));
+        assert_eq!(d.comm.as_deref(), Some("bq-nrl-rx"));
+        assert!(d.pid.is_some() && d.tid.is_some());
+        assert_eq!(d.timestamp_clock, "realtime");
+        // The copy stage has no device (skb->dev is scratch there): only the input ifindex.
+        assert!(d.netdev_name.is_empty() && d.netdev_ifindex > 0);
+    }
+
+    #[test]
+    fn decodes_a_captured_read_past_the_default_threshold() {
+        let netrecvlat = Netrecvlat {
+            cfg: NetrecvlatConfig::default(),
+            counters: Default::default(),
+        };
+        let d = decode(&captured(1), &netrecvlat.thresholds_ns());
+        assert_eq!(d.latency_stage, "usercopy");
+        assert_eq!(d.latency_threshold_ns, 115_000_000);
+        assert!(d.latency_ns >= 115_000_000, "{}", d.latency_ns);
+        assert_eq!(d.comm.as_deref(), Some("bq-nrl-late"));
+        assert_eq!(stage_name(recv_stage::STAGES.0), "unknown");
+    }
 
     #[test]
     fn config_names_the_key() {

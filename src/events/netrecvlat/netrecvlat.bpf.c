@@ -27,7 +27,11 @@ const volatile __u32 exclude_netns_inum = 0;
 /* CLOCK_REALTIME - CLOCK_MONOTONIC, refreshed by user space (skb->tstamp is usually realtime). */
 volatile __s64 realtime_offset_ns = 0;
 
+/* Globals of the record and enum types, so that the skeleton generates them for user space. */
 struct netrecv_event _event_type = {};
+enum recv_stage _recv_stage_type = 0;
+enum counter_slot _counter_slot_type = 0;
+enum tstamp_clock _tstamp_clock_type = 0;
 
 /* How late a jiffies update may come and the bound still hold (ns). */
 #define BOUND_SLACK_NS 500000ULL
@@ -67,15 +71,16 @@ static __always_inline __u8 skb_clock(const struct sk_buff *skb)
 
 		if (bpf_core_enum_value_exists(enum skb_tstamp_type, SKB_CLOCK_MONOTONIC) &&
 		    t == bpf_core_enum_value(enum skb_tstamp_type, SKB_CLOCK_MONOTONIC))
-			return 1;
+			return TSTAMP_MONOTONIC;
 		if (bpf_core_enum_value_exists(enum skb_tstamp_type, SKB_CLOCK_TAI) &&
 		    t == bpf_core_enum_value(enum skb_tstamp_type, SKB_CLOCK_TAI))
-			return 2;
-		return 0;
+			return TSTAMP_TAI;
+		return TSTAMP_REALTIME;
 	}
+	/* The bit is 1 for TSTAMP_MONOTONIC, 0 for TSTAMP_REALTIME. */
 	if (bpf_core_field_exists(((struct sk_buff___old *)skb)->mono_delivery_time))
 		return BPF_CORE_READ_BITFIELD((struct sk_buff___old *)skb, mono_delivery_time);
-	return 0;
+	return TSTAMP_REALTIME;
 }
 
 /* A time no earlier than now (CLOCK_MONOTONIC ns) without reading the clock, from jiffies and
@@ -100,12 +105,12 @@ static __always_inline __u64 skb_latency(const struct sk_buff *skb, __u64 thresh
 	if (!ts)
 		return 0;
 	*clock = skb_clock(skb);
-	if (*clock == 2) {
+	if (*clock == TSTAMP_TAI) {
 		now = bpf_ktime_get_tai_ns();
 		return now > ts ? now - ts : 0;
 	}
 	/* skb->tstamp is realtime unless marked monotonic. */
-	offset = *clock == 1 ? 0 : realtime_offset_ns;
+	offset = *clock == TSTAMP_MONOTONIC ? 0 : realtime_offset_ns;
 	jiffies = bpf_jiffies64();
 	c = bpf_map_lookup_elem(&clock_cache, &zero);
 	if (c) {
@@ -186,7 +191,7 @@ static __always_inline void handle(const struct sk_buff *skb, __u32 stage, bool 
 	struct net_device *dev;
 	unsigned char *l3;
 	__u64 latency;
-	__u8 clock = 0;
+	__u8 clock = TSTAMP_REALTIME;
 
 	if (stage >= STAGES)
 		return;
@@ -222,7 +227,7 @@ static __always_inline void handle(const struct sk_buff *skb, __u32 stage, bool 
 			e.netns_inum = BPF_CORE_READ(dev, nd_net.net, ns.inum);
 		}
 	}
-	counter_add(SLOT_SLOW(stage), 1);
+	counter_add(SLOT_SLOW + stage, 1);
 	if (exclude_netns_inum && e.netns_inum == exclude_netns_inum) {
 		counter_add(SLOT_EXCLUDED, 1);
 		return;

@@ -11,13 +11,13 @@ use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::bpf::{self as bq_bpf};
+use crate::bpf::{self as bq_bpf, BootClock, Plain};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
+use crate::tracer::program::{self, BpfProgram, Refused};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -25,18 +25,13 @@ use crate::tracer::{
 
 mod skel {
     #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
-    crate::bpf_skeleton!("oom");
+    crate::bpf_skeleton!("oom", OpenOomSkel);
 }
-use skel::types::oom_event;
+use skel::types::{counter_slot as Slot, oom_event, oom_scope};
 use skel::OomSkelBuilder;
 
-// Mirrors oom.h.
-const SLOT_GLOBAL: usize = 0;
-const SLOT_MEMCG: usize = 1;
-const SLOT_RINGBUF_FULL: usize = 2;
-const SLOT_SUPPRESSED: usize = 3;
-const COUNTER_SLOTS: u32 = 4;
-const CONSTRAINT_MEMCG: u32 = 1;
+// SAFETY: generated from oom.h: integers and arrays of integers only.
+unsafe impl Plain for oom_event {}
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -105,40 +100,20 @@ fn page_size() -> u64 {
 impl EventTracer for Oom {
     fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
         let page = page_size();
-        let mut storage = MaybeUninit::uninit();
-        let mut open = OomSkelBuilder::default()
-            .open(&mut storage)
-            .context("opening the BPF object")?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .context("BPF object has no .rodata")?;
-        rodata.max_events_per_second = self.cfg.max_events_per_second;
-        rodata.unlimited_pages = i64::MAX as u64 / page;
-        rodata.counter_slots = COUNTER_SLOTS;
-        self.counters
-            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
-        let skel = open.load().context("loading the BPF program")?;
-        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
-        let _link = skel
-            .progs
-            .bq_mark_victim
-            .attach()
-            .context("attaching to tp_btf/mark_victim")?;
-        ctx.attached();
-
-        let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
         let pages = Pages {
             size: page,
             unlimited: i64::MAX as u64 / page,
         };
-        bq_bpf::poll_ring_buffer(&|| ctx.stopping(), &skel.maps.events, |data| {
-            if let Some(e) = bq_bpf::read_record::<oom_event>(data) {
-                self.record(ctx, &e, clock_offset, pages);
-            }
-            0
-        })?;
+        let mut storage = MaybeUninit::uninit();
+        BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+            .load(OomSkelBuilder::default(), &mut storage, |open| {
+                let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
+                rodata.max_events_per_second = self.cfg.max_events_per_second;
+                rodata.unlimited_pages = pages.unlimited;
+                Ok(())
+            })?
+            .attach(&[])?
+            .poll(|e: &oom_event, clock| self.save(ctx, e, clock, pages))?;
         Ok(())
     }
 
@@ -151,20 +126,20 @@ impl EventTracer for Oom {
             "Tasks the OOM killer picked, by constraint (memcg: a memory cgroup at its limit; global: the host).",
             Kind::Counter,
         )
-        .sample(&[("constraint", "global")], c.get(SLOT_GLOBAL) as f64)
-        .sample(&[("constraint", "memcg")], c.get(SLOT_MEMCG) as f64);
-        out.single(
-            "suppressed_total",
-            "OOM victims not recorded because of the rate limit.",
-            Kind::Counter,
-            c.get(SLOT_SUPPRESSED) as f64,
+        .sample(
+            &[("constraint", "global")],
+            c.get(Slot::SLOT_GLOBAL.0 as usize) as f64,
+        )
+        .sample(
+            &[("constraint", "memcg")],
+            c.get(Slot::SLOT_MEMCG.0 as usize) as f64,
         );
-        out.single(
-            "ringbuf_lost_total",
-            "OOM victims that found the ring buffer full.",
-            Kind::Counter,
-            c.get(SLOT_RINGBUF_FULL) as f64,
-        );
+        Refused::new(
+            "OOM victims",
+            Slot::SLOT_SUPPRESSED.0,
+            Slot::SLOT_RINGBUF_FULL.0,
+        )
+        .write(&c, out);
         Ok(())
     }
 }
@@ -295,123 +270,162 @@ struct Pages {
     unlimited: u64,
 }
 
-impl Oom {
-    fn memcg_info(
-        &self,
-        ctx: &RunContext,
-        path: String,
-        usage_pages: u64,
-        limit_pages: u64,
-        failcnt: Option<u64>,
-        pages: Pages,
-    ) -> MemcgInfo {
-        let mut info = MemcgInfo {
-            usage_bytes: usage_pages.saturating_mul(pages.size),
-            limit_bytes: (limit_pages < pages.unlimited)
-                .then(|| limit_pages.saturating_mul(pages.size)),
-            failcnt,
-            ..Default::default()
-        };
-        if let Some(root) = ctx.containers().memory_root() {
-            if !path.contains('…') {
-                let dir = root.join(path.trim_start_matches('/'));
-                read_memcg_files(&dir, self.cfg.memory_stat, &mut info);
-            }
-        }
-        info.path = path;
-        info
-    }
+fn cgroup_path(p: &skel::types::cgroup_path) -> String {
+    bq_bpf::cgroup_path_from_names(p.depth, p.truncated != 0, p.names.iter().map(|n| &n.s[..]))
+}
 
-    fn record(&self, ctx: &RunContext, e: &oom_event, clock_offset: i64, pages: Pages) {
-        let vpath = bq_bpf::cgroup_path_from_names(
-            e.victim_memcg_path.depth,
-            e.victim_memcg_path.truncated != 0,
-            e.victim_memcg_path.names.iter().map(|n| &n.s[..]),
-        );
-        let victim_container = ctx
-            .container_of_memcg(e.victim_memcg_id, Some(&vpath))
-            .map(|c| c.id);
-        let trigger_path = if e.trigger_memcg_id == e.victim_memcg_id {
-            Some(vpath.clone())
-        } else {
-            ctx.containers()
-                .memcg_path(e.trigger_memcg_id)
-                .map(|p| p.to_string())
-        };
-        let trigger_container = ctx
-            .container_of_memcg(e.trigger_memcg_id, trigger_path.as_deref())
-            .map(|c| c.id);
-        let constraint_memcg = (e.constraint == CONSTRAINT_MEMCG).then(|| {
-            let path = bq_bpf::cgroup_path_from_names(
-                e.constraint_memcg_path.depth,
-                e.constraint_memcg_path.truncated != 0,
-                e.constraint_memcg_path.names.iter().map(|n| &n.s[..]),
-            );
-            if e.constraint_memcg_id == e.victim_memcg_id {
-                None
-            } else {
-                Some(self.memcg_info(
-                    ctx,
-                    path,
+/// A memory cgroup as BPF read it at the kill (its files are added by `save`).
+fn memcg_info(
+    path: String,
+    usage_pages: u64,
+    limit_pages: u64,
+    failcnt: Option<u64>,
+    pages: Pages,
+) -> MemcgInfo {
+    MemcgInfo {
+        path,
+        usage_bytes: usage_pages.saturating_mul(pages.size),
+        limit_bytes: (limit_pages < pages.unlimited)
+            .then(|| limit_pages.saturating_mul(pages.size)),
+        failcnt,
+        ..Default::default()
+    }
+}
+
+/// One OOM kill as the kernel reported it (no lookups, no files: what the record says alone).
+/// The trigger's cgroup path is known here only when it is the victim's.
+fn decode(e: &oom_event, pages: Pages) -> OomData {
+    let vpath = cgroup_path(&e.victim_memcg_path);
+    let memcg = e.constraint == oom_scope::OOM_MEMCG.0;
+    OomData {
+        constraint: if memcg { "memcg" } else { "global" },
+        // The victim's own cgroup at its limit is told once, under the victim.
+        constraint_memory_cgroup: (memcg && e.constraint_memcg_id != e.victim_memcg_id).then(
+            || {
+                memcg_info(
+                    cgroup_path(&e.constraint_memcg_path),
                     e.constraint_usage_pages,
                     e.constraint_limit_pages,
                     None,
                     pages,
-                ))
-            }
-        });
-        let data = OomData {
-            constraint: if e.constraint == CONSTRAINT_MEMCG {
-                "memcg"
-            } else {
-                "global"
+                )
             },
-            constraint_memory_cgroup: constraint_memcg.flatten(),
-            victim: VictimInfo {
-                task: TaskInfo {
-                    pid: e.victim_pid,
-                    tid: e.victim_tid,
-                    comm: comm(&e.victim_comm),
-                    memory_cgroup_path: Some(vpath.clone()),
-                    container_id: victim_container,
-                },
-                uid: e.victim_uid,
-                oom_score_adj: e.victim_oom_score_adj,
-                total_vm_bytes: e.victim_total_vm_pages.saturating_mul(pages.size),
-                memory_cgroup: self.memcg_info(
-                    ctx,
-                    vpath,
-                    e.victim_memcg_usage_pages,
-                    e.victim_memcg_limit_pages,
-                    Some(e.victim_memcg_failcnt),
-                    pages,
-                ),
+        ),
+        victim: VictimInfo {
+            task: TaskInfo {
+                pid: e.victim_pid,
+                tid: e.victim_tid,
+                comm: comm(&e.victim_comm),
+                memory_cgroup_path: Some(vpath.clone()),
+                container_id: None,
             },
-            trigger: TaskInfo {
-                pid: e.trigger_pid,
-                tid: e.trigger_tid,
-                comm: comm(&e.trigger_comm),
-                memory_cgroup_path: trigger_path,
-                container_id: trigger_container,
-            },
-            memory_snapshot: self.cfg.host_meminfo.then(|| MemorySnapshot {
-                host_meminfo_bytes: std::fs::read_to_string(ctx.host().proc("meminfo"))
-                    .map(|t| parse_meminfo(&t))
-                    .unwrap_or_default(),
-            }),
-            cpu: e.cpu,
-        };
-        let container = ctx.container_of_memcg(e.victim_memcg_id, Some(&data.victim.task_path()));
-        ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
+            uid: e.victim_uid,
+            oom_score_adj: e.victim_oom_score_adj,
+            total_vm_bytes: e.victim_total_vm_pages.saturating_mul(pages.size),
+            memory_cgroup: memcg_info(
+                vpath.clone(),
+                e.victim_memcg_usage_pages,
+                e.victim_memcg_limit_pages,
+                Some(e.victim_memcg_failcnt),
+                pages,
+            ),
+        },
+        trigger: TaskInfo {
+            pid: e.trigger_pid,
+            tid: e.trigger_tid,
+            comm: comm(&e.trigger_comm),
+            memory_cgroup_path: (e.trigger_memcg_id == e.victim_memcg_id).then_some(vpath),
+            container_id: None,
+        },
+        memory_snapshot: None,
+        cpu: e.cpu,
     }
 }
 
-// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
-unsafe impl crate::bpf::Plain for oom_event {}
+impl Oom {
+    /// Saves one kill with the containers of victim and trigger, the cgroups' OOM events and
+    /// memory.stat and the host's meminfo, attributed to the victim's container.
+    fn save(&self, ctx: &RunContext, e: &oom_event, clock: &BootClock, pages: Pages) {
+        let mut data = decode(e, pages);
+        let container = ctx.container_of_memcg(e.victim_memcg_id, Some(&data.victim.task_path()));
+        data.victim.task.container_id = container.as_ref().map(|c| c.id.clone());
+        let trigger = &mut data.trigger;
+        if trigger.memory_cgroup_path.is_none() {
+            trigger.memory_cgroup_path = ctx
+                .containers()
+                .memcg_path(e.trigger_memcg_id)
+                .map(|p| p.to_string());
+        }
+        trigger.container_id = ctx
+            .container_of_memcg(e.trigger_memcg_id, trigger.memory_cgroup_path.as_deref())
+            .map(|c| c.id);
+        if let Some(root) = ctx.containers().memory_root() {
+            let memcgs = [
+                data.constraint_memory_cgroup.as_mut(),
+                Some(&mut data.victim.memory_cgroup),
+            ];
+            // A path cut at the depth limit (`/…/x`) names no directory.
+            for info in memcgs
+                .into_iter()
+                .flatten()
+                .filter(|m| !m.path.contains('…'))
+            {
+                let dir = root.join(info.path.trim_start_matches('/'));
+                read_memcg_files(&dir, self.cfg.memory_stat, info);
+            }
+        }
+        if self.cfg.host_meminfo {
+            data.memory_snapshot = Some(MemorySnapshot {
+                host_meminfo_bytes: std::fs::read_to_string(ctx.host().proc("meminfo"))
+                    .map(|t| parse_meminfo(&t))
+                    .unwrap_or_default(),
+            });
+        }
+        ctx.save_data_at(clock.wall_ns(e.time_ns), container, &data);
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kill tests/oom.rs provoked (`tail /dev/zero` in a memory cgroup limited to 64 MiB),
+    /// captured with `BIANQUE_CAPTURE_DIR` (tracer/program.rs).
+    const KILL: &str = include_str!("records.hex");
+
+    #[test]
+    fn decodes_a_captured_memcg_oom_kill() {
+        let e: oom_event = program::captured_record(KILL, 0);
+        let pages = Pages {
+            size: 4096,
+            unlimited: i64::MAX as u64 / 4096,
+        };
+        let d = serde_json::to_value(decode(&e, pages)).unwrap();
+        assert_eq!(d["constraint"], "memcg");
+        let v = &d["victim"];
+        assert_eq!((&v["comm"], &v["pid"]), (&"tail".into(), &v["tid"]));
+        assert_eq!(v["memory_cgroup_path"], "/bq-oom-3015-0");
+        let m = &v["memory_cgroup"];
+        assert_eq!(m["path"], "/bq-oom-3015-0");
+        assert_eq!(m["limit_bytes"], 64 << 20);
+        assert_eq!(m["usage_bytes"], 64 << 20);
+        assert!(m["failcnt"].as_u64().unwrap() > 0);
+        // The cgroup's files are read by save(), not decoded.
+        assert!(m.get("events").is_none() && m.get("cgroup_version").is_none());
+        // The victim's own cgroup was at its limit: not repeated as the constraint.
+        assert!(d.get("constraint_memory_cgroup").is_none());
+        // tail's own allocation failed: the trigger is the victim, in the victim's cgroup.
+        assert_eq!(d["trigger"]["pid"], v["pid"]);
+        assert_eq!(d["trigger"]["memory_cgroup_path"], "/bq-oom-3015-0");
+        assert!(d.get("memory_snapshot").is_none());
+        // Without a limit (at or past `unlimited`) there is no limit_bytes.
+        let no_limit = Pages {
+            unlimited: e.victim_memcg_limit_pages,
+            ..pages
+        };
+        let d = serde_json::to_value(decode(&e, no_limit)).unwrap();
+        assert!(d["victim"]["memory_cgroup"].get("limit_bytes").is_none());
+    }
 
     #[test]
     fn meminfo_is_in_bytes() {

@@ -6,8 +6,10 @@
 #include "bianque.bpf.h"
 #include "oom.h"
 
-/* Makes the skeleton generate the Rust twin of struct oom_event. */
+/* Globals of the record and enum types, so that the skeleton generates them for user space. */
 struct oom_event _event_type = {};
+enum counter_slot _counter_slot_type = 0;
+enum oom_scope _oom_scope_type = 0;
 
 /* A memcg is "at its limit" when a charge of this many pages could fail: a 2 MiB THP (512 pages
  * on x86) plus the charge batch. Limits at or above `unlimited_pages` mean "no limit". */
@@ -34,7 +36,7 @@ int BPF_PROG(bq_mark_victim, struct task_struct *victim, uid_t uid)
 {
 	struct task_struct *cur = (struct task_struct *)bpf_get_current_task();
 	struct cgroup_subsys_state *css, *vcss, *at = NULL;
-	__u32 constraint = CONSTRAINT_GLOBAL;
+	__u32 constraint = OOM_GLOBAL;
 	__u64 usage = 0, limit = 0;
 	struct oom_event *e;
 
@@ -45,13 +47,13 @@ int BPF_PROG(bq_mark_victim, struct task_struct *victim, uid_t uid)
 		if (!css)
 			break;
 		if (memcg_at_limit((struct mem_cgroup *)css, &usage, &limit)) {
-			constraint = CONSTRAINT_MEMCG;
+			constraint = OOM_MEMCG;
 			at = css;
 			break;
 		}
 		css = BPF_CORE_READ(css, parent);
 	}
-	counter_add(constraint == CONSTRAINT_MEMCG ? SLOT_MEMCG : SLOT_GLOBAL, 1);
+	counter_add(constraint == OOM_MEMCG ? SLOT_MEMCG : SLOT_GLOBAL, 1);
 
 	/* A group kill (memory.oom.group) marks every task of the cgroup: bound the records. */
 	if (!rate_limit_pass(max_events_per_second)) {

@@ -3,15 +3,21 @@
 #ifndef OOM_H
 #define OOM_H
 
-/* Counter slots. */
-#define SLOT_GLOBAL 0       /* victims of a host-wide (or cpuset/mempolicy) OOM */
-#define SLOT_MEMCG 1        /* victims of a memory cgroup at its limit */
-#define SLOT_RINGBUF_FULL 2 /* events the ring buffer had no room for */
-#define SLOT_SUPPRESSED 3   /* victims not recorded because of the rate limit */
-#define COUNTER_SLOTS 4
+/* Counter slots. User space reads these names, and those of oom_scope, through the skeleton
+ * (`types::…`). */
+enum counter_slot {
+	SLOT_GLOBAL,       /* victims of a host-wide (or cpuset/mempolicy) OOM */
+	SLOT_MEMCG,        /* victims of a memory cgroup at its limit */
+	SLOT_RINGBUF_FULL, /* events the ring buffer had no room for */
+	SLOT_SUPPRESSED,   /* victims not recorded because of the rate limit */
+	COUNTER_SLOTS,
+};
 
-#define CONSTRAINT_GLOBAL 0
-#define CONSTRAINT_MEMCG 1
+/* `constraint` of a record (not the kernel's enum oom_constraint, whose CONSTRAINT_MEMCG is 3). */
+enum oom_scope {
+	OOM_GLOBAL,
+	OOM_MEMCG, /* a memory cgroup at its limit */
+};
 
 /* How many ancestors of the victim's memcg are checked for being at their limit. */
 #define MEMCG_ANCESTORS 8
@@ -23,7 +29,7 @@ struct oom_event {
 	__u64 victim_memcg_usage_pages;
 	__u64 victim_memcg_limit_pages;
 	__u64 victim_memcg_failcnt;
-	__u64 constraint_memcg_id;    /* the memcg found at its limit (CONSTRAINT_MEMCG) */
+	__u64 constraint_memcg_id;    /* the memcg found at its limit (OOM_MEMCG) */
 	__u64 constraint_usage_pages;
 	__u64 constraint_limit_pages;
 	__u64 victim_total_vm_pages;
@@ -32,7 +38,7 @@ struct oom_event {
 	__u32 victim_pid;
 	__u32 victim_tid;
 	__u32 victim_uid;
-	__u32 constraint;
+	__u32 constraint;             /* enum oom_scope */
 	__u32 cpu;
 	__s32 victim_oom_score_adj;
 	char trigger_comm[16];

@@ -26,6 +26,9 @@ mod skel {
 use skel::types::{counter_slot as Slot, signal_event};
 use skel::SignalSkelBuilder;
 
+// SAFETY: generated from signal.h: integers and arrays of integers only.
+unsafe impl Plain for signal_event {}
+
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
     name: "signal",
@@ -193,19 +196,15 @@ impl EventTracer for SignalTracer {
                 out.sample(&[("signal", name)], c.get(*num as usize) as f64);
             }
         }
-        Refused {
-            what: "Signals",
-            suppressed: Slot::SLOT_SUPPRESSED.0,
-            ringbuf_full: Slot::SLOT_RINGBUF_FULL.0,
-            filtered: None,
-        }
+        Refused::new(
+            "Signals",
+            Slot::SLOT_SUPPRESSED.0,
+            Slot::SLOT_RINGBUF_FULL.0,
+        )
         .write(&c, out);
         Ok(())
     }
 }
-
-// SAFETY: generated from signal.h: integers and arrays of integers only.
-unsafe impl Plain for signal_event {}
 
 /// One signal as the kernel reported it, with names (no lookups: what the record says alone).
 fn decode(e: &signal_event, results: &EnumNames) -> SignalData {

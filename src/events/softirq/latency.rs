@@ -19,8 +19,8 @@ pub const BOUNDS: [f64; 13] = [
 ];
 const HUATUO_ZONES: [f64; 3] = [1e-5, 1e-4, 1e-3];
 const ZONE_NAMES: [&str; 4] = ["0", "1", "2", "3"];
-/// Mirrors VEC_SLOTS in softirq.h.
-pub const VECTORS: usize = 16;
+/// Softirq vectors with a histogram each.
+pub const VECTORS: usize = super::skel::types::softirq_vec::VEC_SLOTS.0 as usize;
 /// Counter slots the histograms take, before the long-run counters.
 pub const SLOTS: u32 = (VECTORS * (BOUNDS.len() + 2)) as u32;
 

@@ -32,15 +32,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use anyhow::{Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::bpf::btf::{self, EnumNames};
 use crate::bpf::counters::PerCpuCounters;
 use crate::bpf::hist;
-use crate::bpf::{self as bq_bpf};
+use crate::bpf::{self as bq_bpf, BootClock, Plain};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
+use crate::tracer::program::{self, BpfProgram, Refused};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -48,22 +48,32 @@ use crate::tracer::{
 
 mod skel {
     #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
-    crate::bpf_skeleton!("softirq");
+    crate::bpf_skeleton!("softirq", OpenSoftirqSkel);
 }
-use skel::types::softirq_event;
+use skel::types::{counter_slot as Slot, softirq_event, softirq_vec};
 use skel::SoftirqSkelBuilder;
 
-// Mirrors softirq.h: the event slots follow the latency histograms.
+// SAFETY: generated from softirq.h: integers and arrays of integers only.
+unsafe impl Plain for softirq_event {}
+
 const VEC_SLOTS: usize = latency::VECTORS;
-const EVENT_BASE: usize = latency::SLOTS as usize;
-const SLOT_SUPPRESSED: usize = EVENT_BASE;
-const SLOT_RINGBUF_FULL: usize = EVENT_BASE + 1;
-const SLOT_TICK_GAPS: usize = EVENT_BASE + 2;
-const SLOT_TICK_GAPS_STOLEN: usize = EVENT_BASE + 3;
-const SLOT_PERCPU_MISMATCH: usize = EVENT_BASE + 4;
-const SLOT_DELAYED: usize = EVENT_BASE + 5;
-const COUNTER_SLOTS: u32 = latency::SLOTS + 5 + VEC_SLOTS as u32;
-const TICK_GAP_VEC: u32 = 0xffff;
+/// The event counters follow the latency histograms.
+const COUNTER_SLOTS: u32 = latency::SLOTS + Slot::EVENT_SLOTS.0;
+
+/// The counter of an event slot (past the histograms).
+fn event_slot(slot: Slot) -> u32 {
+    latency::SLOTS + slot.0
+}
+
+/// Programs attached before the others: the exit before the entry (its half of a tick gap
+/// waits for the entry's), the softirq entry before the raise (an entry without a raise is
+/// ignored).
+const ATTACH_FIRST: [&str; 4] = [
+    "bq_hrtimer_expire_exit",
+    "bq_hrtimer_expire_entry",
+    "bq_softirq_entry",
+    "bq_softirq_raise",
+];
 /// The tick's hrtimer function: `tick_nohz_handler` since 6.9, `tick_sched_timer` before.
 const TICK_FUNCTIONS: [&str; 2] = ["tick_nohz_handler", "tick_sched_timer"];
 /// Per-CPU variables the tick reads: its own state (the anchor), the preempt count, the
@@ -238,84 +248,50 @@ impl Softirq {
         }
 
         let mut storage = MaybeUninit::uninit();
-        let mut open = SoftirqSkelBuilder::default()
-            .open(&mut storage)
-            .context("opening the BPF object")?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .context("BPF object has no .rodata")?;
-        rodata.threshold_ns = self.cfg.threshold_us * 1000;
-        rodata.max_events_per_second = self.cfg.max_events_per_second;
-        rodata.counter_slots = COUNTER_SLOTS;
-        rodata.hist_bounds_ns = hist::bounds_ns(&latency::BOUNDS);
-        rodata.hist_nbounds = latency::BOUNDS.len() as u32;
-        rodata.tick_fn = tick_fn.unwrap_or(0);
-        rodata.tick_gap_threshold_ns = self.cfg.tick_gap_threshold_us * 1000;
-        if let Ok(&[tick_sched, preempt_count, kstat, pending]) = pcpu.as_deref() {
-            rodata.watch_runs = 1;
-            rodata.pcpu_tick_sched = tick_sched;
-            rodata.pcpu_preempt_count = preempt_count;
-            rodata.pcpu_kstat = kstat;
-            rodata.pcpu_softirq_pending = pending;
-        }
-        if !self.cfg.latency_histogram {
-            open.progs.bq_softirq_raise.set_autoload(false);
-            open.progs.bq_softirq_entry.set_autoload(false);
-        }
-        bq_bpf::size_ring_buffer(
-            &mut open.maps.events,
-            self.cfg.max_events_per_second,
-            std::mem::size_of::<softirq_event>(),
-        )?;
-        self.counters
-            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
-        let skel = open.load().context("loading the BPF program")?;
-        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
-        let mut progs = Vec::new();
-        if tick_fn.is_some() {
-            // Exit first: its half of a tick gap waits for the entry's.
-            progs.push((&skel.progs.bq_hrtimer_expire_exit, "hrtimer_expire_exit"));
-            progs.push((&skel.progs.bq_hrtimer_expire_entry, "hrtimer_expire_entry"));
-        }
-        if self.cfg.latency_histogram {
-            // Entry first: an entry without a raise is ignored.
-            progs.push((&skel.progs.bq_softirq_entry, "softirq_entry"));
-            progs.push((&skel.progs.bq_softirq_raise, "softirq_raise"));
-        }
-        let _links = progs
-            .into_iter()
-            .map(|(prog, tp)| {
-                prog.attach()
-                    .with_context(|| format!("attaching to tp_btf/{tp}"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        if unwatched.is_empty() {
-            ctx.attached();
-        } else {
-            ctx.attached_partly(&format!("not watched: {}", unwatched.join("; ")));
-        }
-
-        let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
-        let threshold_ns = self.cfg.threshold_us * 1000;
-        let counters = self.counters.get();
-        let mut mismatch_said = false;
-        bq_bpf::poll_ring_buffer_with_tick(
-            &|| ctx.stopping(),
-            &skel.maps.events,
-            |data| {
-                if let Some(e) = bq_bpf::read_record::<softirq_event>(data) {
-                    self.record(ctx, &e, clock_offset, threshold_ns);
+        let loaded = BpfProgram::new(ctx, &self.counters, COUNTER_SLOTS)
+            .ring_buffer::<softirq_event>(self.cfg.max_events_per_second)
+            .load(SoftirqSkelBuilder::default(), &mut storage, |open| {
+                let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
+                rodata.threshold_ns = self.cfg.threshold_us * 1000;
+                rodata.max_events_per_second = self.cfg.max_events_per_second;
+                rodata.hist_bounds_ns = hist::bounds_ns(&latency::BOUNDS);
+                rodata.hist_nbounds = latency::BOUNDS.len() as u32;
+                rodata.tick_fn = tick_fn.unwrap_or(0);
+                rodata.tick_gap_threshold_ns = self.cfg.tick_gap_threshold_us * 1000;
+                if let Ok(&[tick_sched, preempt_count, kstat, pending]) = pcpu.as_deref() {
+                    rodata.watch_runs = 1;
+                    rodata.pcpu_tick_sched = tick_sched;
+                    rodata.pcpu_preempt_count = preempt_count;
+                    rodata.pcpu_kstat = kstat;
+                    rodata.pcpu_softirq_pending = pending;
                 }
-                0
-            },
+                // Without a tick handler to match, the tick's programs would only return.
+                if tick_fn.is_none() {
+                    open.progs.bq_hrtimer_expire_exit.set_autoload(false);
+                    open.progs.bq_hrtimer_expire_entry.set_autoload(false);
+                }
+                if !self.cfg.latency_histogram {
+                    open.progs.bq_softirq_raise.set_autoload(false);
+                    open.progs.bq_softirq_entry.set_autoload(false);
+                }
+                Ok(())
+            })?;
+        let loaded = if unwatched.is_empty() {
+            loaded.attach(&ATTACH_FIRST)?
+        } else {
+            let reason = format!("not watched: {}", unwatched.join("; "));
+            loaded.attach_partly(&ATTACH_FIRST, &reason)?
+        };
+
+        let counters = self.counters.get();
+        let mismatch_slot = event_slot(Slot::SLOT_PERCPU_MISMATCH) as usize;
+        let mut mismatch_said = false;
+        loaded.poll_with_tick(
+            |e: &softirq_event, clock| self.save(ctx, e, clock),
             || {
                 // A tick found no hard interrupt in the preempt count it read: the per-CPU
                 // offsets from BTF do not fit this kernel, and long runs go unwatched.
-                let mismatch = counters
-                    .as_ref()
-                    .is_some_and(|c| c.get(SLOT_PERCPU_MISMATCH) > 0);
+                let mismatch = counters.as_ref().is_some_and(|c| c.get(mismatch_slot) > 0);
                 if mismatch && !mismatch_said {
                     mismatch_said = true;
                     unwatched.push(
@@ -354,7 +330,7 @@ impl Softirq {
             Kind::Counter,
         );
         for vec in 0..VEC_SLOTS {
-            let n = c.get(SLOT_DELAYED + vec);
+            let n = c.get(event_slot(Slot::SLOT_DELAYED) as usize + vec);
             if vec < known || n > 0 {
                 out.sample(&[("type", &names.name(vec as u32))], n as f64);
             }
@@ -363,26 +339,20 @@ impl Softirq {
             "tick_gaps_total",
             "Scheduler ticks that came later than the tick-gap threshold after the previous one on their CPU (interrupts off that long).",
             Kind::Counter,
-            c.get(SLOT_TICK_GAPS) as f64,
+            c.get(event_slot(Slot::SLOT_TICK_GAPS) as usize) as f64,
         );
         out.single(
             "tick_gaps_steal_total",
             "Late scheduler ticks not recorded because the hypervisor's steal time explains the delay.",
             Kind::Counter,
-            c.get(SLOT_TICK_GAPS_STOLEN) as f64,
+            c.get(event_slot(Slot::SLOT_TICK_GAPS_STOLEN) as usize) as f64,
         );
-        out.single(
-            "suppressed_total",
-            "Softirq runs and tick gaps over their thresholds not recorded because of the rate limit.",
-            Kind::Counter,
-            c.get(SLOT_SUPPRESSED) as f64,
-        );
-        out.single(
-            "ringbuf_lost_total",
-            "Softirq runs and tick gaps over their thresholds that found the ring buffer full.",
-            Kind::Counter,
-            c.get(SLOT_RINGBUF_FULL) as f64,
-        );
+        Refused::new(
+            "Softirq runs and tick gaps over their thresholds",
+            event_slot(Slot::SLOT_SUPPRESSED),
+            event_slot(Slot::SLOT_RINGBUF_FULL),
+        )
+        .write(c, out);
     }
 }
 
@@ -438,57 +408,140 @@ fn handler_in_stack(stack: &[String]) -> Option<(&str, Option<&'static str>)> {
     Some((handler, kind))
 }
 
-impl Softirq {
-    fn record(&self, ctx: &RunContext, e: &softirq_event, clock_offset: i64, threshold_ns: u64) {
-        let tick_gap = e.vec == TICK_GAP_VEC;
-        let stack = if e.stack_bytes > 0 {
-            let n = (e.stack_bytes as usize / 8).min(e.stack.len());
-            ctx.symbolizer().stack(&e.stack[..n])
+/// One long run or tick gap as the kernel reported it, with names (no lookups: what the record
+/// says alone); `symbolize` names the frames of a kernel stack.
+fn decode(
+    e: &softirq_event,
+    names: &EnumNames,
+    cfg: &SoftirqConfig,
+    symbolize: impl Fn(&[u64]) -> Vec<String>,
+) -> SoftirqData {
+    let tick_gap = e.vec == softirq_vec::TICK_GAP_VEC.0;
+    let stack = if e.stack_bytes > 0 {
+        let n = (e.stack_bytes as usize / 8).min(e.stack.len());
+        symbolize(&e.stack[..n])
+    } else {
+        Vec::new()
+    };
+    let (mut kind, mut vec, mut handler) = (None, None, None);
+    if !tick_gap {
+        let found = handler_in_stack(&stack);
+        // The stack's handler names the type; failing that, the counts' guess.
+        let v = found
+            .and_then(|(_, k)| k)
+            .and_then(|k| (0..names.len() as u32).find(|&v| names.name(v) == k))
+            .or((e.vec < VEC_SLOTS as u32).then_some(e.vec));
+        kind = Some(v.map_or_else(|| "unknown".to_string(), |v| names.name(v).into_owned()));
+        vec = v;
+        handler = found.map(|(h, _)| h.to_string());
+    }
+    SoftirqData {
+        event: if tick_gap { "tick_gap" } else { "long_softirq" },
+        cpu: e.cpu,
+        kind,
+        vec,
+        handler,
+        duration_ns: e.duration_ns,
+        steal_ns: tick_gap.then_some(e.steal_ns),
+        threshold_ns: if tick_gap {
+            cfg.tick_gap_threshold_us * 1000
         } else {
-            Vec::new()
-        };
-        let (mut kind, mut vec, mut handler) = (None, None, None);
-        if !tick_gap {
-            let names = self.names.read().unwrap_or_else(|e| e.into_inner());
-            let found = handler_in_stack(&stack);
-            // The stack's handler names the type; failing that, the counts' guess.
-            let v = found
-                .and_then(|(_, k)| k)
-                .and_then(|k| (0..names.len() as u32).find(|&v| names.name(v) == k))
-                .or((e.vec < VEC_SLOTS as u32).then_some(e.vec));
-            self.recorded_runs[v.map_or(VEC_SLOTS, |v| v as usize)].fetch_add(1, Ordering::Relaxed);
-            kind = Some(v.map_or_else(|| "unknown".to_string(), |v| names.name(v).into_owned()));
-            vec = v;
-            handler = found.map(|(h, _)| h.to_string());
-        }
-        let data = SoftirqData {
-            event: if tick_gap { "tick_gap" } else { "long_softirq" },
-            cpu: e.cpu,
-            kind,
-            vec,
-            handler,
-            duration_ns: e.duration_ns,
-            steal_ns: tick_gap.then_some(e.steal_ns),
-            threshold_ns: if tick_gap {
-                self.cfg.tick_gap_threshold_us * 1000
-            } else {
-                threshold_ns
-            },
-            pid: e.pid,
-            tid: e.tid,
-            comm: bq_bpf::c_str(&e.comm.map(|c| c as u8)),
-            stack,
-        };
-        ctx.save_data_at(e.time_ns as i64 + clock_offset, None, &data);
+            cfg.threshold_us * 1000
+        },
+        pid: e.pid,
+        tid: e.tid,
+        comm: bq_bpf::c_str(&e.comm.map(|c| c as u8)),
+        stack,
     }
 }
 
-// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
-unsafe impl crate::bpf::Plain for softirq_event {}
+impl Softirq {
+    /// Saves one long run (counted by type) or tick gap.
+    fn save(&self, ctx: &RunContext, e: &softirq_event, clock: &BootClock) {
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        let data = decode(e, &names, &self.cfg, |addrs| ctx.symbolizer().stack(addrs));
+        drop(names);
+        if e.vec != softirq_vec::TICK_GAP_VEC.0 {
+            // The last slot counts runs of no known type.
+            let slot = data.vec.map_or(VEC_SLOTS, |v| (v as usize).min(VEC_SLOTS));
+            self.recorded_runs[slot].fetch_add(1, Ordering::Relaxed);
+        }
+        ctx.save_data_at(clock.wall_ns(e.time_ns), None, &data);
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Captured with `BIANQUE_CAPTURE_DIR` (tracer/program.rs) from tests/softirq.rs: a NET_RX
+    /// run on ksoftirqd held long by a slow firewall (its vector not told by the run counts),
+    /// then a tick gap behind a console write.
+    const RECORDS: &str = include_str!("records.hex");
+
+    fn captured(n: usize) -> softirq_event {
+        program::captured_record(RECORDS, n)
+    }
+
+    /// Two frames of the long run's stack, as /proc/kallsyms named them on the kernel it was
+    /// captured on; the rest stay addresses.
+    fn symbolize(addrs: &[u64]) -> Vec<String> {
+        addrs
+            .iter()
+            .map(|&a| match a {
+                0xffffffff81eb878e => "net_rx_action+0x16e".to_string(),
+                0xffffffff8136979d => "handle_softirqs+0xcd".to_string(),
+                _ => format!("{a:#x}"),
+            })
+            .collect()
+    }
+
+    fn softirq_names() -> EnumNames {
+        let names = [
+            "HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED", "HRTIMER",
+            "RCU",
+        ];
+        let members: Vec<(i64, String)> =
+            (0..).zip(names).map(|(v, n)| (v, n.to_string())).collect();
+        EnumNames::from_members(&members)
+    }
+
+    #[test]
+    fn decodes_a_captured_long_net_rx_run_by_its_stack() {
+        let e = captured(0);
+        assert_eq!(e.vec, softirq_vec::UNKNOWN_VEC.0);
+        let cfg = SoftirqConfig::default();
+        let d = decode(&e, &softirq_names(), &cfg, symbolize);
+        assert_eq!(d.event, "long_softirq");
+        assert_eq!(
+            (d.kind.as_deref(), d.vec, d.handler.as_deref()),
+            (Some("NET_RX"), Some(3), Some("net_rx_action"))
+        );
+        assert_eq!(d.threshold_ns, 10_000_000);
+        assert!(d.duration_ns >= d.threshold_ns);
+        assert_eq!((d.comm.as_str(), d.cpu), ("ksoftirqd/1", 1));
+        assert_eq!(d.steal_ns, None);
+        assert_eq!(d.stack.len(), 21);
+        // Without names the type is unknown: the counts did not tell it either.
+        let d = decode(&e, &EnumNames::default(), &cfg, symbolize);
+        assert_eq!((d.kind.as_deref(), d.vec), (Some("unknown"), None));
+    }
+
+    #[test]
+    fn decodes_a_captured_tick_gap() {
+        let cfg = SoftirqConfig {
+            tick_gap_threshold_us: 12_000,
+            ..SoftirqConfig::default()
+        };
+        let d = decode(&captured(1), &softirq_names(), &cfg, symbolize);
+        assert_eq!(d.event, "tick_gap");
+        assert_eq!((d.kind, d.vec, d.handler), (None, None, None));
+        assert_eq!(d.threshold_ns, 12_000_000, "the tick-gap threshold");
+        assert_eq!(d.duration_ns, 15_064_857);
+        assert_eq!(d.steal_ns, Some(0));
+        assert_eq!(d.comm, "bq-irqoff");
+        assert_eq!(d.stack.len(), 16);
+    }
 
     #[test]
     fn names_come_from_the_tracepoint_format() {

@@ -49,7 +49,10 @@ const volatile __u64 pcpu_softirq_pending = 0;
 #define SOFTIRQ_OFFSET 0x100
 #define HARDIRQ_MASK 0xf0000
 
+/* Globals of the record and enum types, so that the skeleton generates them for user space. */
 struct softirq_event _event_type = {};
+enum softirq_vec _softirq_vec_type = 0;
+enum counter_slot _counter_slot_type = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

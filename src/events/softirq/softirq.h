@@ -5,22 +5,27 @@
 
 #define STACK_DEPTH 48
 
-/* Softirq vectors tracked (a power of two; the kernel has 10). */
-#define VEC_SLOTS 16
-/* Counter slots after the latency histograms. */
-#define SLOT_SUPPRESSED 0
-#define SLOT_RINGBUF_FULL 1
-#define SLOT_TICK_GAPS 2
-#define SLOT_TICK_GAPS_STOLEN 3 /* late ticks explained by steal time */
-#define SLOT_PERCPU_MISMATCH 4  /* ticks where the per-CPU offsets from BTF read nonsense */
-/* [SLOT_DELAYED, SLOT_DELAYED + VEC_SLOTS): ticks at which a vector had waited, raised and not
- * run, since the previous tick. */
-#define SLOT_DELAYED 5
-#define EVENT_SLOTS (SLOT_DELAYED + VEC_SLOTS)
+/* Softirq vectors tracked (a power of two; the kernel has 10), and the `vec` of records that
+ * name none. User space reads these names, and the counter slots', through the skeleton
+ * (`types::…`). */
+enum softirq_vec {
+	VEC_SLOTS = 16,
+	UNKNOWN_VEC = 0xfffe,  /* a long run whose vector the counts do not tell */
+	TICK_GAP_VEC = 0xffff, /* a tick-gap record */
+};
 
-/* `vec` of a tick-gap record, and of a long run whose vector the counts do not tell. */
-#define TICK_GAP_VEC 0xffff
-#define UNKNOWN_VEC 0xfffe
+/* Counter slots after the latency histograms. */
+enum counter_slot {
+	SLOT_SUPPRESSED,
+	SLOT_RINGBUF_FULL,
+	SLOT_TICK_GAPS,
+	SLOT_TICK_GAPS_STOLEN, /* late ticks explained by steal time */
+	SLOT_PERCPU_MISMATCH,  /* ticks where the per-CPU offsets from BTF read nonsense */
+	/* [SLOT_DELAYED, SLOT_DELAYED + VEC_SLOTS): ticks at which a vector had waited, raised and
+	 * not run, since the previous tick. */
+	SLOT_DELAYED,
+	EVENT_SLOTS = SLOT_DELAYED + VEC_SLOTS,
+};
 
 struct softirq_event {
 	__u64 time_ns;      /* CLOCK_BOOTTIME, at the tick that reported it */

@@ -11,14 +11,14 @@ use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::RwLock;
 
-use anyhow::{Context, Result};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::bpf::btf::{self, EnumNames};
-use crate::bpf::{self as bq_bpf};
+use crate::bpf::{self as bq_bpf, BootClock, Plain};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
+use crate::tracer::program::{self, BpfProgram, Refused};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
     TRACERS,
@@ -26,18 +26,13 @@ use crate::tracer::{
 
 mod skel {
     #![allow(clippy::all, non_camel_case_types, dead_code, unused_imports)]
-    crate::bpf_skeleton!("tcp_retransmit");
+    crate::bpf_skeleton!("tcp_retransmit", OpenTcpRetransmitSkel);
 }
-use skel::types::retrans_event;
+use skel::types::{counter_slot as Slot, retrans_event, retrans_kind};
 use skel::TcpRetransmitSkelBuilder;
 
-// Mirrors tcp_retransmit.h.
-const EVENT_SYNACK: u8 = 1;
-const SLOT_SKB: usize = 0;
-const SLOT_SYNACK: usize = 1;
-const SLOT_SUPPRESSED: usize = 2;
-const SLOT_RINGBUF_FULL: usize = 3;
-const COUNTER_SLOTS: u32 = 4;
+// SAFETY: generated from tcp_retransmit.h: integers and arrays of integers only.
+unsafe impl Plain for retrans_event {}
 
 const AF_INET6: u16 = 10;
 // TCP header flag bits (wire format, as in tcp_skb_cb::tcp_flags).
@@ -117,44 +112,15 @@ impl EventTracer for TcpRetransmit {
             }
         }
         let mut storage = MaybeUninit::uninit();
-        let mut open = TcpRetransmitSkelBuilder::default()
-            .open(&mut storage)
-            .context("opening the BPF object")?;
-        let rodata = open
-            .maps
-            .rodata_data
-            .as_deref_mut()
-            .context("BPF object has no .rodata")?;
-        rodata.max_events_per_second = self.cfg.max_events_per_second;
-        rodata.counter_slots = COUNTER_SLOTS;
-        bq_bpf::size_ring_buffer(
-            &mut open.maps.events,
-            self.cfg.max_events_per_second,
-            std::mem::size_of::<retrans_event>(),
-        )?;
-        self.counters
-            .prepare(&mut open.maps.counters, COUNTER_SLOTS)?;
-        let skel = open.load().context("loading the BPF program")?;
-        self.counters.adopt(&skel.maps.counters, COUNTER_SLOTS)?;
-        let _skb = skel
-            .progs
-            .bq_tcp_retransmit_skb
-            .attach()
-            .context("attaching to tp_btf/tcp_retransmit_skb")?;
-        let _synack = skel
-            .progs
-            .bq_tcp_retransmit_synack
-            .attach()
-            .context("attaching to tp_btf/tcp_retransmit_synack")?;
-        ctx.attached();
-
-        let clock_offset = bq_bpf::boottime_to_wall_offset_ns();
-        bq_bpf::poll_ring_buffer(&|| ctx.stopping(), &skel.maps.events, |data| {
-            if let Some(e) = bq_bpf::read_record::<retrans_event>(data) {
-                self.record(ctx, &e, clock_offset);
-            }
-            0
-        })?;
+        BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+            .ring_buffer::<retrans_event>(self.cfg.max_events_per_second)
+            .load(TcpRetransmitSkelBuilder::default(), &mut storage, |open| {
+                let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
+                rodata.max_events_per_second = self.cfg.max_events_per_second;
+                Ok(())
+            })?
+            .attach(&[])?
+            .poll(|e: &retrans_event, clock| self.save(ctx, e, clock))?;
         Ok(())
     }
 
@@ -167,23 +133,20 @@ impl EventTracer for TcpRetransmit {
             "TCP retransmissions, by tracepoint (segment or SYN-ACK), before the rate limit.",
             Kind::Counter,
         )
-        .sample(&[("event", "tcp_retransmit_skb")], c.get(SLOT_SKB) as f64)
+        .sample(
+            &[("event", "tcp_retransmit_skb")],
+            c.get(Slot::SLOT_SKB.0 as usize) as f64,
+        )
         .sample(
             &[("event", "tcp_retransmit_synack")],
-            c.get(SLOT_SYNACK) as f64,
+            c.get(Slot::SLOT_SYNACK.0 as usize) as f64,
         );
-        out.single(
-            "suppressed_total",
-            "TCP retransmissions not recorded because of the rate limit.",
-            Kind::Counter,
-            c.get(SLOT_SUPPRESSED) as f64,
-        );
-        out.single(
-            "ringbuf_lost_total",
-            "TCP retransmissions that passed the rate limit but found the ring buffer full.",
-            Kind::Counter,
-            c.get(SLOT_RINGBUF_FULL) as f64,
-        );
+        Refused::new(
+            "TCP retransmissions",
+            Slot::SLOT_SUPPRESSED.0,
+            Slot::SLOT_RINGBUF_FULL.0,
+        )
+        .write(&c, out);
         Ok(())
     }
 }
@@ -258,61 +221,119 @@ fn flags_text(flags: u8) -> String {
         .join("|")
 }
 
-impl TcpRetransmit {
-    fn record(&self, ctx: &RunContext, e: &retrans_event, clock_offset: i64) {
-        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
-        let synack = e.event == EVENT_SYNACK;
-        let state = names.tcp_states.name(e.state as u32);
-        let ca_state = names.ca_states.name(e.ca_state as u32);
-        let v6 = e.family == AF_INET6;
-        let addr = |b: &[u8; 16]| -> String {
-            if v6 {
-                IpAddr::V6(Ipv6Addr::from(*b)).to_string()
-            } else {
-                IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])).to_string()
-            }
-        };
-        let data = RetransData {
-            phase: phase(synack, &state, e.tcp_flags),
-            tcp_reason: reason(synack, &ca_state),
-            tcp_state: state.into_owned(),
-            ca_state: if synack {
-                String::new()
-            } else {
-                ca_state.into_owned()
-            },
-            l3_protocol: if v6 { "ipv6" } else { "ipv4" },
-            tcp_saddr: addr(&e.saddr),
-            tcp_sport: e.sport,
-            tcp_daddr: addr(&e.daddr),
-            tcp_dport: e.dport,
-            tcp_seq: e.seq,
-            tcp_end_seq: e.end_seq,
-            tcp_snd_una: (!synack).then_some(e.snd_una),
-            tcp_flags: flags_text(e.tcp_flags),
-            retransmits: e.retransmits,
-            event_type: if synack {
-                "tcp_retransmit_synack"
-            } else {
-                "tcp_retransmit_skb"
-            },
-            err: (!synack).then_some(e.err),
-            net_namespace_inum: e.netns_inum,
-            comm: bq_bpf::c_str(&e.comm.map(|c| c as u8)),
-            pid: e.pid,
-        };
-        drop(names);
-        let container = ctx.container_of_netns(e.netns_inum);
-        ctx.save_data_at(e.time_ns as i64 + clock_offset, container, &data);
+/// One retransmission as the kernel reported it, with names (no lookups: what the record says
+/// alone).
+fn decode(e: &retrans_event, names: &Names) -> RetransData {
+    let synack = u32::from(e.event) == retrans_kind::EVENT_SYNACK.0;
+    let state = names.tcp_states.name(e.state as u32);
+    let ca_state = names.ca_states.name(e.ca_state as u32);
+    let v6 = e.family == AF_INET6;
+    let addr = |b: &[u8; 16]| -> String {
+        if v6 {
+            IpAddr::V6(Ipv6Addr::from(*b)).to_string()
+        } else {
+            IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])).to_string()
+        }
+    };
+    RetransData {
+        phase: phase(synack, &state, e.tcp_flags),
+        tcp_reason: reason(synack, &ca_state),
+        tcp_state: state.into_owned(),
+        ca_state: if synack {
+            String::new()
+        } else {
+            ca_state.into_owned()
+        },
+        l3_protocol: if v6 { "ipv6" } else { "ipv4" },
+        tcp_saddr: addr(&e.saddr),
+        tcp_sport: e.sport,
+        tcp_daddr: addr(&e.daddr),
+        tcp_dport: e.dport,
+        tcp_seq: e.seq,
+        tcp_end_seq: e.end_seq,
+        tcp_snd_una: (!synack).then_some(e.snd_una),
+        tcp_flags: flags_text(e.tcp_flags),
+        retransmits: e.retransmits,
+        event_type: if synack {
+            "tcp_retransmit_synack"
+        } else {
+            "tcp_retransmit_skb"
+        },
+        err: (!synack).then_some(e.err),
+        net_namespace_inum: e.netns_inum,
+        comm: bq_bpf::c_str(&e.comm.map(|c| c as u8)),
+        pid: e.pid,
     }
 }
 
-// SAFETY: generated from the tracer's C header: integers and arrays of integers only.
-unsafe impl crate::bpf::Plain for retrans_event {}
+impl TcpRetransmit {
+    /// Saves one retransmission, attributed to the container of the socket's network namespace.
+    fn save(&self, ctx: &RunContext, e: &retrans_event, clock: &BootClock) {
+        let data = decode(e, &self.names.read().unwrap_or_else(|e| e.into_inner()));
+        let container = ctx.container_of_netns(e.netns_inum);
+        ctx.save_data_at(clock.wall_ns(e.time_ns), container, &data);
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Captured with `BIANQUE_CAPTURE_DIR` (tracer/program.rs) from tests/tcp_retransmit.rs:
+    /// a 1000-byte data segment that iptables dropped once, then a dropped SYN.
+    const RECORDS: &str = include_str!("records.hex");
+
+    fn decoded(n: usize) -> RetransData {
+        let e: retrans_event = program::captured_record(RECORDS, n);
+        // The values of the kernel this was captured on (its BTF).
+        let names = Names {
+            tcp_states: EnumNames::from_members(&[
+                (1, "ESTABLISHED".into()),
+                (2, "SYN_SENT".into()),
+            ]),
+            ca_states: EnumNames::from_members(&[
+                (0, "Open".into()),
+                (3, "Recovery".into()),
+                (4, "Loss".into()),
+            ]),
+        };
+        decode(&e, &names)
+    }
+
+    #[test]
+    fn decodes_a_captured_data_retransmission() {
+        let d = decoded(0);
+        assert_eq!((d.phase, d.tcp_reason), ("data", "fast_retransmit"));
+        assert_eq!(
+            (d.tcp_state.as_str(), d.ca_state.as_str()),
+            ("ESTABLISHED", "Recovery")
+        );
+        assert_eq!(d.event_type, "tcp_retransmit_skb");
+        assert_eq!(
+            (d.tcp_saddr.as_str(), d.tcp_daddr.as_str()),
+            ("10.129.64.1", "10.129.64.2")
+        );
+        assert_eq!(d.tcp_end_seq.wrapping_sub(d.tcp_seq), 1000);
+        assert_eq!(d.tcp_flags, "PSH|ACK");
+        assert_eq!((d.err, d.l3_protocol), (Some(0), "ipv4"));
+    }
+
+    #[test]
+    fn decodes_a_captured_syn_retransmission() {
+        let d = decoded(1);
+        assert_eq!((d.phase, d.tcp_reason), ("connect", "RTO"));
+        assert_eq!(
+            (d.tcp_state.as_str(), d.ca_state.as_str()),
+            ("SYN_SENT", "Loss")
+        );
+        assert_eq!(d.tcp_flags, "SYN");
+        assert_eq!(
+            d.tcp_end_seq.wrapping_sub(d.tcp_seq),
+            1,
+            "a SYN takes one sequence number"
+        );
+        assert_eq!(d.retransmits, 1);
+    }
 
     #[test]
     fn phases_and_reasons() {

@@ -11,7 +11,10 @@
 
 const volatile __u32 max_events_per_second = 100;
 
+/* Globals of the record and enum types, so that the skeleton generates them for user space. */
 struct retrans_event _event_type = {};
+enum retrans_kind _retrans_kind_type = 0;
+enum counter_slot _counter_slot_type = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

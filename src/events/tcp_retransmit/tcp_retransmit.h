@@ -3,14 +3,20 @@
 #ifndef TCP_RETRANSMIT_H
 #define TCP_RETRANSMIT_H
 
-#define EVENT_SKB 0    /* tcp/tcp_retransmit_skb */
-#define EVENT_SYNACK 1 /* tcp/tcp_retransmit_synack */
+/* `event` of a record: the tracepoint. User space reads these names, and the counter slots',
+ * through the skeleton (`types::…`). */
+enum retrans_kind {
+	EVENT_SKB,    /* tcp/tcp_retransmit_skb */
+	EVENT_SYNACK, /* tcp/tcp_retransmit_synack */
+};
 
-#define SLOT_SKB 0
-#define SLOT_SYNACK 1
-#define SLOT_SUPPRESSED 2
-#define SLOT_RINGBUF_FULL 3
-#define COUNTER_SLOTS 4
+enum counter_slot {
+	SLOT_SKB,
+	SLOT_SYNACK,
+	SLOT_SUPPRESSED,
+	SLOT_RINGBUF_FULL,
+	COUNTER_SLOTS,
+};
 
 struct retrans_event {
 	__u64 time_ns;  /* CLOCK_BOOTTIME */
@@ -23,7 +29,7 @@ struct retrans_event {
 	__u16 family;   /* AF_INET / AF_INET6 */
 	__u16 sport;    /* host order */
 	__u16 dport;
-	__u8 event;     /* EVENT_* */
+	__u8 event;     /* enum retrans_kind */
 	__u8 state;     /* sk_state (TCP_*) */
 	__u8 ca_state;  /* icsk_ca_state (TCP_CA_*) */
 	__u8 tcp_flags; /* of the retransmitted segment */
