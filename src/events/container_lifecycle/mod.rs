@@ -84,7 +84,8 @@ impl EventTracer for Lifecycle {
         let cgroups = std::fs::read_to_string(self.host.proc("cgroups")).unwrap_or_default();
         let hierarchy = memory_hierarchy_id(&cgroups).unwrap_or(0);
         let mut storage = MaybeUninit::uninit();
-        BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+        BpfProgram::new(ctx)
+            .counters(&self.counters, Slot::COUNTER_SLOTS.0)
             .load(
                 ContainerLifecycleSkelBuilder::default(),
                 &mut storage,

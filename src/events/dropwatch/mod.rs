@@ -144,7 +144,8 @@ impl EventTracer for Dropwatch {
             }
         }
         let mut storage = MaybeUninit::uninit();
-        BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+        BpfProgram::new(ctx)
+            .counters(&self.counters, Slot::COUNTER_SLOTS.0)
             .ring_buffer::<drop_event>(self.cfg.max_events_per_second)
             .load(DropwatchSkelBuilder::default(), &mut storage, |open| {
                 let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;

@@ -121,7 +121,8 @@ struct Handler<'a> {
 impl EventTracer for Hungtask {
     fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
         let mut storage = MaybeUninit::uninit();
-        let loaded = BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+        let loaded = BpfProgram::new(ctx)
+            .counters(&self.counters, Slot::COUNTER_SLOTS.0)
             .load(HungtaskSkelBuilder::default(), &mut storage, |open| {
                 let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
                 rodata.max_events_per_second = self.cfg.max_events_per_second;

@@ -109,7 +109,8 @@ impl EventTracer for Memreclaim {
     fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
         let threshold_ns = self.cfg.threshold_ms * 1_000_000;
         let mut storage = MaybeUninit::uninit();
-        BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+        BpfProgram::new(ctx)
+            .counters(&self.counters, Slot::COUNTER_SLOTS.0)
             .load(MemreclaimSkelBuilder::default(), &mut storage, |open| {
                 let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
                 rodata.threshold_ns = threshold_ns;

@@ -184,7 +184,8 @@ impl EventTracer for Netrecvlat {
         let _timestamps = rx_timestamps_on()?;
         let thresholds = self.thresholds_ns();
         let mut storage = MaybeUninit::uninit();
-        let mut loaded = BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+        let mut loaded = BpfProgram::new(ctx)
+            .counters(&self.counters, Slot::COUNTER_SLOTS.0)
             .ring_buffer::<netrecv_event>(self.cfg.max_events_per_second)
             .load(NetrecvlatSkelBuilder::default(), &mut storage, |open| {
                 let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;

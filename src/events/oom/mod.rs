@@ -105,7 +105,8 @@ impl EventTracer for Oom {
             unlimited: i64::MAX as u64 / page,
         };
         let mut storage = MaybeUninit::uninit();
-        BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+        BpfProgram::new(ctx)
+            .counters(&self.counters, Slot::COUNTER_SLOTS.0)
             .load(OomSkelBuilder::default(), &mut storage, |open| {
                 let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
                 rodata.max_events_per_second = self.cfg.max_events_per_second;

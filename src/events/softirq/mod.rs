@@ -248,7 +248,8 @@ impl Softirq {
         }
 
         let mut storage = MaybeUninit::uninit();
-        let loaded = BpfProgram::new(ctx, &self.counters, COUNTER_SLOTS)
+        let loaded = BpfProgram::new(ctx)
+            .counters(&self.counters, COUNTER_SLOTS)
             .ring_buffer::<softirq_event>(self.cfg.max_events_per_second)
             .load(SoftirqSkelBuilder::default(), &mut storage, |open| {
                 let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;

@@ -112,7 +112,8 @@ impl EventTracer for TcpRetransmit {
             }
         }
         let mut storage = MaybeUninit::uninit();
-        BpfProgram::new(ctx, &self.counters, Slot::COUNTER_SLOTS.0)
+        BpfProgram::new(ctx)
+            .counters(&self.counters, Slot::COUNTER_SLOTS.0)
             .ring_buffer::<retrans_event>(self.cfg.max_events_per_second)
             .load(TcpRetransmitSkelBuilder::default(), &mut storage, |open| {
                 let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
