@@ -131,7 +131,12 @@ struct MemCg(std::path::PathBuf);
 impl MemCg {
     fn new() -> Option<MemCg> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        let root = bianque::container::cgroup_mount(&mountinfo, "memory")?;
+        let root = bianque::cgroupfs::Layout::from_mountinfo(
+            &mountinfo,
+            &bianque::host::HostRoot::default(),
+        )
+        .mount_of("memory")
+        .map(std::path::Path::to_path_buf)?;
         let dir = root.join(format!("bq-bench-{}", std::process::id()));
         std::fs::create_dir(&dir).ok()?;
         let cg = MemCg(dir);

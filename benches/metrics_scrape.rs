@@ -105,7 +105,9 @@ fn test_container() -> Option<TestCgroup> {
     let id = format!("{:016x}", 0xb1a9_0e00u64 + std::process::id() as u64).repeat(4);
     let mut dirs = Vec::new();
     for c in ["memory", "cpu", "cpuacct"] {
-        let m = bianque::container::cgroup_mount(&mi, c)?;
+        let m = bianque::cgroupfs::Layout::from_mountinfo(&mi, &bianque::host::HostRoot::default())
+            .mount_of(c)
+            .map(std::path::Path::to_path_buf)?;
         let parent = m.join(format!("bqbench-{}", std::process::id()));
         std::fs::create_dir_all(parent.join(format!("docker-{id}.scope"))).ok()?;
         dirs.push(parent);

@@ -62,7 +62,7 @@ fn writer(mnt: &std::path::Path, name: &str) -> Child {
 
 fn state_of(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    bianque::events::hungtask::parse_stat_comm_state(&stat).map(|(_, s)| s)
+    bianque::procfs::pid_stat::comm_state(&stat).map(|(_, s)| s)
 }
 
 #[test]

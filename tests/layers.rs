@@ -3,7 +3,7 @@
 //! no plugin may reach another plugin. A failure prints each offending line.
 //!
 //! Units are the top-level modules, except in the plugin folders (`metrics/`, `events/`,
-//! `autotracing/`), where each tracer (`metrics/cpu.rs`, `events/dropwatch/`) is its own unit.
+//! `autotracing/`), where each tracer (`metrics/uptime.rs`, `events/dropwatch/`) is its own unit.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -37,12 +37,6 @@ fn container_labels(id: &str) -> String {
     format!("container_id=\"{id}\",container_name=\"\",container_host_namespace=\"\",container_type=\"normal\",container_qos=\"\"")
 }
 
-fn cgroup_mount(controller: &str) -> PathBuf {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    bianque::container::cgroup_mount(&mi, controller)
-        .unwrap_or_else(|| panic!("no cgroup hierarchy for {controller}"))
-}
-
 /// A cgroup that looks like a container (`/bqtest-<pid>-<n>/docker-<64 hex>.scope`, the systemd
 /// driver's form) in some v1 hierarchies.
 /// Drop kills what runs in it and removes the directories.
@@ -62,7 +56,9 @@ impl TestCgroup {
             parents: Vec::new(),
         };
         for c in controllers {
-            let parent = cgroup_mount(c).join(format!("bqtest-{}-{n}", std::process::id()));
+            let parent = cgroup_mount(c)
+                .unwrap_or_else(|| panic!("no cgroup hierarchy for {c}"))
+                .join(format!("bqtest-{}-{n}", std::process::id()));
             std::fs::create_dir_all(parent.join(format!("docker-{id}.scope")))
                 .unwrap_or_else(|e| panic!("mkdir in {c}: {e}"));
             cg.parents.push(parent);

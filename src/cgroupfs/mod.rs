@@ -5,6 +5,7 @@
 
 pub mod cpu;
 pub mod taskstats;
+pub mod tree;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

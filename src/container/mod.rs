@@ -8,7 +8,6 @@
 //! is kept a while after it exits so that late events still resolve.
 
 pub mod cgroup_path;
-mod cgroups;
 mod config;
 pub mod filter;
 pub mod kubelet;
@@ -19,7 +18,6 @@ pub mod view;
 use serde::Serialize;
 
 pub use cgroup_path::{is_container_id, CgroupMatch, Runtime};
-pub use cgroups::{cgroup_mount, netns_inum, proc_cgroup_path};
 pub use config::ContainersConfig;
 pub use registry::ContainerRegistry;
 

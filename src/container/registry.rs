@@ -3,13 +3,15 @@
 //! metadata sources.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::cgroups::{first_pid, netns_inum, walk_cgroups};
 use super::{cgroup_path, filter, is_container_id, metadata, view};
 use super::{CgroupMatch, Container, ContainersConfig, Runtime};
+use crate::cgroupfs::tree;
 use crate::host::HostRoot;
+use crate::procfs::pid_ns;
 use crate::record::ContainerFields;
 
 /// An unknown cgroup id triggers a resync (it is usually a container that just started), but
@@ -298,8 +300,7 @@ impl ContainerRegistry {
             *last = Some(Instant::now());
             return false;
         };
-        let mut paths = HashMap::new();
-        walk_cgroups(&root, &root, &mut paths, 0);
+        let mut paths = tree::walk(&root);
 
         // Container cgroups and everything below them.
         let mut found: HashMap<String, (CgroupMatch, u64)> = HashMap::new();
@@ -317,7 +318,7 @@ impl ContainerRegistry {
         }
         let unknown = found.keys().any(|id| !meta.contains_key(id));
         // Containers sharing the host's network namespace must not claim its packets.
-        let host_netns = netns_inum(&self.host, 1);
+        let host_netns = pid_ns::net_inum(&self.host.proc(""), 1);
         let now_text = crate::record::format_time_ns(crate::record::now_ns());
 
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
@@ -331,8 +332,8 @@ impl ContainerRegistry {
                     (o.init_pid, o.net_namespace_inum)
                 }
                 _ => {
-                    let pid = first_pid(&root.join(m.container_path.trim_start_matches('/')));
-                    (pid, netns_inum(&self.host, pid))
+                    let pid = tree::first_pid(&root.join(m.container_path.trim_start_matches('/')));
+                    (pid, pid_ns::net_inum(&self.host.proc(""), pid))
                 }
             };
             let c = Container {
@@ -555,16 +556,55 @@ fn containerd_task_match(tasks: &[String], path: &str) -> Option<CgroupMatch> {
     })
 }
 
+impl ContainerRegistry {
+    /// The memory controller's hierarchy under the host root (v1 `memory`, else cgroup2):
+    /// `<root><path>` is the directory of a memory cgroup path.
+    pub fn memory_root(&self) -> Option<PathBuf> {
+        crate::cgroupfs::Layout::read(&self.host)
+            .mount_of("memory")
+            .map(Path::to_path_buf)
+    }
+
+    /// `/<namespace>/<id>` of every containerd task (runtime v2 shim state directories).
+    pub(super) fn containerd_tasks(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for dir in &self.cfg.containerd_state_dirs {
+            let base = self
+                .host
+                .root()
+                .join(dir.strip_prefix("/").unwrap_or(dir))
+                .join("io.containerd.runtime.v2.task");
+            let Ok(namespaces) = std::fs::read_dir(&base) else {
+                continue;
+            };
+            for ns in namespaces.flatten() {
+                let Ok(tasks) = std::fs::read_dir(ns.path()) else {
+                    continue;
+                };
+                for t in tasks.flatten() {
+                    out.push(format!(
+                        "/{}/{}",
+                        ns.file_name().to_string_lossy(),
+                        t.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::cgroup_mount;
 
     #[test]
     fn resolves_real_memory_cgroups_and_containers_by_inode() {
         use std::os::unix::fs::MetadataExt;
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = cgroup_mount(&mountinfo, "memory").expect("memory cgroup mounted");
+        let root = crate::cgroupfs::Layout::read(&HostRoot::default())
+            .mount_of("memory")
+            .expect("memory cgroup mounted")
+            .to_path_buf();
         let id = format!("{:064x}", 0xb1a9e_u64 + std::process::id() as u64);
         let parent = root.join(format!("bianque-test-{}", std::process::id()));
         let docker = parent.join("docker");

@@ -18,6 +18,7 @@ pub mod mountinfo;
 pub mod netdev;
 pub mod netstat;
 pub mod pid_cgroup;
+pub mod pid_ns;
 pub mod pid_stack;
 pub mod pid_stat;
 pub mod pid_statm;

@@ -148,26 +148,6 @@ fn parse_stack(b: &[u8]) -> Vec<u64> {
         .collect()
 }
 
-/// CPUs listed in a `/sys/devices/system/cpu/online` style list (`0-3,6`).
-pub fn parse_cpu_list(text: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                if let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
-                    out.extend(a..=b.min(a.saturating_add(4096)));
-                }
-            }
-            None => {
-                if let Ok(c) = part.trim().parse() {
-                    out.push(c);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Opens a software CPU-clock sampling event on `cpu` for all tasks.
 fn open_cpu_clock(cpu: u32, frequency_hz: u64) -> Result<OwnedFd> {
     // SAFETY: perf_event_attr is a plain C struct for which all-zero is a valid value.
@@ -206,10 +186,11 @@ pub fn profile(
     if opts.frequency_hz == 0 {
         bail!("profiler frequency must be above 0 Hz");
     }
-    let cpus = parse_cpu_list(
+    let cpus = crate::procfs::cpulist::parse(
         &std::fs::read_to_string("/sys/devices/system/cpu/online")
             .context("reading /sys/devices/system/cpu/online")?,
-    );
+    )
+    .unwrap_or_default();
     if cpus.is_empty() {
         bail!("no online CPUs listed");
     }
@@ -497,13 +478,6 @@ pub fn folded_of_record(record: &serde_json::Value) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_cpu_lists() {
-        assert_eq!(parse_cpu_list("0-3,6\n"), vec![0, 1, 2, 3, 6]);
-        assert_eq!(parse_cpu_list("0\n"), vec![0]);
-        assert!(parse_cpu_list("").is_empty());
-    }
 
     #[test]
     fn folds_outermost_first_and_strips_offsets() {

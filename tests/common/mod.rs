@@ -347,8 +347,14 @@ pub fn send_udp_from_thread(comm: &str, target: &str, n: usize) {
 
 /// The mount point of the v1 memory hierarchy, else the cgroup2 mount.
 pub fn memcg_mount() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    bianque::container::cgroup_mount(&mountinfo, "memory").expect("a memory cgroup hierarchy")
+    cgroup_mount("memory").expect("a memory cgroup hierarchy")
+}
+
+/// The mount point of the hierarchy holding `controller`: its v1 hierarchy, else cgroup2.
+pub fn cgroup_mount(controller: &str) -> Option<PathBuf> {
+    bianque::cgroupfs::Layout::read(&bianque::host::HostRoot::default())
+        .mount_of(controller)
+        .map(Path::to_path_buf)
 }
 
 /// A memory cgroup made for one test, with a memory limit; its tasks are killed and the
@@ -556,11 +562,10 @@ impl ContainerCgroup {
         let id = format!("{pid:08x}{n:08x}").repeat(4);
         let parent = format!("bq-{tag}-{pid}-{n}");
         let path = format!("/{parent}/docker-{id}.scope");
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         let v1: Vec<PathBuf> = ["memory", "cpu", "cpuacct"]
             .iter()
             .filter_map(|c| {
-                bianque::container::cgroup_mount(&mountinfo, c).filter(|m| {
+                cgroup_mount(c).filter(|m| {
                     // cgroup_mount falls back to cgroup2; keep v1 hierarchies only here.
                     !m.join("cgroup.controllers").exists()
                 })
@@ -570,8 +575,7 @@ impl ContainerCgroup {
         mounts.dedup();
         let v2 = mounts.is_empty();
         if v2 {
-            let m =
-                bianque::container::cgroup_mount(&mountinfo, "memory").expect("a cgroup2 mount");
+            let m = cgroup_mount("memory").expect("a cgroup2 mount");
             mounts.push(m);
         }
         let mut cg = ContainerCgroup {
@@ -598,7 +602,7 @@ impl ContainerCgroup {
             let cpu_dir = if v2 {
                 cg.dirs[0].clone()
             } else {
-                let cpu = bianque::container::cgroup_mount(&mountinfo, "cpu").expect("cpu");
+                let cpu = cgroup_mount("cpu").expect("cpu");
                 cpu.join(path.trim_start_matches('/'))
             };
             if v2 {

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use crate::bpf::{self as bq_bpf, BootClock, Plain};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
 use crate::host::HostRoot;
+use crate::procfs;
 use crate::tracer::program::{self, BpfProgram, Refused};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
@@ -189,69 +189,26 @@ pub struct BlockedTask {
     pub stack: Vec<String>,
 }
 
-/// `(comm, state)` from a /proc/<pid>/stat line (comm may hold spaces and parentheses).
-pub fn parse_stat_comm_state(stat: &str) -> Option<(&str, char)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?;
-    let state = stat.get(close + 1..)?.trim_start().chars().next()?;
-    Some((comm, state))
-}
-
-/// Frames of /proc/<pid>/stack (`[<0>] func+0x1/0x2`) as `func+0x1`.
-pub fn parse_proc_stack(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| {
-            let frame = l.split_once("] ").map(|(_, f)| f).unwrap_or(l).trim();
-            let frame = frame.split('/').next().unwrap_or(frame);
-            (!frame.is_empty()).then(|| frame.to_string())
-        })
-        .collect()
-}
-
 /// Tasks in D state (threads included), with their kernel stacks; at most `max`.
 pub fn d_state_tasks(host: &HostRoot, max: usize) -> Vec<BlockedTask> {
-    let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir(host.proc("")) else {
-        return out;
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(tasks) = std::fs::read_dir(p.path().join("task")) else {
-            continue;
-        };
-        for t in tasks.flatten() {
-            if out.len() >= max {
-                return out;
-            }
-            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some(task) = blocked_task(&t.path(), pid, tid) {
-                out.push(task);
-            }
-        }
-    }
-    out
-}
-
-fn blocked_task(dir: &Path, pid: u32, tid: u32) -> Option<BlockedTask> {
-    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-    let (comm, state) = parse_stat_comm_state(&stat)?;
-    if state != 'D' {
-        return None;
-    }
-    let stack = std::fs::read_to_string(dir.join("stack"))
-        .map(|s| parse_proc_stack(&s))
-        .unwrap_or_default();
-    Some(BlockedTask {
-        pid,
-        tid,
-        comm: comm.to_string(),
-        stack,
-    })
+    let proc_dir = host.proc("");
+    procfs::tasks::in_state(&proc_dir, 'D', max)
+        .into_iter()
+        .map(|t| BlockedTask {
+            stack: std::fs::read_to_string(t.dir(&proc_dir).join("stack"))
+                .map(|s| {
+                    procfs::pid_stack::frames(&s)
+                        .map(procfs::pid_stack::without_size)
+                        .filter(|f| !f.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            pid: t.pid,
+            tid: t.tid,
+            comm: t.comm,
+        })
+        .collect()
 }
 
 /// One report as the kernel made it (no lookups, no files: what the record says alone);
@@ -360,28 +317,6 @@ mod tests {
         );
         // Added by save(): the sysctl and the other D-state tasks.
         assert!(d.hung_task_timeout_secs.is_none() && d.blocked_tasks.is_empty());
-    }
-
-    #[test]
-    fn stat_state_with_odd_comm() {
-        let stat = "1234 (a (b) c) D 1 1234 1234 0 -1 4194560 98 0 0 0";
-        assert_eq!(parse_stat_comm_state(stat), Some(("a (b) c", 'D')));
-        assert_eq!(parse_stat_comm_state("1 (init) S 0"), Some(("init", 'S')));
-        assert_eq!(parse_stat_comm_state("garbage"), None);
-    }
-
-    #[test]
-    fn proc_stack_frames() {
-        let text = "[<0>] percpu_rwsem_wait+0x11b/0x140\n[<0>] mnt_want_write+0x93/0xc0\n[<0>] do_syscall_64+0x71/0x290\n";
-        assert_eq!(
-            parse_proc_stack(text),
-            vec![
-                "percpu_rwsem_wait+0x11b",
-                "mnt_want_write+0x93",
-                "do_syscall_64+0x71"
-            ]
-        );
-        assert!(parse_proc_stack("").is_empty());
     }
 
     #[test]

@@ -176,7 +176,7 @@ fn realtime_minus_monotonic_ns() -> i64 {
 }
 
 fn host_netns_inum(ctx: &RunContext) -> u32 {
-    crate::container::netns_inum(ctx.host(), 1) as u32
+    crate::procfs::pid_ns::net_inum(&ctx.host().proc(""), 1) as u32
 }
 
 impl EventTracer for Netrecvlat {

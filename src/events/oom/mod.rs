@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::bpf::{self as bq_bpf, BootClock, Plain};
 use crate::config::{check_range, parse_section, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
+use crate::procfs;
 use crate::tracer::program::{self, BpfProgram, Refused};
 use crate::tracer::{
     BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
@@ -213,32 +214,26 @@ struct MemorySnapshot {
     host_meminfo_bytes: BTreeMap<String, u64>,
 }
 
-/// `key value` lines (memory.stat, memory.events, memory.oom_control) into a map.
-pub fn parse_flat_keyed(text: &str) -> BTreeMap<String, u64> {
-    text.lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let k = it.next()?;
-            let v = it.next()?.parse().ok()?;
-            Some((k.to_string(), v))
-        })
-        .collect()
+/// `key value` lines of a memcg file (memory.stat, memory.events, memory.oom_control), as far
+/// as they parse.
+fn flat_keyed(text: &str) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    let _ = procfs::for_each_kv(text, |k, v| {
+        m.insert(k.to_string(), v);
+    });
+    m
 }
 
-/// /proc/meminfo into bytes (`kB` values ×1024; unitless counts kept).
-pub fn parse_meminfo(text: &str) -> BTreeMap<String, u64> {
-    text.lines()
-        .filter_map(|l| {
-            let (k, rest) = l.split_once(':')?;
-            let mut it = rest.split_whitespace();
-            let v: u64 = it.next()?.parse().ok()?;
-            let v = match it.next() {
-                Some("kB") => v * 1024,
-                _ => v,
-            };
-            Some((k.trim().to_string(), v))
+/// /proc/meminfo in bytes (`kB` values ×1024; unitless counts kept); empty if malformed.
+fn meminfo_bytes(text: &str) -> BTreeMap<String, u64> {
+    procfs::meminfo::parse(text)
+        .map(|fields| {
+            fields
+                .into_iter()
+                .map(|f| (f.key.to_string(), f.value))
+                .collect()
         })
-        .collect()
+        .unwrap_or_default()
 }
 
 /// Reads the OOM event counters and memory.stat of a memcg directory (v1 or v2).
@@ -246,16 +241,16 @@ fn read_memcg_files(dir: &Path, with_stat: bool, info: &mut MemcgInfo) {
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
     if let Some(oc) = read("memory.oom_control") {
         info.cgroup_version = Some("v1");
-        info.events = parse_flat_keyed(&oc);
+        info.events = flat_keyed(&oc);
     } else if let Some(ev) = read("memory.events") {
         info.cgroup_version = Some("v2");
-        info.events = parse_flat_keyed(&ev);
+        info.events = flat_keyed(&ev);
     } else {
         return;
     }
     if with_stat {
         if let Some(st) = read("memory.stat") {
-            info.stat = parse_flat_keyed(&st);
+            info.stat = flat_keyed(&st);
         }
     }
 }
@@ -378,7 +373,7 @@ impl Oom {
         if self.cfg.host_meminfo {
             data.memory_snapshot = Some(MemorySnapshot {
                 host_meminfo_bytes: std::fs::read_to_string(ctx.host().proc("meminfo"))
-                    .map(|t| parse_meminfo(&t))
+                    .map(|t| meminfo_bytes(&t))
                     .unwrap_or_default(),
             });
         }
@@ -430,7 +425,7 @@ mod tests {
 
     #[test]
     fn meminfo_is_in_bytes() {
-        let m = parse_meminfo(
+        let m = meminfo_bytes(
             "MemTotal:       24684000 kB\nMemFree:        18514000 kB\nHugePages_Total:       0\n",
         );
         assert_eq!(m["MemTotal"], 24684000 * 1024);
@@ -440,10 +435,10 @@ mod tests {
 
     #[test]
     fn oom_control_and_events_parse() {
-        let v1 = parse_flat_keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n");
+        let v1 = flat_keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n");
         assert_eq!(v1["oom_kill"], 1);
         assert_eq!(v1.len(), 3);
-        let v2 = parse_flat_keyed("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n");
+        let v2 = flat_keyed("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n");
         assert_eq!(v2["max"], 12);
         assert_eq!(v2["oom_group_kill"], 0);
     }

@@ -19,7 +19,6 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{check_range, parse_section, ConfigError, ConfigResult};
-use crate::container::proc_cgroup_path;
 use crate::exposition::{Kind, MetricSink};
 use crate::record::ContainerFields;
 use crate::tracer::{
@@ -302,7 +301,7 @@ impl EventTracer for Softlockup {
 fn task_container(ctx: &RunContext, pid: u32) -> Option<ContainerFields> {
     use std::os::unix::fs::MetadataExt;
     let text = std::fs::read_to_string(ctx.host().proc(&format!("{pid}/cgroup"))).ok()?;
-    let path = proc_cgroup_path(&text, "memory")?;
+    let path = crate::procfs::pid_cgroup::path_of(&text, "memory")?.to_string();
     let root = ctx.containers().memory_root()?;
     let id = std::fs::metadata(root.join(path.trim_start_matches('/')))
         .map(|m| m.ino())
