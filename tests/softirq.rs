@@ -1,5 +1,5 @@
 //! softirq on the real kernel. A NET_RX handler run held long for real: lo in a namespace steers
-//! its packets (RPS) to one CPU, a 10,000-rule firewall there makes each one slow, a sender on
+//! its packets (RPS) to one CPU, a 30,000-rule firewall there makes each one slow, a sender on
 //! another CPU floods it, and the NET_RX budgets are raised so one run keeps going while packets
 //! wait: the run is recorded, at the default threshold, while it runs, with the firewall in its
 //! stack. Long kernel-log lines written to the serial console keep interrupts off for tens of
@@ -81,6 +81,10 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// Rules every packet walks on the receiving CPU: enough that the receiver stays slower than
+/// the sender, so its backlog never drains and one NET_RX run goes on.
+const RULES: usize = 30_000;
+
 #[test]
 fn a_net_rx_run_held_long_by_a_slow_firewall_is_recorded_while_it_runs() {
     let _one = TICK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -100,7 +104,7 @@ fn a_net_rx_run_held_long_by_a_slow_firewall_is_recorded_while_it_runs() {
     let rules = TempDir::new("sirq-nft");
     let mut text =
         String::from("table inet bq_slow {\nchain input {\ntype filter hook input priority 0;\n");
-    for i in 0..10_000 {
+    for i in 0..RULES {
         text.push_str(&format!("udp dport {} counter\n", 10_000 + i));
     }
     text.push_str("}\n}\n");

@@ -173,12 +173,6 @@ pub fn sync_wanted_with(
     Ok(())
 }
 
-/// The kernfs id (inode number) of a cgroup directory: what BPF reads as `kn->id`.
-pub fn cgroup_id(path: &std::path::Path) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| m.ino())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! hierarchies are mounted. Taken from the registry (one cgroup walk serves events, metrics and
 //! detectors), at most [`MAX_AGE`] old.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -67,6 +68,21 @@ pub struct ContainerCgroups {
 }
 
 impl ContainerCgroups {
+    /// The containers by the id of their cgroup in `controller`'s hierarchy (the directory's
+    /// inode: what BPF programs key per-cgroup maps by) → index into `containers`. Containers
+    /// without a directory there are left out.
+    pub fn by_cgroup_id(&self, controller: &str) -> HashMap<u64, usize> {
+        use std::os::unix::fs::MetadataExt;
+        self.containers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let dir = self.layout.dir(controller, &c.rel)?;
+                Some((std::fs::metadata(dir.path).ok()?.ino(), i))
+            })
+            .collect()
+    }
+
     /// A process of the container that lives in its own network namespace (not the host's),
     /// so that `/proc/<pid>/net/*` shows the container's network. None for host-network
     /// containers or when the cgroup has no process.

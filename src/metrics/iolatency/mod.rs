@@ -199,16 +199,7 @@ impl IoLatency {
             return Ok(());
         };
         let snap = ctx.cgroups();
-        let mut by_id: HashMap<u64, usize> = HashMap::new();
-        for (i, ct) in snap.containers.iter().enumerate() {
-            if let Some(id) = snap
-                .layout
-                .dir("blkio", &ct.rel)
-                .and_then(|d| hist::cgroup_id(&d.path))
-            {
-                by_id.insert(id, i);
-            }
-        }
+        let by_id = snap.by_cgroup_id("blkio");
         let want: HashSet<u64> = by_id.keys().copied().collect();
         let hist = &m.hist;
         hist::sync_wanted_with(&m.wanted, &mut m.current, &want, |id| {

@@ -8,7 +8,7 @@
 //! memcg reclaim stalls per container) and its `memory_free` collector's cumulative
 //! `compaction_stall` and `allocpages_stall` (milliseconds) are exported too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
@@ -186,16 +186,7 @@ impl Collector for MemoryReclaim {
             return Ok(());
         };
         let snap = ctx.cgroups();
-        let mut by_id: HashMap<u64, usize> = HashMap::new();
-        for (i, ct) in snap.containers.iter().enumerate() {
-            if let Some(id) = snap
-                .layout
-                .dir("memory", &ct.rel)
-                .and_then(|d| hist::cgroup_id(&d.path))
-            {
-                by_id.insert(id, i);
-            }
-        }
+        let by_id = snap.by_cgroup_id("memory");
         let want: HashSet<u64> = by_id.keys().copied().collect();
         hist::sync_wanted(&m.wanted, &m.hist, &mut m.current, &want)?;
         let mut rows: Vec<(usize, Hist)> = hist::read_keyed(&m.hist, nb)?

@@ -115,16 +115,7 @@ impl RunqueueWait for ContainerWait {
 /// Syncs the BPF `cg_wanted` set with the containers of `snap` and reads their histograms:
 /// (index into `snap.containers`, histogram), in container order.
 fn container_rows(m: &mut Maps, snap: &ContainerCgroups) -> Result<Vec<(usize, Hist)>> {
-    let mut by_id: HashMap<u64, usize> = HashMap::new();
-    for (i, ct) in snap.containers.iter().enumerate() {
-        if let Some(id) = snap
-            .layout
-            .dir("cpu", &ct.rel)
-            .and_then(|d| hist::cgroup_id(&d.path))
-        {
-            by_id.insert(id, i);
-        }
-    }
+    let by_id = snap.by_cgroup_id("cpu");
     let want: HashSet<u64> = by_id.keys().copied().collect();
     hist::sync_wanted(&m.wanted, &m.hist, &mut m.current, &want)?;
     let mut rows: Vec<(usize, Hist)> = hist::read_keyed(&m.hist, BOUNDS.len())?
