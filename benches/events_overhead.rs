@@ -400,9 +400,14 @@ fn main() {
         eprintln!("the events benchmark loads BPF: run it as root");
         std::process::exit(1);
     }
+    // Event tracers, and the collectors that own a BPF program (runqlat…): their hooks stay off
+    // but for the rows that measure them.
     let event_tracers: Vec<String> = bianque::tracer::registry()
         .iter()
-        .filter(|s| s.mode != bianque::tracer::Mode::Metric)
+        .filter(|s| {
+            s.mode != bianque::tracer::Mode::Metric
+                || s.requires.contains(&bianque::tracer::Requirement::Btf)
+        })
         .map(|s| s.name.to_string())
         .collect();
     let agent = Agent::start(&event_tracers);

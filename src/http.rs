@@ -46,10 +46,13 @@ pub fn ca_bundle(key: &str, path: &Path) -> Result<Vec<reqwest::Certificate>> {
 ///
 /// Each request opens its own connection (no idle connection is kept: an idle one would keep
 /// e.g. `podman system service` from timing out), ignores proxy variables (the servers are
-/// local), and must finish within `timeout`. Like every reqwest blocking client it runs its
-/// own runtime thread: create, use and drop it outside an async runtime.
+/// local), and must finish within `timeout`. It drives reqwest's async client on a
+/// current-thread runtime of its own, on the calling thread: no thread waits in the
+/// background between requests (a reqwest blocking client keeps one per client). Create and
+/// use it outside an async runtime.
 pub struct PlainGet {
-    client: reqwest::blocking::Client,
+    client: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
     /// `http://<host>`: requests go to `<base><path>`.
     base: String,
     /// The server, for errors: the address or the socket path.
@@ -66,6 +69,7 @@ impl PlainGet {
             .map_err(|e| anyhow!("HTTP client for {addr}: {}", err_text(e)))?;
         Ok(PlainGet {
             client,
+            runtime: Self::runtime()?,
             base: format!("http://{addr}"),
             server: addr.to_string(),
         })
@@ -80,13 +84,21 @@ impl PlainGet {
             .map_err(|e| anyhow!("HTTP client for {}: {}", path.display(), err_text(e)))?;
         Ok(PlainGet {
             client,
+            runtime: Self::runtime()?,
             base: "http://localhost".into(),
             server: path.display().to_string(),
         })
     }
 
-    fn builder(timeout: Duration) -> reqwest::blocking::ClientBuilder {
-        reqwest::blocking::Client::builder()
+    fn runtime() -> Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the HTTP client's runtime")
+    }
+
+    fn builder(timeout: Duration) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .timeout(timeout)
             .pool_max_idle_per_host(0)
             .user_agent(concat!("bianque/", env!("CARGO_PKG_VERSION")))
@@ -95,17 +107,21 @@ impl PlainGet {
     /// The body of `GET path` (`/containers/json?all=1`), or an error naming the status.
     pub fn get(&self, path: &str) -> Result<String> {
         let what = || format!("GET {path} on {}", self.server);
-        let resp = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .map_err(|e| anyhow!("{}: {}", what(), err_text(e)))?;
-        let status = resp.status();
-        if status != reqwest::StatusCode::OK {
-            bail!("{}: HTTP status {}", what(), status.as_u16());
-        }
-        resp.text()
-            .map_err(|e| anyhow!("{}: reading the answer: {}", what(), err_text(e)))
+        self.runtime.block_on(async {
+            let resp = self
+                .client
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .map_err(|e| anyhow!("{}: {}", what(), err_text(e)))?;
+            let status = resp.status();
+            if status != reqwest::StatusCode::OK {
+                bail!("{}: HTTP status {}", what(), status.as_u16());
+            }
+            resp.text()
+                .await
+                .map_err(|e| anyhow!("{}: reading the answer: {}", what(), err_text(e)))
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{check_range, one_line, ConfigError, ConfigResult};
+use crate::config::{check_range, one_line, Compat, ConfigError, ConfigResult};
 use crate::container::ContainersConfig;
 use crate::server::ServerConfig;
 use crate::store::shipper::ElasticsearchConfig;
@@ -24,6 +24,8 @@ pub const DEFAULT_PREFIX: &str = "bianque";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `compat = "huatuo"`: HuaTuo's metric names and labels, record fields and routes.
+    pub compat: Compat,
     /// Free-form region name carried by every record.
     pub region: String,
     /// Overrides the machine's hostname in records.
@@ -45,6 +47,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            compat: Compat::default(),
             region: "default".into(),
             hostname: None,
             log: LogConfig::default(),
@@ -283,6 +286,14 @@ mod tests {
         assert_eq!(cfg.server.listen, crate::server::config::DEFAULT_LISTEN);
         assert_eq!(cfg.metrics.prefix, "bianque");
         assert_eq!(cfg.store.retention_max_age_hours, 168);
+    }
+
+    #[test]
+    fn compat_switch_parses_and_rejects_unknown_values() {
+        assert_eq!(Config::parse("").unwrap().compat, Compat::Bianque);
+        assert!(Config::parse("compat = \"huatuo\"\n").unwrap().compat.is_huatuo());
+        let err = Config::parse("compat = \"huatou\"\n").unwrap_err();
+        assert!(err.0.contains("huatou"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! Each layer owns its sections (`[containers]` in `container`, `[store]` in `store`, a tracer's
 //! `[events.<name>]` in the tracer); `agent::config` puts the file together.
 
+pub mod compat;
 pub mod filter;
+
+pub use compat::Compat;
 
 use std::fmt;
 

@@ -31,7 +31,8 @@ pub type RecordSink = Arc<dyn Fn(Record) + Send + Sync>;
 
 /// A record held for its container's name, and since when.
 struct Held {
-    record: Record,
+    /// Boxed: the queue's slots are allocated (and touched) up front, 1024 of them.
+    record: Box<Record>,
     since: Instant,
 }
 
@@ -101,12 +102,12 @@ impl Pipeline {
             return Some(record);
         };
         let held = Held {
-            record,
+            record: Box::new(record),
             since: Instant::now(),
         };
         match tx.try_send(held) {
             Ok(()) => None,
-            Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => Some(h.record),
+            Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => Some(*h.record),
         }
     }
 
@@ -172,7 +173,7 @@ impl Shared {
             if let Some(fields) = self.containers.named_fields(&id) {
                 tracing::debug!(container_id = %id, name = %fields.name, waited_ms = h.since.elapsed().as_millis() as u64, "held record named");
                 h.record.container = Some(fields);
-                (self.sink)(h.record);
+                (self.sink)(*h.record);
             } else if last || h.since.elapsed() >= LATE_METADATA_WAIT {
                 let mut given_up = self.given_up.lock().unwrap_or_else(|e| e.into_inner());
                 if given_up.len() >= GIVEN_UP_MAX {
@@ -181,7 +182,7 @@ impl Shared {
                 given_up.insert(id.clone(), Instant::now());
                 drop(given_up);
                 tracing::debug!(container_id = %id, "no metadata names the container; record saved by id");
-                (self.sink)(h.record);
+                (self.sink)(*h.record);
             } else {
                 keep.push(h);
             }

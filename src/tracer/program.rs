@@ -9,14 +9,14 @@
 //! let mut storage = MaybeUninit::uninit();
 //! BpfProgram::new(ctx)
 //!     .counters(&self.counters, Slot::COUNTER_SLOTS.0)
-//!     .ring_buffer::<signal_event>(self.cfg.max_events_per_second)
-//!     .load(SignalSkelBuilder::default(), &mut storage, |open| {
-//!         let rodata = rodata(open)?;
-//!         rodata.watched_signals = self.mask;
+//!     .ring_buffer::<drop_event>(self.cfg.max_events_per_second)
+//!     .load(DropwatchSkelBuilder::default(), &mut storage, |open| {
+//!         let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
+//!         rodata.max_events_per_second = self.cfg.max_events_per_second;
 //!         Ok(())
 //!     })?
 //!     .attach(&[])?
-//!     .poll(|e: &signal_event, clock| self.save(ctx, e, clock))
+//!     .poll(|e: &drop_event, clock| self.save(ctx, e, clock))
 //! ```
 
 use std::io::Write as _;

@@ -170,7 +170,7 @@ impl EventTracer for SignalTracer {
         let mut storage = MaybeUninit::uninit();
         BpfProgram::new(ctx)
             .counters(&self.counters, Slot::COUNTER_SLOTS.0)
-            .ring_buffer::<signal_event>(self.cfg.max_events_per_second)
+            // The ring buffer keeps its size in signal.bpf.c (128 KiB: a rare-event tracer).
             .load(SignalSkelBuilder::default(), &mut storage, |open| {
                 let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
                 rodata.watched_signals = self.mask;
