@@ -27,14 +27,18 @@ impl std::error::Error for ConfigError {}
 
 pub type ConfigResult<T> = Result<T, ConfigError>;
 
-/// `key` must lie in `min..=max`.
+/// `key` must lie in `min..=max` (NaN never does).
 pub fn check_range<T: PartialOrd + fmt::Display>(
     key: &str,
     value: T,
     min: T,
     max: T,
 ) -> ConfigResult<()> {
-    if value < min || value > max {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    // NaN compares as None with everything, so it is out.
+    let inside = matches!(value.partial_cmp(&min), Some(Greater | Equal))
+        && matches!(value.partial_cmp(&max), Some(Less | Equal));
+    if !inside {
         Err(ConfigError(format!(
             "{key}: {value} is out of range, allowed {min}..={max}"
         )))
@@ -101,6 +105,9 @@ mod tests {
         assert_eq!(check_range("a.b", 5, 1, 10), Ok(()));
         let err = check_range("a.b", 0, 1, 10).unwrap_err();
         assert_eq!(err.0, "a.b: 0 is out of range, allowed 1..=10");
+        assert!(check_range("f", f64::NAN, 0.0, 1.0).is_err());
+        assert!(check_range("f", f64::INFINITY, 0.0, 1e9).is_err());
+        assert!(check_range("f", 0.5, 0.0, 1.0).is_ok());
     }
 
     #[test]
