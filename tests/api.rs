@@ -179,7 +179,9 @@ fn assert_json_error(what: &str, code: u16, body: &str, want: u16, error_code: &
     let v: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|_| panic!("{what}: not JSON: {body:?}"));
     assert_eq!(v["error"]["code"], error_code, "{what}: {body}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
 }
 
 #[test]

@@ -39,6 +39,9 @@ pub struct RunOptions {
 pub enum AgentError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// A bad command-line flag value (exit 2, like a config error, but not called one).
+    #[error("{0}")]
+    Usage(String),
     #[error("{0:#}")]
     Runtime(#[from] anyhow::Error),
 }

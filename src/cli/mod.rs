@@ -5,6 +5,7 @@ pub mod check;
 pub mod containers;
 pub mod events;
 pub mod run;
+pub mod text;
 pub mod tracers;
 
 use std::net::SocketAddr;
