@@ -306,7 +306,7 @@ pub const MAX_URI_BYTES: usize = 8192;
 
 /// `/events` query: `tracer`, `since`, `until`, `container`, `limit`, `cursor`, and any number
 /// of `data.<field>=<value>` matches inside `tracer_data`.
-fn events_query(pairs: Vec<(String, String)>) -> Result<store::Query, ApiError> {
+pub fn events_query(pairs: Vec<(String, String)>) -> Result<store::Query, ApiError> {
     let now = crate::record::now_ns();
     let time = |key: &str, v: &str| -> Result<Option<i64>, ApiError> {
         crate::record::parse_time_arg(v, now)
