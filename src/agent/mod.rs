@@ -58,9 +58,24 @@ pub fn load_config(opts: &RunOptions) -> Result<Config, ConfigError> {
     if let Some(region) = &opts.region {
         cfg.region = region.clone();
     }
+    huatuo_storage(&mut cfg);
     cfg.validate()?;
     Ok(cfg)
 }
+
+/// `compat = "huatuo"` reaches the shipper through its section (HuaTuo's document and
+/// mapping); the default index becomes HuaTuo's `huatuo_bamai`, the index its Grafana datasource
+/// reads (`huatuo_bamai*`).
+fn huatuo_storage(cfg: &mut Config) {
+    let es = &mut cfg.storage.elasticsearch;
+    es.compat = cfg.compat;
+    if cfg.compat.is_huatuo() && es.index == crate::store::shipper::config::DEFAULT_ES_INDEX {
+        es.index = HUATUO_ES_INDEX.into();
+    }
+}
+
+/// HuaTuo's Elasticsearch index.
+pub const HUATUO_ES_INDEX: &str = "huatuo_bamai";
 
 pub fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
