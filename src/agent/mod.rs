@@ -195,6 +195,7 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
             client_buffer: cfg.server.stream_client_buffer,
             keepalive: Duration::from_secs(cfg.server.stream_keepalive_secs),
         },
+        compat: cfg.compat,
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
