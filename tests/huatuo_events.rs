@@ -181,6 +181,15 @@ fn put_tracer_start_stop_answers_204_with_the_token_rules() {
     let (code, body) = put("/tracers/nosuch/start", Some(&auth));
     assert_eq!(code, 404, "{body}");
     assert_eq!(parse(&body)["error"]["code"], "not_found");
+    // HuaTuo's tracer names work too.
+    assert_eq!(
+        parse(&agent.get("/tracers").1)["data"]["net_rx_latency"]["name"],
+        "net_rx_latency"
+    );
+    let (code, body) = put("/tracers/net_rx_latency/stop", Some(&auth));
+    assert_eq!(code, 204, "{body}");
+    let v = parse(&agent.get("/tracers").1);
+    assert_eq!(v["data"]["net_rx_latency"]["running"], false, "{v}");
     // bianque's own POST still works next to it.
     let (code, _) = agent.post("/tracers/loadavg/stop", &[("Authorization", &auth)]);
     assert_eq!(code, 200);
@@ -419,4 +428,77 @@ fn post_events_watch_streams_huatuo_cloudevents_matching_the_filters() {
             "{answer}"
         );
     }
+}
+
+/// A tracer whose name differs: real memcg reclaim stalls (a writer filling a 64 MiB memory
+/// cgroup with page cache on a throttled loop device, as tests/memreclaim.rs provokes them)
+/// are found by the dashboard's `tracer_name:memory_reclaim_events` with HuaTuo's field.
+#[test]
+fn shipped_reclaim_stalls_are_memory_reclaim_events_with_reclaim_duration_ns() {
+    let os = Osmem::start();
+    let agent = Agent::start(
+        &compat_config(&format!(
+            "[storage.elasticsearch]\naddresses = [\"{}\"]\nflush_interval_ms = 100\n[events.memreclaim]\nthreshold_ms = 1\n[events.dropwatch]\nenabled = false\n",
+            os.url()
+        )),
+        &[],
+    );
+    let cg = MemCgroup::new("hevents-reclaim", 64 << 20);
+    let fs = LoopFs::new("hevents-reclaim", 512);
+    let file = fs.mnt.join("fill");
+    let dev = sh(&format!("lsblk -dno MAJ:MIN {}", fs.dev))
+        .trim()
+        .to_string();
+    let throttle = memcg_mount()
+        .parent()
+        .expect("cgroup v1 root")
+        .join("blkio/blkio.throttle.write_bps_device");
+    let _unthrottle = Cleanup(format!("echo '{dev} 0' > {}", throttle.display()));
+    sh(&format!(
+        "echo '{dev} {}' > {}",
+        8 << 20,
+        throttle.display()
+    ));
+    let q = format!(
+        "tracer_name:memory_reclaim_events AND region.keyword:{REGION} AND hostname.keyword:{HOST}"
+    );
+    let mine = || -> Vec<Value> {
+        query_string(&os, &q)
+            .into_iter()
+            .filter(|h| h["_source"]["tracer_data"]["memory_cgroup_path"] == cg.path.as_str())
+            .collect()
+    };
+    for _ in 0..3 {
+        let mut child = cg.spawn(&format!(
+            "dd if=/dev/zero of={} bs=1M count=128",
+            file.display()
+        ));
+        let status = wait_child(&mut child, Duration::from_secs(120)).expect("dd finished");
+        assert!(status.success(), "{status:?}");
+        if wait_until(Duration::from_secs(3), || !mine().is_empty()) {
+            break;
+        }
+    }
+    let hits = mine();
+    assert!(
+        !hits.is_empty(),
+        "no memory_reclaim_events document; stored: {:?}\nlog:\n{}",
+        agent.events("tracer=memreclaim&limit=5"),
+        agent.log()
+    );
+    for h in &hits {
+        let d = &h["_source"]["tracer_data"];
+        assert_eq!(d["comm"], "dd", "{h}");
+        assert!(
+            d["reclaim_duration_ns"].as_u64().unwrap() >= 1_000_000,
+            "{h}"
+        );
+        assert_eq!(d["reclaim_duration_ns"], d["duration_ns"]);
+        assert!(
+            d["pid"].as_u64().is_some() && d["tid"].as_u64().is_some(),
+            "{h}"
+        );
+    }
+    // The store keeps bianque's name.
+    assert!(!agent.events("tracer=memreclaim&limit=5").is_empty());
 }

@@ -47,13 +47,15 @@ pub fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/containers/json", get(containers))
 }
 
-/// `PUT /tracers/{name}/start|stop`: bianque's control, answered `204` as HuaTuo does.
+/// `PUT /tracers/{name}/start|stop`: bianque's control, answered `204` as HuaTuo does. `name`
+/// is HuaTuo's (`net_rx_latency`; `sched_tick` is softirq) or bianque's.
 async fn control(
     state: State<Arc<AppState>>,
-    path: Path<(String, String)>,
+    Path((name, action)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    super::control(state, path, headers).await?;
+    let name = doc::bianque_tracer_name(&name).to_string();
+    super::control(state, Path((name, action)), headers).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -61,7 +63,8 @@ async fn control(
 const FLAG_METRIC: u32 = 1;
 const FLAG_TRACING: u32 = 2;
 
-/// HuaTuo's `GET /tracers` `data`: `{name: {name, running, hit, restart_interval, flag}}`;
+/// HuaTuo's `GET /tracers` `data`: `{name: {name, running, hit, restart_interval, flag}}` by
+/// HuaTuo's names;
 /// `hit` counts the tracer's runs (its first start and its restarts), as HuaTuo's does.
 pub fn tracers_data(runner: &Runner) -> serde_json::Value {
     let mut out = serde_json::Map::new();
@@ -74,10 +77,11 @@ pub fn tracers_data(runner: &Runner) -> serde_json::Value {
             "event" => FLAG_METRIC | FLAG_TRACING,
             _ => FLAG_TRACING,
         };
+        let name = doc::tracer_name(e.spec.name, &serde_json::Value::Null);
         out.insert(
-            e.spec.name.to_string(),
+            name.to_string(),
             serde_json::json!({
-                "name": e.spec.name,
+                "name": name,
                 "running": running,
                 "hit": e.state.restarts() + u64::from(running),
                 "restart_interval": e.restart_interval.as_secs(),
