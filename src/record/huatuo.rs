@@ -144,6 +144,16 @@ pub fn tracer_data(huatuo_name: &str, data: &Value, container_hostname: Option<&
                 // HuaTuo: a float of milliseconds.
                 out.insert("latency_ms".into(), (ns as f64 / 1e6).into());
             }
+            // HuaTuo's stage names.
+            let stage = match src.get("latency_stage").and_then(Value::as_str) {
+                Some("netif") => Some("RX_STAGE_NETIF"),
+                Some("tcp") => Some("RX_STAGE_TCPV4"),
+                Some("usercopy") => Some("RX_STAGE_USERCOPY"),
+                _ => None,
+            };
+            if let Some(stage) = stage {
+                out.insert("latency_stage".into(), stage.into());
+            }
             if let Some(ns) = src.get("latency_threshold_ns").and_then(Value::as_u64) {
                 out.insert("latency_threshold_ms".into(), (ns / 1_000_000).into());
             }
@@ -386,6 +396,7 @@ mod tests {
         assert_eq!(d["tracer_id"], r.tracer_id.as_str());
         let td = &d["tracer_data"];
         assert_eq!(td["latency_ms"], 7.5);
+        assert_eq!(td["latency_stage"], "RX_STAGE_NETIF");
         assert_eq!(td["latency_threshold_ms"], 5);
         assert_eq!(td["tcp_saddr"], "10.0.0.1");
         assert_eq!(td["tcp_dport"], 5555);
