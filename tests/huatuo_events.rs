@@ -236,6 +236,17 @@ fn get_version_has_huatuos_data_and_nothing_changes_without_the_switch() {
     assert_eq!(v["name"], "bianque", "bianque's fields stay");
     drop(agent);
 
+    // Without a token, control is off: 403, as bianque's own route.
+    let no_token = Agent::start(
+        &format!("compat = \"huatuo\"\nregion = \"{REGION}\"\n"),
+        &[],
+    );
+    let (code, body) =
+        common::http_client::request(&no_token.addr, "PUT", "/tracers/loadavg/stop", &[], "");
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(parse(&body)["error"]["code"], "forbidden");
+    drop(no_token);
+
     let plain = Agent::start("", &[]);
     let v = parse(&plain.get("/version").1);
     assert!(v.get("data").is_none(), "{v}");
@@ -376,7 +387,7 @@ fn post_events_watch_streams_huatuo_cloudevents_matching_the_filters() {
     let port = closed_udp_port();
     let agent = Agent::start(
         &compat_config(&format!(
-            "stream_keepalive_secs = 1\n[events.dropwatch]\nports = [{port}]\n"
+            "stream_keepalive_secs = 1\nstream_max_clients = 2\n[events.dropwatch]\nports = [{port}]\n"
         )),
         &[],
     );
@@ -389,6 +400,10 @@ fn post_events_watch_streams_huatuo_cloudevents_matching_the_filters() {
         &agent,
         &json!({"filters": {"tracer_name": "dropwatch", "region": "^elsewhere$"}}).to_string(),
     );
+    // Beyond the client cap: 429 with HuaTuo's code.
+    let (code, body) = http_body(&agent.addr, "POST", "/v1/events/watch", "{}");
+    assert_eq!(code, 429, "{body}");
+    assert_eq!(parse(&body)["error"]["code"], "rate_limited");
     let start = Instant::now();
     send_udp_from_thread("hevents-watch", &format!("127.0.0.1:{port}"), 1);
     let ev = next_data(&mut mine).expect("an event");
