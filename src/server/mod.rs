@@ -131,7 +131,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_not_writable",
-            &format!("the local store cannot write: {}", store.last_error()),
+            format!("the local store cannot write: {}", store.last_error()),
         )
         .into_response()
     } else if app.ready.load(Ordering::Relaxed) {

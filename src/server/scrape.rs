@@ -272,6 +272,12 @@ impl Scraper {
                 n(&sh.expired),
             );
             m.single(
+                "shipper_malformed_answers_total",
+                "Answers to _bulk with a 2xx status that were not bulk answers (no items, wrong count); the records were sent again.",
+                Kind::Counter,
+                n(&sh.malformed),
+            );
+            m.single(
                 "shipper_backlog",
                 "Records in the local store not shipped yet.",
                 Kind::Gauge,

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 
 pub const LEDGER_FILE: &str = "bianque.ledger";
 const MAGIC: u64 = 0x6269_616e_7175_6531; // "bianque1"
-const LEN: usize = 4 * 8;
+pub const LEN: usize = 4 * 8;
 
 /// Slots of the mapped file, one u64 each.
 const SLOT_MAGIC: usize = 0;

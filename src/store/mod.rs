@@ -390,7 +390,8 @@ impl Store {
         let path = data_dir.join(DB_FILE);
         let stats = Arc::new(StoreStats::default());
         let mut notes = Vec::new();
-        let conn = match open_writer_connection(&path) {
+        let wal_limit = wal_bytes_for(retention.max_size_bytes);
+        let conn = match open_writer_connection(&path, wal_limit) {
             Ok(c) => c,
             Err(OpenError::Other(e)) => return Err(e),
             Err(OpenError::Corrupt(why)) => {
@@ -407,7 +408,7 @@ impl Store {
                     "error": why,
                     "quarantined_path": moved.display().to_string(),
                 }));
-                match open_writer_connection(&path) {
+                match open_writer_connection(&path, wal_limit) {
                     Ok(c) => c,
                     Err(OpenError::Corrupt(e)) => {
                         return Err(anyhow!(
@@ -458,6 +459,8 @@ impl Store {
             fanout: fanout.clone(),
             batch_max: writer::BATCH_MIN,
             last_retention: Instant::now(),
+            last_pass_fit: true,
+            batch_bytes: wal_bytes_for(retention.max_size_bytes) as usize,
             errors: Default::default(),
         };
         let writer_queue = queue.clone();
@@ -765,8 +768,14 @@ fn is_corrupt(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// The WAL's share of the size limit: a sixteenth, 4 MiB at most. A group commit is no
+/// larger, and the WAL is cut back to it after a checkpoint.
+fn wal_bytes_for(max_size_bytes: u64) -> u64 {
+    (max_size_bytes / 16).clamp(64 << 10, 4 << 20)
+}
+
 /// Opens the database for writing (creating it 0600), sets it up and checks its integrity.
-fn open_writer_connection(path: &Path) -> Result<Connection, OpenError> {
+fn open_writer_connection(path: &Path, wal_limit: u64) -> Result<Connection, OpenError> {
     let other = |e: rusqlite::Error, what: &str| {
         if is_corrupt(&e) {
             OpenError::Corrupt(e.to_string())
@@ -794,7 +803,7 @@ fn open_writer_connection(path: &Path) -> Result<Connection, OpenError> {
         }
     }
     let conn = Connection::open(path).map_err(|e| other(e, "open"))?;
-    init_writer_connection(&conn).map_err(|e| other(e, "write to"))?;
+    init_writer_connection(&conn, wal_limit).map_err(|e| other(e, "write to"))?;
     // A truncated or damaged file often opens; the check reads every page.
     let check: String = conn
         .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
@@ -805,7 +814,7 @@ fn open_writer_connection(path: &Path) -> Result<Connection, OpenError> {
     Ok(conn)
 }
 
-fn init_writer_connection(conn: &Connection) -> rusqlite::Result<()> {
+fn init_writer_connection(conn: &Connection, wal_limit: u64) -> rusqlite::Result<()> {
     // auto_vacuum must be set before the first table exists to take effect.
     conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -814,6 +823,14 @@ fn init_writer_connection(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA cache_size = -256;",
     )?;
+    // The WAL is checkpointed when it holds its share of the size limit and then cut back.
+    let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        (wal_limit as i64 / page.max(512)).max(16),
+    )?;
+    conn.pragma_update(None, "journal_size_limit", wal_limit as i64)?;
     conn.execute_batch(SCHEMA)
 }
 
@@ -980,12 +997,12 @@ mod tests {
     }
 
     #[test]
-    fn burst_of_100k_is_queued_without_blocking_and_all_written() {
+    fn burst_of_100k_is_written_through_the_bounded_queue() {
         let dir = tmpdir("burst");
         let store = Store::open(&dir, retention()).unwrap();
         let now = now_ns();
-        // save() is a channel send: the burst is queued in memory while one writer thread
-        // inserts in batched transactions; nothing is lost.
+        // The queue holds 8192 at most: the saver waits for the writer (back-pressure), and
+        // nothing is lost.
         for i in 0..100_000 {
             store.save(rec("burst", now + i, None));
         }
@@ -1072,6 +1089,161 @@ mod tests {
             })
             .unwrap();
         assert!(newest[0].contains("\"i\":3999"), "newest kept");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn padded(tracer: &str, t: i64, pad: &str) -> Record {
+        let mut r = rec(tracer, t, None);
+        r.tracer_data = json!({"pad": pad, "t": t});
+        r
+    }
+
+    #[test]
+    fn the_size_limit_holds_while_writing_and_rare_records_outlive_a_flood() {
+        let dir = tmpdir("flood");
+        let limit = 2u64 << 20;
+        let store = Store::open(
+            &dir,
+            Retention {
+                max_age: Duration::from_secs(3600),
+                max_size_bytes: limit,
+            },
+        )
+        .unwrap();
+        let now = now_ns();
+        let pad = "x".repeat(900);
+        // The rare ones come first: oldest of all, so oldest-first retention would drop them.
+        for i in 0..20 {
+            store.save(padded("signal", now + i, &pad));
+        }
+        let mut largest = 0;
+        for i in 0..30_000 {
+            store.save(padded("dropwatch", now + 100 + i, &pad));
+            if i % 500 == 0 {
+                largest = largest.max(disk_bytes(&dir));
+            }
+        }
+        store.close();
+        largest = largest.max(disk_bytes(&dir));
+        // Checked after every commit: over by at most a group commit and the WAL's share (a
+        // sixteenth of the limit each); 1.11 × the limit measured.
+        assert!(
+            largest <= limit + limit / 4,
+            "{largest} bytes on disk against a {limit} limit"
+        );
+        let signals = store
+            .query(&Query {
+                tracer: Some("signal".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(signals.len(), 20, "every rare record kept");
+        let deleted = store.stats().retention_deleted.load(Ordering::Relaxed);
+        assert!(deleted > 20_000, "{deleted}");
+        // The file shrank for real: the reported size is the file's, and it is near the limit.
+        let size = store.stats().size_bytes.load(Ordering::Relaxed);
+        assert!(size <= limit + (1 << 20), "{size}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The database file and its WAL.
+    fn disk_bytes(dir: &Path) -> u64 {
+        db_files(&dir.join(DB_FILE))[..2]
+            .iter()
+            .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    #[test]
+    fn a_truncated_store_is_quarantined_and_a_fresh_one_records_it() {
+        let dir = tmpdir("corrupt");
+        let store = Store::open(&dir, retention()).unwrap();
+        let pad = "y".repeat(2000);
+        for i in 0..3000 {
+            store.save(padded("a", now_ns() + i, &pad));
+        }
+        store.close();
+        drop(store);
+        let db = dir.join(DB_FILE);
+        let len = std::fs::metadata(&db).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.set_len(len / 3).unwrap();
+        drop(f);
+        let store = Store::open(&dir, retention()).unwrap();
+        assert_eq!(store.stats().quarantined.load(Ordering::Relaxed), 1);
+        store.save(rec("b", now_ns(), None));
+        store.close();
+        let rows = store
+            .query(&Query {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let note: serde_json::Value = serde_json::from_str(&rows[1]).unwrap();
+        assert_eq!(note["tracer_name"], STORE_RECORD_TRACER);
+        assert_eq!(note["tracer_data"]["event"], "store_quarantined");
+        let moved = note["tracer_data"]["quarantined_path"].as_str().unwrap();
+        assert!(moved.contains(".corrupt-"), "{moved}");
+        assert_eq!(
+            std::fs::metadata(moved).unwrap().len(),
+            len / 3,
+            "kept for a look"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn records_accepted_and_never_committed_are_reported_at_the_next_start() {
+        let dir = tmpdir("lost");
+        let store = Store::open(&dir, retention()).unwrap();
+        for i in 0..100 {
+            store.save(rec("a", now_ns() + i, None));
+        }
+        store.close();
+        drop(store);
+        // What a killed agent leaves: 40 more accepted in the ledger, never committed.
+        Ledger::open(&dir).unwrap().add_accepted(40);
+        let store = Store::open(&dir, retention()).unwrap();
+        assert_eq!(store.stats().lost_at_start.load(Ordering::Relaxed), 40);
+        store.close();
+        let notes = store
+            .query(&Query {
+                tracer: Some(STORE_RECORD_TRACER.into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(notes.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&notes[0]).unwrap();
+        assert_eq!(v["tracer_data"]["event"], "records_lost");
+        assert_eq!(v["tracer_data"]["lost_records"], 40);
+        drop(store);
+        // Reported once: a clean restart has nothing to report.
+        let store = Store::open(&dir, retention()).unwrap();
+        assert_eq!(store.stats().lost_at_start.load(Ordering::Relaxed), 0);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_data_dir_and_files_are_private() {
+        let dir = tmpdir("private");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = Store::open(&dir, retention()).unwrap();
+        store.save(rec("a", now_ns(), None));
+        store.close();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for f in db_files(&dir.join(DB_FILE)) {
+            if f.exists() {
+                assert_eq!(mode(&f), 0o600, "{}", f.display());
+            }
+        }
+        assert_eq!(mode(&dir.join(ledger::LEDGER_FILE)), 0o600);
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -122,9 +122,9 @@ impl Queue {
         }
     }
 
-    /// Moves up to `max` rows into `out`, waiting up to `wait` for the first; false once the
-    /// queue is closed and empty.
-    pub fn take(&self, max: usize, wait: Duration, out: &mut Vec<Row>) -> bool {
+    /// Moves up to `max` rows of up to `max_bytes` (at least one row) into `out`, waiting up
+    /// to `wait` for the first; false once the queue is closed and empty.
+    pub fn take(&self, max: usize, max_bytes: usize, wait: Duration, out: &mut Vec<Row>) -> bool {
         let deadline = Instant::now() + wait;
         let mut st = self.lock();
         while st.rows.is_empty() {
@@ -141,12 +141,16 @@ impl Queue {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let n = max.min(st.rows.len());
+        let mut n = 0;
         let mut freed = 0;
-        for row in st.rows.drain(..n) {
+        for row in st.rows.iter().take(max) {
+            if n > 0 && freed + row.bytes() > max_bytes {
+                break;
+            }
             freed += row.bytes();
-            out.push(row);
+            n += 1;
         }
+        out.extend(st.rows.drain(..n));
         st.bytes -= freed.min(st.bytes);
         if st.rows.is_empty() && st.rows.capacity() > 1024 {
             // A storm's high-water mark is not kept.
@@ -210,7 +214,7 @@ mod tests {
         assert_eq!((back.id.as_str(), why), ("3", Refusal::Full));
         assert!(t0.elapsed() >= Duration::from_millis(50));
         let mut out = Vec::new();
-        assert!(q.take(2, Duration::ZERO, &mut out));
+        assert!(q.take(2, usize::MAX, Duration::ZERO, &mut out));
         assert_eq!(out.len(), 2);
         q.push(row(4), Duration::ZERO).unwrap();
         q.close();
@@ -219,12 +223,15 @@ mod tests {
             Refusal::Closed
         );
         out.clear();
-        assert!(q.take(10, Duration::ZERO, &mut out));
+        assert!(q.take(10, usize::MAX, Duration::ZERO, &mut out));
         assert_eq!(
             out.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
             ["2", "4"]
         );
-        assert!(!q.take(10, Duration::ZERO, &mut out), "closed and empty");
+        assert!(
+            !q.take(10, usize::MAX, Duration::ZERO, &mut out),
+            "closed and empty"
+        );
     }
 
     #[test]
@@ -243,7 +250,7 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(50));
         let mut out = Vec::new();
-        assert!(q.take(1, Duration::ZERO, &mut out));
+        assert!(q.take(1, usize::MAX, Duration::ZERO, &mut out));
         assert!(saver.join().unwrap(), "the waiting saver got in");
         assert_eq!(q.len(), 2);
     }

@@ -24,8 +24,8 @@ pub const BATCH_MIN: usize = 256;
 pub const BATCH_MAX: usize = 4096;
 const RETENTION_CHUNK: i64 = 5000;
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
-/// The size is checked after every commit; over the limit, retention runs at most this often.
-const SIZE_RETENTION_EVERY: Duration = Duration::from_millis(250);
+/// A retention pass that left the store over its size limit is repeated at most this often.
+const SIZE_RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// A batch that cannot be written is retried this long, then given up (and counted).
 const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// A failing store logs at most one error line this often (with how many it held back).
@@ -44,6 +44,10 @@ pub(super) struct Writer {
     pub fanout: tokio::sync::broadcast::Sender<Arc<Published>>,
     pub batch_max: usize,
     pub last_retention: Instant,
+    /// Whether the last retention pass got the store under its size limit.
+    pub last_pass_fit: bool,
+    /// Bytes of one group commit at most (a WAL's worth for the size limit).
+    pub batch_bytes: usize,
     pub errors: ErrorLog,
 }
 
@@ -75,12 +79,19 @@ impl Writer {
         self.ensure_reserve();
         self.retention_pass(false);
         let mut batch = Vec::with_capacity(BATCH_MIN);
-        while queue.take(self.batch_max, Duration::from_secs(1), &mut batch) {
+        while queue.take(
+            self.batch_max,
+            self.batch_bytes,
+            Duration::from_secs(1),
+            &mut batch,
+        ) {
             if !batch.is_empty() {
                 self.write_until_done(&mut batch, queue);
             }
-            let over = self.last_retention.elapsed() >= SIZE_RETENTION_EVERY
-                && self.file_bytes() > self.retention.max_size_bytes;
+            // Over the limit: trim now (down to 90%, so this is rare); a pass that could not
+            // get under it (a reader holding the WAL) is not repeated at once.
+            let over = self.file_bytes() > self.retention.max_size_bytes
+                && (self.last_pass_fit || self.last_retention.elapsed() >= SIZE_RETENTION_EVERY);
             if over || self.last_retention.elapsed() >= RETENTION_EVERY {
                 self.retention_pass(false);
             }
@@ -300,6 +311,7 @@ impl Writer {
             self.free_pages()?;
         }
         self.update_sizes();
+        self.last_pass_fit = self.file_bytes() <= limit;
         Ok(())
     }
 
