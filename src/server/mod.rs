@@ -131,7 +131,15 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    if app.ready.load(Ordering::Relaxed) {
+    let store = app.store.stats();
+    if !store.writable() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_not_writable",
+            format!("the local store cannot write: {}", store.last_error()),
+        )
+        .into_response()
+    } else if app.ready.load(Ordering::Relaxed) {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
         ApiError::new(
