@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use tokio::sync::Semaphore;
 
-use crate::exposition::{Kind, MetricSink};
+use crate::exposition::{Kind, MetricSink, Naming};
 use crate::server::watch::StreamStats;
 use crate::store::shipper::ShipperStats;
 use crate::store::Store;
@@ -32,7 +32,7 @@ impl Drop for BusyGuard {
 }
 
 pub struct Scraper {
-    prefix: String,
+    naming: Arc<Naming>,
     timeout: Duration,
     slots: Arc<Semaphore>,
     busy: HashMap<&'static str, Arc<AtomicBool>>,
@@ -49,14 +49,19 @@ struct Outcome {
 
 impl Scraper {
     /// `concurrency` collectors run at once (at least one).
-    pub fn new(prefix: &str, timeout: Duration, concurrency: usize, runner: &Runner) -> Scraper {
+    pub fn new(
+        naming: Arc<Naming>,
+        timeout: Duration,
+        concurrency: usize,
+        runner: &Runner,
+    ) -> Scraper {
         let busy = runner
             .entries()
             .iter()
             .map(|e| (e.spec.name, Arc::new(AtomicBool::new(false))))
             .collect();
         Scraper {
-            prefix: prefix.to_string(),
+            naming,
             timeout,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
             busy,
@@ -105,14 +110,14 @@ impl Scraper {
                 continue;
             }
             let entry = entry.clone();
-            let prefix = self.prefix.clone();
+            let naming = self.naming.clone();
             let ctx = ctx.clone();
             let collect = move || {
                 // Cleared however the collector ends, a panic included: the next scrape tries
                 // it again.
                 let _busy = BusyGuard(busy);
                 let start = Instant::now();
-                let mut sink = MetricSink::new(&prefix, entry.spec.name);
+                let mut sink = MetricSink::named(naming, entry.spec.name);
                 let result =
                     catch_unwind(AssertUnwindSafe(|| entry.tracer.collect(&ctx, &mut sink)))
                         .unwrap_or_else(|p| {
@@ -193,7 +198,7 @@ impl Scraper {
     }
 
     fn framework_metrics(&self, runner: &Runner, store: &Store, outcomes: &[Outcome]) -> String {
-        let mut m = MetricSink::framework(&self.prefix);
+        let mut m = MetricSink::framework_named(self.naming.clone());
         m.family(
             "scrape_collector_duration_seconds",
             "Time each collector took in this scrape.",
@@ -387,7 +392,12 @@ mod tests {
         );
         let runner = Runner::new(vec![e.clone()], services);
         runner.start_all();
-        let scraper = Scraper::new("bq", Duration::from_secs(5), 2, &runner);
+        let scraper = Scraper::new(
+            Arc::new(Naming::plain("bq")),
+            Duration::from_secs(5),
+            2,
+            &runner,
+        );
         let first = scraper.scrape(&runner, &store).await;
         assert!(
             first.contains("bq_scrape_collector_success{collector=\"panics_once\"} 0"),
