@@ -38,6 +38,8 @@ pub struct Scraper {
     busy: HashMap<&'static str, Arc<AtomicBool>>,
     shipper: Option<Arc<ShipperStats>>,
     stream: Option<Arc<StreamStats>>,
+    /// When this process started, Unix seconds (boot time + start ticks; read once).
+    start_time_seconds: Option<f64>,
 }
 
 struct Outcome {
@@ -67,6 +69,7 @@ impl Scraper {
             busy,
             shipper: None,
             stream: None,
+            start_time_seconds: process_start_time_seconds(),
         }
     }
 
@@ -345,8 +348,117 @@ impl Scraper {
         }
         m.family("build_info", "Build of the running agent.", Kind::Gauge)
             .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+        process_metrics(&mut m, self.start_time_seconds);
         m.into_string()
     }
+}
+
+/// The agent's own process (the real /proc, not the host root), as every Prometheus exporter
+/// reports itself: unprefixed `process_*` names. A file that cannot be read leaves its
+/// families out.
+fn process_metrics(m: &mut MetricSink, start_time_seconds: Option<f64>) {
+    use crate::procfs::{clk_tck, limits, netstat, page_size, pid_stat};
+    let ticks = clk_tck() as f64;
+    if let Some(st) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|t| pid_stat::parse_process(&t).ok())
+    {
+        m.family_unprefixed(
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+            Kind::Counter,
+        )
+        .sample(&[], (st.utime + st.stime) as f64 / ticks);
+        m.family_unprefixed(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            Kind::Gauge,
+        )
+        .sample(&[], st.vsize as f64);
+        m.family_unprefixed(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            Kind::Gauge,
+        )
+        .sample(&[], (st.rss_pages * page_size()) as f64);
+    }
+    if let Some(t) = start_time_seconds {
+        m.family_unprefixed(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            Kind::Gauge,
+        )
+        .sample(&[], t);
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        m.family_unprefixed(
+            "process_open_fds",
+            "Number of open file descriptors.",
+            Kind::Gauge,
+        )
+        .sample(&[], dir.count() as f64);
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/self/limits") {
+        let value = |l: limits::Limit| match l {
+            limits::Limit::Value(n) => n as f64,
+            // As Go's client reports an unlimited resource.
+            limits::Limit::Unlimited => u64::MAX as f64,
+        };
+        if let Some((soft, _)) = limits::find(&text, "Max open files") {
+            m.family_unprefixed(
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                Kind::Gauge,
+            )
+            .sample(&[], value(soft));
+        }
+        if let Some((soft, _)) = limits::find(&text, "Max address space") {
+            m.family_unprefixed(
+                "process_virtual_memory_max_bytes",
+                "Maximum amount of virtual memory available in bytes.",
+                Kind::Gauge,
+            )
+            .sample(&[], value(soft));
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/self/net/netstat") {
+        if let Ok(entries) = netstat::parse(&text) {
+            let octets = |name: &str| {
+                entries
+                    .iter()
+                    .find(|e| e.proto == "IpExt" && e.name == name)
+                    .map(|e| e.value as f64)
+            };
+            for (name, field, help) in [
+                (
+                    "process_network_receive_bytes_total",
+                    "InOctets",
+                    "Number of bytes received by the process over the network.",
+                ),
+                (
+                    "process_network_transmit_bytes_total",
+                    "OutOctets",
+                    "Number of bytes sent by the process over the network.",
+                ),
+            ] {
+                if let Some(v) = octets(field) {
+                    m.family_unprefixed(name, help, Kind::Counter)
+                        .sample(&[], v);
+                }
+            }
+        }
+    }
+}
+
+/// Boot time (`/proc/stat` btime) plus this process's start (`/proc/self/stat` starttime).
+fn process_start_time_seconds() -> Option<f64> {
+    let boot = crate::procfs::stat::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+        .ok()?
+        .btime?;
+    let st =
+        crate::procfs::pid_stat::parse_process(&std::fs::read_to_string("/proc/self/stat").ok()?)
+            .ok()?;
+    Some(boot as f64 + st.starttime as f64 / crate::procfs::clk_tck() as f64)
 }
 
 #[cfg(test)]
@@ -412,6 +524,27 @@ mod tests {
             "{second}"
         );
         assert!(second.contains("\nbq_panics_once_up 1\n"), "{second}");
+        // The agent's own process, unprefixed.
+        for family in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(second.contains(&format!("\n# TYPE {family} ")), "{family}");
+            let value: f64 = second
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{family} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{family} has a value"));
+            // CPU time may still be below one tick.
+            assert!(
+                value > 0.0 || family == "process_cpu_seconds_total",
+                "{family} {value}"
+            );
+        }
         assert_eq!(e.state.status().0, Status::Active);
         store.close();
         let _ = std::fs::remove_dir_all(dir);
