@@ -56,11 +56,18 @@ impl ContainerCgroup {
             } else {
                 c.kind.clone()
             };
+            // Without an id label, two unnamed containers would write the same series: an
+            // unnamed one is named by its short id, as `docker ps` shows it.
+            let name = if c.name.is_empty() {
+                c.id.chars().take(12).collect()
+            } else {
+                c.name.clone()
+            };
             (
                 &HUATUO_CONTAINER_LABELS,
                 [
                     c.hostname.clone(),
-                    c.name.clone(),
+                    name,
                     kind,
                     c.qos.clone(),
                     c.namespace.clone(),
