@@ -166,6 +166,11 @@ impl MetricSink {
         self.name_prefix.push('_');
     }
 
+    /// Back to the framework's own names (`<prefix>_…`) after [`MetricSink::set_collector`].
+    pub fn set_framework(&mut self) {
+        self.name_prefix.truncate(self.prefix_len);
+    }
+
     /// One sample of the current family.
     pub fn sample(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
         self.series("", labels, &[], value);

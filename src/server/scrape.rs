@@ -252,6 +252,28 @@ impl Scraper {
         for e in runner.entries() {
             m.sample(&[("tracer", e.spec.name)], e.state.restarts() as f64);
         }
+        // HuaTuo's tracing_status collector: records per tracer, and how many run.
+        m.set_collector("tracing_status");
+        m.family(
+            "hitcount",
+            "Records each tracer produced (HuaTuo's name).",
+            Kind::Gauge,
+        );
+        for e in runner.entries() {
+            m.sample(&[("tracing", e.spec.name)], e.state.hits() as f64);
+        }
+        let running = runner
+            .entries()
+            .iter()
+            .filter(|e| e.state.status().0 == Status::Active)
+            .count();
+        m.single(
+            "running",
+            "Tracers running now (HuaTuo's name).",
+            Kind::Gauge,
+            running as f64,
+        );
+        m.set_framework();
         let st = store.stats();
         m.single(
             "store_records_written_total",
