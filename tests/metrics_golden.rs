@@ -19,7 +19,8 @@ fn normalize(text: &str) -> String {
             if !l.starts_with('#')
                 && (l.contains("_duration_seconds")
                     || l.contains("_store_size_bytes")
-                    || l.starts_with("process_"))
+                    || l.starts_with("process_")
+                    || l.starts_with("huatuo_bamai_process_"))
             {
                 match l.rsplit_once(' ') {
                     Some((series, _)) => format!("{series} <volatile>"),
@@ -233,7 +234,7 @@ fn huatuo_compat_switch_gives_huatuo_labels_on_a_huatuo_host_tree() {
         format!("huatuo_bamai_arp_entries{{{base}}} 2"),
         format!("huatuo_bamai_scrape_collector_success{{{base},collector=\"netstat\"}} 1"),
         format!("huatuo_bamai_cpu_util_container_cores{{{base},container_host=\"\",container_name=\"bbbbbbbbbbbb\",container_type=\"normal\",container_level=\"burstable\",container_hostnamespace=\"\"}}"),
-        format!("process_open_fds{{{base}}} "),
+        format!("huatuo_bamai_process_open_fds{{{base}}} "),
     ] {
         assert!(text.contains(&line), "missing `{line}`");
     }
@@ -291,11 +292,8 @@ fn huatuo_prefix_renames_every_family() {
     );
     let text = agent.metrics();
     assert!(text.contains("huatuo_bamai_loadavg_load1 "));
-    // Every family but the standard process metrics, which every exporter writes unprefixed.
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
-    {
+    // Every family, the process metrics too (HuaTuo prefixes them).
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
         assert!(line.starts_with("huatuo_bamai_"), "{line}");
     }
 }

@@ -376,49 +376,63 @@ impl Scraper {
 }
 
 /// The agent's own process (the real /proc, not the host root), as every Prometheus exporter
-/// reports itself: unprefixed `process_*` names. A file that cannot be read leaves its
-/// families out.
+/// reports itself: unprefixed `process_*` names; under HuaTuo's names `<prefix>_process_*`, as
+/// HuaTuo registers its process collector and its dashboards chart it. A file that cannot be
+/// read leaves its families out.
 fn process_metrics(m: &mut MetricSink, start_time_seconds: Option<f64>) {
+    let prefixed = m.huatuo_names();
+    let family = |m: &mut MetricSink, name: &str, help: &str, kind: Kind| {
+        if prefixed {
+            m.family(name, help, kind);
+        } else {
+            m.family_unprefixed(name, help, kind);
+        }
+    };
     use crate::procfs::{clk_tck, limits, netstat, page_size, pid_stat};
     let ticks = clk_tck() as f64;
     if let Some(st) = std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|t| pid_stat::parse_process(&t).ok())
     {
-        m.family_unprefixed(
+        family(
+            m,
             "process_cpu_seconds_total",
             "Total user and system CPU time spent in seconds.",
             Kind::Counter,
-        )
-        .sample(&[], (st.utime + st.stime) as f64 / ticks);
-        m.family_unprefixed(
+        );
+        m.sample(&[], (st.utime + st.stime) as f64 / ticks);
+        family(
+            m,
             "process_virtual_memory_bytes",
             "Virtual memory size in bytes.",
             Kind::Gauge,
-        )
-        .sample(&[], st.vsize as f64);
-        m.family_unprefixed(
+        );
+        m.sample(&[], st.vsize as f64);
+        family(
+            m,
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
             Kind::Gauge,
-        )
-        .sample(&[], (st.rss_pages * page_size()) as f64);
+        );
+        m.sample(&[], (st.rss_pages * page_size()) as f64);
     }
     if let Some(t) = start_time_seconds {
-        m.family_unprefixed(
+        family(
+            m,
             "process_start_time_seconds",
             "Start time of the process since unix epoch in seconds.",
             Kind::Gauge,
-        )
-        .sample(&[], t);
+        );
+        m.sample(&[], t);
     }
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        m.family_unprefixed(
+        family(
+            m,
             "process_open_fds",
             "Number of open file descriptors.",
             Kind::Gauge,
-        )
-        .sample(&[], dir.count() as f64);
+        );
+        m.sample(&[], dir.count() as f64);
     }
     if let Ok(text) = std::fs::read_to_string("/proc/self/limits") {
         let value = |l: limits::Limit| match l {
@@ -427,20 +441,22 @@ fn process_metrics(m: &mut MetricSink, start_time_seconds: Option<f64>) {
             limits::Limit::Unlimited => u64::MAX as f64,
         };
         if let Some((soft, _)) = limits::find(&text, "Max open files") {
-            m.family_unprefixed(
+            family(
+                m,
                 "process_max_fds",
                 "Maximum number of open file descriptors.",
                 Kind::Gauge,
-            )
-            .sample(&[], value(soft));
+            );
+            m.sample(&[], value(soft));
         }
         if let Some((soft, _)) = limits::find(&text, "Max address space") {
-            m.family_unprefixed(
+            family(
+                m,
                 "process_virtual_memory_max_bytes",
                 "Maximum amount of virtual memory available in bytes.",
                 Kind::Gauge,
-            )
-            .sample(&[], value(soft));
+            );
+            m.sample(&[], value(soft));
         }
     }
     if let Ok(text) = std::fs::read_to_string("/proc/self/net/netstat") {
@@ -464,8 +480,8 @@ fn process_metrics(m: &mut MetricSink, start_time_seconds: Option<f64>) {
                 ),
             ] {
                 if let Some(v) = octets(field) {
-                    m.family_unprefixed(name, help, Kind::Counter)
-                        .sample(&[], v);
+                    family(m, name, help, Kind::Counter);
+                    m.sample(&[], v);
                 }
             }
         }
