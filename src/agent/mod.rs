@@ -146,11 +146,10 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     crate::bpf::route_libbpf_log();
     let patterns = crate::container::filter::Patterns::from_config(&cfg.containers)?;
     let filter = crate::container::filter::ContainerFilter::new(patterns)?;
-    let containers = Arc::new(ContainerRegistry::with_filter(
-        host_root.clone(),
-        cfg.containers.clone(),
-        filter,
-    ));
+    let containers = Arc::new(
+        ContainerRegistry::with_filter(host_root.clone(), cfg.containers.clone(), filter)
+            .with_labels(cfg.compat),
+    );
     // One walk before anything scrapes or traces, so the first metrics and events are attributed.
     containers.resync();
     let containers_stop = Arc::new(AtomicBool::new(false));
@@ -165,9 +164,11 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     records
         .start()
         .context("starting the record pipeline thread")?;
+    let hostname = cfg.hostname.clone().unwrap_or_else(host::hostname);
+    let naming = Arc::new(cfg.naming(&hostname));
     let services = Arc::new(Services {
         host: host_root.clone(),
-        hostname: cfg.hostname.clone().unwrap_or_else(host::hostname),
+        hostname,
         region: cfg.region.clone(),
         records: records.clone(),
         containers: containers.clone(),
@@ -177,7 +178,7 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     let runner = Arc::new(Runner::new(entries, services));
     let state = Arc::new(AppState {
         scraper: Scraper::new(
-            &cfg.metrics.prefix,
+            naming,
             Duration::from_millis(cfg.metrics.collector_timeout_ms),
             cfg.metrics.collector_concurrency as usize,
             &runner,
