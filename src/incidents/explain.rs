@@ -329,16 +329,15 @@ pub fn explain(target: &Target, members: &[&Item]) -> Verdict {
         if let Some(p) = str_at(&o.data, "victim.memory_cgroup.path") {
             t.push_str(&format!(" in memory cgroup {p}"));
         }
-        match (
+        if let (Some(u), Some(l)) = (
             u64_at(&o.data, "victim.memory_cgroup.usage_bytes"),
             u64_at(&o.data, "victim.memory_cgroup.limit_bytes"),
         ) {
-            (Some(u), Some(l)) => t.push_str(&format!(
+            t.push_str(&format!(
                 ", which had used {} of its {} limit",
                 mib(u),
                 mib(l)
-            )),
-            _ => {}
+            ));
         }
         if str_at(&o.data, "constraint") == Some("memcg") {
             t.push_str(" (the cgroup's limit, not the host, ran out)");
@@ -352,7 +351,9 @@ pub fn explain(target: &Target, members: &[&Item]) -> Verdict {
     if !ooms.is_empty() && !reclaims.is_empty() {
         s.push("Reclaim could not free enough before the limit was hit, so the kernel killed a process: raise the limit or find what grew.".into());
     } else if !ooms.is_empty() {
-        s.push("The kernel killed a process to free memory: raise the limit or find what grew.".into());
+        s.push(
+            "The kernel killed a process to free memory: raise the limit or find what grew.".into(),
+        );
     }
 
     // CPU chain.
@@ -379,7 +380,11 @@ pub fn explain(target: &Target, members: &[&Item]) -> Verdict {
             .unwrap_or(0);
         s.push(format!(
             "{} kept CPUs from running tasks (longest {}; {}).",
-            plural(softirqs.len(), "long softirq or tick gap", "long softirqs or tick gaps"),
+            plural(
+                softirqs.len(),
+                "long softirq or tick gap",
+                "long softirqs or tick gaps"
+            ),
             ms(longest),
             top(&softirqs, 3, |r| {
                 Some(format!(
@@ -411,8 +416,10 @@ pub fn explain(target: &Target, members: &[&Item]) -> Verdict {
         s.push(format!(
             "The network dropped {} ({}; at {}).",
             plural(drops.len(), "packet", "packets"),
-            top(&drops, 3, |r| str_at(&r.data, "drop_reason").map(str::to_string)),
-            top(&drops, 2, |r| str_at(&r.data, "drop_location").map(str::to_string))
+            top(&drops, 3, |r| str_at(&r.data, "drop_reason")
+                .map(str::to_string)),
+            top(&drops, 2, |r| str_at(&r.data, "drop_location")
+                .map(str::to_string))
         ));
     }
     if !retrans.is_empty() {
@@ -437,7 +444,11 @@ pub fn explain(target: &Target, members: &[&Item]) -> Verdict {
             .unwrap_or(0);
         s.push(format!(
             "{} (worst {}).",
-            plural(slow.len(), "packet was received slowly", "packets were received slowly"),
+            plural(
+                slow.len(),
+                "packet was received slowly",
+                "packets were received slowly"
+            ),
             ms(worst)
         ));
     }
@@ -445,7 +456,10 @@ pub fn explain(target: &Target, members: &[&Item]) -> Verdict {
         s.push(format!("The {}.", summary(r)));
     }
     if !ooms.is_empty() && (!drops.is_empty() || !retrans.is_empty()) {
-        s.push("Drops and retransmits in the same window are likely the killed process's connections.".into());
+        s.push(
+            "Drops and retransmits in the same window are likely the killed process's connections."
+                .into(),
+        );
     }
 
     // Lockups.

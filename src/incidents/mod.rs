@@ -152,8 +152,7 @@ impl Item {
             "target_memory_cgroup_path",
         ];
         for f in CGROUP_FIELDS {
-            if let Some(p) = explain::str_at(&self.data, f).filter(|p| !p.is_empty() && *p != "/")
-            {
+            if let Some(p) = explain::str_at(&self.data, f).filter(|p| !p.is_empty() && *p != "/") {
                 return Target {
                     kind: "cgroup",
                     id: p.to_string(),
@@ -193,10 +192,7 @@ pub fn group(items: &[Item], opts: &Options, now_ns: i64) -> Vec<Incident> {
             None => {}
         }
     }
-    let mut out: Vec<Incident> = members
-        .iter()
-        .map(|m| build(m, opts, now_ns))
-        .collect();
+    let mut out: Vec<Incident> = members.iter().map(|m| build(m, opts, now_ns)).collect();
     out.sort_by(|a, b| b.start_ns.cmp(&a.start_ns).then_with(|| a.id.cmp(&b.id)));
     out
 }
@@ -244,12 +240,7 @@ fn incident_id(target: &Target, first: &Item) -> String {
     // FNV-1a, twice with different seeds: stable across Rust versions, unlike DefaultHasher.
     let fnv = |seed: u64| {
         let mut h = seed;
-        for b in target
-            .id
-            .bytes()
-            .chain([0u8])
-            .chain(first.id.bytes())
-        {
+        for b in target.id.bytes().chain([0u8]).chain(first.id.bytes()) {
             h ^= b as u64;
             h = h.wrapping_mul(0x100_0000_01b3);
         }
@@ -279,7 +270,12 @@ pub struct IncidentQuery {
 
 /// Reads the records of the window (and one gap before it, so an incident that began just
 /// before `since` is whole) and groups them.
-pub fn load(store: &Store, q: &IncidentQuery, opts: &Options, now_ns: i64) -> Result<Vec<Incident>> {
+pub fn load(
+    store: &Store,
+    q: &IncidentQuery,
+    opts: &Options,
+    now_ns: i64,
+) -> Result<Vec<Incident>> {
     let rows = store.query(&Query {
         since_ns: q.since_ns.map(|s| s - opts.gap_ns),
         until_ns: q.until_ns,

@@ -65,18 +65,30 @@ fn reclaim_then_oom_in_one_cgroup_is_one_memory_incident_naming_the_victim() {
     assert!(i.open);
     assert_eq!(i.records, 3);
     assert_eq!(
-        i.evidence.iter().map(|e| e.tracer_id.as_str()).collect::<Vec<_>>(),
+        i.evidence
+            .iter()
+            .map(|e| e.tracer_id.as_str())
+            .collect::<Vec<_>>(),
         ["a1", "a2", "a3"]
     );
     assert_eq!(i.start_ns, T0);
     assert_eq!(i.end_ns, T0 + 3 * S);
     let x = &i.explanation;
-    assert!(x.starts_with("Memory cgroup /bq-oom: critical memory incident from"), "{x}");
-    assert!(x.contains("Direct reclaim stalled tasks 2 times (longest 3.5 ms; dd ×2)"), "{x}");
+    assert!(
+        x.starts_with("Memory cgroup /bq-oom: critical memory incident from"),
+        "{x}"
+    );
+    assert!(
+        x.contains("Direct reclaim stalled tasks 2 times (longest 3.5 ms; dd ×2)"),
+        "{x}"
+    );
     assert!(x.contains("the OOM killer killed tail (pid 42)"), "{x}");
     assert!(x.contains("64 MiB of its 64 MiB limit"), "{x}");
     assert!(x.contains("Reclaim could not free enough"), "{x}");
-    assert_eq!(i.evidence[2].summary, "OOM kill of tail (pid 42) in memory cgroup /bq-oom (64 MiB used of a 64 MiB limit)");
+    assert_eq!(
+        i.evidence[2].summary,
+        "OOM kill of tail (pid 42) in memory cgroup /bq-oom (64 MiB used of a 64 MiB limit)"
+    );
 }
 
 #[test]
@@ -115,7 +127,13 @@ fn ids_are_stable_whatever_the_order_and_are_uuids_of_the_first_records_time() {
 #[test]
 fn context_tracers_join_but_never_start_and_incident_records_are_never_evidence() {
     let rows = vec![
-        rec("s0", "signal", T0, Some("c1"), serde_json::json!({"sig": 9})),
+        rec(
+            "s0",
+            "signal",
+            T0,
+            Some("c1"),
+            serde_json::json!({"sig": 9}),
+        ),
         rec(
             "d1",
             "dropwatch",
@@ -124,8 +142,20 @@ fn context_tracers_join_but_never_start_and_incident_records_are_never_evidence(
             serde_json::json!({"drop_reason": "NO_SOCKET", "drop_location": "udp_queue_rcv_skb",
                                "protocol": "udp", "daddr": "127.0.0.1", "dport": 9}),
         ),
-        rec("s1", "signal", T0 + 2 * S, Some("c1"), serde_json::json!({"sig": 9})),
-        rec("i1", "incident", T0 + 3 * S, Some("c1"), serde_json::json!({})),
+        rec(
+            "s1",
+            "signal",
+            T0 + 2 * S,
+            Some("c1"),
+            serde_json::json!({"sig": 9}),
+        ),
+        rec(
+            "i1",
+            "incident",
+            T0 + 3 * S,
+            Some("c1"),
+            serde_json::json!({}),
+        ),
     ];
     let got = group(&items(&rows), &Options::default(), T0 + 4 * S);
     assert_eq!(got.len(), 1);
@@ -135,12 +165,21 @@ fn context_tracers_join_but_never_start_and_incident_records_are_never_evidence(
     assert_eq!(i.kind, "network");
     assert_eq!(i.severity, "info");
     assert_eq!(
-        i.evidence.iter().map(|e| e.tracer_id.as_str()).collect::<Vec<_>>(),
+        i.evidence
+            .iter()
+            .map(|e| e.tracer_id.as_str())
+            .collect::<Vec<_>>(),
         ["d1", "s1"]
     );
-    assert!(i.explanation.starts_with("Container web: info network incident"), "{}", i.explanation);
     assert!(
-        i.explanation.contains("dropped 1 packet (NO_SOCKET ×1; at udp_queue_rcv_skb ×1)"),
+        i.explanation
+            .starts_with("Container web: info network incident"),
+        "{}",
+        i.explanation
+    );
+    assert!(
+        i.explanation
+            .contains("dropped 1 packet (NO_SOCKET ×1; at udp_queue_rcv_skb ×1)"),
         "{}",
         i.explanation
     );
@@ -179,8 +218,17 @@ fn a_lockup_outranks_the_network_noise_around_it() {
     assert_eq!(i.records, 151);
     assert_eq!(i.evidence.len(), 10);
     assert_eq!(i.tracers["dropwatch"], 150);
-    assert!(i.explanation.contains("soft lockup on CPU 1: spin (pid 5) stuck for 22 s"), "{}", i.explanation);
-    assert!(i.explanation.contains("dropped 150 packets"), "{}", i.explanation);
+    assert!(
+        i.explanation
+            .contains("soft lockup on CPU 1: spin (pid 5) stuck for 22 s"),
+        "{}",
+        i.explanation
+    );
+    assert!(
+        i.explanation.contains("dropped 150 packets"),
+        "{}",
+        i.explanation
+    );
 }
 
 #[test]
@@ -213,9 +261,12 @@ fn the_store_round_trip_finds_and_writes_once() {
     )
     .unwrap();
     let now = crate::record::now_ns();
-    for (n, body) in [reclaim("x", now - 900 * S, "/y"), oom("x", now - 899 * S, "/y")]
-        .iter()
-        .enumerate()
+    for (n, body) in [
+        reclaim("x", now - 900 * S, "/y"),
+        oom("x", now - 899 * S, "/y"),
+    ]
+    .iter()
+    .enumerate()
     {
         let mut r: Record = serde_json::from_str(body).unwrap();
         r.tracer_id = uuid::Uuid::now_v7().simple().to_string();
@@ -224,7 +275,15 @@ fn the_store_round_trip_finds_and_writes_once() {
     }
     // The writer thread commits asynchronously.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while store.query(&Query { limit: 10, ..Default::default() }).unwrap().len() < 2 {
+    while store
+        .query(&Query {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap()
+        .len()
+        < 2
+    {
         assert!(std::time::Instant::now() < deadline);
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

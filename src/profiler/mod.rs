@@ -660,10 +660,18 @@ mod tests {
         assert_eq!(t.unsymbolized_frames, 132);
         assert_eq!(t.capped_stacks, 1);
         assert_eq!(t.folded[0], "dd;main;write;ksys_write_[k] 90");
-        assert!(t.folded.contains(&"python3;[128_unsymbolized_frames] 3".to_string()));
+        assert!(t
+            .folded
+            .contains(&"python3;[128_unsymbolized_frames] 3".to_string()));
         // Two stacks that differ only in their addresses merge.
-        assert!(t.folded.contains(&"dd;main;[2_unsymbolized_frames] 2".to_string()));
-        let capped = t.folded.iter().find(|l| l.contains("frames_folded")).unwrap();
+        assert!(t
+            .folded
+            .contains(&"dd;main;[2_unsymbolized_frames] 2".to_string()));
+        let capped = t
+            .folded
+            .iter()
+            .find(|l| l.contains("frames_folded"))
+            .unwrap();
         let frames: Vec<&str> = capped.rsplit_once(' ').unwrap().0.split(';').collect();
         assert_eq!(frames.len(), FLAME_MAX_DEPTH);
         assert_eq!(frames[1], "f0");

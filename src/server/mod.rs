@@ -2,7 +2,9 @@
 //! Errors are JSON `{"error":{"code","message"}}` with a matching status code.
 
 pub mod config;
+pub mod console;
 pub mod scrape;
+pub mod vitals;
 pub mod watch;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,7 +58,8 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: u
         .route("/containers/{id}", get(container_by_id))
         .route("/shipper", get(shipper))
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(console::routes(state))
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

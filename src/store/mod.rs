@@ -393,7 +393,11 @@ impl Store {
 
     /// Records per tracer per time bucket since `since_ns`: `(tracer, bucket start ns, count)`,
     /// oldest bucket first (the console's events-over-time chart).
-    pub fn counts_by_tracer(&self, since_ns: i64, bucket_ns: i64) -> Result<Vec<(String, i64, u64)>> {
+    pub fn counts_by_tracer(
+        &self,
+        since_ns: i64,
+        bucket_ns: i64,
+    ) -> Result<Vec<(String, i64, u64)>> {
         let bucket_ns = bucket_ns.max(1);
         let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let mut stmt = conn.prepare_cached(
