@@ -96,13 +96,13 @@ function at(obj, path) {
 // A short line about a record: a few telling fields of its tracer_data.
 function brief(r) {
   const d = r.tracer_data || {};
-  const keys = ['victim.comm', 'victim.pid', 'comm', 'pid', 'drop_reason', 'drop_location',
-    'protocol', 'daddr', 'dport', 'kind', 'duration_ns', 'system_percent', 'ifname', 'explanation'];
+  const keys = ['victim.comm', 'victim.pid', 'comm', 'pid', 'drop_reason', 'daddr', 'dport',
+    'drop_location', 'kind', 'duration_ns', 'system_percent', 'ifname', 'explanation'];
   const parts = [];
   for (const k of keys) {
     const v = at(d, k);
     if (v !== undefined && v !== null && typeof v !== 'object') parts.push(`${k}=${v}`);
-    if (parts.length >= 5) break;
+    if (parts.length >= 7) break;
   }
   if (d.profile && d.profile.top_processes && d.profile.top_processes[0]) {
     const p = d.profile.top_processes[0];
@@ -115,10 +115,12 @@ function badge(word) {
   return el('span', { class: `badge ${word}` }, word);
 }
 
+// `rows`: row elements, or a ready <tbody> (one the caller keeps adding rows to).
 function table(headers, rows) {
+  const body = rows instanceof HTMLTableSectionElement ? rows : el('tbody', {}, rows);
   return el('table', {},
     el('thead', {}, el('tr', {}, headers.map((h) => el('th', {}, h)))),
-    el('tbody', {}, rows));
+    body);
 }
 
 function rowLink(hash, cells, attrs) {
