@@ -193,20 +193,37 @@ fn the_page_is_served_with_a_csp_that_forbids_inline_script() {
     assert_eq!(raw.0, 200);
     assert!(raw.1.contains("<script src=\"/console/app.js\""));
     // Headers: ask with curl, which prints them.
-    let head = sh(&format!("curl -sS -D - -o /dev/null http://{}/", agent.addr));
+    let head = sh(&format!(
+        "curl -sS -D - -o /dev/null http://{}/",
+        agent.addr
+    ));
     let csp = head
         .lines()
         .find_map(|l| l.strip_prefix("content-security-policy: "))
         .unwrap_or_else(|| panic!("no CSP: {head}"));
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert!(csp.contains("default-src 'none'"), "{csp}");
-    for p in ["/console/app.js", "/console/app.css", "/incidents", "/console/vitals"] {
+    for p in [
+        "/console/app.js",
+        "/console/app.css",
+        "/incidents",
+        "/console/vitals",
+    ] {
         assert_eq!(agent.get(p).0, 200, "{p}");
     }
     let (code, body) = agent.get("/incidents?open=maybe");
     assert_eq!(code, 400);
-    assert!(body.contains("open: `maybe` is not true or false"), "{body}");
-    assert_eq!(agent.get("/incidents/0190000000007000800000000000000a").0, 404);
+    assert!(
+        body.contains("open: `maybe` is not true or false"),
+        "{body}"
+    );
+    assert_eq!(
+        agent.get("/incidents/0190000000007000800000000000000a").0,
+        404
+    );
 }
 
 #[test]
@@ -219,13 +236,19 @@ fn an_oom_kill_after_reclaim_is_one_incident_whose_evidence_opens_the_oom_record
     // Reclaim pressure first (as tests/memreclaim.rs): page cache twice the limit on a loop
     // device whose writeback is throttled, so the cgroup's own reclaim waits for it.
     let fs = LoopFs::new("console-oom", 512);
-    let dev = sh(&format!("lsblk -dno MAJ:MIN {}", fs.dev)).trim().to_string();
+    let dev = sh(&format!("lsblk -dno MAJ:MIN {}", fs.dev))
+        .trim()
+        .to_string();
     let throttle = memcg_mount()
         .parent()
         .expect("cgroup v1 root")
         .join("blkio/blkio.throttle.write_bps_device");
     let _unthrottle = Cleanup(format!("echo '{dev} 0' > {}", throttle.display()));
-    sh(&format!("echo '{dev} {}' > {}", 8 << 20, throttle.display()));
+    sh(&format!(
+        "echo '{dev} {}' > {}",
+        8 << 20,
+        throttle.display()
+    ));
     let reclaims = || {
         agent
             .events("tracer=memreclaim&limit=10000")
@@ -243,14 +266,20 @@ fn an_oom_kill_after_reclaim_is_one_incident_whose_evidence_opens_the_oom_record
             break;
         }
     }
-    assert!(reclaims() > 0, "no memreclaim record; log:\n{}", agent.log());
+    assert!(
+        reclaims() > 0,
+        "no memreclaim record; log:\n{}",
+        agent.log()
+    );
     // Then the OOM kill, in the same cgroup.
     let mut tail = cg.spawn("tail /dev/zero");
     let pid = tail.id();
     let status = wait_child(&mut tail, Duration::from_secs(60)).expect("tail was not killed");
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     assert!(
-        wait_until(Duration::from_secs(5), || !agent.events("tracer=oom").is_empty()),
+        wait_until(Duration::from_secs(5), || !agent
+            .events("tracer=oom")
+            .is_empty()),
         "no oom record; log:\n{}",
         agent.log()
     );
@@ -273,8 +302,14 @@ fn an_oom_kill_after_reclaim_is_one_incident_whose_evidence_opens_the_oom_record
     assert_eq!(incident["severity"], "critical");
     let id = incident["id"].as_str().unwrap().to_string();
     let explanation = incident["explanation"].as_str().unwrap();
-    assert!(explanation.contains(&format!("the OOM killer killed tail (pid {pid})")), "{explanation}");
-    assert!(explanation.contains("Direct reclaim stalled tasks"), "{explanation}");
+    assert!(
+        explanation.contains(&format!("the OOM killer killed tail (pid {pid})")),
+        "{explanation}"
+    );
+    assert!(
+        explanation.contains("Direct reclaim stalled tasks"),
+        "{explanation}"
+    );
     // The CLI finds the same incident in the store.
     let cli = sh(&format!(
         "{} incidents --data-dir {} --container {} --json",
@@ -286,33 +321,70 @@ fn an_oom_kill_after_reclaim_is_one_incident_whose_evidence_opens_the_oom_record
 
     let b = Browser::open(&agent);
     b.goto("#/");
-    b.wait("document.querySelector('#open-incidents li')", Duration::from_secs(10));
-    b.wait("document.querySelector('#activity rect')", Duration::from_secs(5));
+    b.wait(
+        "document.querySelector('#open-incidents li')",
+        Duration::from_secs(10),
+    );
+    b.wait(
+        "document.querySelector('#activity rect')",
+        Duration::from_secs(5),
+    );
     b.screenshot("overview");
     b.goto("#/incidents");
     let row = format!("tr[data-id='{id}']");
-    b.wait(&format!("document.querySelector(\"{row}\")"), Duration::from_secs(10));
+    b.wait(
+        &format!("document.querySelector(\"{row}\")"),
+        Duration::from_secs(10),
+    );
     assert!(b.text(&row).contains(&cg.path));
     b.screenshot("incidents");
     // Open it as a person would: a click on its row.
-    b.js(&format!("document.querySelector(\"{row}\").click(); return null;"));
-    b.wait("document.querySelector('#explanation')", Duration::from_secs(10));
+    b.js(&format!(
+        "document.querySelector(\"{row}\").click(); return null;"
+    ));
+    b.wait(
+        "document.querySelector('#explanation')",
+        Duration::from_secs(10),
+    );
     let shown = b.text("#explanation");
-    assert!(shown.contains(&format!("killed tail (pid {pid})")), "{shown}");
-    b.wait("document.querySelector('#timeline circle')", Duration::from_secs(5));
+    assert!(
+        shown.contains(&format!("killed tail (pid {pid})")),
+        "{shown}"
+    );
+    b.wait(
+        "document.querySelector('#timeline circle')",
+        Duration::from_secs(5),
+    );
     b.screenshot("incident");
     // Its evidence opens the oom record.
     let evidence = format!("#evidence a[href='#/events/{oom_id}']");
-    b.wait(&format!("document.querySelector(\"{evidence}\")"), Duration::from_secs(5));
-    b.js(&format!("document.querySelector(\"{evidence}\").click(); return null;"));
-    b.wait("document.querySelector('#tracer-data')", Duration::from_secs(10));
+    b.wait(
+        &format!("document.querySelector(\"{evidence}\")"),
+        Duration::from_secs(5),
+    );
+    b.js(&format!(
+        "document.querySelector(\"{evidence}\").click(); return null;"
+    ));
+    b.wait(
+        "document.querySelector('#tracer-data')",
+        Duration::from_secs(10),
+    );
     let record = b.text("#record");
-    assert!(record.contains(&oom_id) && record.contains("oom"), "{record}");
+    assert!(
+        record.contains(&oom_id) && record.contains("oom"),
+        "{record}"
+    );
     let data = b.text("#tracer-data");
-    assert!(data.contains("victim") && data.contains("tail") && data.contains(&cg.path), "{data}");
+    assert!(
+        data.contains("victim") && data.contains("tail") && data.contains(&cg.path),
+        "{data}"
+    );
     b.screenshot("record-oom");
     b.goto("#/containers");
-    b.wait("document.body.dataset.view === 'containers'", Duration::from_secs(10));
+    b.wait(
+        "document.body.dataset.view === 'containers'",
+        Duration::from_secs(10),
+    );
     b.screenshot("containers");
     b.assert_no_console_errors();
 }
@@ -360,7 +432,9 @@ fn a_cpusys_capture_draws_its_flame_graph_with_dd_in_the_first_screen() {
             .collect(),
     );
     assert!(
-        wait_until(Duration::from_secs(40), || !agent.events("tracer=cpusys").is_empty()),
+        wait_until(Duration::from_secs(40), || !agent
+            .events("tracer=cpusys")
+            .is_empty()),
         "no cpusys record (threshold {threshold:.1}%); log:\n{}",
         agent.log()
     );
@@ -369,7 +443,10 @@ fn a_cpusys_capture_draws_its_flame_graph_with_dd_in_the_first_screen() {
     let id = e["tracer_id"].as_str().unwrap().to_string();
     let b = Browser::open(&agent);
     b.goto(&format!("#/events/{id}"));
-    b.wait("document.querySelector('#flamegraph g.frame')", Duration::from_secs(10));
+    b.wait(
+        "document.querySelector('#flamegraph g.frame')",
+        Duration::from_secs(10),
+    );
     // A frame named dd, drawn and visible without scrolling.
     let dd_frame = b.js(
         "for (const t of document.querySelectorAll('#flamegraph g.frame title')) {\n\
@@ -383,7 +460,7 @@ fn a_cpusys_capture_draws_its_flame_graph_with_dd_in_the_first_screen() {
     assert!(dd_frame.is_object(), "no dd frame in the flame graph");
     assert!(dd_frame["width"].as_f64().unwrap() > 10.0, "{dd_frame}");
     // The flame graph sits below the record's fields: scroll to it and the dd frame is in view.
-    b.js("document.querySelector('#flamegraph').scrollIntoView(); return null;");
+    b.js("document.querySelector('.flame-wrap').scrollIntoView(); return null;");
     let in_view = b.js(
         "for (const t of document.querySelectorAll('#flamegraph g.frame title')) {\n\
            if (/^dd /.test(t.textContent)) {\n\
@@ -403,7 +480,10 @@ fn a_drop_flood_shows_in_the_live_tail_within_2s_and_an_html_comm_stays_text() {
     let agent = Agent::start("", &["--disable", "cpusys", "--disable", "cpuidle"]);
     let b = Browser::open(&agent);
     b.goto("#/events?tracer=dropwatch");
-    b.wait("document.querySelector('#tail-toggle')", Duration::from_secs(10));
+    b.wait(
+        "document.querySelector('#tail-toggle')",
+        Duration::from_secs(10),
+    );
     b.js("document.querySelector('#tail-toggle').click(); return null;");
     b.wait(
         "document.querySelector('#tail-state').textContent === 'live'",
@@ -429,16 +509,25 @@ fn a_drop_flood_shows_in_the_live_tail_within_2s_and_an_html_comm_stays_text() {
     let rows = b.text("#tail-rows");
     assert!(rows.contains(shown), "{rows}");
     // The markup made no element, anywhere in the page.
-    assert_eq!(b.js("return document.querySelectorAll('main img').length;"), json!(0));
+    assert_eq!(
+        b.js("return document.querySelectorAll('main img').length;"),
+        json!(0)
+    );
     b.screenshot("events-live-tail");
     // The record view shows the comm as text too.
     let drop = agent
         .events(&format!("tracer=dropwatch&data.dport={port}&limit=1"))
         .remove(0);
     b.goto(&format!("#/events/{}", drop["tracer_id"].as_str().unwrap()));
-    b.wait("document.querySelector('#tracer-data')", Duration::from_secs(10));
+    b.wait(
+        "document.querySelector('#tracer-data')",
+        Duration::from_secs(10),
+    );
     assert!(b.text("#tracer-data").contains(shown));
-    assert_eq!(b.js("return document.querySelectorAll('main img').length;"), json!(0));
+    assert_eq!(
+        b.js("return document.querySelectorAll('main img').length;"),
+        json!(0)
+    );
     b.screenshot("record-drop");
     b.assert_no_console_errors();
 }

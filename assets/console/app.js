@@ -131,16 +131,16 @@ function rowLink(hash, cells, attrs) {
 // --- charts ----------------------------------------------------------------------------
 
 // A line chart of one series over [t0, t1] (ms); points are {t, v}.
-function lineChart(title, unit, points, t0, t1, w = 320, h = 90) {
+function lineChart(title, unit, points, t0, t1, w = 260, h = 80) {
   const vals = points.filter((p) => p.v !== null && p.v !== undefined);
-  const max = Math.max(1, ...vals.map((p) => p.v));
+  const max = Math.ceil(Math.max(1, ...vals.map((p) => p.v)));
   const x = (t) => 30 + ((t - t0) / Math.max(1, t1 - t0)) * (w - 36);
   const y = (v) => h - 16 - (v / max) * (h - 30);
   const d = vals.map((p, i) => `${i ? 'L' : 'M'}${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join('');
   const last = vals.length ? vals[vals.length - 1].v : null;
   return el('div', { class: 'vital' },
     el('div', {}, el('strong', {}, title), ' ',
-      el('span', { class: 'muted' }, last === null ? 'no data yet' : `${last} ${unit}`)),
+      el('span', { class: 'muted' }, last === null ? 'no data yet' : `${Number(last).toFixed(1)} ${unit}`)),
     svg('svg', { width: w, height: h, viewBox: `0 0 ${w} ${h}`, role: 'img' },
       svg('line', { class: 'axis', x1: 30, y1: h - 16, x2: w - 6, y2: h - 16 }),
       svg('text', { x: 0, y: 12 }, `${max}`),
@@ -152,7 +152,7 @@ function lineChart(title, unit, points, t0, t1, w = 320, h = 90) {
 
 // Stacked bars: records per tracer per bucket.
 function activityChart(act) {
-  const w = 900;
+  const w = 600;
   const h = 170;
   const tracers = [...new Set(act.series.map((s) => s.tracer))].sort();
   const buckets = new Map();
@@ -177,7 +177,7 @@ function activityChart(act) {
     }
   }
   return el('div', {},
-    svg('svg', { id: 'activity', width: '100%', height: h, viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: 'none', role: 'img' },
+    svg('svg', { id: 'activity', width: '100%', height: h, viewBox: `0 0 ${w} ${h}`, role: 'img' },
       svg('line', { class: 'axis', x1: 36, y1: h - 18, x2: w - 4, y2: h - 18 }),
       svg('text', { x: 0, y: 12 }, `${max}`),
       svg('text', { x: 36, y: h - 4 }, clock(t0)),
@@ -299,15 +299,18 @@ async function overview() {
       el('div', { class: 'card', id: 'open-incidents' }, el('h2', {}, `Open incidents (${inc.incidents.length})`),
         inc.incidents.length ? el('ol', { class: 'evidence' }, inc.incidents.map((i) => el('li', {},
           badge(i.severity), ' ', link(`#/incidents/${enc(i.id)}`, `${i.kind} · ${i.target.name}`), ' ',
-          el('span', { class: 'muted' }, `${time(i.start)} · ${i.records} records`))))
+          el('span', { class: 'muted' }, `${time(i.start)} · ${i.records} records`), el('div', { class: 'muted small' },
+            i.explanation.length > 200 ? i.explanation.slice(0, 199) + '…' : i.explanation))))
           : el('p', { class: 'muted' }, 'Nothing open: no tracer fired in the last minutes.')),
-      el('div', { class: 'card', id: 'vitals' }, el('h2', {}, 'Host, last hour'),
+      el('div', { class: 'card' }, el('h2', {}, 'Events per tracer, last hour'), activityChart(act))),
+    el('div', { class: 'card', id: 'vitals' }, el('h2', {}, 'Host, last hour'),
+      el('div', { class: 'vitals' },
         lineChart('CPU', '%', series('cpu_percent'), t0, now),
         lineChart('Memory used', '%', series('memory_used_percent'), t0, now),
-        lineChart('PSI memory some', '%', series('psi_memory_some_avg10'), t0, now),
         lineChart('PSI CPU some', '%', series('psi_cpu_some_avg10'), t0, now),
+        lineChart('PSI memory some', '%', series('psi_memory_some_avg10'), t0, now),
+        lineChart('PSI IO some', '%', series('psi_io_some_avg10'), t0, now),
         lineChart('Drops', '/s', series('drops_per_sec'), t0, now))),
-    el('div', { class: 'card' }, el('h2', {}, 'Events per tracer, last hour'), activityChart(act)),
     el('h2', {}, 'Tracers'),
     table(['tracer', 'mode', 'status', 'reason', 'hits', 'losses', 'restarts', ''],
       tr.tracers.map((t) => el('tr', {},

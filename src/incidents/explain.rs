@@ -203,12 +203,12 @@ pub fn summary(item: &Item) -> String {
             u64_at(d, "stuck_seconds").unwrap_or(0)
         ),
         "signal" => format!(
-            "signal {} to {}",
-            str_at(d, "signal_name")
-                .map(str::to_string)
-                .or_else(|| u64_at(d, "sig").map(|s| s.to_string()))
-                .unwrap_or_else(|| "?".into()),
-            str_at(d, "target_comm").unwrap_or("?")
+            "{} from {} (pid {}) to {} (pid {})",
+            str_at(d, "signal").unwrap_or("signal"),
+            str_at(d, "sender_comm").unwrap_or("?"),
+            u64_at(d, "sender_pid").unwrap_or(0),
+            str_at(d, "target_comm").unwrap_or("?"),
+            u64_at(d, "target_pid").unwrap_or(0)
         ),
         other => format!("{other} record"),
     }

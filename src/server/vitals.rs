@@ -20,14 +20,14 @@ pub const CAPACITY: usize = 720;
 pub struct Sample {
     /// Unix milliseconds.
     pub t: i64,
-    pub cpu_percent: Option<f32>,
-    pub cpu_system_percent: Option<f32>,
-    pub memory_used_percent: Option<f32>,
-    pub psi_cpu_some_avg10: Option<f32>,
-    pub psi_memory_some_avg10: Option<f32>,
-    pub psi_io_some_avg10: Option<f32>,
+    pub cpu_percent: Option<f64>,
+    pub cpu_system_percent: Option<f64>,
+    pub memory_used_percent: Option<f64>,
+    pub psi_cpu_some_avg10: Option<f64>,
+    pub psi_memory_some_avg10: Option<f64>,
+    pub psi_io_some_avg10: Option<f64>,
     /// Packet drops per second, as dropwatch counted them.
-    pub drops_per_sec: Option<f32>,
+    pub drops_per_sec: Option<f64>,
 }
 
 /// What the previous sample needs to keep for rates.
@@ -42,8 +42,8 @@ pub struct Vitals {
     ring: Mutex<(VecDeque<Sample>, Last)>,
 }
 
-fn round1(x: f64) -> f32 {
-    ((x * 10.0).round() / 10.0) as f32
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 impl Vitals {
