@@ -258,8 +258,39 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
             }
         });
 
+        // Closed incidents become records (shipped and streamed like any other); the store
+        // ignores an id it has, so each is written once, across restarts too.
+        let incident_store = store.clone();
+        let incident_host = runner.services().hostname.clone();
+        let incident_region = cfg.region.clone();
+        let incident_writer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(INCIDENT_WRITE_EVERY);
+            loop {
+                tick.tick().await;
+                let (s, h, r) = (
+                    incident_store.clone(),
+                    incident_host.clone(),
+                    incident_region.clone(),
+                );
+                let written = tokio::task::spawn_blocking(move || {
+                    crate::incidents::write_closed(
+                        &s,
+                        &h,
+                        &r,
+                        INCIDENT_WRITE_WINDOW_NS,
+                        crate::record::now_ns(),
+                    )
+                })
+                .await;
+                if let Ok(Err(e)) = written {
+                    tracing::warn!(error = %format!("{e:#}"), "writing closed incidents");
+                }
+            }
+        });
+
         wait_for_signal().await?;
         housekeeping.abort();
+        incident_writer.abort();
         tracing::info!("shutting down");
         // The shipper stops at once: whatever it had not confirmed is sent on the next start.
         if let Some(s) = &shipper {
@@ -290,6 +321,10 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     tracing::info!("bianque stopped");
     Ok(())
 }
+
+/// How often closed incidents are looked for, and how far back.
+const INCIDENT_WRITE_EVERY: Duration = Duration::from_secs(30);
+const INCIDENT_WRITE_WINDOW_NS: i64 = 6 * 3600 * 1_000_000_000;
 
 /// The kernel symbol table is dropped after this long without a new address to resolve.
 const SYMBOL_TABLE_IDLE: Duration = Duration::from_secs(60);

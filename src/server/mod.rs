@@ -2,8 +2,10 @@
 //! Errors are JSON `{"error":{"code","message"}}` with a matching status code.
 
 pub mod config;
+pub mod console;
 pub mod huatuo;
 pub mod scrape;
+pub mod vitals;
 pub mod watch;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,7 +63,8 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: u
         .route("/shipper", get(shipper))
         .merge(huatuo::routes(&state))
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(console::routes(state))
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

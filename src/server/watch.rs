@@ -81,6 +81,7 @@ pub fn cloudevent(p: &Published) -> String {
     let kind = match r.tracer_type {
         TracerType::Event => "event",
         TracerType::Autotracing => "autotracing",
+        TracerType::Incident => "incident",
     };
     let mut head = serde_json::json!({
         "specversion": "1.0",
