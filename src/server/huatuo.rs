@@ -244,6 +244,7 @@ fn watch_event(p: &Published) -> String {
         "tracer_run_type": match r.tracer_type {
             TracerType::Event => "event",
             TracerType::Autotracing => "autotracing",
+            TracerType::Incident => "incident",
         },
     });
     if let (Some(c), Some(obj)) = (&r.container, data.as_object_mut()) {
