@@ -82,6 +82,7 @@ pub fn cloudevent(p: &Published) -> String {
     let kind = match r.tracer_type {
         TracerType::Event => "event",
         TracerType::Autotracing => "autotracing",
+        TracerType::Incident => "incident",
     };
     let mut head = serde_json::json!({
         "specversion": "1.0",
@@ -129,6 +130,22 @@ pub async fn watch(
     params: Result<Query<WatchParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    live_stream(
+        &app,
+        conn.map(|Extension(c)| c),
+        move |r| params.matches(r),
+        cloudevent,
+    )
+}
+
+/// The live stream of the records `matches` keeps, each sent as `format` makes it; shared by
+/// this route and HuaTuo's (`server::huatuo`).
+pub(super) fn live_stream(
+    app: &AppState,
+    conn: Option<ConnHandle>,
+    matches: impl Fn(&Record) -> bool + Send + 'static,
+    format: fn(&Published) -> String,
+) -> Result<Response, ApiError> {
     let stats = app.stream.clone();
     let limits = app.stream_limits;
     // Take a slot, or 429.
@@ -155,7 +172,6 @@ pub async fn watch(
     // ends (a dropped client that reads nothing keeps its connection until the write timeout
     // cuts it, and holds its slot until then).
     let slot = Slot(stats.clone());
-    let conn = conn.map(|Extension(c)| c);
     let slot = match &conn {
         Some(conn) => {
             conn.hold(slot);
@@ -195,7 +211,7 @@ pub async fn watch(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
-            if !params.matches(&p.record) {
+            if !matches(&p.record) {
                 continue;
             }
             let room = match tokio::time::timeout(FULL_QUEUE_GRACE, tx.reserve()).await {
@@ -212,7 +228,7 @@ pub async fn watch(
             };
             room.send(Item {
                 id: p.record.tracer_id.clone(),
-                json: cloudevent(&p),
+                json: format(&p),
             });
         }
     });
