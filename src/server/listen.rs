@@ -251,7 +251,14 @@ pub async fn serve(
                 async move {
                     req.extensions_mut().insert(ConnHandle(conn.clone()));
                     let in_flight = InFlight::new(conn);
-                    let Ok(resp) = app.oneshot(req.map(Body::new)).await;
+                    let Ok(mut resp) = app.oneshot(req.map(Body::new)).await;
+                    // A client refused for a cap (429) must not keep its connection instead.
+                    if resp.status() == hyper::StatusCode::TOO_MANY_REQUESTS {
+                        resp.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                    }
                     // The request counts as in flight until hyper drops the body (a stream
                     // lasts as long as its client).
                     Ok::<_, Infallible>(resp.map(|body| {

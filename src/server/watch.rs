@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Extension, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -156,16 +156,15 @@ pub(super) fn live_stream(
         });
     if taken.is_err() {
         stats.rejected_total.fetch_add(1, Ordering::Relaxed);
-        let refused = ApiError::new(
+        // The accept loop closes the connection of a 429: a refused client holds none.
+        return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_clients",
             format!(
                 "the live stream has its maximum of {} clients",
                 limits.max_clients
             ),
-        );
-        // A refused client's connection closes too: it must not hold one instead.
-        return Ok(([(header::CONNECTION, "close")], refused).into_response());
+        ));
     }
     stats.connected_total.fetch_add(1, Ordering::Relaxed);
     // The slot is the client's TCP connection: freed when that closes, not when the stream
