@@ -206,16 +206,21 @@ fn sixty_four_non_reading_stream_clients_leave_at_most_the_cap_of_connections_op
     let port = port_of(&agent.addr);
     for round in 1..=2 {
         let clients: Vec<TcpStream> = (0..64).map(|_| stuck_stream_client(&agent.addr)).collect();
-        // Beyond the cap: 429 and the connection closed.
+        // The cap's worth get a stream; the rest get 429 and their connection closed.
+        let settled = || {
+            agent.metric("bianque_stream_clients") == Some(cap as f64)
+                && agent_connections(agent.pid(), port) <= cap
+        };
         assert!(
-            wait_until(Duration::from_secs(5), || agent_connections(
-                agent.pid(),
-                port
-            ) <= cap),
-            "round {round}: {} connections open",
-            agent_connections(agent.pid(), port)
+            wait_until(Duration::from_secs(10), settled),
+            "round {round}: {} connections open, {:?} stream clients",
+            agent_connections(agent.pid(), port),
+            agent.metric("bianque_stream_clients")
         );
-        assert_eq!(agent.metric("bianque_stream_clients"), Some(cap as f64));
+        assert_eq!(
+            agent.metric("bianque_stream_rejected_total"),
+            Some((round * (64 - cap)) as f64)
+        );
         // Records until every stuck client fell behind and was dropped.
         let dropped_before = agent
             .metric("bianque_stream_dropped_clients_total")
