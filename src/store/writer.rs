@@ -94,7 +94,11 @@ impl Writer {
             // get under it (a reader holding the WAL) is not repeated at once.
             let over = self.file_bytes() > self.retention.max_size_bytes
                 && (self.last_pass_fit || self.last_retention.elapsed() >= SIZE_RETENTION_EVERY);
-            if self.last_retention.elapsed() >= RETENTION_EVERY {
+            if self.disk_low() {
+                // Little room left on the disk: free pages inside the file before new records
+                // need them, so the file does not have to grow.
+                self.retention_pass(true);
+            } else if self.last_retention.elapsed() >= RETENTION_EVERY {
                 self.retention_pass(false);
                 self.ensure_reserve();
             } else if over {
@@ -181,6 +185,7 @@ impl Writer {
     fn committed(&mut self, batch: &mut Vec<Row>, inserted: Vec<bool>, took: Duration) {
         let n = batch.len();
         self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
+        self.update_sizes();
         if self.stats.set_writable() {
             tracing::info!("store writes again");
         }
@@ -217,7 +222,19 @@ impl Writer {
         if std::fs::remove_file(&reserve).is_ok() {
             tracing::warn!("disk full: released the store's reserve to run retention");
         }
+        // The WAL first: its frames go into the file (the reserve pays for any growth) and it
+        // is emptied, so the deletes have room.
+        if let Err(e) = self.checkpoint("TRUNCATE") {
+            tracing::debug!(error = %e, "checkpoint on a full disk failed");
+        }
         self.retention_pass(true);
+    }
+
+    /// The disk has less room than two group commits and the file fewer free pages than one.
+    fn disk_low(&self) -> bool {
+        let commit = self.batch_bytes as u64;
+        available_bytes(&self.path).is_some_and(|a| a < 2 * commit + RESERVE_BYTES as u64)
+            && self.stats.free_bytes.load(Ordering::Relaxed) < 2 * commit
     }
 
     fn reserve_path(&self) -> PathBuf {
@@ -303,7 +320,7 @@ impl Writer {
                 let excess = live.saturating_sub(target).div_ceil(avg) as i64;
                 // On a full disk the delete itself must fit in the WAL: small steps.
                 let chunk = if forced {
-                    FULL_DISK_CHUNK
+                    (self.batch_max as i64).max(FULL_DISK_CHUNK)
                 } else {
                     RETENTION_CHUNK
                 };
