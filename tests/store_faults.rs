@@ -158,29 +158,63 @@ fn a_60s_storm_without_a_limit_stays_under_the_memory_cap_and_every_drop_is_acco
     );
 }
 
+/// Holds the store's write lock from another connection (an operator's `sqlite3` session, a
+/// backup): the writer waits on it and retries, and the queue fills up behind it.
+fn hold_write_lock(agent: &Agent) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(agent.data_dir().join(bianque::store::DB_FILE))
+        .expect("open the store");
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    conn
+}
+
+/// Starts a storm and stalls the writer until the queue is full; returns the flood.
+fn storm_with_a_full_queue(agent: &Agent, port: u16) -> (Flood, rusqlite::Connection) {
+    let flood = Flood::start(port, 2);
+    assert!(wait_until(Duration::from_secs(10), || value(
+        &agent.metrics(),
+        "bianque_store_records_written_total"
+    ) > 1000.0));
+    let lock = hold_write_lock(agent);
+    let full = bianque::store::queue::QUEUE_MAX_RECORDS as f64;
+    assert!(
+        wait_until(Duration::from_secs(30), || value(
+            &agent.metrics(),
+            "bianque_store_queue_length"
+        ) >= full),
+        "the queue did not fill: {}; log:\n{}",
+        value(&agent.metrics(), "bianque_store_queue_length"),
+        agent.log()
+    );
+    (flood, lock)
+}
+
 #[test]
 fn kill9_mid_storm_loses_at_most_the_window_and_the_loss_is_reported_after_restart() {
     let port = closed_udp_port();
     let config = storm_config(port, "");
     let agent = Agent::start(&config, &only_dropwatch());
-    let mut flood = Flood::start(port, 2);
-    std::thread::sleep(Duration::from_secs(8));
-    let accepted = value(&agent.metrics(), "bianque_store_records_accepted_total");
-    let queued = value(&agent.metrics(), "bianque_store_queue_length");
+    let (mut flood, lock) = storm_with_a_full_queue(&agent, port);
+    let text = agent.metrics();
+    let accepted = value(&text, "bianque_store_records_accepted_total");
+    let queued = value(&text, "bianque_store_queue_length");
+    assert!(
+        wait_until(Duration::from_secs(5), || agent.get("/readyz").0 == 503),
+        "a stuck writer makes the agent not ready: {:?}",
+        agent.get("/readyz")
+    );
     let dir = agent.kill9();
     flood.stop();
-    assert!(
-        accepted > 10_000.0,
-        "the storm reached the store: {accepted}"
-    );
-    assert!(queued > 0.0, "records were waiting when killed: {queued}");
+    drop(lock);
+    eprintln!("kill -9 with a full queue: accepted {accepted}, queued {queued}");
 
     let agent = Agent::start_in(dir, &config, &only_dropwatch());
     let text = agent.metrics();
     let lost = value(&text, "bianque_store_lost_at_start_records");
+    eprintln!("reported lost after the restart: {lost} (window {KILL9_WINDOW})");
     assert!(
-        (1.0..=KILL9_WINDOW).contains(&lost),
-        "lost {lost} (window {KILL9_WINDOW}); log:\n{}",
+        lost >= queued.min(KILL9_WINDOW) && lost <= KILL9_WINDOW,
+        "lost {lost}, queued {queued} (window {KILL9_WINDOW}); log:\n{}",
         agent.log()
     );
     assert!(
@@ -199,7 +233,7 @@ fn kill9_mid_storm_loses_at_most_the_window_and_the_loss_is_reported_after_resta
     let stored = store
         .query(&bianque::store::Query {
             tracer: Some("dropwatch".into()),
-            limit: 1_000_000,
+            limit: 10_000_000,
             ..Default::default()
         })
         .expect("query")
@@ -215,15 +249,10 @@ fn sigterm_with_a_full_queue_drains_within_2s_and_loses_nothing() {
     let port = closed_udp_port();
     let config = storm_config(port, "");
     let mut agent = Agent::start(&config, &only_dropwatch());
-    let mut flood = Flood::start(port, 2);
-    assert!(
-        wait_until(Duration::from_secs(20), || value(
-            &agent.metrics(),
-            "bianque_store_queue_length"
-        ) >= 4096.0),
-        "the queue never filled: {}",
-        agent.metrics()
-    );
+    let (mut flood, lock) = storm_with_a_full_queue(&agent, port);
+    let queued = value(&agent.metrics(), "bianque_store_queue_length");
+    // The lock goes and SIGTERM comes at once: the whole queue is written on the way out.
+    drop(lock);
     let t0 = Instant::now();
     let status = agent.terminate(Duration::from_secs(10));
     let took = t0.elapsed();
@@ -233,10 +262,18 @@ fn sigterm_with_a_full_queue_drains_within_2s_and_loses_nothing() {
         "{status:?}; log:\n{}",
         agent.log()
     );
-    eprintln!("SIGTERM with a full queue: exited in {took:?}");
+    eprintln!("SIGTERM with {queued} records queued: exited in {took:?}");
+    if std::env::var_os("SHOW_LOG").is_some() {
+        eprintln!("{}", agent.log());
+    }
     assert!(
         took < Duration::from_secs(2),
         "took {took:?}; log:\n{}",
+        agent.log()
+    );
+    assert!(
+        !agent.log().contains("failed for good"),
+        "nothing given up:\n{}",
         agent.log()
     );
     let dir = std::mem::replace(&mut agent.dir, TempDir(std::path::PathBuf::new()));
@@ -293,8 +330,9 @@ fn a_full_disk_under_a_storm_recovers_by_itself_and_logs_few_errors() {
         "df --output=avail -B1 {} | tail -1",
         fs.0.display()
     ));
+    // At most the store's 1 MiB reserve, if it already gave it back for its retention.
     assert!(
-        avail.trim().parse::<u64>().unwrap_or(u64::MAX) < 64 << 10,
+        avail.trim().parse::<u64>().unwrap_or(u64::MAX) <= (1 << 20) + (64 << 10),
         "not full: {avail}"
     );
     let full_at = value(&agent.metrics(), "bianque_store_records_written_total");
