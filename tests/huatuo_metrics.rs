@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -39,6 +40,12 @@ const HOST: &str = "bq-host";
 
 #[test]
 fn huatuo_dashboard_queries_answer_from_a_real_prometheus() {
+    // The xfs collector reads /proc/fs/xfs/stat, there once the module is loaded.
+    sh_quiet("modprobe xfs");
+    assert!(
+        Path::new("/proc/fs/xfs/stat").exists(),
+        "modprobe xfs gives /proc/fs/xfs/stat"
+    );
     let mut podman = Podman::new();
     // The container has its own network namespace with only `lo`: the netdev collector keeps
     // `lo` here so the container's netdev panels have a device to show.
@@ -193,6 +200,10 @@ fn huatuo_dashboard_queries_answer_from_a_real_prometheus() {
             "process fds",
             format!("huatuo_bamai_process_open_fds{{{h}}}"),
         ),
+        ("xfs fragmentation", format!("increase(huatuo_bamai_xfs_alloc_blocks_total{{{h}}}[5m]) / clamp_min(increase(huatuo_bamai_xfs_alloc_extents_total{{{h}}}[5m]), 1e-6)")),
+        ("xfs inode cache", format!("increase(huatuo_bamai_xfs_inode_attempts_total{{{h}}}[5m]) - increase(huatuo_bamai_xfs_inode_missed_total{{{h}}}[5m])")),
+        ("xfs locks", format!("rate(huatuo_bamai_xfs_buf_locked_waited_total{{{h}}}[30s]) + rate(huatuo_bamai_xfs_buf_busy_locked_total{{{h}}}[30s])")),
+        ("xfs log", format!("rate(huatuo_bamai_xfs_log_space_sleep_total{{{h}}}[30s])")),
         // Container dashboard.
         (
             "container cpu_util",
