@@ -7,6 +7,7 @@
 //! - the in-memory vitals history, full (an hour of samples), against 2 MB;
 //! - `/metrics` scrape latency while a console is served (every second the page and every call
 //!   the overview makes, and a live tail open), against scrapes without it, alternating.
+//!
 //! Asserts nothing about timings; prints the numbers.
 
 use std::io::{Read, Write};
@@ -143,7 +144,8 @@ fn main() {
     let mut renders = Vec::new();
     let mut baselines = Vec::new();
     for i in 0..RENDERS {
-        rt.block_on(client.goto(&format!("http://{addr}/healthz?n={i}"))).unwrap();
+        rt.block_on(client.goto(&format!("http://{addr}/healthz?n={i}")))
+            .unwrap();
         let b = rt
             .block_on(client.execute(
                 "return performance.getEntriesByType('navigation')[0].loadEventEnd;",
@@ -151,7 +153,8 @@ fn main() {
             ))
             .unwrap();
         baselines.push(b.as_f64().unwrap_or(f64::NAN));
-        rt.block_on(client.goto(&format!("http://{addr}/?n={i}#/"))).unwrap();
+        rt.block_on(client.goto(&format!("http://{addr}/?n={i}#/")))
+            .unwrap();
         let t = Instant::now();
         loop {
             let v = rt
@@ -164,7 +167,10 @@ fn main() {
                 renders.push(ms);
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "the console did not render");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the console did not render"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -203,7 +209,11 @@ fn main() {
             let t = Instant::now();
             while t.elapsed() < PHASE {
                 let ms = get_ms(&addr, "/metrics");
-                if serve { with.push(ms) } else { without.push(ms) }
+                if serve {
+                    with.push(ms)
+                } else {
+                    without.push(ms)
+                }
             }
             stop.store(true, Ordering::Relaxed);
             if let Some(u) = user {
