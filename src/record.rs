@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod huatuo;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TracerType {
