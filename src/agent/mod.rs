@@ -39,6 +39,9 @@ pub struct RunOptions {
 pub enum AgentError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// A bad command-line flag value (exit 2, like a config error, but not called one).
+    #[error("{0}")]
+    Usage(String),
     #[error("{0:#}")]
     Runtime(#[from] anyhow::Error),
 }
@@ -116,6 +119,22 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     let host_root = HostRoot::new(opts.host_root.clone().unwrap_or_else(|| PathBuf::from("/")));
     let entries = runner::build_tracers(cfg.tracer_sections(), &opts.disable, &host_root)?;
 
+    // Every connection, BPF object and open file is an fd: take the whole hard limit.
+    let nofile = match server::listen::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE");
+            1024
+        }
+    };
+    let conn_limits = server::listen::ConnLimits {
+        max_connections: server::listen::effective_max_connections(
+            cfg.server.max_connections,
+            nofile,
+        ),
+        header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
+        write_timeout: Duration::from_millis(cfg.server.write_timeout_ms),
+    };
     let addr: SocketAddr = cfg.server.listen.parse().map_err(|_| {
         ConfigError(format!(
             "server.listen: `{}` is not an address",
@@ -191,6 +210,8 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         ready: AtomicBool::new(false),
         shipper: shipper_stats,
         stream: stream_stats,
+        connections: Default::default(),
+        readers: server::readers::ReadPool::new(store.path()),
         stream_limits: StreamLimits {
             max_clients: cfg.server.stream_max_clients,
             client_buffer: cfg.server.stream_client_buffer,
@@ -215,14 +236,23 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
             cfg.server.max_body_bytes,
         );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let http = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await
-        });
-        tracing::info!(listen = %addr, data_dir = %cfg.store.data_dir.display(), "bianque started");
+        let conn_stats = state.connections.clone();
+        let http = tokio::spawn(server::listen::serve(
+            listener,
+            app,
+            conn_limits,
+            conn_stats,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        tracing::info!(
+            listen = %addr,
+            data_dir = %cfg.store.data_dir.display(),
+            max_connections = conn_limits.max_connections,
+            nofile,
+            "bianque started"
+        );
 
         let start_runner = runner.clone();
         let start_state = state.clone();

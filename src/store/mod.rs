@@ -731,6 +731,18 @@ impl Store {
         Ok(body)
     }
 
+    /// Up to `limit` record ids that start with `prefix` (the CLI's `events show PREFIX`).
+    pub fn ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt =
+            conn.prepare_cached("SELECT id FROM records WHERE id >= ?1 AND id < ?2 LIMIT ?3")?;
+        let rows = stmt.query_map(
+            params![prefix, format!("{prefix}\u{10FFFF}"), limit as i64],
+            |r| r.get::<_, String>(0),
+        )?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     pub fn count(&self) -> Result<u64> {
         let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         Ok(conn.query_row("SELECT COUNT(*) FROM records", [], |r| r.get::<_, i64>(0))? as u64)

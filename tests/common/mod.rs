@@ -71,6 +71,16 @@ impl Agent {
     /// Starts the agent in `dir` (its config, log and `data/` live there): a restart on the same
     /// store after [`Agent::kill9`].
     pub fn start_in(dir: TempDir, config: &str, args: &[&str]) -> Agent {
+        Agent::start_with(dir, config, args, |_| {})
+    }
+
+    /// [`Agent::start_in`] with a last change to the command (limits, environment).
+    pub fn start_with(
+        dir: TempDir,
+        config: &str,
+        args: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> Agent {
         let cfg_path = dir.path().join("bianque.toml");
         std::fs::write(&cfg_path, config).expect("write config");
         let addr = format!("127.0.0.1:{}", free_port());
@@ -79,8 +89,8 @@ impl Agent {
             .append(true)
             .open(dir.path().join("agent.log"))
             .expect("log file");
-        let child = Command::new(BIN)
-            .arg("run")
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
             .arg("--config")
             .arg(&cfg_path)
             .arg("--listen")
@@ -90,9 +100,9 @@ impl Agent {
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn bianque");
+            .stderr(log);
+        customize(&mut cmd);
+        let child = cmd.spawn().expect("spawn bianque");
         let agent = Agent {
             child: Some(child),
             addr,
