@@ -71,6 +71,12 @@ impl Agent {
     /// Starts the agent in `dir` (its config, log and `data/` live there): a restart on the same
     /// store after [`Agent::kill9`].
     pub fn start_in(dir: TempDir, config: &str, args: &[&str]) -> Agent {
+        Agent::start_wrapped(&[], dir, config, args)
+    }
+
+    /// [`Agent::start_in`] through a wrapper command (`setpriv …`) that execs the agent; the
+    /// child's pid is the agent's then.
+    pub fn start_wrapped(wrapper: &[&str], dir: TempDir, config: &str, args: &[&str]) -> Agent {
         let cfg_path = dir.path().join("bianque.toml");
         std::fs::write(&cfg_path, config).expect("write config");
         let addr = format!("127.0.0.1:{}", free_port());
@@ -79,7 +85,15 @@ impl Agent {
             .append(true)
             .open(dir.path().join("agent.log"))
             .expect("log file");
-        let child = Command::new(BIN)
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&cfg_path)
