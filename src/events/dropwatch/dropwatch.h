@@ -8,9 +8,10 @@
  * reads these names, and those of the enums below, through the skeleton (`types::…`). */
 enum counter_slot {
 	REASON_SLOTS = 512,
-	SLOT_SUPPRESSED = REASON_SLOTS, /* matched the filter, refused by the rate limit */
+	SLOT_SUPPRESSED = REASON_SLOTS, /* matched the filter, refused by the global rate limit */
 	SLOT_RINGBUF_FULL,              /* passed the limit, ring buffer had no room */
 	SLOT_FILTERED,                  /* did not match the protocol/port or container filter */
+	SLOT_SOURCE_SUPPRESSED,         /* refused by the per-source (memcg, uid) rate limit */
 	COUNTER_SLOTS,
 };
 

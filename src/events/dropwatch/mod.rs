@@ -2,8 +2,10 @@
 //! the packet's addresses and ports, and who was running.
 //!
 //! Hook: `tp_btf/kfree_skb` (no kprobes needed). In BPF every drop is counted by reason; drops
-//! that match the protocol/port filter pass a global rate limit (default 100/s) before their
-//! headers are read and sent up. Suppressed, filtered and ring-buffer-lost drops are counted.
+//! that match the protocol/port filter pass a per-source limit (a source is the memory cgroup
+//! and uid of the running task; default 25/s) and a global one (default 100/s) before their
+//! headers are read and sent up, so one flooding source cannot hide the others' drops.
+//! Suppressed (by each limit), filtered and ring-buffer-lost drops are counted.
 
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -54,6 +56,9 @@ static SPEC: TracerSpec = TracerSpec {
 pub struct DropwatchConfig {
     /// Records per second at most (0 = no limit); the rest are counted as suppressed.
     pub max_events_per_second: u32,
+    /// Records per second at most from one source (memory cgroup and uid of the running task);
+    /// 0 = no per-source limit. Default: a quarter of `max_events_per_second`.
+    pub max_events_per_second_per_source: Option<u32>,
     /// Only these L4 protocols (`tcp`, `udp`, `icmp`, `other`); empty = all.
     pub protocols: Vec<String>,
     /// Only TCP/UDP packets with one of these source or destination ports; empty = all.
@@ -64,6 +69,7 @@ impl Default for DropwatchConfig {
     fn default() -> Self {
         DropwatchConfig {
             max_events_per_second: 100,
+            max_events_per_second_per_source: None,
             protocols: Vec::new(),
             ports: Vec::new(),
         }
@@ -71,6 +77,16 @@ impl Default for DropwatchConfig {
 }
 
 impl DropwatchConfig {
+    /// The per-source limit in force: the configured one, else a quarter of the global one
+    /// (at least 1; none without a global limit).
+    fn per_source_limit(&self) -> u32 {
+        self.max_events_per_second_per_source
+            .unwrap_or(match self.max_events_per_second {
+                0 => 0,
+                n => (n / 4).max(1),
+            })
+    }
+
     fn protocol_mask(&self, section: &str) -> ConfigResult<u32> {
         let mut mask = 0;
         for p in &self.protocols {
@@ -98,6 +114,16 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
         0,
         1_000_000,
     )?;
+    let per_source = format!("{}.max_events_per_second_per_source", ctx.section);
+    if let Some(n) = cfg.max_events_per_second_per_source {
+        check_range(&per_source, n, 0, 1_000_000)?;
+        if cfg.max_events_per_second > 0 && n > cfg.max_events_per_second {
+            return Err(ConfigError(format!(
+                "{per_source} = {n} is above max_events_per_second = {}: one source could use the whole limit",
+                cfg.max_events_per_second
+            )));
+        }
+    }
     let protocol_mask = cfg.protocol_mask(ctx.section)?;
     if cfg.ports.len() > MAX_FILTER_PORTS {
         return Err(ConfigError(format!(
@@ -150,6 +176,7 @@ impl EventTracer for Dropwatch {
             .load(DropwatchSkelBuilder::default(), &mut storage, |open| {
                 let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
                 rodata.max_events_per_second = self.cfg.max_events_per_second;
+                rodata.max_events_per_second_per_source = self.cfg.per_source_limit();
                 rodata.filter_protocols = self.protocol_mask;
                 rodata.filter_port_count = self.cfg.ports.len() as u32;
                 for (slot, port) in rodata.filter_ports.iter_mut().zip(&self.cfg.ports) {
@@ -178,9 +205,21 @@ impl EventTracer for Dropwatch {
                 out.sample(&[("reason", &names.name(reason))], n as f64);
             }
         }
+        let by_source = c.get(Slot::SLOT_SOURCE_SUPPRESSED.0 as usize);
         Refused::new("Drops", Slot::SLOT_SUPPRESSED.0, Slot::SLOT_RINGBUF_FULL.0)
+            .also_suppressed(by_source, "the per-source limit")
             .filtered(Slot::SLOT_FILTERED.0, "protocol/port")
             .write(&c, out);
+        out.family(
+            "suppressed_by_limit_total",
+            "Drops not recorded, by the limit that refused them: `source` (one memory cgroup and uid over max_events_per_second_per_source) or `global` (max_events_per_second).",
+            Kind::Counter,
+        );
+        out.sample(&[("limit", "source")], by_source as f64);
+        out.sample(
+            &[("limit", "global")],
+            c.get(Slot::SLOT_SUPPRESSED.0 as usize) as f64,
+        );
         Ok(())
     }
 }
@@ -486,9 +525,32 @@ mod tests {
         );
         let t: toml::Table = toml::from_str("ports = [1,2,3,4,5,6,7,8,9]").unwrap();
         assert!(build(&bctx, &t).is_err());
+        let t: toml::Table =
+            toml::from_str("max_events_per_second = 10\nmax_events_per_second_per_source = 11")
+                .unwrap();
+        let err = build(&bctx, &t).err().unwrap();
+        assert!(
+            err.0
+                .contains("events.dropwatch.max_events_per_second_per_source = 11"),
+            "{err}"
+        );
         let t: toml::Table = toml::from_str("max_events = 5").unwrap();
         let err = build(&bctx, &t).err().unwrap();
         assert!(err.0.contains("max_events"), "{err}");
+    }
+
+    #[test]
+    fn the_per_source_limit_defaults_to_a_quarter_of_the_global_one() {
+        let cfg = |global, per_source| DropwatchConfig {
+            max_events_per_second: global,
+            max_events_per_second_per_source: per_source,
+            ..Default::default()
+        };
+        assert_eq!(cfg(100, None).per_source_limit(), 25);
+        assert_eq!(cfg(3, None).per_source_limit(), 1);
+        assert_eq!(cfg(0, None).per_source_limit(), 0, "no limit, no share");
+        assert_eq!(cfg(100, Some(0)).per_source_limit(), 0);
+        assert_eq!(cfg(100, Some(60)).per_source_limit(), 60);
     }
 
     #[test]
