@@ -16,6 +16,11 @@ const volatile __u32 max_events_per_second_per_source = 25;
 const volatile __u32 filter_protocols = 0;
 const volatile __u16 filter_ports[MAX_FILTER_PORTS] = {};
 const volatile __u32 filter_port_count = 0;
+/* Drop reasons of a normal connection teardown (bit per reason), counted but not recorded. */
+const volatile __u64 teardown_reasons[TEARDOWN_MASK_WORDS] = {};
+/* The agent's own process (its probes, its HTTP sockets' teardown) and its listen port. */
+const volatile __u32 agent_tgid = 0;
+const volatile __u16 agent_port = 0;
 
 /* Globals of the record and enum types, so that the skeleton generates them for user space. */
 struct drop_event _event_type = {};
@@ -124,6 +129,18 @@ static __always_inline bool filter_match(const struct drop_event *e)
 	return true;
 }
 
+static __always_inline bool is_teardown(__u32 reason)
+{
+	__u32 word = reason / 64;
+
+	/* Checked on the index register itself: the compiler would otherwise reuse an earlier
+	 * bound on another copy of `reason`, which the verifier does not carry over. */
+	barrier_var(word);
+	if (word >= TEARDOWN_MASK_WORDS)
+		return false;
+	return (teardown_reasons[word] >> (reason % 64)) & 1;
+}
+
 /* The per-source limit, then the global one; each counts what it refuses. */
 static __always_inline bool limit_pass(__u64 memcg_id)
 {
@@ -148,6 +165,12 @@ static __always_inline void record_drop(struct sk_buff *skb, void *location,
 	struct net_device *dev;
 
 	parse_headers(skb, &e);
+	/* Traffic of the agent's listen port seen from another context (a remote scraper). */
+	if (agent_port && e.l4_proto == IPPROTO_TCP && e.has_l4 &&
+	    (e.sport == agent_port || e.dport == agent_port)) {
+		counter_add_owned(SLOT_AGENT_TRAFFIC, 1);
+		return;
+	}
 	if (filtering) {
 		if (!filter_match(&e)) {
 			counter_add_owned(SLOT_FILTERED, 1);
@@ -187,6 +210,16 @@ int BPF_PROG(bq_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 	__u64 memcg_id;
 
 	counter_add_owned(reason < REASON_SLOTS ? reason : REASON_SLOTS - 1, 1);
+
+	/* Both before the limit: neither uses up a pass. */
+	if (is_teardown(reason)) {
+		counter_add_owned(SLOT_TEARDOWN, 1);
+		return 0;
+	}
+	if (agent_tgid && bpf_get_current_pid_tgid() >> 32 == agent_tgid) {
+		counter_add_owned(SLOT_AGENT_TRAFFIC, 1);
+		return 0;
+	}
 
 	memcg_id = task_memcg_id((struct task_struct *)bpf_get_current_task());
 	if (container_filter_mode && !container_filter_pass(memcg_id)) {

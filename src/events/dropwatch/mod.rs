@@ -63,6 +63,13 @@ pub struct DropwatchConfig {
     pub protocols: Vec<String>,
     /// Only TCP/UDP packets with one of these source or destination ports; empty = all.
     pub ports: Vec<u16>,
+    /// Leave out the agent's own traffic: drops in its own process (its probes, its sockets'
+    /// teardown) and TCP drops to or from its listen port. Counted, not recorded.
+    pub ignore_agent_traffic: bool,
+    /// Record drops whose reason is one of `teardown_reasons` too (they are always counted).
+    pub record_teardown: bool,
+    /// Drop reasons of a normal connection teardown (kernel names without `SKB_DROP_REASON_`).
+    pub teardown_reasons: Vec<String>,
 }
 
 impl Default for DropwatchConfig {
@@ -72,6 +79,13 @@ impl Default for DropwatchConfig {
             max_events_per_second_per_source: None,
             protocols: Vec::new(),
             ports: Vec::new(),
+            ignore_agent_traffic: true,
+            record_teardown: false,
+            // A closing socket's queues purged (the peer's FIN still queued: every HTTP
+            // connection), a segment for a socket already closed, the receive queue at close.
+            teardown_reasons: ["QUEUE_PURGE", "SOCKET_CLOSE", "TCP_CLOSE"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -125,6 +139,17 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
         }
     }
     let protocol_mask = cfg.protocol_mask(ctx.section)?;
+    if let Some(bad) = cfg.teardown_reasons.iter().find(|r| {
+        r.is_empty()
+            || !r
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    }) {
+        return Err(ConfigError(format!(
+            "{}.teardown_reasons: `{bad}` is not a drop reason name (like QUEUE_PURGE)",
+            ctx.section
+        )));
+    }
     if cfg.ports.len() > MAX_FILTER_PORTS {
         return Err(ConfigError(format!(
             "{}.ports: at most {MAX_FILTER_PORTS} ports, found {}",
@@ -161,6 +186,29 @@ fn load_reason_names() -> Result<EnumNames> {
     }
 }
 
+const TEARDOWN_MASK_WORDS: usize = filter_limit::TEARDOWN_MASK_WORDS.0 as usize;
+
+/// One bit per drop reason of `wanted` that this kernel has (names without the prefix); a name
+/// it does not have is left out (kernels add and rename reasons).
+fn teardown_mask(names: &EnumNames, wanted: &[String]) -> [u64; TEARDOWN_MASK_WORDS] {
+    let mut mask = [0u64; TEARDOWN_MASK_WORDS];
+    for reason in 0..Slot::REASON_SLOTS.0 {
+        if wanted.iter().any(|w| *w == names.name(reason)) {
+            mask[reason as usize / 64] |= 1 << (reason % 64);
+        }
+    }
+    mask
+}
+
+/// The agent's tgid as BPF sees it (the host's pid namespace): `<host root>/proc/self` names
+/// it when the host's /proc is mounted there; else this namespace's pid.
+fn agent_tgid(ctx: &RunContext) -> u32 {
+    std::fs::read_link(ctx.host().proc("self"))
+        .ok()
+        .and_then(|p| p.to_str()?.parse().ok())
+        .unwrap_or_else(std::process::id)
+}
+
 impl EventTracer for Dropwatch {
     fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
         match load_reason_names() {
@@ -181,6 +229,14 @@ impl EventTracer for Dropwatch {
                 rodata.filter_port_count = self.cfg.ports.len() as u32;
                 for (slot, port) in rodata.filter_ports.iter_mut().zip(&self.cfg.ports) {
                     *slot = *port;
+                }
+                if !self.cfg.record_teardown {
+                    let names = self.reasons.read().unwrap_or_else(|e| e.into_inner());
+                    rodata.teardown_reasons = teardown_mask(&names, &self.cfg.teardown_reasons);
+                }
+                if self.cfg.ignore_agent_traffic {
+                    rodata.agent_tgid = agent_tgid(ctx);
+                    rodata.agent_port = ctx.agent_port();
                 }
                 Ok(())
             })?
@@ -210,6 +266,19 @@ impl EventTracer for Dropwatch {
             .also_suppressed(by_source, "the per-source limit")
             .filtered(Slot::SLOT_FILTERED.0, "protocol/port")
             .write(&c, out);
+        out.family(
+            "not_recorded_total",
+            "Drops counted but not recorded: `teardown` (a normal-teardown reason, see events_total by reason; record_teardown = true records them) or `agent` (the agent's own traffic; ignore_agent_traffic = false records it).",
+            Kind::Counter,
+        );
+        out.sample(
+            &[("why", "teardown")],
+            c.get(Slot::SLOT_TEARDOWN.0 as usize) as f64,
+        );
+        out.sample(
+            &[("why", "agent")],
+            c.get(Slot::SLOT_AGENT_TRAFFIC.0 as usize) as f64,
+        );
         out.family(
             "suppressed_by_limit_total",
             "Drops not recorded, by the limit that refused them: `source` (one memory cgroup and uid over max_events_per_second_per_source) or `global` (max_events_per_second).",
@@ -534,6 +603,9 @@ mod tests {
                 .contains("events.dropwatch.max_events_per_second_per_source = 11"),
             "{err}"
         );
+        let t: toml::Table = toml::from_str("teardown_reasons = [\"queue purge\"]").unwrap();
+        let err = build(&bctx, &t).err().unwrap();
+        assert!(err.0.contains("events.dropwatch.teardown_reasons"), "{err}");
         let t: toml::Table = toml::from_str("max_events = 5").unwrap();
         let err = build(&bctx, &t).err().unwrap();
         assert!(err.0.contains("max_events"), "{err}");
@@ -551,6 +623,23 @@ mod tests {
         assert_eq!(cfg(0, None).per_source_limit(), 0, "no limit, no share");
         assert_eq!(cfg(100, Some(0)).per_source_limit(), 0);
         assert_eq!(cfg(100, Some(60)).per_source_limit(), 60);
+    }
+
+    #[test]
+    fn teardown_reasons_become_bits_of_the_kernels_reason_numbers() {
+        let names = EnumNames::from_members(&[
+            (3, "NO_SOCKET".into()),
+            (4, "SOCKET_CLOSE".into()),
+            (104, "QUEUE_PURGE".into()),
+        ]);
+        let mask = teardown_mask(
+            &names,
+            &DropwatchConfig::default().teardown_reasons, // TCP_CLOSE is not on this kernel
+        );
+        assert_eq!(mask[0], 1 << 4);
+        assert_eq!(mask[1], 1 << (104 - 64));
+        assert!(mask[2..].iter().all(|w| *w == 0));
+        assert_eq!(teardown_mask(&names, &[]), [0; TEARDOWN_MASK_WORDS]);
     }
 
     #[test]
