@@ -193,6 +193,10 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         containers: containers.clone(),
         symbolizer: KernelSymbolizer::new(),
         shared: Default::default(),
+        agent_port: listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(addr.port()),
     });
     let runner = Arc::new(Runner::new(entries, services));
     let state = Arc::new(AppState {

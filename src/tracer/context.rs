@@ -27,6 +27,9 @@ pub struct Services {
     pub symbolizer: KernelSymbolizer,
     /// What one tracer measures for others to read.
     pub shared: SharedMeasurements,
+    /// The TCP port the agent's own HTTP server listens on (0: none), so tracers can leave the
+    /// agent's own traffic out.
+    pub agent_port: u16,
 }
 
 /// Measurements one tracer makes and others read, so that no tracer imports another: the
@@ -189,6 +192,11 @@ impl RunContext {
 
     pub fn symbolizer(&self) -> &KernelSymbolizer {
         &self.services.symbolizer
+    }
+
+    /// The TCP port of the agent's own HTTP server (0: none).
+    pub fn agent_port(&self) -> u16 {
+        self.services.agent_port
     }
 
     /// The live containers' cgroups (a view at most [`view::MAX_AGE`] old).

@@ -553,6 +553,7 @@ pub(crate) mod testing {
             containers,
             symbolizer: crate::bpf::KernelSymbolizer::new(),
             shared: Default::default(),
+            agent_port: 0,
         });
         (services, store, dir)
     }

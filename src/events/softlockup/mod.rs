@@ -188,6 +188,12 @@ impl EventTracer for Softlockup {
                 std::io::ErrorKind::NotFound => {
                     TracerError::Unsupported(format!("{} does not exist", path.display()))
                 }
+                // Without privilege this never changes by itself: `inactive` once, not an
+                // ERROR every restart interval.
+                std::io::ErrorKind::PermissionDenied => TracerError::Unsupported(format!(
+                    "no permission to read {} (needs root or CAP_SYSLOG when kernel.dmesg_restrict = 1)",
+                    path.display()
+                )),
                 _ => TracerError::Failed(
                     anyhow::Error::new(e).context(format!("opening {}", path.display())),
                 ),
