@@ -452,7 +452,11 @@ impl Writer {
         self.last_retention = Some(Instant::now());
         let mut batch = Vec::with_capacity(BATCH_MAX);
         loop {
-            match rx.recv_timeout(Duration::from_secs(1)) {
+            // Sleeps until a record comes or retention is due (no idle tick).
+            let wait = self.last_retention.map_or(Duration::ZERO, |t| {
+                RETENTION_EVERY.saturating_sub(t.elapsed())
+            });
+            match rx.recv_timeout(wait) {
                 Ok(first) => {
                     batch.push(first);
                     while batch.len() < BATCH_MAX {

@@ -197,8 +197,8 @@ impl<'t, 'obj, S: Skel<'obj>> Loaded<'t, S> {
         self.poll_with_tick(handle, || {})
     }
 
-    /// [`Loaded::poll`], calling `tick` once per poll round (at least every
-    /// [`bpf::RING_POLL_INTERVAL`]).
+    /// [`Loaded::poll`], calling `tick` once per poll round (every [`bpf::RING_POLL_INTERVAL`]
+    /// while records come, at least every [`bpf::RING_IDLE_TIMEOUT`] when idle).
     pub fn poll_with_tick<T: Plain>(
         &self,
         mut handle: impl FnMut(&T, &BootClock),
@@ -209,6 +209,7 @@ impl<'t, 'obj, S: Skel<'obj>> Loaded<'t, S> {
         let mut capture = Capture::open(self.ctx.name());
         bpf::poll_ring_buffer_with_tick(
             &|| self.ctx.stopping(),
+            self.ctx.stop_fd(),
             &events as &dyn MapCore,
             |data| {
                 if let Some(c) = capture.as_mut() {
