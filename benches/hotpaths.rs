@@ -35,17 +35,17 @@ const ROUND: Duration = Duration::from_millis(1000);
 const BPFTRACE_SCRIPT: &str = r#"
 tracepoint:sched:sched_switch, tracepoint:sched:sched_wakeup, tracepoint:sched:sched_wakeup_new { @sched[cpu] = count(); }
 tracepoint:sched:sched_process_hang { @hang[cpu] = count(); }
-tracepoint:signal:signal_generate { @sig[args.sig] = count(); }
+tracepoint:signal:signal_generate { @sig[args->sig] = count(); }
 tracepoint:timer:hrtimer_expire_entry, tracepoint:timer:hrtimer_expire_exit { @hrtimer[cpu] = count(); }
 tracepoint:tcp:tcp_retransmit_skb, tracepoint:tcp:tcp_retransmit_synack { @retrans[cpu] = count(); }
 tracepoint:vmscan:mm_vmscan_direct_reclaim_begin, tracepoint:vmscan:mm_vmscan_direct_reclaim_end,
 tracepoint:vmscan:mm_vmscan_memcg_reclaim_begin, tracepoint:vmscan:mm_vmscan_memcg_reclaim_end,
 tracepoint:compaction:mm_compaction_begin, tracepoint:compaction:mm_compaction_end { @reclaim[cpu] = count(); }
 tracepoint:oom:mark_victim { @oom[cpu] = count(); }
-tracepoint:skb:kfree_skb { @drops[args.reason] = count(); }
+tracepoint:skb:kfree_skb { @drops[args->reason] = count(); }
 tracepoint:net:netif_receive_skb, tracepoint:tcp:tcp_probe, tracepoint:skb:skb_copy_datagram_iovec { @net[cpu] = count(); }
 tracepoint:cgroup:cgroup_mkdir, tracepoint:cgroup:cgroup_rmdir { @cgroup[cpu] = count(); }
-tracepoint:block:block_rq_insert, tracepoint:block:block_rq_issue, tracepoint:block:block_rq_complete { @block[args.dev] = count(); }
+tracepoint:block:block_rq_insert, tracepoint:block:block_rq_issue, tracepoint:block:block_rq_complete { @block[args->dev] = count(); }
 "#;
 
 fn rounds() -> usize {

@@ -44,6 +44,30 @@ static __always_inline long task_state(struct task_struct *t)
 	return BPF_CORE_READ((struct task_struct___pre_5_14 *)t, state);
 }
 
+/* task_css_cgroup_id() through direct BTF loads (a tp_btf argument is a typed kernel pointer)
+ * instead of four bpf_probe_read_kernel() calls: this runs on every context switch. */
+static __always_inline __u64 task_cgroup_id_btf(struct task_struct *t, int ssid)
+{
+	struct cgroup_subsys_state *css;
+	struct css_set *cset;
+	struct cgroup *cgrp;
+	struct kernfs_node *kn;
+
+	if (ssid < 0 || ssid >= bpf_core_enum_value(enum cgroup_subsys_id, CGROUP_SUBSYS_COUNT))
+		return 0;
+	cset = t->cgroups;
+	if (!cset)
+		return 0;
+	css = cset->subsys[ssid];
+	if (!css)
+		return 0;
+	cgrp = css->cgroup;
+	if (!cgrp)
+		return 0;
+	kn = cgrp->kn;
+	return kn ? kn->id : 0;
+}
+
 /* The idle task (pid 0) never waits on a run queue. */
 static __always_inline void enqueue(struct task_struct *p, __u64 now)
 {
@@ -97,7 +121,7 @@ int BPF_PROG(bq_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	if (!bpf_core_enum_value_exists(enum cgroup_subsys_id, cpu_cgrp_id))
 		return 0;
 	ssid = bpf_core_enum_value(enum cgroup_subsys_id, cpu_cgrp_id);
-	cg = task_css_cgroup_id(next, ssid);
+	cg = task_cgroup_id_btf(next, ssid);
 	if (cg && bpf_map_lookup_elem(&cg_wanted, &cg))
 		hist_key_add(&cg_hist, &cg, delta);
 	return 0;
