@@ -319,6 +319,47 @@ mod tests {
         assert!(ring_buffer_bytes(333, 97).is_power_of_two());
     }
 
+    fn eventfd() -> OwnedFd {
+        // SAFETY: eventfd has no memory preconditions; the fd is owned at once.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh fd nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    fn signal(fd: &OwnedFd) {
+        let one: u64 = 1;
+        // SAFETY: 8 bytes from a valid u64 to an eventfd.
+        assert_eq!(
+            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) },
+            8
+        );
+    }
+
+    #[test]
+    fn an_idle_reader_sleeps_until_the_stop_fd_or_its_ring_turns_readable() {
+        use std::os::fd::AsFd;
+        let (ring, stop) = (eventfd(), eventfd());
+        let waiter = Waiter::new(ring.as_fd(), Some(stop.as_fd())).unwrap();
+        assert!(waiter.has_stop_fd());
+        // Nothing readable: the whole timeout passes.
+        let t0 = Instant::now();
+        waiter.wait(Duration::from_millis(50)).unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        // The stop fd ends a long wait at once.
+        signal(&stop);
+        let t0 = Instant::now();
+        waiter.wait(Duration::from_secs(30)).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        // So does the ring.
+        let waiter = Waiter::new(ring.as_fd(), None).unwrap();
+        assert!(!waiter.has_stop_fd());
+        signal(&ring);
+        let t0 = Instant::now();
+        waiter.wait(Duration::from_secs(30)).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+
     fn name(s: &str) -> [i8; 8] {
         let mut out = [0i8; 8];
         for (o, b) in out.iter_mut().zip(s.bytes()) {

@@ -619,6 +619,32 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stop_makes_the_stop_fd_readable_until_the_tracer_starts_again() {
+        use std::os::fd::AsRawFd;
+        let readable = |st: &TracerState| {
+            let mut p = libc::pollfd {
+                fd: st.stop_fd().expect("an eventfd").as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; a zero timeout does not block.
+            unsafe { libc::poll(&mut p, 1, 0) == 1 }
+        };
+        let st = TracerState::new(Status::Active, String::new());
+        assert!(!readable(&st));
+        st.wake();
+        assert!(readable(&st));
+        assert!(
+            readable(&st),
+            "stays readable: every later wait sees the stop"
+        );
+        if let Some(e) = &st.stop_event {
+            e.clear();
+        }
+        assert!(!readable(&st));
+    }
+
     use super::*;
 
     /// Builds every tracer from a config file's tracer sections.
