@@ -72,8 +72,12 @@ pub struct LogConfig {
 
 #[derive(Debug, Clone)]
 pub struct MetricsConfig {
-    /// Metric name prefix; `huatuo_bamai` makes HuaTuo dashboards work.
+    /// Metric name prefix: `bianque`, or `huatuo_bamai` under `compat = "huatuo"`.
     pub prefix: String,
+    /// The file set `prefix` (the compat switch then leaves it alone).
+    prefix_set: bool,
+    /// `[metrics] const_labels`: labels put on every series, in the file's order.
+    pub const_labels: Vec<(String, String)>,
     /// A collector that takes longer than this in a scrape reports `success 0`.
     pub collector_timeout_ms: u64,
     /// Collectors running at once in a scrape; one that times out frees its slot. Default: the
@@ -88,6 +92,8 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             prefix: DEFAULT_PREFIX.into(),
+            prefix_set: false,
+            const_labels: Vec::new(),
             collector_timeout_ms: 5000,
             collector_concurrency: std::thread::available_parallelism()
                 .map_or(2, |n| n.get() as u64)
@@ -111,6 +117,24 @@ fn deserialize_metrics<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Metrics
                 )))
             }
         };
+        cfg.prefix_set = true;
+    }
+    if let Some(labels) = table.remove("const_labels") {
+        let toml::Value::Table(labels) = labels else {
+            return Err(D::Error::custom(format!(
+                "metrics.const_labels: expected a table of label = \"value\", found {}",
+                labels.type_str()
+            )));
+        };
+        for (name, value) in labels {
+            let toml::Value::String(value) = value else {
+                return Err(D::Error::custom(format!(
+                    "metrics.const_labels.{name}: expected a string, found {}",
+                    value.type_str()
+                )));
+            };
+            cfg.const_labels.push((name, value));
+        }
     }
     for (key, slot) in [
         ("collector_timeout_ms", &mut cfg.collector_timeout_ms),
@@ -134,7 +158,7 @@ fn deserialize_metrics<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Metrics
             }
             other => {
                 return Err(D::Error::custom(format!(
-                    "unknown key `metrics.{name}` ({}): expected `prefix`, `collector_timeout_ms`, `collector_concurrency` or a `[metrics.<collector>]` section",
+                    "unknown key `metrics.{name}` ({}): expected `prefix`, `const_labels`, `collector_timeout_ms`, `collector_concurrency` or a `[metrics.<collector>]` section",
                     other.type_str()
                 )))
             }
@@ -173,14 +197,36 @@ impl Config {
                 None => ConfigError(msg),
             }
         })?;
+        let mut cfg = cfg;
+        if cfg.compat.is_huatuo() && !cfg.metrics.prefix_set {
+            cfg.metrics.prefix = crate::exposition::HUATUO_PREFIX.into();
+        }
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// How series are named and labelled: the prefix, and the const labels; under
+    /// `compat = "huatuo"` HuaTuo's names and `host`/`region` on every series (the file's
+    /// `const_labels` of those names win). `hostname` is the agent's resolved hostname.
+    pub fn naming(&self, hostname: &str) -> crate::exposition::Naming {
+        let mut labels = self.metrics.const_labels.clone();
+        if self.compat.is_huatuo() {
+            for (name, value) in [("region", self.region.as_str()), ("host", hostname)] {
+                if !labels.iter().any(|(k, _)| k == name) {
+                    labels.push((name.to_string(), value.to_string()));
+                }
+            }
+        }
+        crate::exposition::Naming::new(&self.metrics.prefix, self.compat.is_huatuo(), labels)
     }
 
     /// Checks the framework's own keys (each section checks its own); tracer sections are
     /// checked when tracers are built.
     pub fn validate(&self) -> ConfigResult<()> {
         check_prefix(&self.metrics.prefix)?;
+        for (name, _) in &self.metrics.const_labels {
+            check_label_name(name)?;
+        }
         check_range(
             "metrics.collector_timeout_ms",
             self.metrics.collector_timeout_ms,
@@ -226,6 +272,22 @@ fn check_prefix(prefix: &str) -> ConfigResult<()> {
             "metrics.prefix: `{prefix}` is not a valid metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*)"
         )))
     }
+}
+
+/// A Prometheus label name that is not reserved (`__…`) and not one the agent writes itself.
+fn check_label_name(name: &str) -> ConfigResult<()> {
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__");
+    if !valid {
+        return Err(ConfigError(format!(
+            "metrics.const_labels: `{name}` is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)"
+        )));
+    }
+    Ok(())
 }
 
 /// Byte offset of the line named in a message like `... (at line 3, column 27)`.
@@ -390,6 +452,54 @@ mod tests {
         );
         let err = Config::parse("[storage]\nelastic = {}\n").unwrap_err();
         assert!(err.0.contains("elastic"), "{err}");
+    }
+
+    #[test]
+    fn const_labels_and_the_compat_switch_make_the_naming() {
+        let cfg =
+            Config::parse("[metrics]\nconst_labels = { dc = \"x\", host = \"h1\" }\n").unwrap();
+        assert_eq!(
+            cfg.naming("me").const_labels(),
+            [("dc".into(), "x".into()), ("host".into(), "h1".into())]
+        );
+        assert_eq!(cfg.naming("me").prefix(), "bianque");
+        assert!(!cfg.naming("me").huatuo_names());
+        let cfg = Config::parse("compat = \"huatuo\"\nregion = \"r1\"\n").unwrap();
+        let n = cfg.naming("me");
+        assert_eq!(n.prefix(), "huatuo_bamai");
+        assert!(n.huatuo_names());
+        assert_eq!(
+            n.const_labels(),
+            [("region".into(), "r1".into()), ("host".into(), "me".into())]
+        );
+        let cfg = Config::parse(
+            "compat = \"huatuo\"\n[metrics]\nprefix = \"site\"\nconst_labels = { host = \"h\" }\n",
+        )
+        .unwrap();
+        let n = cfg.naming("me");
+        assert_eq!(n.prefix(), "site");
+        assert!(n.huatuo_names());
+        assert_eq!(
+            n.const_labels(),
+            [
+                ("host".into(), "h".into()),
+                ("region".into(), "default".into())
+            ]
+        );
+        assert!(Config::parse("")
+            .unwrap()
+            .naming("me")
+            .const_labels()
+            .is_empty());
+        let err = Config::parse("[metrics]\nconst_labels = { __x = \"1\" }\n").unwrap_err();
+        assert!(err.0.contains("metrics.const_labels: `__x`"), "{err}");
+        let err = Config::parse("[metrics]\nconst_labels = { a = 1 }\n").unwrap_err();
+        assert!(
+            err.0.contains("metrics.const_labels.a: expected a string"),
+            "{err}"
+        );
+        let err = Config::parse("[metrics]\nconst_labels = \"a\"\n").unwrap_err();
+        assert!(err.0.contains("metrics.const_labels"), "{err}");
     }
 
     #[test]

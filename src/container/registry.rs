@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::{cgroup_path, filter, is_container_id, metadata, view};
 use super::{CgroupMatch, Container, ContainersConfig, Runtime};
 use crate::cgroupfs::tree;
+use crate::config::Compat;
 use crate::host::HostRoot;
 use crate::procfs::pid_ns;
 use crate::record::ContainerFields;
@@ -56,6 +57,8 @@ pub struct ContainerRegistry {
     refresh_tx: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
     /// The last view for collectors ([`ContainerRegistry::cgroups`]) and when it was taken.
     view: Mutex<Option<(Instant, Arc<view::ContainerCgroups>)>>,
+    /// Whose container label names and values the view carries (`compat = "huatuo"`).
+    labels: Compat,
 }
 
 /// Metadata by container id, as the sources last answered.
@@ -84,7 +87,14 @@ impl ContainerRegistry {
             fetching: Mutex::new(sources),
             refresh_tx: Mutex::new(None),
             view: Mutex::new(None),
+            labels: Compat::default(),
         }
+    }
+
+    /// Container series carry HuaTuo's label names and values under `compat = "huatuo"`.
+    pub fn with_labels(mut self, compat: Compat) -> ContainerRegistry {
+        self.labels = compat;
+        self
     }
 
     pub fn config(&self) -> &ContainersConfig {
@@ -190,7 +200,7 @@ impl ContainerRegistry {
             containers: self
                 .list()
                 .iter()
-                .map(|c| view::ContainerCgroup::of(c))
+                .map(|c| view::ContainerCgroup::of(c, self.labels))
                 .collect(),
         });
         *cached = Some((Instant::now(), v.clone()));

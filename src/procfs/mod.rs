@@ -12,6 +12,7 @@ pub mod arp_cache;
 pub mod buddyinfo;
 pub mod cpulist;
 pub mod diskstats;
+pub mod limits;
 pub mod loadavg;
 pub mod meminfo;
 pub mod mountinfo;

@@ -265,6 +265,13 @@ impl EventTracer for Softlockup {
             Kind::Counter,
             self.lockups.load(Ordering::Relaxed) as f64,
         );
+        // HuaTuo's name for the same count.
+        out.single(
+            "total",
+            "Soft lockups the kernel reported.",
+            Kind::Counter,
+            self.lockups.load(Ordering::Relaxed) as f64,
+        );
         out.family(
             "kmsg_records_total",
             "Kernel log records read from /dev/kmsg, by source (kernel, or user: written by a process, ignored).",
