@@ -358,8 +358,9 @@ fn main() {
                 .cloned()
                 .unwrap_or_default(),
         );
+        // tcp_stream's operation is a byte: fractions of a ns.
         println!(
-            "| {name} | {} | {:.0} ns | {:.0} ns |",
+            "| {name} | {} | {:.2} ns | {:.2} ns |",
             per_prog.join("; "),
             total_ns as f64 / ops,
             1e9 / none

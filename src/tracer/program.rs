@@ -108,7 +108,14 @@ impl<'t> BpfProgram<'t> {
                         bpf::size_ring_buffer(&mut map, rate, bytes)?;
                     }
                 }
-                Some(CONTAINER_FILTER_MAP) => filter.share_map(&mut map)?,
+                Some(CONTAINER_FILTER_MAP) if filter.map_fd().is_some() => {
+                    filter.share_map(&mut map)?
+                }
+                // No filter configured: the program never looks in its own map (mode off), so
+                // one entry instead of 16,384 preallocated (1.3 MiB of kernel memory a tracer).
+                Some(CONTAINER_FILTER_MAP) => map
+                    .set_max_entries(1)
+                    .context("sizing the unused container filter map")?,
                 _ => {}
             }
         }

@@ -26,8 +26,11 @@ struct {
 	__type(value, __u8);
 } cg_wanted SEC(".maps");
 
+/* Entries come with containers, not per event: allocated when made, not all 4096 up front
+ * (~2 MiB of kernel memory on 2 CPUs). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, struct hist);
