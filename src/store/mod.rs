@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use serde::Deserialize;
 
 use crate::config::{check_range, ConfigResult};
@@ -703,6 +703,24 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    /// Records per tracer per time bucket since `since_ns`: `(tracer, bucket start ns, count)`,
+    /// oldest bucket first (the console's events-over-time chart).
+    pub fn counts_by_tracer(
+        &self,
+        since_ns: i64,
+        bucket_ns: i64,
+    ) -> Result<Vec<(String, i64, u64)>> {
+        let bucket_ns = bucket_ns.max(1);
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached(
+            "SELECT tracer, (time_ns / ?1) * ?1 AS b, COUNT(*) FROM records WHERE time_ns >= ?2 GROUP BY tracer, b ORDER BY b",
+        )?;
+        let rows = stmt.query_map(params![bucket_ns, since_ns], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     /// One record's JSON body by `tracer_id`.
     pub fn get(&self, id: &str) -> Result<Option<String>> {
         let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
@@ -711,6 +729,18 @@ impl Store {
             .query_row([id], |row| row.get::<_, String>(0))
             .optional()?;
         Ok(body)
+    }
+
+    /// Up to `limit` record ids that start with `prefix` (the CLI's `events show PREFIX`).
+    pub fn ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt =
+            conn.prepare_cached("SELECT id FROM records WHERE id >= ?1 AND id < ?2 LIMIT ?3")?;
+        let rows = stmt.query_map(
+            params![prefix, format!("{prefix}\u{10FFFF}"), limit as i64],
+            |r| r.get::<_, String>(0),
+        )?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     pub fn count(&self) -> Result<u64> {

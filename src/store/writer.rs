@@ -81,12 +81,21 @@ impl Writer {
         self.ensure_reserve();
         self.retention_pass(false);
         let mut batch = Vec::with_capacity(BATCH_MIN);
-        while queue.take(
-            self.batch_max,
-            self.batch_bytes,
-            Duration::from_secs(1),
-            &mut batch,
-        ) {
+        loop {
+            // Sleeps until a row comes, the queue closes or a retention pass is due (no idle
+            // tick): every RETENTION_EVERY, every SIZE_RETENTION_EVERY while a pass could not
+            // get the store under its size limit.
+            let due = if self.last_pass_fit {
+                RETENTION_EVERY
+            } else {
+                SIZE_RETENTION_EVERY
+            };
+            let wait = due
+                .saturating_sub(self.last_retention.elapsed())
+                .max(Duration::from_millis(10));
+            if !queue.take(self.batch_max, self.batch_bytes, wait, &mut batch) {
+                break;
+            }
             if !batch.is_empty() {
                 self.write_until_done(&mut batch, queue);
             }

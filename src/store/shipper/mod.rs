@@ -19,6 +19,7 @@
 mod bulk;
 pub mod config;
 mod db;
+mod document;
 mod index;
 mod worker;
 

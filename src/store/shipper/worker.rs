@@ -11,6 +11,7 @@ use super::bulk::{
     SendError,
 };
 use super::db::{Doc, Refused, ShipDb};
+use super::document;
 use super::index::{index_template, template_name, IndexName};
 use super::{ElasticsearchConfig, ShipperStats};
 use crate::http::err_text;
@@ -164,7 +165,7 @@ impl Worker {
                     .db
                     .page(cursor, self.cfg.batch_max_records, self.cfg.batch_max_bytes)
                 {
-                    Ok(d) => d,
+                    Ok(d) => document::shape(d, self.cfg.compat),
                     Err(e) => {
                         tracing::warn!(error = %e, "shipper: reading the store failed");
                         if !self.sleep(Duration::from_secs(1)).await {
@@ -219,7 +220,7 @@ impl Worker {
     /// stopping.
     async fn install_template(&mut self) -> bool {
         let name = template_name(&self.cfg.index);
-        let body = index_template(&self.cfg.index).to_string();
+        let body = index_template(&self.cfg.index, self.cfg.compat).to_string();
         loop {
             if self.stopping() {
                 return false;
