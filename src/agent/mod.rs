@@ -193,6 +193,10 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         containers: containers.clone(),
         symbolizer: KernelSymbolizer::new(),
         shared: Default::default(),
+        agent_port: listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(addr.port()),
     });
     let runner = Arc::new(Runner::new(entries, services));
     let state = Arc::new(AppState {
@@ -329,11 +333,13 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         let stop_runner = runner.clone();
         let stop_store = store.clone();
         let stop_containers = containers_stop.clone();
+        let stop_registry = containers.clone();
         tokio::task::spawn_blocking(move || {
             stop_runner.shutdown(Duration::from_millis(1500));
             // Records held for a container's name are saved before the store closes.
             records.stop();
             stop_containers.store(true, Ordering::Relaxed);
+            stop_registry.stop_keeping_current();
             let _ = containers_thread.join();
             stop_store.close();
             if let Some(s) = shipper {
