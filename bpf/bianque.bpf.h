@@ -186,13 +186,28 @@ static __always_inline enum rate_verdict rate_limit_source(__u32 limit, __u32 so
 #endif /* BIANQUE_SOURCE_LIMIT */
 
 /* Ring-buffer wakeups cost ~1.7 us each on this class of VM (reference/kernel-notes.md), so
- * producers submit without waking the reader unless a backlog built up (a quarter of the ring,
- * whatever size user space gave it); the reader polls on a short timer instead. */
+ * producers wake the reader only for the first record after a quiet gap (the reader then drains
+ * the ring every RINGBUF_WAKEUP_GAP_NS for a while, and otherwise sleeps in the kernel: see
+ * `bpf::poll_ring_buffer_with_tick`) or when a backlog built up (a quarter of the ring, whatever
+ * size user space gave it). Keep the gap equal to `bpf::RING_POLL_INTERVAL`. The stamp is racy
+ * across CPUs; a race costs at most an extra wakeup, never a missed one: a CPU that skips its
+ * wakeup saw a stamp another CPU wrote just before waking the reader itself. */
+#define RINGBUF_WAKEUP_GAP_NS 100000000ULL
+
+static __u64 ringbuf_woken_ns;
+
 static __always_inline long ringbuf_wakeup_flags(void *ringbuf)
 {
-	return bpf_ringbuf_query(ringbuf, BPF_RB_AVAIL_DATA) >=
-			       bpf_ringbuf_query(ringbuf, BPF_RB_RING_SIZE) / 4 ?
-		       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	__u64 now;
+
+	if (bpf_ringbuf_query(ringbuf, BPF_RB_AVAIL_DATA) >=
+	    bpf_ringbuf_query(ringbuf, BPF_RB_RING_SIZE) / 4)
+		return BPF_RB_FORCE_WAKEUP;
+	now = bpf_ktime_get_ns();
+	if (now - ringbuf_woken_ns < RINGBUF_WAKEUP_GAP_NS)
+		return BPF_RB_NO_WAKEUP;
+	ringbuf_woken_ns = now;
+	return BPF_RB_FORCE_WAKEUP;
 }
 
 /* Memory cgroup css of a task (a `struct mem_cgroup *` starts with it); NULL without a memory
