@@ -30,6 +30,9 @@ pub struct ContainersConfig {
     pub kubelet_ca_file: PathBuf,
     /// Do not verify the kubelet's serving certificate (self-signed serving certificates).
     pub kubelet_insecure_skip_verify: bool,
+    /// containers/storage roots (podman's `graphroot`): podman is daemonless, and without its
+    /// API service the names are read from `<root>/<driver>-containers/containers.json`.
+    pub podman_storage_dirs: Vec<PathBuf>,
     /// containerd state directories (`--state`): its tasks name containers whose cgroup path
     /// is `/<namespace>/<id>`, a form that cannot be recognised from the path alone.
     pub containerd_state_dirs: Vec<PathBuf>,
@@ -61,6 +64,7 @@ impl Default for ContainersConfig {
             kubelet_token_file: PathBuf::new(),
             kubelet_ca_file: PathBuf::new(),
             kubelet_insecure_skip_verify: false,
+            podman_storage_dirs: vec![PathBuf::from("/var/lib/containers/storage")],
             containerd_state_dirs: vec![PathBuf::from("/run/containerd")],
             resync_secs: 10,
             keep_exited_secs: 300,

@@ -1,10 +1,12 @@
 //! Container metadata from the runtime's API (Docker Engine / podman, docker-compatible
-//! `GET /containers/json` over a unix socket) and from the kubelet pod list ([`Sources`]).
+//! `GET /containers/json` over a unix socket), from podman's own storage files (podman is
+//! daemonless: its API socket is there only while `podman system service` runs) and from the
+//! kubelet pod list ([`Sources`]).
 //! Parsers are pure functions tested on recorded JSON.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -69,6 +71,41 @@ pub fn parse_engine_containers(json: &str) -> Result<HashMap<String, Meta>> {
             (c.id, meta)
         })
         .collect())
+}
+
+/// One container of containers/storage's `containers.json` (podman's, buildah's).
+#[derive(Deserialize)]
+struct StorageContainer {
+    id: String,
+    #[serde(default)]
+    names: Vec<String>,
+}
+
+/// containers/storage's `<driver>-containers/containers.json` → id → metadata: podman names
+/// its storage container as the container itself, so the first name is the container's name.
+pub fn parse_storage_containers(json: &str) -> Result<HashMap<String, Meta>> {
+    let list: Vec<StorageContainer> =
+        serde_json::from_str(json).context("containers.json is not the expected JSON")?;
+    Ok(list
+        .into_iter()
+        .filter_map(|c| {
+            let name = c.names.into_iter().next()?;
+            Some((
+                c.id,
+                Meta {
+                    name,
+                    kind: "normal".into(),
+                    ..Meta::default()
+                },
+            ))
+        })
+        .collect())
+}
+
+/// A `containers.json` as last read, kept while its size and modification time stay.
+struct StorageFile {
+    stamp: (Option<SystemTime>, u64),
+    metas: HashMap<String, Meta>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +219,9 @@ pub fn parse_kubelet_pods(json: &str) -> Result<HashMap<String, Meta>> {
 pub struct Sources {
     host: HostRoot,
     engine_sockets: Vec<PathBuf>,
+    podman_storage_dirs: Vec<PathBuf>,
+    /// `containers.json` files by path (under the host root).
+    storage_files: HashMap<PathBuf, StorageFile>,
     kubelet_read_only_address: String,
     timeout: Duration,
     /// Engine API clients by socket path (under the host root).
@@ -228,6 +268,8 @@ impl Sources {
         Sources {
             host,
             engine_sockets: cfg.engine_sockets.clone(),
+            podman_storage_dirs: cfg.podman_storage_dirs.clone(),
+            storage_files: HashMap::new(),
             kubelet_read_only_address: cfg.kubelet_read_only_address.clone(),
             timeout,
             engines: HashMap::new(),
@@ -239,7 +281,8 @@ impl Sources {
 
     /// Metadata from every source that answers; none answering is normal on a bare host.
     pub fn fetch(&mut self) -> HashMap<String, Meta> {
-        let mut out = HashMap::new();
+        // podman's storage first: an API that answers knows as much, and wins.
+        let mut out = self.storage_containers();
         for sock in &self.engine_sockets {
             let path = self
                 .host
@@ -295,6 +338,51 @@ impl Sources {
         out
     }
 
+    /// Names from every `<root>/*-containers/containers.json` of the podman storage roots; a
+    /// file is parsed again only when it changed.
+    fn storage_containers(&mut self) -> HashMap<String, Meta> {
+        let mut out = HashMap::new();
+        let mut seen = Vec::new();
+        for dir in &self.podman_storage_dirs {
+            let root = self.host.root().join(dir.strip_prefix("/").unwrap_or(dir));
+            let Ok(entries) = std::fs::read_dir(&root) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if !entry.file_name().to_string_lossy().ends_with("-containers") {
+                    continue;
+                }
+                let path = entry.path().join("containers.json");
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                let stamp = (meta.modified().ok(), meta.len());
+                seen.push(path.clone());
+                if self
+                    .storage_files
+                    .get(&path)
+                    .is_some_and(|f| f.stamp == stamp)
+                {
+                    continue;
+                }
+                match read_storage_file(&path) {
+                    Ok(metas) => {
+                        self.storage_files
+                            .insert(path, StorageFile { stamp, metas });
+                    }
+                    Err(e) => {
+                        tracing::debug!(file = %path.display(), error = %format!("{e:#}"), "podman storage")
+                    }
+                }
+            }
+        }
+        self.storage_files.retain(|p, _| seen.contains(p));
+        for f in self.storage_files.values() {
+            out.extend(f.metas.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        out
+    }
+
     fn read_only_pods(&mut self) -> Result<HashMap<String, Meta>> {
         let client = match &mut self.kubelet_read_only {
             Some(c) => c,
@@ -308,9 +396,63 @@ impl Sources {
     }
 }
 
+fn read_storage_file(path: &Path) -> Result<HashMap<String, Meta>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_storage_containers(&text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shape podman 4.3 (containers/storage) writes, two containers and an unnamed one.
+    const STORAGE_JSON: &str = r#"[{"id":"5f1d0c8a9b","names":["bq-web-1"],"image":"0a1b","layer":"9c8d",
+        "metadata":"{\"image-name\":\"localhost/bq-bb:1\",\"name\":\"bq-web-1\",\"created-at\":1764680000}",
+        "created":"2026-12-02T13:30:00.1Z","flags":{"MountLabel":""}},
+        {"id":"77aa","names":["db","db-alias"],"image":"0a1b","layer":"1234","created":"2026-12-02T13:31:00Z"},
+        {"id":"88bb","names":[],"image":"0a1b","layer":"5678"}]"#;
+
+    #[test]
+    fn podman_storage_containers_are_parsed() {
+        let m = parse_storage_containers(STORAGE_JSON).unwrap();
+        assert_eq!(m["5f1d0c8a9b"].name, "bq-web-1");
+        assert_eq!(m["5f1d0c8a9b"].kind, "normal");
+        assert_eq!(m["77aa"].name, "db");
+        assert!(!m.contains_key("88bb"), "no name, nothing to add");
+        assert!(parse_storage_containers("[]").unwrap().is_empty());
+        assert!(parse_storage_containers("{").is_err());
+    }
+
+    #[test]
+    fn podman_names_come_from_its_storage_under_the_host_root_and_follow_changes() {
+        let root = std::env::temp_dir().join(format!("bianque-podman-{}", std::process::id()));
+        let dir = root.join("var/lib/containers/storage/overlay-containers");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("containers.json"), STORAGE_JSON).unwrap();
+        let cfg = ContainersConfig {
+            engine_sockets: Vec::new(),
+            kubelet_read_only_address: String::new(),
+            kubelet_url: String::new(),
+            ..Default::default()
+        };
+        let mut sources = Sources::new(HostRoot::new(&root), &cfg, Duration::from_millis(100));
+        assert_eq!(sources.fetch()["5f1d0c8a9b"].name, "bq-web-1");
+        // Rewritten (a size change is enough to notice within one mtime tick).
+        std::fs::write(
+            dir.join("containers.json"),
+            r#"[{"id":"99cc","names":["renamed-one"]}]"#,
+        )
+        .unwrap();
+        let m = sources.fetch();
+        assert_eq!(m["99cc"].name, "renamed-one");
+        assert!(!m.contains_key("5f1d0c8a9b"));
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(
+            sources.fetch().is_empty(),
+            "a storage that went away names nothing"
+        );
+    }
 
     #[test]
     fn engine_list_is_parsed() {

@@ -11,7 +11,7 @@ use super::*;
 pub struct Podman {
     pub dir: TempDir,
     pub tag: String,
-    service: Child,
+    service: Option<Child>,
     names: Vec<String>,
 }
 
@@ -22,6 +22,15 @@ impl Podman {
 
     /// Like `new`, with extra files copied into the image: (host path, path in the image).
     pub fn with_files(files: &[(&Path, &str)]) -> Podman {
+        Self::set_up(files, true)
+    }
+
+    /// podman as it mostly runs: daemonless, no API service, no socket anywhere.
+    pub fn without_api() -> Podman {
+        Self::set_up(&[], false)
+    }
+
+    fn set_up(files: &[(&Path, &str)], api: bool) -> Podman {
         let dir = TempDir::new("podman");
         let conf = dir.path().join("containers.conf");
         std::fs::write(
@@ -45,6 +54,14 @@ impl Podman {
             dir.path().display()
         ));
         let sock = dir.path().join("podman.sock");
+        if !api {
+            return Podman {
+                dir,
+                tag,
+                service: None,
+                names: Vec::new(),
+            };
+        }
         let service = Command::new("podman")
             .current_dir(dir.path())
             .args(["system", "service", "--time=0"])
@@ -60,7 +77,7 @@ impl Podman {
         Podman {
             dir,
             tag,
-            service,
+            service: Some(service),
             names: Vec::new(),
         }
     }
@@ -90,7 +107,9 @@ impl Drop for Podman {
             sh_quiet(&format!("podman rm -f -t 0 {n}"));
         }
         sh_quiet(&format!("podman rmi -f {}", self.tag));
-        let _ = self.service.kill();
-        let _ = self.service.wait();
+        if let Some(service) = &mut self.service {
+            let _ = service.kill();
+            let _ = service.wait();
+        }
     }
 }
