@@ -30,6 +30,7 @@ pub mod stat;
 pub mod tasks;
 pub mod tcp_mem;
 pub mod uptime;
+pub mod xfs_stat;
 
 use anyhow::{Context, Result};
 
