@@ -478,9 +478,20 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// Dashboard queries that cannot return data on this machine, and why. Empty: every one must
-/// answer here.
-const NEEDS_ABSENT_HARDWARE: &[(&str, &str)] = &[];
+/// Dashboard panels whose data needs what a machine may lack: (dashboard / panel, why). A
+/// panel is excused only where its need is really absent.
+fn needs_absent_here() -> Vec<(&'static str, &'static str)> {
+    let schedstats =
+        std::fs::read_to_string("/proc/sys/kernel/sched_schedstats").is_ok_and(|v| v.trim() == "1");
+    let mut out = Vec::new();
+    if !schedstats {
+        out.push((
+            "bianque-containers.json / Run-queue wait (schedstats)",
+            "cpu.stat wait_sum needs a kernel with CONFIG_SCHEDSTATS and kernel.sched_schedstats=1 (absent here)",
+        ));
+    }
+    out
+}
 
 #[test]
 fn every_dashboard_query_answers_on_a_real_prometheus_scraping_the_agent() {
@@ -495,19 +506,25 @@ fn every_dashboard_query_answers_on_a_real_prometheus_scraping_the_agent() {
     );
     let agent = Agent::start(&config, &[]);
 
-    // Containers: one idle with a CPU quota, a memory limit and an interface of its own; one
+    // Containers: one nearly idle (it wakes 5 times a second: run-queue latency samples) with a
+    // CPU quota, a memory limit and an interface of its own; one
     // that runs out of memory (a real OOM kill: the OOM panels and records).
     let tag = std::process::id();
     let idle_name = format!("bq-dash-idle-{tag}");
     let idle = podman.run(
         &idle_name,
         "--cpus=0.5 --memory=64m",
-        "/bin/busybox sleep 600",
+        "/bin/busybox sh -c 'while true; do /bin/busybox sleep 0.2; done'",
     );
     let pid = sh(&format!("podman inspect -f '{{{{.State.Pid}}}}' {idle}"));
+    // A veth pair, one end in the container (no `dummy` module in this kernel); removed with
+    // the container's namespace, or by the guard.
+    let host_end = format!("bqdh{}", tag % 100_000);
+    let _veth = Cleanup(format!("ip link del {host_end}"));
     sh(&format!(
-        "nsenter -t {} -n sh -c 'ip link add bqdash0 type dummy && ip link set bqdash0 up && ip addr add 10.201.0.1/24 dev bqdash0'",
-        pid.trim()
+        "ip link add {host_end} type veth peer name bqdash0 netns {pid} && ip link set {host_end} up && \
+         nsenter -t {pid} -n sh -c 'ip link set bqdash0 up && ip addr add 10.201.0.2/24 dev bqdash0'",
+        pid = pid.trim()
     ));
     let oom_name = format!("bq-dash-oom-{tag}");
     podman.run(&oom_name, "--memory=32m", "/bin/busybox tail /dev/zero");
@@ -568,6 +585,10 @@ fn every_dashboard_query_answers_on_a_real_prometheus_scraping_the_agent() {
         let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         Ok(v["data"]["result"].as_array().map_or(0, |r| r.len()))
     };
+    let excused = needs_absent_here();
+    for (panel, why) in &excused {
+        println!("not checked here: {panel}: {why}");
+    }
     // Rates need two samples in their window: retry until every query answers (or time is up).
     let mut failures: Vec<String> = Vec::new();
     wait_until(Duration::from_secs(60), || {
@@ -575,7 +596,7 @@ fn every_dashboard_query_answers_on_a_real_prometheus_scraping_the_agent() {
             .promql
             .iter()
             .filter(|(file, title, _)| {
-                !NEEDS_ABSENT_HARDWARE
+                !excused
                     .iter()
                     .any(|(t, _)| *t == format!("{file} / {title}"))
             })
