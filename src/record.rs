@@ -10,6 +10,8 @@ pub mod huatuo;
 pub enum TracerType {
     Event,
     Autotracing,
+    /// A closed incident (src/incidents): records about one target grouped and explained.
+    Incident,
 }
 
 /// The container a record belongs to; absent for the host.

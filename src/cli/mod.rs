@@ -4,7 +4,9 @@
 pub mod check;
 pub mod containers;
 pub mod events;
+pub mod incidents;
 pub mod run;
+pub mod text;
 pub mod tracers;
 
 use std::net::SocketAddr;

@@ -97,6 +97,7 @@ pub fn document(r: &Record) -> Value {
         match r.tracer_type {
             TracerType::Event => "event",
             TracerType::Autotracing => "autotracing",
+            TracerType::Incident => "incident",
         }
         .into(),
     );
