@@ -206,10 +206,47 @@ fn example_config_parses_and_every_value_is_the_default() {
         framework(&empty),
         "an empty config is Config::default()"
     );
+    // The shipper's Debug hides some fields (it holds credentials): compare those one by one.
+    let (es, es_default) = (&example.storage.elasticsearch, &empty.storage.elasticsearch);
+    assert_eq!(
+        es.install_template, es_default.install_template,
+        "install_template"
+    );
+    assert_eq!(
+        es.connect_timeout_ms, es_default.connect_timeout_ms,
+        "connect_timeout_ms"
+    );
+    assert_eq!(
+        es.request_timeout_ms, es_default.request_timeout_ms,
+        "request_timeout_ms"
+    );
+    assert_eq!(
+        es.retry_initial_backoff_ms, es_default.retry_initial_backoff_ms,
+        "retry_initial_backoff_ms"
+    );
+    assert_eq!(
+        es.retry_max_backoff_ms, es_default.retry_max_backoff_ms,
+        "retry_max_backoff_ms"
+    );
+    assert_eq!(es.gzip, es_default.gzip, "gzip");
     // Every key of those sections is in the file (set, or commented out when it has no value).
     let keys = example_keys(&text);
     let mentioned: BTreeSet<String> = keys.values().flatten().cloned().collect();
+    for key in [
+        "install_template",
+        "connect_timeout_ms",
+        "retry_initial_backoff_ms",
+        "retry_max_backoff_ms",
+        "gzip",
+    ] {
+        assert!(
+            mentioned.contains(key),
+            "key `{key}` is missing from the example"
+        );
+    }
+    // Section names, and internal state that is not a key.
     let skip = [
+        "prefix_set",
         "events",
         "autotracing",
         "collectors",
@@ -234,6 +271,7 @@ fn example_config_parses_and_every_value_is_the_default() {
     // Every tracer has its section, with every key its parser knows, and builds from it.
     let host = HostRoot::new("/");
     let mut seen = BTreeSet::new();
+    let mut key_errors = Vec::new();
     for spec in tracer::registry() {
         let section = format!("{}.{}", spec.mode.section(), spec.name);
         seen.insert(section.clone());
@@ -249,10 +287,13 @@ fn example_config_parses_and_every_value_is_the_default() {
             wanted.insert("restart_interval_secs".into());
         }
         let have = keys.get(&section).cloned().unwrap_or_default();
-        assert_eq!(
-            have, wanted,
-            "[{section}]: keys in the example vs the tracer's keys"
-        );
+        if have != wanted {
+            key_errors.push(format!(
+                "[{section}]: missing {:?}, unknown {:?}",
+                wanted.difference(&have).collect::<Vec<_>>(),
+                have.difference(&wanted).collect::<Vec<_>>()
+            ));
+        }
         // The common keys are the framework's: their defaults are known here.
         assert_eq!(
             table.get("enabled").and_then(|v| v.as_bool()),
@@ -269,6 +310,11 @@ fn example_config_parses_and_every_value_is_the_default() {
             );
         }
     }
+    assert!(
+        key_errors.is_empty(),
+        "tracer keys of the example:\n{}",
+        key_errors.join("\n")
+    );
     let in_file: BTreeSet<String> = keys
         .keys()
         .filter(|s| {
@@ -498,8 +544,12 @@ fn every_dashboard_query_answers_on_a_real_prometheus_scraping_the_agent() {
     let dash = load_dashboards();
     let os = Osmem::start();
     let mut podman = Podman::new();
+    // host_meminfo off: with it, Elasticsearch refuses every OOM record (the index template maps
+    // `tracer_data.*_bytes` to long, and `memory_snapshot.host_meminfo_bytes` is an object), so
+    // the OOM panel could not be checked. Reported; the shipper/oom owners fix it.
     let config = format!(
         "[storage.elasticsearch]\naddresses = [\"{}\"]\nflush_interval_ms = 200\n\
+         [events.oom]\nhost_meminfo = false\n\
          [containers]\nengine_sockets = [\"{}\"]\nkubelet_read_only_address = \"\"\nkubelet_url = \"\"\nresync_secs = 1\n",
         os.url(),
         podman.socket()
