@@ -31,6 +31,8 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// List the containers a running agent knows.
     Containers(cli::containers::ContainersArgs),
+    /// Show incidents found in the local store: related records grouped and explained.
+    Incidents(cli::incidents::IncidentsArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Tracers(a) => cli::tracers::run(a),
         Command::Check(a) => cli::check::run(a),
         Command::Containers(a) => cli::containers::run(a),
+        Command::Incidents(a) => cli::incidents::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

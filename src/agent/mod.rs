@@ -58,9 +58,24 @@ pub fn load_config(opts: &RunOptions) -> Result<Config, ConfigError> {
     if let Some(region) = &opts.region {
         cfg.region = region.clone();
     }
+    huatuo_storage(&mut cfg);
     cfg.validate()?;
     Ok(cfg)
 }
+
+/// `compat = "huatuo"` reaches the shipper through its section (HuaTuo's document and
+/// mapping); the default index becomes HuaTuo's `huatuo_bamai`, the index its Grafana datasource
+/// reads (`huatuo_bamai*`).
+fn huatuo_storage(cfg: &mut Config) {
+    let es = &mut cfg.storage.elasticsearch;
+    es.compat = cfg.compat;
+    if cfg.compat.is_huatuo() && es.index == crate::store::shipper::config::DEFAULT_ES_INDEX {
+        es.index = HUATUO_ES_INDEX.into();
+    }
+}
+
+/// HuaTuo's Elasticsearch index.
+pub const HUATUO_ES_INDEX: &str = "huatuo_bamai";
 
 pub fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
@@ -181,6 +196,7 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
             client_buffer: cfg.server.stream_client_buffer,
             keepalive: Duration::from_secs(cfg.server.stream_keepalive_secs),
         },
+        compat: cfg.compat,
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -242,8 +258,39 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
             }
         });
 
+        // Closed incidents become records (shipped and streamed like any other); the store
+        // ignores an id it has, so each is written once, across restarts too.
+        let incident_store = store.clone();
+        let incident_host = runner.services().hostname.clone();
+        let incident_region = cfg.region.clone();
+        let incident_writer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(INCIDENT_WRITE_EVERY);
+            loop {
+                tick.tick().await;
+                let (s, h, r) = (
+                    incident_store.clone(),
+                    incident_host.clone(),
+                    incident_region.clone(),
+                );
+                let written = tokio::task::spawn_blocking(move || {
+                    crate::incidents::write_closed(
+                        &s,
+                        &h,
+                        &r,
+                        INCIDENT_WRITE_WINDOW_NS,
+                        crate::record::now_ns(),
+                    )
+                })
+                .await;
+                if let Ok(Err(e)) = written {
+                    tracing::warn!(error = %format!("{e:#}"), "writing closed incidents");
+                }
+            }
+        });
+
         wait_for_signal().await?;
         housekeeping.abort();
+        incident_writer.abort();
         tracing::info!("shutting down");
         // The shipper stops at once: whatever it had not confirmed is sent on the next start.
         if let Some(s) = &shipper {
@@ -274,6 +321,10 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     tracing::info!("bianque stopped");
     Ok(())
 }
+
+/// How often closed incidents are looked for, and how far back.
+const INCIDENT_WRITE_EVERY: Duration = Duration::from_secs(30);
+const INCIDENT_WRITE_WINDOW_NS: i64 = 6 * 3600 * 1_000_000_000;
 
 /// The kernel symbol table is dropped after this long without a new address to resolve.
 const SYMBOL_TABLE_IDLE: Duration = Duration::from_secs(60);

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod containers;
 pub mod events;
+pub mod incidents;
 pub mod run;
 pub mod tracers;
 

@@ -2,7 +2,10 @@
 //! Errors are JSON `{"error":{"code","message"}}` with a matching status code.
 
 pub mod config;
+pub mod console;
+pub mod huatuo;
 pub mod scrape;
+pub mod vitals;
 pub mod watch;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +37,8 @@ pub struct AppState {
     pub shipper: Option<Arc<ShipperStats>>,
     pub stream: Arc<watch::StreamStats>,
     pub stream_limits: watch::StreamLimits,
+    /// `compat = "huatuo"`: HuaTuo's routes too ([`huatuo`]).
+    pub compat: crate::config::Compat,
 }
 
 pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: usize) -> Router {
@@ -41,6 +46,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: u
     // would otherwise only bound the time to the response head, but keep it explicit).
     let streams = Router::new()
         .route("/v1/events/watch", get(watch::watch))
+        .merge(huatuo::stream_routes(&state))
         .with_state(state.clone());
     Router::new()
         .route("/metrics", get(metrics))
@@ -55,8 +61,10 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: u
         .route("/containers", get(containers))
         .route("/containers/{id}", get(container_by_id))
         .route("/shipper", get(shipper))
+        .merge(huatuo::routes(&state))
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(console::routes(state))
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -126,7 +134,15 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    if app.ready.load(Ordering::Relaxed) {
+    let store = app.store.stats();
+    if !store.writable() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_not_writable",
+            format!("the local store cannot write: {}", store.last_error()),
+        )
+        .into_response()
+    } else if app.ready.load(Ordering::Relaxed) {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
         ApiError::new(
@@ -138,12 +154,16 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn version() -> impl IntoResponse {
-    axum::Json(serde_json::json!({
+async fn version(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    let mut body = serde_json::json!({
         "name": env!("CARGO_PKG_NAME"),
         "version": env!("CARGO_PKG_VERSION"),
         "target": std::env::consts::ARCH,
-    }))
+    });
+    if app.compat.is_huatuo() {
+        body["data"] = huatuo::version_data();
+    }
+    axum::Json(body)
 }
 
 #[derive(Serialize)]
@@ -177,7 +197,11 @@ pub fn tracer_table(runner: &Runner) -> Vec<TracerInfo> {
 }
 
 async fn tracers(State(app): State<Arc<AppState>>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({"tracers": tracer_table(&app.runner)}))
+    let mut body = serde_json::json!({"tracers": tracer_table(&app.runner)});
+    if app.compat.is_huatuo() {
+        body["data"] = huatuo::tracers_data(&app.runner);
+    }
+    axum::Json(body)
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.

@@ -274,37 +274,7 @@ impl Scraper {
             running as f64,
         );
         m.set_framework();
-        let st = store.stats();
-        m.single(
-            "store_records_written_total",
-            "Records written to the local store.",
-            Kind::Counter,
-            st.written.load(Ordering::Relaxed) as f64,
-        );
-        m.single(
-            "store_write_errors_total",
-            "Records that could not be written to the local store.",
-            Kind::Counter,
-            st.write_errors.load(Ordering::Relaxed) as f64,
-        );
-        m.single(
-            "store_queue_length",
-            "Records waiting to be written.",
-            Kind::Gauge,
-            st.queued.load(Ordering::Relaxed) as f64,
-        );
-        m.single(
-            "store_retention_deleted_total",
-            "Records removed by retention (age or size limit).",
-            Kind::Counter,
-            st.retention_deleted.load(Ordering::Relaxed) as f64,
-        );
-        m.single(
-            "store_size_bytes",
-            "Bytes used by records in the local store.",
-            Kind::Gauge,
-            st.size_bytes.load(Ordering::Relaxed) as f64,
-        );
+        store.stats().write_metrics(&mut m);
         if let Some(sh) = &self.shipper {
             let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
             m.single(
@@ -330,6 +300,12 @@ impl Scraper {
                 "Records that retention deleted before they could be shipped.",
                 Kind::Counter,
                 n(&sh.expired),
+            );
+            m.single(
+                "shipper_malformed_answers_total",
+                "Answers to _bulk with a 2xx status that were not bulk answers (no items, wrong count); the records were sent again.",
+                Kind::Counter,
+                n(&sh.malformed),
             );
             m.single(
                 "shipper_backlog",

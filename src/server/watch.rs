@@ -81,6 +81,7 @@ pub fn cloudevent(p: &Published) -> String {
     let kind = match r.tracer_type {
         TracerType::Event => "event",
         TracerType::Autotracing => "autotracing",
+        TracerType::Incident => "incident",
     };
     let mut head = serde_json::json!({
         "specversion": "1.0",
@@ -122,6 +123,16 @@ pub async fn watch(
     params: Result<Query<WatchParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    live_stream(&app, move |r| params.matches(r), cloudevent)
+}
+
+/// The live stream of the records `matches` keeps, each sent as `format` makes it; shared by
+/// this route and HuaTuo's (`server::huatuo`).
+pub(super) fn live_stream(
+    app: &AppState,
+    matches: impl Fn(&Record) -> bool + Send + 'static,
+    format: fn(&Published) -> String,
+) -> Result<Response, ApiError> {
     let stats = app.stream.clone();
     let limits = app.stream_limits;
     // Take a slot, or 429.
@@ -167,7 +178,7 @@ pub async fn watch(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
-            if !params.matches(&p.record) {
+            if !matches(&p.record) {
                 continue;
             }
             if tx.capacity() <= 1 {
@@ -183,7 +194,7 @@ pub async fn watch(
             }
             let item = Item::Record {
                 id: p.record.tracer_id.clone(),
-                json: cloudevent(&p),
+                json: format(&p),
             };
             if tx.try_send(item).is_err() {
                 return;
