@@ -13,6 +13,8 @@ BUILD_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config make gcc bpftool
 TEST_PACKAGES := iptables nftables iproute2 prometheus prometheus-node-exporter curl procps \
 	podman runc busybox-static containerd openssl e2fsprogs util-linux mount coreutils python3-venv python3-pip \
 	chromium chromium-driver
+# Benchmarks: bpftrace is the peer the hot-path benchmark compares against.
+BENCH_PACKAGES := bpftrace
 OSMEM_VERSION := 0.1.6
 OSMEM_VENV := $(CURDIR)/.test-deps/osmem
 
@@ -59,6 +61,7 @@ vmlinux:
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/vmlinux.h
 
 bench: test-deps
+	$(call apt_install,$(BENCH_PACKAGES))
 	$(CARGO) bench --bench dropwatch
 	$(CARGO) bench --bench metrics_scrape
 	$(CARGO) bench --bench containers
@@ -67,6 +70,7 @@ bench: test-deps
 	$(CARGO) bench --bench events_overhead
 	$(CARGO) bench --bench autotracing_idle
 	$(CARGO) bench --bench console
+	$(CARGO) bench --bench hotpaths
 
 fmt:
 	$(CARGO) fmt --all

@@ -51,6 +51,10 @@ fn main() -> ExitCode {
             eprintln!("bianque: config error: {e}");
             ExitCode::from(2)
         }
+        Err(AgentError::Usage(e)) => {
+            eprintln!("bianque: {}", cli::text::escape(&e));
+            ExitCode::from(2)
+        }
         Err(AgentError::Runtime(e)) => {
             eprintln!("bianque: error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::from(1)

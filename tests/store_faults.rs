@@ -158,29 +158,63 @@ fn a_60s_storm_without_a_limit_stays_under_the_memory_cap_and_every_drop_is_acco
     );
 }
 
+/// Holds the store's write lock from another connection (an operator's `sqlite3` session, a
+/// backup): the writer waits on it and retries, and the queue fills up behind it.
+fn hold_write_lock(agent: &Agent) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(agent.data_dir().join(bianque::store::DB_FILE))
+        .expect("open the store");
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    conn
+}
+
+/// Starts a storm and stalls the writer until the queue is full; returns the flood.
+fn storm_with_a_full_queue(agent: &Agent, port: u16) -> (Flood, rusqlite::Connection) {
+    let flood = Flood::start(port, 2);
+    assert!(wait_until(Duration::from_secs(10), || value(
+        &agent.metrics(),
+        "bianque_store_records_written_total"
+    ) > 1000.0));
+    let lock = hold_write_lock(agent);
+    let full = bianque::store::queue::QUEUE_MAX_RECORDS as f64;
+    assert!(
+        wait_until(Duration::from_secs(30), || value(
+            &agent.metrics(),
+            "bianque_store_queue_length"
+        ) >= full),
+        "the queue did not fill: {}; log:\n{}",
+        value(&agent.metrics(), "bianque_store_queue_length"),
+        agent.log()
+    );
+    (flood, lock)
+}
+
 #[test]
 fn kill9_mid_storm_loses_at_most_the_window_and_the_loss_is_reported_after_restart() {
     let port = closed_udp_port();
     let config = storm_config(port, "");
     let agent = Agent::start(&config, &only_dropwatch());
-    let mut flood = Flood::start(port, 2);
-    std::thread::sleep(Duration::from_secs(8));
-    let accepted = value(&agent.metrics(), "bianque_store_records_accepted_total");
-    let queued = value(&agent.metrics(), "bianque_store_queue_length");
+    let (mut flood, lock) = storm_with_a_full_queue(&agent, port);
+    let text = agent.metrics();
+    let accepted = value(&text, "bianque_store_records_accepted_total");
+    let queued = value(&text, "bianque_store_queue_length");
+    assert!(
+        wait_until(Duration::from_secs(5), || agent.get("/readyz").0 == 503),
+        "a stuck writer makes the agent not ready: {:?}",
+        agent.get("/readyz")
+    );
     let dir = agent.kill9();
     flood.stop();
-    assert!(
-        accepted > 10_000.0,
-        "the storm reached the store: {accepted}"
-    );
-    assert!(queued > 0.0, "records were waiting when killed: {queued}");
+    drop(lock);
+    eprintln!("kill -9 with a full queue: accepted {accepted}, queued {queued}");
 
     let agent = Agent::start_in(dir, &config, &only_dropwatch());
     let text = agent.metrics();
     let lost = value(&text, "bianque_store_lost_at_start_records");
+    eprintln!("reported lost after the restart: {lost} (window {KILL9_WINDOW})");
     assert!(
-        (1.0..=KILL9_WINDOW).contains(&lost),
-        "lost {lost} (window {KILL9_WINDOW}); log:\n{}",
+        lost >= queued.min(KILL9_WINDOW) && lost <= KILL9_WINDOW,
+        "lost {lost}, queued {queued} (window {KILL9_WINDOW}); log:\n{}",
         agent.log()
     );
     assert!(
@@ -199,7 +233,7 @@ fn kill9_mid_storm_loses_at_most_the_window_and_the_loss_is_reported_after_resta
     let stored = store
         .query(&bianque::store::Query {
             tracer: Some("dropwatch".into()),
-            limit: 1_000_000,
+            limit: 10_000_000,
             ..Default::default()
         })
         .expect("query")
@@ -215,15 +249,10 @@ fn sigterm_with_a_full_queue_drains_within_2s_and_loses_nothing() {
     let port = closed_udp_port();
     let config = storm_config(port, "");
     let mut agent = Agent::start(&config, &only_dropwatch());
-    let mut flood = Flood::start(port, 2);
-    assert!(
-        wait_until(Duration::from_secs(20), || value(
-            &agent.metrics(),
-            "bianque_store_queue_length"
-        ) >= 4096.0),
-        "the queue never filled: {}",
-        agent.metrics()
-    );
+    let (mut flood, lock) = storm_with_a_full_queue(&agent, port);
+    let queued = value(&agent.metrics(), "bianque_store_queue_length");
+    // The lock goes and SIGTERM comes at once: the whole queue is written on the way out.
+    drop(lock);
     let t0 = Instant::now();
     let status = agent.terminate(Duration::from_secs(10));
     let took = t0.elapsed();
@@ -233,10 +262,18 @@ fn sigterm_with_a_full_queue_drains_within_2s_and_loses_nothing() {
         "{status:?}; log:\n{}",
         agent.log()
     );
-    eprintln!("SIGTERM with a full queue: exited in {took:?}");
+    eprintln!("SIGTERM with {queued} records queued: exited in {took:?}");
+    if std::env::var_os("SHOW_LOG").is_some() {
+        eprintln!("{}", agent.log());
+    }
     assert!(
         took < Duration::from_secs(2),
         "took {took:?}; log:\n{}",
+        agent.log()
+    );
+    assert!(
+        !agent.log().contains("failed for good"),
+        "nothing given up:\n{}",
         agent.log()
     );
     let dir = std::mem::replace(&mut agent.dir, TempDir(std::path::PathBuf::new()));
@@ -272,7 +309,7 @@ impl Drop for Tmpfs {
 }
 
 #[test]
-fn a_full_disk_under_a_storm_recovers_by_itself_and_logs_few_errors() {
+fn a_full_disk_makes_the_store_not_ready_with_few_errors_and_it_recovers_once_space_returns() {
     let dir = TempDir::new("fulldisk");
     // The agent's data dir is a 20 MiB file system.
     let fs = Tmpfs::mount(&dir.path().join("data"), 20);
@@ -285,43 +322,41 @@ fn a_full_disk_under_a_storm_recovers_by_itself_and_logs_few_errors() {
         "bianque_store_records_written_total"
     ) > 10_000.0));
     // Fill the file system to the brim.
+    let filler = fs.0.join("filler");
     sh_quiet(&format!(
-        "dd if=/dev/zero of={}/filler bs=64k 2>/dev/null",
-        fs.0.display()
+        "dd if=/dev/zero of={} bs=64k 2>/dev/null",
+        filler.display()
     ));
-    let avail = sh(&format!(
-        "df --output=avail -B1 {} | tail -1",
-        fs.0.display()
-    ));
+    // The store says so: not ready, retries counted, errors logged at a bounded rate.
     assert!(
-        avail.trim().parse::<u64>().unwrap_or(u64::MAX) < 64 << 10,
-        "not full: {avail}"
-    );
-    let full_at = value(&agent.metrics(), "bianque_store_records_written_total");
-    // The store keeps writing into space its own retention frees.
-    let recovered = wait_until(Duration::from_secs(30), || {
-        value(&agent.metrics(), "bianque_store_records_written_total") > full_at + 20_000.0
-    });
-    let text = agent.metrics();
-    assert!(
-        recovered,
-        "written {} (full at {full_at}); /metrics:\n{text}\nlog:\n{}",
-        value(&text, "bianque_store_records_written_total"),
+        wait_until(Duration::from_secs(15), || agent.get("/readyz").0 == 503),
+        "{:?}; log:\n{}",
+        agent.get("/readyz"),
         agent.log()
     );
+    std::thread::sleep(Duration::from_secs(10));
+    let text = agent.metrics();
     assert!(
         value(&text, "bianque_store_write_retries_total") > 0.0,
-        "the disk was full for the store too; log:\n{}",
+        "{text}"
+    );
+    assert_eq!(value(&text, "bianque_store_writable"), 0.0);
+    let errors = agent.log().lines().filter(|l| l.contains("ERROR")).count();
+    assert!(errors <= 5, "{errors} ERROR lines:\n{}", agent.log());
+    // Space comes back: the store writes again by itself, without a restart.
+    let _ = std::fs::remove_file(&filler);
+    let before = value(&agent.metrics(), "bianque_store_records_written_total");
+    assert!(
+        wait_until(Duration::from_secs(20), || value(
+            &agent.metrics(),
+            "bianque_store_records_written_total"
+        ) > before + 5000.0
+            && agent.get("/readyz").0 == 200),
+        "/metrics:\n{}\nlog:\n{}",
+        agent.metrics(),
         agent.log()
     );
     flood.stop();
-    assert!(
-        wait_until(Duration::from_secs(10), || agent.get("/readyz").0 == 200),
-        "{:?}",
-        agent.get("/readyz")
-    );
-    let errors = agent.log().lines().filter(|l| l.contains("ERROR")).count();
-    assert!(errors <= 10, "{errors} ERROR lines:\n{}", agent.log());
     drop(agent);
 }
 

@@ -274,14 +274,30 @@ function controlButton(t) {
 
 // --- views -----------------------------------------------------------------------------
 
+// Losses come from a full /metrics scrape: take one at most every LOSSES_EVERY_MS, kept for
+// this tab, so a console reloaded often does not scrape the agent each time.
+const LOSSES_EVERY_MS = 30000;
+
+async function lossMetrics() {
+  try {
+    const kept = JSON.parse(sessionStorage.getItem('bianque-losses') || 'null');
+    if (kept && Date.now() - kept.t < LOSSES_EVERY_MS) return kept;
+  } catch (e) { /* nothing kept */ }
+  const fresh = { t: Date.now(), text: await text('/metrics').catch(() => '') };
+  // Only the loss counters are kept.
+  fresh.text = fresh.text.split('\n').filter((l) => l && l[0] !== '#' && /lost/.test(l.split(/[ {]/)[0])).join('\n');
+  try { sessionStorage.setItem('bianque-losses', JSON.stringify(fresh)); } catch (e) { /* full */ }
+  return fresh;
+}
+
 async function overview() {
   const [tr, metrics, act, vit, inc] = await Promise.all([
-    api('/tracers'), text('/metrics').catch(() => ''), api('/console/activity?since=1h&bucket_secs=60'),
+    api('/tracers'), lossMetrics(), api('/console/activity?since=1h&bucket_secs=60'),
     api('/console/vitals'), api('/incidents?open=true&limit=20'),
   ]);
   // Losses: every *lost* counter of a tracer in /metrics, summed.
   const lost = {};
-  for (const line of metrics.split('\n')) {
+  for (const line of metrics.text.split('\n')) {
     if (!line || line[0] === '#') continue;
     const name = line.split(/[ {]/)[0];
     if (!/lost/.test(name)) continue;
@@ -312,7 +328,7 @@ async function overview() {
         lineChart('PSI IO some', '%', series('psi_io_some_avg10'), t0, now),
         lineChart('Drops', '/s', series('drops_per_sec'), t0, now))),
     el('h2', {}, 'Tracers'),
-    table(['tracer', 'mode', 'status', 'reason', 'hits', 'losses', 'restarts', ''],
+    table(['tracer', 'mode', 'status', 'reason', 'hits', `losses (${clock(metrics.t)})`, 'restarts', ''],
       tr.tracers.map((t) => el('tr', {},
         el('td', {}, link(`#/events?tracer=${enc(t.name)}`, t.name)),
         el('td', {}, t.mode), el('td', {}, badge(t.status)), el('td', { class: 'muted' }, t.reason),

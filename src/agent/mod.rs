@@ -39,6 +39,9 @@ pub struct RunOptions {
 pub enum AgentError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// A bad command-line flag value (exit 2, like a config error, but not called one).
+    #[error("{0}")]
+    Usage(String),
     #[error("{0:#}")]
     Runtime(#[from] anyhow::Error),
 }
@@ -116,6 +119,22 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     let host_root = HostRoot::new(opts.host_root.clone().unwrap_or_else(|| PathBuf::from("/")));
     let entries = runner::build_tracers(cfg.tracer_sections(), &opts.disable, &host_root)?;
 
+    // Every connection, BPF object and open file is an fd: take the whole hard limit.
+    let nofile = match server::listen::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE");
+            1024
+        }
+    };
+    let conn_limits = server::listen::ConnLimits {
+        max_connections: server::listen::effective_max_connections(
+            cfg.server.max_connections,
+            nofile,
+        ),
+        header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
+        write_timeout: Duration::from_millis(cfg.server.write_timeout_ms),
+    };
     let addr: SocketAddr = cfg.server.listen.parse().map_err(|_| {
         ConfigError(format!(
             "server.listen: `{}` is not an address",
@@ -174,6 +193,10 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         containers: containers.clone(),
         symbolizer: KernelSymbolizer::new(),
         shared: Default::default(),
+        agent_port: listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(addr.port()),
     });
     let runner = Arc::new(Runner::new(entries, services));
     let state = Arc::new(AppState {
@@ -191,6 +214,8 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         ready: AtomicBool::new(false),
         shipper: shipper_stats,
         stream: stream_stats,
+        connections: Default::default(),
+        readers: server::readers::ReadPool::new(store.path()),
         stream_limits: StreamLimits {
             max_clients: cfg.server.stream_max_clients,
             client_buffer: cfg.server.stream_client_buffer,
@@ -215,14 +240,23 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
             cfg.server.max_body_bytes,
         );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let http = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await
-        });
-        tracing::info!(listen = %addr, data_dir = %cfg.store.data_dir.display(), "bianque started");
+        let conn_stats = state.connections.clone();
+        let http = tokio::spawn(server::listen::serve(
+            listener,
+            app,
+            conn_limits,
+            conn_stats,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        tracing::info!(
+            listen = %addr,
+            data_dir = %cfg.store.data_dir.display(),
+            max_connections = conn_limits.max_connections,
+            nofile,
+            "bianque started"
+        );
 
         let start_runner = runner.clone();
         let start_state = state.clone();
@@ -299,11 +333,13 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         let stop_runner = runner.clone();
         let stop_store = store.clone();
         let stop_containers = containers_stop.clone();
+        let stop_registry = containers.clone();
         tokio::task::spawn_blocking(move || {
             stop_runner.shutdown(Duration::from_millis(1500));
             // Records held for a container's name are saved before the store closes.
             records.stop();
             stop_containers.store(true, Ordering::Relaxed);
+            stop_registry.stop_keeping_current();
             let _ = containers_thread.join();
             stop_store.close();
             if let Some(s) = shipper {

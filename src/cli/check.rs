@@ -57,7 +57,7 @@ pub fn run(a: CheckArgs) -> Result<(), AgentError> {
             mode,
             if r.is_ok() { "yes" } else { "no" },
             if en { "yes" } else { "no" },
-            r.err().unwrap_or_default()
+            super::text::escape(&r.err().unwrap_or_default())
         );
     }
     Ok(())

@@ -6,6 +6,7 @@ pub mod containers;
 pub mod events;
 pub mod incidents;
 pub mod run;
+pub mod text;
 pub mod tracers;
 
 use std::net::SocketAddr;

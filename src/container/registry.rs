@@ -537,7 +537,10 @@ impl ContainerRegistry {
                         me.resync();
                         next_resync = Instant::now() + period;
                     }
-                    match rx.recv_timeout(Duration::from_millis(100)) {
+                    // Sleeps until the next resync: a miss or the stop (the sender dropped by
+                    // `stop_keeping_current`) ends the wait early.
+                    let wait = next_resync.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(wait) {
                         Ok(()) => me.refresh_metadata_older_than(MISS_RESYNC_MIN_INTERVAL),
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -545,6 +548,19 @@ impl ContainerRegistry {
                 }
                 *me.refresh_tx.lock().unwrap_or_else(|e| e.into_inner()) = None;
             })
+    }
+}
+
+impl ContainerRegistry {
+    /// Ends the `keep_current` thread at once (with its stop flag set, it would end only at the
+    /// next resync or miss).
+    pub fn stop_keeping_current(&self) {
+        drop(
+            self.refresh_tx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
     }
 }
 

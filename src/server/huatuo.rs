@@ -217,12 +217,13 @@ impl WatchFilters {
 /// `POST /v1/events/watch`: bianque's live stream filtered and formatted as HuaTuo's.
 async fn watch(
     State(app): State<Arc<AppState>>,
+    conn: Option<axum::extract::Extension<super::listen::ConnHandle>>,
     body: Result<axum::Json<WatchRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let axum::Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let filters = req.filters.compile()?;
     let matches = move |r: &Record| filters.iter().all(|(re, field)| re.is_match(field(r)));
-    super::watch::live_stream(&app, matches, watch_event).map_err(|e| {
+    super::watch::live_stream(&app, conn.map(|c| c.0), matches, watch_event).map_err(|e| {
         if e.status == StatusCode::TOO_MANY_REQUESTS {
             ApiError::new(e.status, "rate_limited", e.message)
         } else {

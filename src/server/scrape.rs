@@ -144,7 +144,14 @@ impl Scraper {
                     tracing::warn!(collector = entry.spec.name, error = %format!("{e:#}"), "collector failed");
                     sink.clear();
                 }
-                (sink.into_string(), result.is_ok(), start.elapsed())
+                // Success means the tracer works: a collector whose tracer is inactive or
+                // failed (its program did not load) reports 0 even though its counters were read.
+                let active = entry.state.status().0 == Status::Active;
+                (
+                    sink.into_string(),
+                    result.is_ok() && active,
+                    start.elapsed(),
+                )
             };
             let slots = self.slots.clone();
             let timeout = self.timeout;
@@ -507,6 +514,61 @@ mod tests {
         default_enabled: true,
         build: never_build,
     };
+
+    /// Owns a program that cannot run here; its counters can still be read.
+    struct UnsupportedProgram;
+
+    impl Collector for UnsupportedProgram {
+        fn collect(&self, _ctx: &ScrapeContext, out: &mut MetricSink) -> anyhow::Result<()> {
+            out.single("lost", "x", Kind::Counter, 0.0);
+            Ok(())
+        }
+
+        fn owns_program(&self) -> bool {
+            true
+        }
+
+        fn run(&self, _ctx: &crate::tracer::RunContext) -> Result<(), crate::tracer::TracerError> {
+            Err(crate::tracer::TracerError::Failed(anyhow!("no such hook")))
+        }
+    }
+
+    static UNSUPPORTED_SPEC: TracerSpec = TracerSpec {
+        name: "unsupported_program",
+        mode: Mode::Metric,
+        description: "test",
+        requires: &[],
+        default_enabled: true,
+        build: never_build,
+    };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tracer_that_is_not_active_does_not_report_success() {
+        let (services, store, dir) = services_and_store("scrape-inactive");
+        let e = entry(
+            &UNSUPPORTED_SPEC,
+            Tracer::Metric(Box::new(UnsupportedProgram)),
+            Duration::from_secs(60),
+        );
+        let runner = Runner::new(vec![e.clone()], services);
+        runner.start_all();
+        runner.wait_started(Duration::from_secs(5));
+        assert_eq!(e.state.status().0, Status::Failed);
+        let scraper = Scraper::new(
+            Arc::new(Naming::plain("bq")),
+            Duration::from_secs(5),
+            2,
+            &runner,
+        );
+        let text = scraper.scrape(&runner, &store).await;
+        assert!(
+            text.contains("bq_scrape_collector_success{collector=\"unsupported_program\"} 0"),
+            "{text}"
+        );
+        runner.shutdown(Duration::from_secs(1));
+        store.close();
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_collector_reports_failure_and_is_tried_again() {

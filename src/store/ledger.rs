@@ -44,9 +44,13 @@ impl Ledger {
             .map(|m| m.len() != LEN as u64)
             .unwrap_or(true);
         if fresh {
+            // Written, not just sized: a sparse page would need a block at the first store
+            // through the mapping, and a full disk would turn that into SIGBUS.
+            use std::io::Write;
             file.set_len(0)
-                .and_then(|_| file.set_len(LEN as u64))
-                .with_context(|| format!("cannot size {}", path.display()))?;
+                .and_then(|_| (&file).write_all(&[0u8; LEN]))
+                .and_then(|_| file.sync_all())
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
         // SAFETY: the file is ours (0600, in the private data dir) and sized to LEN; other
         // processes do not resize it while mapped. Concurrent writers go through atomics.

@@ -38,6 +38,8 @@ pub const DB_FILE: &str = "bianque.db";
 /// (counted in `…_store_refused_total`). Only a writer stalled that long (a failing disk)
 /// makes that happen: a writer that keeps up frees room far sooner.
 const SAVE_WAIT: Duration = Duration::from_secs(1);
+/// A write in flight longer than this makes the store not ready.
+const WRITE_STUCK: Duration = Duration::from_secs(2);
 /// The name records about the store itself carry (`tracer_name`).
 pub const STORE_RECORD_TRACER: &str = "store";
 
@@ -156,6 +158,9 @@ pub struct StoreStats {
     /// Corrupt store files moved aside at start.
     pub quarantined: AtomicU64,
     writable: AtomicBool,
+    /// When the write in flight began (ms since `epoch`), 0 while none is.
+    write_began_ms: AtomicU64,
+    epoch: Instant,
     last_error: Mutex<String>,
 }
 
@@ -174,23 +179,50 @@ impl Default for StoreStats {
             lost_at_start: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
             writable: AtomicBool::new(true),
+            write_began_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             last_error: Mutex::new(String::new()),
         }
     }
 }
 
 impl StoreStats {
-    /// Whether the last write went in (readiness).
+    /// Whether the last write went in and none is stuck (readiness).
     pub fn writable(&self) -> bool {
-        self.writable.load(Ordering::Relaxed)
+        self.writable.load(Ordering::Relaxed) && self.stuck_for().is_none()
+    }
+
+    /// How long the write in flight has taken, when longer than [`WRITE_STUCK`].
+    fn stuck_for(&self) -> Option<Duration> {
+        let began = self.write_began_ms.load(Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        (began > 0)
+            .then(|| Duration::from_millis(now.saturating_sub(began)))
+            .filter(|d| *d > WRITE_STUCK)
     }
 
     /// Why the store cannot write (empty while it can).
     pub fn last_error(&self) -> String {
+        if let Some(d) = self.stuck_for() {
+            return format!(
+                "a write has waited {} ms (database locked or disk stalled)",
+                d.as_millis()
+            );
+        }
         self.last_error
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Marks a write in flight (true) or done (false).
+    fn writing(&self, now: bool) {
+        let ms = if now {
+            (self.epoch.elapsed().as_millis() as u64).max(1)
+        } else {
+            0
+        };
+        self.write_began_ms.store(ms, Ordering::Relaxed);
     }
 
     fn set_unwritable(&self, error: &str) {
@@ -697,6 +729,18 @@ impl Store {
             .query_row([id], |row| row.get::<_, String>(0))
             .optional()?;
         Ok(body)
+    }
+
+    /// Up to `limit` record ids that start with `prefix` (the CLI's `events show PREFIX`).
+    pub fn ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stmt =
+            conn.prepare_cached("SELECT id FROM records WHERE id >= ?1 AND id < ?2 LIMIT ?3")?;
+        let rows = stmt.query_map(
+            params![prefix, format!("{prefix}\u{10FFFF}"), limit as i64],
+            |r| r.get::<_, String>(0),
+        )?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     pub fn count(&self) -> Result<u64> {

@@ -23,6 +23,8 @@ pub const BATCH_MIN: usize = 256;
 /// The largest group commit; with the queue's cap, the most `kill -9` can lose.
 pub const BATCH_MAX: usize = 4096;
 const RETENTION_CHUNK: i64 = 5000;
+/// Records deleted per step when the disk is full.
+const FULL_DISK_CHUNK: i64 = 500;
 const RETENTION_EVERY: Duration = Duration::from_secs(30);
 /// A retention pass that left the store over its size limit is repeated at most this often.
 const SIZE_RETENTION_EVERY: Duration = Duration::from_secs(1);
@@ -79,12 +81,21 @@ impl Writer {
         self.ensure_reserve();
         self.retention_pass(false);
         let mut batch = Vec::with_capacity(BATCH_MIN);
-        while queue.take(
-            self.batch_max,
-            self.batch_bytes,
-            Duration::from_secs(1),
-            &mut batch,
-        ) {
+        loop {
+            // Sleeps until a row comes, the queue closes or a retention pass is due (no idle
+            // tick): every RETENTION_EVERY, every SIZE_RETENTION_EVERY while a pass could not
+            // get the store under its size limit.
+            let due = if self.last_pass_fit {
+                RETENTION_EVERY
+            } else {
+                SIZE_RETENTION_EVERY
+            };
+            let wait = due
+                .saturating_sub(self.last_retention.elapsed())
+                .max(Duration::from_millis(10));
+            if !queue.take(self.batch_max, self.batch_bytes, wait, &mut batch) {
+                break;
+            }
             if !batch.is_empty() {
                 self.write_until_done(&mut batch, queue);
             }
@@ -92,7 +103,14 @@ impl Writer {
             // get under it (a reader holding the WAL) is not repeated at once.
             let over = self.file_bytes() > self.retention.max_size_bytes
                 && (self.last_pass_fit || self.last_retention.elapsed() >= SIZE_RETENTION_EVERY);
-            if over || self.last_retention.elapsed() >= RETENTION_EVERY {
+            if self.disk_low() {
+                // Little room left on the disk: free pages inside the file before new records
+                // need them, so the file does not have to grow.
+                self.retention_pass(true);
+            } else if self.last_retention.elapsed() >= RETENTION_EVERY {
+                self.retention_pass(false);
+                self.ensure_reserve();
+            } else if over {
                 self.retention_pass(false);
             }
         }
@@ -107,7 +125,10 @@ impl Writer {
         let mut attempts = 0u32;
         loop {
             let t0 = Instant::now();
-            match self.insert(batch) {
+            self.stats.writing(true);
+            let result = self.insert(batch);
+            self.stats.writing(false);
+            match result {
                 Ok(inserted) => {
                     self.committed(batch, inserted, t0.elapsed());
                     break;
@@ -173,9 +194,9 @@ impl Writer {
     fn committed(&mut self, batch: &mut Vec<Row>, inserted: Vec<bool>, took: Duration) {
         let n = batch.len();
         self.stats.written.fetch_add(n as u64, Ordering::Relaxed);
+        self.update_sizes();
         if self.stats.set_writable() {
             tracing::info!("store writes again");
-            self.ensure_reserve();
         }
         // Size the next group commit to this one's rate.
         let per_sec = n as f64 / took.as_secs_f64().max(1e-6);
@@ -210,7 +231,19 @@ impl Writer {
         if std::fs::remove_file(&reserve).is_ok() {
             tracing::warn!("disk full: released the store's reserve to run retention");
         }
+        // The WAL first: its frames go into the file (the reserve pays for any growth) and it
+        // is emptied, so the deletes have room.
+        if let Err(e) = self.checkpoint("TRUNCATE") {
+            tracing::debug!(error = %e, "checkpoint on a full disk failed");
+        }
         self.retention_pass(true);
+    }
+
+    /// The disk has less room than two group commits and the file fewer free pages than one.
+    fn disk_low(&self) -> bool {
+        let commit = self.batch_bytes as u64;
+        available_bytes(&self.path).is_some_and(|a| a < 2 * commit + RESERVE_BYTES as u64)
+            && self.stats.free_bytes.load(Ordering::Relaxed) < 2 * commit
     }
 
     fn reserve_path(&self) -> PathBuf {
@@ -223,6 +256,10 @@ impl Writer {
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.reserve_path();
         if std::fs::metadata(&path).is_ok_and(|m| m.len() as i64 == RESERVE_BYTES) {
+            return;
+        }
+        // Taken back only once the disk has room again, not from the store's own pages.
+        if available_bytes(&path).is_some_and(|a| a < 4 * RESERVE_BYTES as u64) {
             return;
         }
         let Ok(file) = std::fs::OpenOptions::new()
@@ -290,9 +327,15 @@ impl Writer {
                 }
                 let avg = (live / total.max(1)).max(1);
                 let excess = live.saturating_sub(target).div_ceil(avg) as i64;
+                // On a full disk the delete itself must fit in the WAL: small steps.
+                let chunk = if forced {
+                    (self.batch_max as i64).max(FULL_DISK_CHUNK)
+                } else {
+                    RETENTION_CHUNK
+                };
                 let n = self.conn.execute(
                     "DELETE FROM records WHERE seq IN (SELECT seq FROM records WHERE tracer = ? ORDER BY time_ns, seq LIMIT ?)",
-                    params![tracer, excess.clamp(1, RETENTION_CHUNK).min(count as i64)],
+                    params![tracer, excess.clamp(1, chunk).min(count as i64).max(if forced { chunk } else { 1 })],
                 )? as u64;
                 let tracer = tracer.clone();
                 deleted += n;
@@ -308,7 +351,13 @@ impl Writer {
                 .retention_deleted
                 .fetch_add(deleted, Ordering::Relaxed);
             tracing::info!(deleted, "store retention removed records");
-            self.free_pages()?;
+            if forced {
+                // The disk is full: the freed pages stay in the file for the next records
+                // (handing them back would let the WAL or others take them).
+                self.checkpoint("PASSIVE")?;
+            } else {
+                self.free_pages()?;
+            }
         }
         self.update_sizes();
         self.last_pass_fit = self.file_bytes() <= limit;
@@ -339,7 +388,13 @@ impl Writer {
             while rows.next()?.is_some() {}
         }
         // A reader holding an old snapshot may keep part of the WAL; the rest goes.
-        let mut stmt = self.conn.prepare("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        self.checkpoint("TRUNCATE")
+    }
+
+    fn checkpoint(&self, mode: &str) -> rusqlite::Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("PRAGMA wal_checkpoint({mode})"))?;
         let mut rows = stmt.query([])?;
         while rows.next()?.is_some() {}
         Ok(())
@@ -377,4 +432,20 @@ impl Writer {
             self.stats.free_bytes.store(free * size, Ordering::Relaxed);
         }
     }
+}
+
+/// Bytes an unprivileged writer may still allocate on the file system holding `path`.
+fn available_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent()?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: c is a NUL-terminated path; st is written by statvfs before it is read.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled st.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }

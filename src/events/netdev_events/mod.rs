@@ -7,7 +7,7 @@
 //! name comes from the ethtool GDRVINFO ioctl. Links in the agent's network namespace only.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
@@ -374,6 +374,10 @@ fn recv(sock: &OwnedFd, buf: &mut [u8]) -> Result<Recv> {
     }
 }
 
+/// How long the reader sleeps with no notification before it looks again (a bound: a
+/// notification or the stop wakes it at once).
+const IDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn wait_readable(sock: &OwnedFd, timeout_ms: i32) {
     let mut pfd = libc::pollfd {
         fd: sock.as_raw_fd(),
@@ -493,7 +497,7 @@ impl EventTracer for NetdevEvents {
                         self.handle(ctx, link, &mut states);
                     }
                 }
-                Recv::Empty => wait_readable(&sock, 100),
+                Recv::Empty => ctx.wait_readable(sock.as_fd(), IDLE_WAIT),
                 Recv::Overrun => {
                     // Changes in the lost notifications cannot be told; re-learn the states.
                     self.lost.fetch_add(1, Ordering::Relaxed);
