@@ -168,6 +168,10 @@ fn huatuo_dashboard_queries_answer_from_a_real_prometheus() {
             format!("rate(huatuo_bamai_netdev_hw_rx_dropped_total{{{h},device=\"lo\"}}[1m])"),
         ),
         (
+            "iolatency zones",
+            format!("sum by (disk) (huatuo_bamai_iolatency_blkdisk_d2c{{{h},zone=~\"[0-5]\"}}) + sum by (disk) (huatuo_bamai_iolatency_blkdisk_q2c{{{h}}})"),
+        ),
+        (
             "netstat",
             format!("rate(huatuo_bamai_netstat_TcpExt_ListenDrops{{{h}}}[1m])"),
         ),
