@@ -53,7 +53,8 @@ fn huatuo_dashboard_queries_answer_from_a_real_prometheus() {
         &format!(
             "compat = \"huatuo\"\nregion = \"{REGION}\"\nhostname = \"{HOST}\"\n\
              [containers]\nengine_sockets = [\"{}\"]\nkubelet_read_only_address = \"\"\nresync_secs = 1\n\
-             [metrics.netdev]\ndevice_exclude = \"^(docker|veth)\"\n",
+             [metrics.netdev]\ndevice_exclude = \"^(docker|veth)\"\n\
+             [metrics.netdev_hw]\nenabled = true\n",
             podman.socket()
         ),
         &["--disable", "dropwatch"],
@@ -161,6 +162,14 @@ fn huatuo_dashboard_queries_answer_from_a_real_prometheus() {
         (
             "netdev_qdisc",
             format!("huatuo_bamai_netdev_qdisc_backlog{{{h}}}"),
+        ),
+        (
+            "netdev_hw",
+            format!("rate(huatuo_bamai_netdev_hw_rx_dropped_total{{{h},device=\"lo\"}}[1m])"),
+        ),
+        (
+            "iolatency zones",
+            format!("sum by (disk) (huatuo_bamai_iolatency_blkdisk_d2c{{{h},zone=~\"[0-5]\"}}) + sum by (disk) (huatuo_bamai_iolatency_blkdisk_q2c{{{h}}})"),
         ),
         (
             "netstat",

@@ -2,6 +2,7 @@
 //! mounted at e.g. `/host` when the agent runs in a container.
 
 pub mod file;
+pub mod rtnetlink;
 
 use std::path::{Path, PathBuf};
 

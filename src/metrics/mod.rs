@@ -12,6 +12,7 @@ pub mod memory_reclaim;
 pub mod memory_vmstat;
 pub mod mountpoint_perm;
 pub mod netdev;
+pub mod netdev_hw;
 pub mod netdev_qdisc;
 pub mod netstat;
 pub mod pressure;

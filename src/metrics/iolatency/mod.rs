@@ -2,7 +2,11 @@
 //! (`q2c_seconds`, from the scheduler insert) and issue→complete (`d2c_seconds`, time in the
 //! driver and device), from tp_btf `block_rq_insert`, `block_rq_issue`, `block_rq_complete`;
 //! per container the same two (all disks together, few buckets), by the blkio cgroup the
-//! request is charged to.
+//! request is charged to. Under HuaTuo's names also HuaTuo's zone counters: `blkdisk_q2c` and
+//! `blkdisk_d2c` `{disk="maj:min",zone}` per disk and `container_blkdisk_q2c/d2c{zone}` per
+//! container (all disks together: the container histograms are not kept per disk), zones
+//! "0".."5" = [20,30], (30,50], (50,100], (100,200], (200,400], >400 ms; waits under 20 ms are
+//! not counted (HuaTuo). No `blkdisk_freeze` (queue freezes are not traced).
 
 use std::collections::{HashMap, HashSet};
 use std::mem::MaybeUninit;
@@ -36,6 +40,16 @@ pub const BOUNDS: [f64; 17] = [
 ];
 /// The `le` buckets kept per container (a subset of [`BOUNDS`]): 2 families × 9 series.
 pub const CONTAINER_BOUNDS: [f64; 6] = [5e-4, 2.5e-3, 1e-2, 5e-2, 2e-1, 1.0];
+
+/// HuaTuo's zone edges, seconds (each one of [`BOUNDS`]); the zone below the first is dropped.
+const HUATUO_ZONES: [f64; 6] = [2e-2, 3e-2, 5e-2, 1e-1, 2e-1, 4e-1];
+const ZONE_NAMES: [&str; 6] = ["0", "1", "2", "3", "4", "5"];
+
+/// HuaTuo's zone counts of a histogram: (zone name, count) from 20 ms up.
+fn huatuo_zones(h: &Hist) -> impl Iterator<Item = (&'static str, u64)> {
+    let z = h.zones(&BOUNDS, &HUATUO_ZONES);
+    ZONE_NAMES.into_iter().zip(z.into_iter().skip(1))
+}
 
 #[linkme::distributed_slice(TRACERS)]
 static SPEC: TracerSpec = TracerSpec {
@@ -185,6 +199,21 @@ impl Collector for IoLatency {
                 Hist::write(h, out, &[("device", &dev)], &[], &BOUNDS, None);
             }
         }
+        if out.huatuo_names() {
+            for (kind, name, help) in [
+                (KIND_Q2C, "blkdisk_q2c", "the disk q2c latency"),
+                (KIND_D2C, "blkdisk_d2c", "the disk d2c latency"),
+            ] {
+                out.family(name, help, Kind::Gauge);
+                for (k, h) in rows.iter().filter(|(k, _)| k & 1 == kind) {
+                    let dev = k >> 1;
+                    let disk = format!("{}:{}", dev >> 20, dev & 0xfffff);
+                    for (zone, n) in huatuo_zones(h) {
+                        out.sample(&[("disk", &disk), ("zone", zone)], n as f64);
+                    }
+                }
+            }
+        }
         if self.containers {
             self.collect_containers(ctx, out)?;
         }
@@ -228,6 +257,33 @@ impl IoLatency {
                 );
             }
         }
+        if out.huatuo_names() {
+            for (kind, name, help) in [
+                (
+                    KIND_Q2C,
+                    "container_blkdisk_q2c",
+                    "container blkio q2c latency",
+                ),
+                (
+                    KIND_D2C,
+                    "container_blkdisk_d2c",
+                    "container blkio d2c latency",
+                ),
+            ] {
+                if !rows.iter().any(|(_, k, _)| *k == kind) {
+                    continue;
+                }
+                out.family(name, help, Kind::Gauge);
+                for (i, _, h) in rows.iter().filter(|(_, k, _)| *k == kind) {
+                    let labels = snap.containers[*i].labels();
+                    for (zone, n) in huatuo_zones(h) {
+                        let mut l = labels.to_vec();
+                        l.push(("zone", zone));
+                        out.sample(&l, n as f64);
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -235,6 +291,21 @@ impl IoLatency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huatuo_zones_start_at_20ms() {
+        // One count per bucket of BOUNDS (and +Inf).
+        let h = Hist {
+            counts: vec![1; BOUNDS.len() + 1],
+            sum_ns: 0,
+        };
+        let z: Vec<(&str, u64)> = huatuo_zones(&h).collect();
+        // ≤30 ms: the 30 ms bucket; ≤50; ≤100; ≤200; ≤400; above: 1, 2.5, 5 s and +Inf.
+        assert_eq!(
+            z,
+            [("0", 1), ("1", 1), ("2", 1), ("3", 1), ("4", 1), ("5", 4)]
+        );
+    }
 
     #[test]
     fn names_devices() {
