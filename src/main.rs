@@ -39,7 +39,11 @@ fn main() -> ExitCode {
         Command::Run(a) => cli::run::run(a),
         Command::Events(a) => cli::events::run(a),
         Command::Tracers(a) => cli::tracers::run(a),
-        Command::Check(a) => cli::check::run(a),
+        Command::Check(a) => match cli::check::run(a) {
+            // An enabled tracer cannot run: the table says which and why.
+            Ok(false) => return ExitCode::from(1),
+            other => other.map(|_| ()),
+        },
         Command::Containers(a) => cli::containers::run(a),
     };
     match result {

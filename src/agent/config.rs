@@ -291,7 +291,10 @@ mod tests {
     #[test]
     fn compat_switch_parses_and_rejects_unknown_values() {
         assert_eq!(Config::parse("").unwrap().compat, Compat::Bianque);
-        assert!(Config::parse("compat = \"huatuo\"\n").unwrap().compat.is_huatuo());
+        assert!(Config::parse("compat = \"huatuo\"\n")
+            .unwrap()
+            .compat
+            .is_huatuo());
         let err = Config::parse("compat = \"huatou\"\n").unwrap_err();
         assert!(err.0.contains("huatou"), "{err}");
     }
