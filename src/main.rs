@@ -6,7 +6,7 @@ mod cli;
 use std::process::ExitCode;
 
 use bianque::agent::AgentError;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +31,10 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// List the containers a running agent knows.
     Containers(cli::containers::ContainersArgs),
+    /// Print a shell completion script (e.g. `bianque completions bash > /etc/bash_completion.d/bianque`).
+    Completions(cli::completions::CompletionsArgs),
+    /// Print the man page (roff): `bianque man | man -l -`.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,8 @@ fn main() -> ExitCode {
             other => other.map(|_| ()),
         },
         Command::Containers(a) => cli::containers::run(a),
+        Command::Completions(a) => cli::completions::completions(a, Cli::command()),
+        Command::Man => cli::completions::man(Cli::command()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

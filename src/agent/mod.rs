@@ -69,11 +69,20 @@ pub fn init_logging(cfg: &Config) {
         _ => EnvFilter::new(cfg.log.level.as_deref().unwrap_or("info")),
     };
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let _ = match cfg.log.format {
+        config::LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        config::LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
     // A panic is logged as one line; tracer threads catch their own and carry on.
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
@@ -101,12 +110,7 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     let host_root = HostRoot::new(opts.host_root.clone().unwrap_or_else(|| PathBuf::from("/")));
     let entries = runner::build_tracers(cfg.tracer_sections(), &opts.disable, &host_root)?;
 
-    let addr: SocketAddr = cfg.server.listen.parse().map_err(|_| {
-        ConfigError(format!(
-            "server.listen: `{}` is not an address",
-            cfg.server.listen
-        ))
-    })?;
+    let addr: SocketAddr = cfg.server.listen_addr()?;
     let listener =
         std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     listener
