@@ -17,7 +17,7 @@ TEST_PACKAGES := iptables nftables iproute2 prometheus prometheus-node-exporter 
 OSMEM_VERSION := 0.1.6
 OSMEM_VENV := $(CURDIR)/.test-deps/osmem
 
-.PHONY: all build release run test deps test-deps vmlinux bench fmt lint clean
+.PHONY: all build release run test deps test-deps vmlinux bench fmt lint clean image
 
 all: build
 
@@ -67,6 +67,12 @@ bench: test-deps
 	$(CARGO) bench --bench profiler
 	$(CARGO) bench --bench events_overhead
 	$(CARGO) bench --bench autotracing_idle
+
+# The container image, built offline: the release binary and the libraries it links, FROM scratch.
+IMAGE ?= localhost/bianque:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+image: release
+	deploy/container/stage.sh target/release/bianque target/image
+	podman build -t $(IMAGE) target/image
 
 fmt:
 	$(CARGO) fmt --all
