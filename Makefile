@@ -10,10 +10,10 @@ BUILD_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config make gcc bpftool
 # containers (podman with runc, containerd) from a busybox-static image built locally, and
 # python3-venv for osmem-server (PyPI), the OpenSearch-API server the shipper tests talk to;
 # systemd (systemd-analyze verify), libcap2-bin (capsh) and passwd (useradd) for the unit tests,
-# man-db and bsdextrautils (col) to render the man page.
+# man-db and bsdextrautils (col) to render the man page, python3-yaml to turn the DaemonSet into a Pod.
 TEST_PACKAGES := iptables nftables iproute2 prometheus prometheus-node-exporter curl procps \
 	podman runc busybox-static containerd openssl e2fsprogs util-linux mount coreutils python3-venv python3-pip \
-	systemd libcap2-bin passwd man-db bsdextrautils
+	systemd libcap2-bin passwd man-db bsdextrautils python3-yaml
 OSMEM_VERSION := 0.1.6
 OSMEM_VENV := $(CURDIR)/.test-deps/osmem
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::podman::Podman;
@@ -141,4 +141,91 @@ fn the_image_on_the_host_records_host_and_container_drops_and_host_metrics() {
         "host device {} missing from /metrics",
         dummy.0
     );
+}
+
+/// The DaemonSet's pod template as a Pod (podman 4.3 has no DaemonSet), with the image just
+/// built and a free port in place of 19704 (in the ConfigMap and the probes alike).
+fn daemonset_as_pod(image: &str, port: u16, dir: &Path) -> (PathBuf, PathBuf) {
+    let k8s = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let pod = dir.join("pod.yaml");
+    let cm = dir.join("configmap.yaml");
+    let script = format!(
+        r#"
+import yaml
+ds = yaml.safe_load(open("{ds}"))
+t = ds["spec"]["template"]
+pod = {{"apiVersion": "v1", "kind": "Pod",
+       "metadata": dict(t["metadata"], name="bianque-{pid}"), "spec": t["spec"]}}
+pod["spec"]["containers"][0]["image"] = "{image}"
+# podman 4.3 refuses port mappings with the host network (Kubernetes takes them as host ports).
+pod["spec"]["containers"][0].pop("ports", None)
+text = yaml.safe_dump(pod).replace("19704", "{port}")
+open("{pod}", "w").write(text)
+open("{cm}", "w").write(open("{cmsrc}").read().replace("19704", "{port}"))
+"#,
+        ds = k8s.join("daemonset.yaml").display(),
+        cmsrc = k8s.join("configmap.yaml").display(),
+        pid = std::process::id(),
+        pod = pod.display(),
+        cm = cm.display(),
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3 (python3-yaml)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (pod, cm)
+}
+
+#[test]
+fn the_daemonset_pod_template_runs_under_podman_kube_play() {
+    let _podman = Podman::new();
+    let image = Image::build();
+    let dir = TempDir::new("kube");
+    let port = free_port();
+    let (pod, cm) = daemonset_as_pod(&image.tag, port, dir.path());
+    let _down = Cleanup(format!("podman kube down {}", pod.display()));
+    sh(&format!(
+        "cd {} && podman kube play --configmap {} {}",
+        dir.path().display(),
+        cm.display(),
+        pod.display()
+    ));
+    let addr = format!("127.0.0.1:{port}");
+    let logs = || {
+        sh(&format!(
+            "podman logs bianque-{}-bianque 2>&1 | tail -30",
+            std::process::id()
+        ))
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || http(
+            &addr,
+            "GET",
+            "/readyz",
+            &[]
+        )
+        .0 == 200),
+        "pod not ready on {addr}; logs:\n{}",
+        logs()
+    );
+    let (_, tracers) = http(&addr, "GET", "/tracers", &[]);
+    let v: serde_json::Value = serde_json::from_str(&tracers).expect("tracers json");
+    let list = v["tracers"].as_array().expect("tracers");
+    let inactive: Vec<String> = list
+        .iter()
+        .filter(|t| t["status"] != "active")
+        .map(|t| format!("{} {} {}", t["name"], t["status"], t["reason"]))
+        .collect();
+    assert!(
+        !list.is_empty() && inactive.is_empty(),
+        "{inactive:?}\n{}",
+        logs()
+    );
+    assert_eq!(http(&addr, "GET", "/healthz", &[]).0, 200);
 }
