@@ -20,14 +20,12 @@
 //! programs over one round give ns per call and ns added per workload operation, and from the
 //! detached operation time an expected ratio. The stats themselves cost ~20-40 ns per call.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{agent_command, free_port, median};
+use common::{agent_command, free_port, median, workloads};
 const TOKEN: &str = "bench-token-0123456789";
 const ROUND: Duration = Duration::from_millis(1000);
 
@@ -170,73 +168,15 @@ struct Ctx {
 }
 
 fn udp_drop(_: &Ctx) -> f64 {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < ROUND {
-        for _ in 0..256 {
-            let _ = s.send_to(b"x", ("127.0.0.1", 9u16));
-        }
-        n += 256;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
+    workloads::udp_drop(ROUND)
 }
 
 fn tcp_rr(_: &Ctx) -> f64 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
-        c.set_nodelay(true).unwrap();
-        let mut buf = [0u8; 64];
-        while c.read_exact(&mut buf).is_ok() {
-            if c.write_all(&buf).is_err() {
-                break;
-            }
-        }
-    });
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_nodelay(true).unwrap();
-    let mut buf = [7u8; 64];
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < ROUND {
-        for _ in 0..64 {
-            c.write_all(&buf).unwrap();
-            c.read_exact(&mut buf).unwrap();
-        }
-        n += 64;
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    drop(c);
-    let _ = server.join();
-    rate
+    workloads::tcp_rr(ROUND)
 }
 
 fn tcp_stream(_: &Ctx) -> f64 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut c, _) = l.accept().unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        while let Ok(n) = c.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
-        }
-        total
-    });
-    let mut c = TcpStream::connect(addr).unwrap();
-    let buf = vec![b'x'; 1 << 16];
-    let start = Instant::now();
-    while start.elapsed() < ROUND {
-        c.write_all(&buf).unwrap();
-    }
-    drop(c);
-    let total = server.join().unwrap();
-    total as f64 / start.elapsed().as_secs_f64()
+    workloads::tcp_stream(ROUND)
 }
 
 fn memcg_fill(ctx: &Ctx) -> f64 {

@@ -182,7 +182,7 @@ fn ship_with_plain_client(docs: &[(String, String)], url: &str) -> f64 {
     rt.block_on(async {
         let client = reqwest::Client::new();
         let t0 = Instant::now();
-        let tpl = index_template("peer-%Y.%m.%d");
+        let tpl = index_template("peer-%Y.%m.%d", bianque::config::Compat::Bianque);
         let r = client
             .put(format!("{url}/_index_template/peer"))
             .header("Content-Type", "application/json")

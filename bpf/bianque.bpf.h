@@ -63,24 +63,28 @@ struct {
 	__uint(max_entries, 1);
 } rate_limiter SEC(".maps");
 
-static __always_inline bool rate_limit_pass(__u32 limit)
+/* Now, and the length of one window, on the limiter's clock. */
+static __always_inline __u64 rate_clock(__u64 *window)
 {
-	__u32 zero = 0;
-	struct rate_window *w;
-	__u64 now, window;
-
-	if (!limit)
-		return true;
-	w = bpf_map_lookup_elem(&rate_limiter, &zero);
-	if (!w)
-		return false;
 	if (CONFIG_HZ) {
-		now = bpf_jiffies64();
-		window = CONFIG_HZ;
-	} else {
-		now = bpf_ktime_get_ns();
-		window = 1000000000ULL;
+		*window = CONFIG_HZ;
+		return bpf_jiffies64();
 	}
+	*window = 1000000000ULL;
+	return bpf_ktime_get_ns();
+}
+
+/* Whether `w` has no pass left in the current window (read only). */
+static __always_inline bool rate_window_full(struct rate_window *w, __u64 now, __u64 window,
+					     __u32 limit)
+{
+	return now - w->start < window && w->passed >= limit;
+}
+
+/* Takes one of `limit` passes from `w`, starting a new window when the last one is over. */
+static __always_inline bool rate_window_take(struct rate_window *w, __u64 now, __u64 window,
+					     __u32 limit)
+{
 	if (now - w->start < window) {
 		if (w->passed >= limit)
 			return false;
@@ -91,14 +95,119 @@ static __always_inline bool rate_limit_pass(__u32 limit)
 	return __sync_fetch_and_add(&w->passed, 1) < limit;
 }
 
+static __always_inline bool rate_limit_pass_at(__u32 limit, __u64 now, __u64 window)
+{
+	__u32 zero = 0;
+	struct rate_window *w;
+
+	if (!limit)
+		return true;
+	w = bpf_map_lookup_elem(&rate_limiter, &zero);
+	if (!w)
+		return false;
+	return rate_window_take(w, now, window, limit);
+}
+
+static __always_inline bool rate_limit_pass(__u32 limit)
+{
+	__u64 now, window;
+
+	if (!limit)
+		return true;
+	now = rate_clock(&window);
+	return rate_limit_pass_at(limit, now, window);
+}
+
+#ifdef BIANQUE_SOURCE_LIMIT
+/* Per-source limiter in front of the global one, so that one noisy source cannot use up the
+ * global budget and hide everyone else's events. A source is the memory cgroup and uid of the
+ * task running when the event fires (the same cgroup the agent attributes containers by; the
+ * uid tells users apart on a host without containers). Each source has its own window of
+ * `source_limit` passes in a small LRU hash: a source not seen for a while is forgotten, and a
+ * forgotten source starts with a full window (the global limit still holds then). A program
+ * opts in by defining BIANQUE_SOURCE_LIMIT before including this header (the map is created
+ * only then). */
+#define RATE_SOURCES 1024
+
+struct rate_source {
+	__u64 memcg_id;
+	__u32 uid;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct rate_source);
+	__type(value, struct rate_window);
+	__uint(max_entries, RATE_SOURCES);
+} rate_sources SEC(".maps");
+
+enum rate_verdict {
+	RATE_PASS = 0,
+	RATE_SOURCE_LIMITED, /* the source used up its share */
+	RATE_GLOBAL_LIMITED, /* the source had room, the global limit had none */
+};
+
+/* `limit` per second for all, `source_limit` per second for each source (0: no such limit).
+ * The source's window is only read before the global one is asked, so a source refused by the
+ * global limit keeps its share; the deny path of a flooding source writes nothing. */
+static __always_inline enum rate_verdict rate_limit_source(__u32 limit, __u32 source_limit,
+							   __u64 memcg_id)
+{
+	struct rate_source key = {
+		.memcg_id = memcg_id,
+		.uid = (__u32)bpf_get_current_uid_gid(),
+	};
+	struct rate_window *sw = NULL;
+	__u64 now, window;
+
+	if (!limit && !source_limit)
+		return RATE_PASS;
+	now = rate_clock(&window);
+	if (source_limit) {
+		sw = bpf_map_lookup_elem(&rate_sources, &key);
+		if (sw && rate_window_full(sw, now, window, source_limit))
+			return RATE_SOURCE_LIMITED;
+	}
+	if (!rate_limit_pass_at(limit, now, window))
+		return RATE_GLOBAL_LIMITED;
+	if (!source_limit)
+		return RATE_PASS;
+	if (!sw) {
+		struct rate_window fresh = { .start = now, .passed = 1 };
+
+		/* Another CPU may have added the source meanwhile; its window stands. */
+		bpf_map_update_elem(&rate_sources, &key, &fresh, BPF_NOEXIST);
+		return RATE_PASS;
+	}
+	/* Lost a race for the source's last pass: refused, the global pass it took is spent. */
+	return rate_window_take(sw, now, window, source_limit) ? RATE_PASS : RATE_SOURCE_LIMITED;
+}
+#endif /* BIANQUE_SOURCE_LIMIT */
+
 /* Ring-buffer wakeups cost ~1.7 us each on this class of VM (reference/kernel-notes.md), so
- * producers submit without waking the reader unless a backlog built up (a quarter of the ring,
- * whatever size user space gave it); the reader polls on a short timer instead. */
+ * producers wake the reader only for the first record after a quiet gap (the reader then drains
+ * the ring every RINGBUF_WAKEUP_GAP_NS for a while, and otherwise sleeps in the kernel: see
+ * `bpf::poll_ring_buffer_with_tick`) or when a backlog built up (a quarter of the ring, whatever
+ * size user space gave it). Keep the gap equal to `bpf::RING_POLL_INTERVAL`. The stamp is racy
+ * across CPUs; a race costs at most an extra wakeup, never a missed one: a CPU that skips its
+ * wakeup saw a stamp another CPU wrote just before waking the reader itself. */
+#define RINGBUF_WAKEUP_GAP_NS 100000000ULL
+
+static __u64 ringbuf_woken_ns;
+
 static __always_inline long ringbuf_wakeup_flags(void *ringbuf)
 {
-	return bpf_ringbuf_query(ringbuf, BPF_RB_AVAIL_DATA) >=
-			       bpf_ringbuf_query(ringbuf, BPF_RB_RING_SIZE) / 4 ?
-		       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	__u64 now;
+
+	if (bpf_ringbuf_query(ringbuf, BPF_RB_AVAIL_DATA) >=
+	    bpf_ringbuf_query(ringbuf, BPF_RB_RING_SIZE) / 4)
+		return BPF_RB_FORCE_WAKEUP;
+	now = bpf_ktime_get_ns();
+	if (now - ringbuf_woken_ns < RINGBUF_WAKEUP_GAP_NS)
+		return BPF_RB_NO_WAKEUP;
+	ringbuf_woken_ns = now;
+	return BPF_RB_FORCE_WAKEUP;
 }
 
 /* Memory cgroup css of a task (a `struct mem_cgroup *` starts with it); NULL without a memory

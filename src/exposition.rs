@@ -4,6 +4,7 @@
 //! `<prefix>_<collector>_` part.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -23,6 +24,60 @@ impl Kind {
     }
 }
 
+/// How every series of the agent is named and labelled: the prefix, HuaTuo's names, and the
+/// const labels (`[metrics] const_labels`; `host` and `region` under `compat = "huatuo"`)
+/// written into every series. Built once; each sink of a scrape shares it.
+#[derive(Debug, Clone)]
+pub struct Naming {
+    prefix: String,
+    huatuo: bool,
+    /// The const labels as written into a series (`name="value"`, comma separated, escaped
+    /// once here so a scrape does not escape them per series).
+    const_text: String,
+    /// The const labels' names, to leave one out where a series sets that label itself.
+    const_labels: Vec<(String, String)>,
+}
+
+impl Naming {
+    /// `huatuo`: emit HuaTuo's exact series names (see [`MetricSink::huatuo_names`]); also
+    /// true whenever the prefix is HuaTuo's. `const_labels` are (name, value), names valid.
+    pub fn new(prefix: &str, huatuo: bool, const_labels: Vec<(String, String)>) -> Naming {
+        let mut const_text = String::new();
+        for (i, (k, v)) in const_labels.iter().enumerate() {
+            if i > 0 {
+                const_text.push(',');
+            }
+            const_text.push_str(k);
+            const_text.push_str("=\"");
+            escape_label(&mut const_text, v);
+            const_text.push('"');
+        }
+        Naming {
+            prefix: prefix.to_string(),
+            huatuo: huatuo || prefix == HUATUO_PREFIX,
+            const_text,
+            const_labels,
+        }
+    }
+
+    /// Just a prefix: no const labels, HuaTuo's names only under its prefix.
+    pub fn plain(prefix: &str) -> Naming {
+        Naming::new(prefix, false, Vec::new())
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn huatuo_names(&self) -> bool {
+        self.huatuo
+    }
+
+    pub fn const_labels(&self) -> &[(String, String)] {
+        &self.const_labels
+    }
+}
+
 /// Writes one collector's metric families in Prometheus text format.
 pub struct MetricSink {
     buf: String,
@@ -30,8 +85,7 @@ pub struct MetricSink {
     name_prefix: String,
     /// Base of a family being written, so samples need not repeat it.
     family: String,
-    /// The prefix is HuaTuo's (`huatuo_bamai`): see [`MetricSink::huatuo_names`].
-    huatuo: bool,
+    naming: Arc<Naming>,
     /// Length of `<prefix>_` at the start of `name_prefix`.
     prefix_len: usize,
 }
@@ -42,23 +96,34 @@ pub const HUATUO_PREFIX: &str = "huatuo_bamai";
 impl MetricSink {
     /// `prefix` is the configured metric prefix, `collector` the tracer's name.
     pub fn new(prefix: &str, collector: &str) -> MetricSink {
+        MetricSink::named(Arc::new(Naming::plain(prefix)), collector)
+    }
+
+    /// A sink for `collector` under the agent's naming.
+    pub fn named(naming: Arc<Naming>, collector: &str) -> MetricSink {
+        let prefix = naming.prefix.as_str();
         MetricSink {
             buf: String::with_capacity(1024),
             name_prefix: format!("{prefix}_{collector}_"),
             family: String::new(),
-            huatuo: prefix == HUATUO_PREFIX,
             prefix_len: prefix.len() + 1,
+            naming,
         }
     }
 
     /// A sink for the framework's own families (`<prefix>_<name>`).
     pub fn framework(prefix: &str) -> MetricSink {
+        MetricSink::framework_named(Arc::new(Naming::plain(prefix)))
+    }
+
+    /// A sink for the framework's own families under the agent's naming.
+    pub fn framework_named(naming: Arc<Naming>) -> MetricSink {
         MetricSink {
             buf: String::with_capacity(1024),
-            name_prefix: format!("{prefix}_"),
+            name_prefix: format!("{}_", naming.prefix),
             family: String::new(),
-            huatuo: prefix == HUATUO_PREFIX,
-            prefix_len: prefix.len() + 1,
+            prefix_len: naming.prefix.len() + 1,
+            naming,
         }
     }
 
@@ -78,7 +143,18 @@ impl MetricSink {
     /// `_total`); collectors emit those exactly as HuaTuo does under its prefix, so existing
     /// dashboards work, and lint-clean names under any other prefix.
     pub fn huatuo_names(&self) -> bool {
-        self.huatuo
+        self.naming.huatuo
+    }
+
+    /// A family named `name` exactly (no prefix, no collector): the standard process metrics
+    /// every exporter writes unprefixed.
+    pub fn family_unprefixed(&mut self, name: &str, help: &str, kind: Kind) -> &mut Self {
+        self.family.clear();
+        self.family.push_str(name);
+        let _ = write!(self.buf, "# HELP {} ", self.family);
+        escape_help(&mut self.buf, help);
+        let _ = writeln!(self.buf, "\n# TYPE {} {}", self.family, kind.as_str());
+        self
     }
 
     /// Families from here on are named `<prefix>_<collector>_…`: for a tracer that also
@@ -88,6 +164,11 @@ impl MetricSink {
         self.name_prefix.truncate(self.prefix_len);
         self.name_prefix.push_str(collector);
         self.name_prefix.push('_');
+    }
+
+    /// Back to the framework's own names (`<prefix>_…`) after [`MetricSink::set_collector`].
+    pub fn set_framework(&mut self) {
+        self.name_prefix.truncate(self.prefix_len);
     }
 
     /// One sample of the current family.
@@ -139,16 +220,25 @@ impl MetricSink {
     fn series(&mut self, suffix: &str, labels: &[(&str, &str)], more: &[(&str, &str)], value: f64) {
         self.buf.push_str(&self.family);
         self.buf.push_str(suffix);
-        if !labels.is_empty() || !more.is_empty() {
+        let naming = &*self.naming;
+        let has_const = !naming.const_labels.is_empty();
+        if has_const || !labels.is_empty() || !more.is_empty() {
             self.buf.push('{');
-            for (i, (k, v)) in labels.iter().chain(more.iter()).enumerate() {
-                if i > 0 {
-                    self.buf.push(',');
+            let mut first = true;
+            if has_const {
+                // A label the series sets itself wins over a const label of that name.
+                let own = |name: &str| labels.iter().chain(more.iter()).any(|(k, _)| *k == name);
+                if naming.const_labels.iter().any(|(k, _)| own(k)) {
+                    for (k, v) in naming.const_labels.iter().filter(|(k, _)| !own(k)) {
+                        write_label(&mut self.buf, &mut first, k, v);
+                    }
+                } else {
+                    self.buf.push_str(&naming.const_text);
+                    first = false;
                 }
-                self.buf.push_str(k);
-                self.buf.push_str("=\"");
-                escape_label(&mut self.buf, v);
-                self.buf.push('"');
+            }
+            for (k, v) in labels.iter().chain(more.iter()) {
+                write_label(&mut self.buf, &mut first, k, v);
             }
             self.buf.push('}');
         }
@@ -199,6 +289,17 @@ fn write_value(buf: &mut String, v: f64) {
     } else {
         let _ = write!(buf, "{v}");
     }
+}
+
+fn write_label(buf: &mut String, first: &mut bool, k: &str, v: &str) {
+    if !*first {
+        buf.push(',');
+    }
+    *first = false;
+    buf.push_str(k);
+    buf.push_str("=\"");
+    escape_label(buf, v);
+    buf.push('"');
 }
 
 fn escape_label(buf: &mut String, v: &str) {
@@ -274,6 +375,46 @@ mod tests {
         assert!(h
             .as_str()
             .contains("\nhuatuo_bamai_memory_free_allocpages_stall 1\n"));
+    }
+
+    #[test]
+    fn const_labels_go_on_every_series_unless_the_series_sets_them() {
+        let naming = Naming::new(
+            "bq",
+            false,
+            vec![
+                ("region".into(), "r\"1".into()),
+                ("host".into(), "h".into()),
+            ],
+        );
+        let naming = Arc::new(naming);
+        let mut s = MetricSink::named(naming.clone(), "c");
+        s.family("x", "x", Kind::Gauge)
+            .sample(&[], 1.0)
+            .sample(&[("a", "1")], 2.0)
+            .sample(&[("host", "other")], 3.0);
+        s.family("h", "h", Kind::Histogram)
+            .histogram(&[], &[], &[(1.0, 1)], 1.0, 1);
+        s.family_unprefixed("process_open_fds", "fds", Kind::Gauge)
+            .sample(&[], 4.0);
+        let text = s.as_str();
+        for line in [
+            "\nbq_c_x{region=\"r\\\"1\",host=\"h\"} 1\n",
+            "\nbq_c_x{region=\"r\\\"1\",host=\"h\",a=\"1\"} 2\n",
+            "\nbq_c_x{region=\"r\\\"1\",host=\"other\"} 3\n",
+            "\nbq_c_h_bucket{region=\"r\\\"1\",host=\"h\",le=\"1\"} 1\n",
+            "\nbq_c_h_count{region=\"r\\\"1\",host=\"h\"} 1\n",
+            "\nprocess_open_fds{region=\"r\\\"1\",host=\"h\"} 4\n",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(!s.huatuo_names());
+        assert!(MetricSink::named(Arc::new(Naming::new("x", true, vec![])), "c").huatuo_names());
+        let mut f = MetricSink::framework_named(naming);
+        f.single("up", "x", Kind::Gauge, 1.0);
+        assert!(f
+            .as_str()
+            .contains("\nbq_up{region=\"r\\\"1\",host=\"h\"} 1\n"));
     }
 
     #[test]

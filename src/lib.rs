@@ -15,6 +15,7 @@ pub mod events;
 pub mod exposition;
 pub mod host;
 pub mod http;
+pub mod incidents;
 pub mod metrics;
 pub mod procfs;
 pub mod profiler;

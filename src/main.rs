@@ -35,6 +35,8 @@ enum Command {
     Completions(cli::completions::CompletionsArgs),
     /// Print the man page (roff): `bianque man | man -l -`.
     Man,
+    /// Show incidents found in the local store: related records grouped and explained.
+    Incidents(cli::incidents::IncidentsArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,11 +53,16 @@ fn main() -> ExitCode {
         Command::Containers(a) => cli::containers::run(a),
         Command::Completions(a) => cli::completions::completions(a, Cli::command()),
         Command::Man => cli::completions::man(Cli::command()),
+        Command::Incidents(a) => cli::incidents::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(AgentError::Config(e)) => {
             eprintln!("bianque: config error: {e}");
+            ExitCode::from(2)
+        }
+        Err(AgentError::Usage(e)) => {
+            eprintln!("bianque: {}", cli::text::escape(&e));
             ExitCode::from(2)
         }
         Err(AgentError::Runtime(e)) => {

@@ -3,11 +3,15 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod huatuo;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TracerType {
     Event,
     Autotracing,
+    /// A closed incident (src/incidents): records about one target grouped and explained.
+    Incident,
 }
 
 /// The container a record belongs to; absent for the host.

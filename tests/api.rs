@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::*;
 
 const TOKEN: &str = "test-token-0123456789";
@@ -152,4 +154,120 @@ fn control_with_token_stops_and_starts_a_tracer() {
         agent.log()
     );
     assert!(!agent.log().contains(TOKEN), "the token is never logged");
+}
+
+/// A raw request; returns the status line and the body.
+fn raw(addr: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp).to_string();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+fn assert_json_error(what: &str, code: u16, body: &str, want: u16, error_code: &str) {
+    assert_eq!(code, want, "{what}: {body}");
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("{what}: not JSON: {body:?}"));
+    assert_eq!(v["error"]["code"], error_code, "{what}: {body}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+}
+
+#[test]
+fn oversized_requests_get_the_json_error_shape() {
+    let agent = Agent::start(
+        "[server]\nmax_body_bytes = 1024\n",
+        &["--disable", "dropwatch"],
+    );
+    // 1,100 data matches: one SQL expression too deep for SQLite; refused up front.
+    let many: Vec<String> = (0..1100).map(|i| format!("data.f{i}=1")).collect();
+    let (code, body) = agent.get(&format!("/events?{}", many[..40].join("&")));
+    assert_json_error("40 data matches", code, &body, 400, "invalid_request");
+    assert!(body.contains("at most 32"), "{body}");
+    let (code, body) = agent.get(&format!("/events?{}", many[..32].join("&")));
+    assert_eq!(code, 200, "32 data matches: {body}");
+    let (code, body) = agent.get(&format!("/events?{}", many.join("&")));
+    assert_json_error("a 12 kB query", code, &body, 414, "uri_too_long");
+
+    let big = "x".repeat(4096);
+    let (code, body) = raw(
+        &agent.addr,
+        &format!(
+            "POST /tracers/loadavg/stop HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{big}",
+            big.len()
+        ),
+    );
+    assert_json_error("a 4 kB body", code, &body, 413, "body_too_large");
+    let (code, body) = raw(
+        &agent.addr,
+        "DELETE /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_json_error("DELETE /healthz", code, &body, 405, "method_not_allowed");
+}
+
+#[test]
+fn long_event_scans_do_not_hold_up_a_limit_1_read() {
+    // A store with enough records that a scan no index serves takes a while.
+    let dir = TempDir::new("agent");
+    {
+        let store = bianque::store::Store::open(
+            &dir.path().join("data"),
+            bianque::store::Retention {
+                max_age: Duration::from_secs(3600 * 24),
+                max_size_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+        let now = bianque::record::now_ns();
+        for i in 0..150_000i64 {
+            store.save(bianque::record::Record::new(
+                "dropwatch",
+                bianque::record::TracerType::Event,
+                now - i * 1000,
+                "h",
+                "r",
+                None,
+                serde_json::json!({"dport": i, "comm": "bq-seed", "drop_reason": "NO_SOCKET"}),
+            ));
+        }
+        store.close();
+    }
+    let agent = Agent::start_in(dir, "", &["--disable", "dropwatch"]);
+    let timed = |path: &str| {
+        let start = Instant::now();
+        let (code, body) = agent.get(path);
+        assert_eq!(code, 200, "{path}: {body}");
+        start.elapsed()
+    };
+    // A scan over every record's JSON that matches nothing.
+    let scan = "/events?data.comm=nobody&limit=1";
+    let one_scan = timed(scan);
+    let scans: Vec<_> = (0..10)
+        .map(|_| {
+            let addr = agent.addr.clone();
+            std::thread::spawn(move || http(&addr, "GET", scan, &[]).0)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let newest = timed("/events?limit=1");
+    for s in scans {
+        assert_eq!(s.join().unwrap(), 200);
+    }
+    println!("one scan {one_scan:?}; limit=1 during 10 scans {newest:?}");
+    // Behind one shared connection it would wait for the scans ahead of it (10 × one scan).
+    assert!(
+        newest < one_scan,
+        "limit=1 took {newest:?} during the scans, one scan alone {one_scan:?}"
+    );
 }

@@ -141,7 +141,7 @@ fn events_tracers_and_check_commands() {
         .unwrap();
     assert!(out.status.success());
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.starts_with("TIME"), "{table}");
+    assert!(table.starts_with("ID"), "{table}");
     assert!(table.contains("drop_reason=NO_SOCKET"), "{table}");
     assert!(table.contains(&format!("dport={port}")), "{table}");
 

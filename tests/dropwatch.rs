@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -138,7 +140,8 @@ fn the_rate_limit_holds_and_every_drop_is_accounted_for() {
     let _alone = STORM.write().unwrap_or_else(|e| e.into_inner());
     let port = closed_udp_port();
     let agent = Agent::start(
-        &format!("[events.dropwatch]\nmax_events_per_second = 10\nports = [{port}]\n"),
+        // One source here: its share is the whole limit.
+        &format!("[events.dropwatch]\nmax_events_per_second = 10\nmax_events_per_second_per_source = 10\nports = [{port}]\n"),
         &[],
     );
     let secs = 3.0;
@@ -269,4 +272,131 @@ fn a_dropped_icmp_port_unreachable_is_recorded_with_type_names() {
     assert_eq!(d["icmp_code_name"], "port-unreachable");
     assert_eq!(d["saddr"], "127.0.0.1");
     assert!(d.get("dport").is_none());
+}
+
+/// `sh -c '<join the memory cgroup>; exec setpriv <as nobody> python3 -c <code>'`, stdout piped.
+fn python_in(cg: &MemCgroup, as_nobody: bool, code: &str) -> std::process::Child {
+    let user = if as_nobody {
+        "setpriv --reuid=65534 --regid=65534 --clear-groups"
+    } else {
+        ""
+    };
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec {user} /usr/bin/python3 -c \"$0\"",
+            cg.dir.display()
+        ))
+        .arg(code)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn python3 in a cgroup")
+}
+
+fn child_output(mut child: std::process::Child, timeout: Duration) -> String {
+    let status = wait_child(&mut child, timeout);
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {out}");
+    out
+}
+
+/// Issue 14 item 9: with the default limits (100/s, 25/s per source), a `nobody` UDP flood from
+/// one memory cgroup uses up its own share only; every TCP drop provoked meanwhile from another
+/// cgroup (a SYN to a closed port: NO_SOCKET) is recorded.
+#[test]
+fn a_nobody_flood_from_one_cgroup_does_not_hide_tcp_drops_from_another() {
+    let _alone = STORM.write().unwrap_or_else(|e| e.into_inner());
+    let udp_port = closed_udp_port();
+    let tcp_port = free_port();
+    let agent = Agent::start("", &[]);
+    let flood_cg = MemCgroup::new("flood", 1 << 30);
+    let victim_cg = MemCgroup::new("victim", 1 << 30);
+    let secs = 6;
+    let flood = python_in(
+        &flood_cg,
+        true,
+        &format!(
+            "import socket,time\n\
+             s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             end=time.monotonic()+{secs}\nn=0\n\
+             while time.monotonic()<end:\n\
+             \x20for _ in range(100): s.sendto(b'x',('127.0.0.1',{udp_port}))\n\
+             \x20n+=100\n\
+             print(n)\n"
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(1)); // the flood is on
+    let connects = 20;
+    let victim = python_in(
+        &victim_cg,
+        false,
+        &format!(
+            "import socket,time\nrefused=0\n\
+             for i in range({connects}):\n\
+             \x20s=socket.socket()\n\
+             \x20try: s.connect(('127.0.0.1',{tcp_port}))\n\
+             \x20except ConnectionRefusedError: refused+=1\n\
+             \x20s.close(); time.sleep(0.2)\n\
+             print(refused)\n"
+        ),
+    );
+    let refused: u32 = child_output(victim, Duration::from_secs(20))
+        .trim()
+        .parse()
+        .expect("refused count");
+    let sent: u64 = child_output(flood, Duration::from_secs(secs + 10))
+        .trim()
+        .parse()
+        .expect("flood count");
+    assert_eq!(refused, connects, "every connect met a closed port");
+    let rate = sent / secs;
+    assert!(rate >= 20_000, "the flood was {rate}/s, not >= 20k/s");
+
+    let tcp_drops = || -> Vec<serde_json::Value> {
+        agent
+            .events("tracer=dropwatch&limit=10000")
+            .into_iter()
+            .filter(|e| {
+                let d = &e["tracer_data"];
+                d["protocol"] == "tcp" && d["dport"] == tcp_port
+            })
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || tcp_drops().len()
+            >= connects as usize),
+        "{} of {connects} TCP drops recorded under a {rate}/s flood; metrics:\n{}",
+        tcp_drops().len(),
+        agent
+            .metrics()
+            .lines()
+            .filter(|l| l.contains("dropwatch"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for e in tcp_drops() {
+        let d = &e["tracer_data"];
+        assert_eq!(d["drop_reason"], "NO_SOCKET", "{e}");
+        assert_eq!(d["memory_cgroup_path"], victim_cg.path.as_str(), "{e}");
+    }
+    // The flood got its share and no more; the per-source limit refused the rest.
+    let flood_records = drops_to(&agent, udp_port).len() as u64;
+    assert!(flood_records > 0, "the flood's own drops are recorded too");
+    assert!(
+        flood_records <= 25 * (secs + 2),
+        "{flood_records} flood records"
+    );
+    let by_source = agent
+        .metric("bianque_dropwatch_suppressed_by_limit_total{limit=\"source\"}")
+        .expect("suppressed_by_limit_total{limit=source}");
+    assert!(
+        by_source >= (sent / 2) as f64,
+        "source limit refused {by_source} of {sent}"
+    );
+    assert!(agent.metric("bianque_dropwatch_suppressed_total").unwrap() >= by_source);
 }

@@ -138,6 +138,7 @@ fn a_writer_on_a_frozen_filesystem_is_reported_with_its_stack() {
     );
     assert!(others.iter().all(|t| t["tid"] != a), "itself excluded");
     assert!(agent.metric("bianque_hungtask_events_total").unwrap() >= 1.0);
+    assert!(agent.metric("bianque_hungtask_total").unwrap() >= 1.0);
 
     // Reported once although it stays hung (repeat_interval_secs): wait two detector passes.
     std::thread::sleep(Duration::from_millis(2500));

@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u32)] = &[
     // 2: services
     ("container", 20),
     ("store", 20),
+    ("incidents", 21),
     // 3: the tracer framework
     ("tracer", 30),
     // 4: plugins

@@ -11,12 +11,16 @@ use common::*;
 
 const GOLDEN: &str = "tests/fixtures/golden/metrics.txt";
 
-/// Values that change from scrape to scrape (timings, store size) are masked.
+/// Values that change from scrape to scrape (timings, store size, the agent's own process) are
+/// masked.
 fn normalize(text: &str) -> String {
     text.lines()
         .map(|l| {
             if !l.starts_with('#')
-                && (l.contains("_duration_seconds") || l.contains("_store_size_bytes"))
+                && (l.contains("_duration_seconds")
+                    || l.contains("_store_size_bytes")
+                    || l.starts_with("process_")
+                    || l.starts_with("huatuo_bamai_process_"))
             {
                 match l.rsplit_once(' ') {
                     Some((series, _)) => format!("{series} <volatile>"),
@@ -89,7 +93,10 @@ fn check_fixture(root_dir: &str, golden_rel: &str, config: &str) -> String {
     // Two scrapes: the second must equal the first (state kept between scrapes is stable).
     let first = normalize(&agent.metrics());
     let text = agent.metrics();
-    promtool(&text, config.contains("huatuo_bamai"));
+    promtool(
+        &text,
+        config.contains("huatuo_bamai") || config.contains("compat = \"huatuo\""),
+    );
     let got = normalize(&text);
     assert_eq!(first, got, "a second scrape of a static fixture changed");
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join(golden_rel);
@@ -211,6 +218,52 @@ fn huatuo_prefix_gives_huatuo_names_on_the_fixture() {
 }
 
 #[test]
+fn huatuo_compat_switch_gives_huatuo_labels_on_a_huatuo_host_tree() {
+    // The fixture is laid out as a HuaTuo host: the host's network only under proc/1/net.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/root");
+    assert!(root.join("proc/1/net/dev").exists() && !root.join("proc/net").exists());
+    let text = check_fixture(
+        "tests/fixtures/root",
+        "tests/fixtures/golden/metrics-huatuo-compat.txt",
+        "compat = \"huatuo\"\nregion = \"fixture-region\"\nhostname = \"fixture-host\"\n[metrics]\nconst_labels = { idc = \"a1\" }\n",
+    );
+    let base = "idc=\"a1\",region=\"fixture-region\",host=\"fixture-host\"";
+    for line in [
+        format!("huatuo_bamai_netstat_TcpExt_ListenDrops{{{base}}} 2"),
+        format!("huatuo_bamai_netdev_receive_bytes_total{{{base},device=\"eth0\"}} 108926392622"),
+        format!("huatuo_bamai_arp_entries{{{base}}} 2"),
+        format!("huatuo_bamai_xfs_alloc_blocks_total{{{base}}} 125170297"),
+        format!("huatuo_bamai_xfs_inode_missed_total{{{base}}} 35150"),
+        format!("huatuo_bamai_xfs_log_space_sleep_total{{{base}}} 7"),
+        format!("huatuo_bamai_xfs_buf_busy_locked_total{{{base}}} 77"),
+        format!("huatuo_bamai_scrape_collector_success{{{base},collector=\"netstat\"}} 1"),
+        format!("huatuo_bamai_cpu_util_container_cores{{{base},container_host=\"\",container_name=\"bbbbbbbbbbbb\",container_type=\"normal\",container_level=\"burstable\",container_hostnamespace=\"\"}}"),
+        format!("huatuo_bamai_process_open_fds{{{base}}} "),
+    ] {
+        assert!(text.contains(&line), "missing `{line}`");
+    }
+    // No bianque-only container label, and every series has host and region.
+    assert!(
+        !text.contains("container_id="),
+        "container_id label under compat"
+    );
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.contains(base), "{line}");
+    }
+    // Every network collector found its files under proc/1/net.
+    for c in ["arp", "netdev", "netstat", "sockstat", "tcp_memory"] {
+        assert_eq!(
+            metric_value(
+                &text,
+                &format!("huatuo_bamai_scrape_collector_success{{{base},collector=\"{c}\"}}")
+            ),
+            Some(1.0),
+            "{c}"
+        );
+    }
+}
+
+#[test]
 fn real_host_metrics_pass_promtool() {
     let agent = Agent::start("", &[]);
     send_udp_from_thread("bq-lint", &format!("127.0.0.1:{}", closed_udp_port()), 1);
@@ -243,6 +296,7 @@ fn huatuo_prefix_renames_every_family() {
     );
     let text = agent.metrics();
     assert!(text.contains("huatuo_bamai_loadavg_load1 "));
+    // Every family, the process metrics too (HuaTuo prefixes them).
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         assert!(line.starts_with("huatuo_bamai_"), "{line}");
     }

@@ -84,4 +84,21 @@ fn a_veth_set_down_and_up_gives_two_records_then_carrier_up() {
         agent.metric("bianque_netdev_events_events_total{change=\"carrier_up\"}"),
         Some(1.0)
     );
+    // HuaTuo's per-device counters.
+    let text = agent.metrics();
+    for (family, n) in [
+        ("admindown", "1"),
+        ("adminup", "1"),
+        ("carrierup", "1"),
+        ("carrierdown", "0"),
+    ] {
+        let head = format!(
+            "bianque_netdev_events_linkstatus_{family}_total{{device=\"{a}\",driver=\"veth\","
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&head) && l.ends_with(&format!("}} {n}"))),
+            "{head}… {n} in\n{text}"
+        );
+    }
 }

@@ -77,4 +77,6 @@ fn a_memory_cgroup_oom_kill_is_recorded_with_victim_cgroup_and_limit() {
             >= 1.0
     );
     assert_eq!(agent.metric("bianque_oom_ringbuf_lost_total"), Some(0.0));
+    // A memory cgroup's OOM is not the host's.
+    assert_eq!(agent.metric("bianque_oom_host_total"), Some(0.0));
 }

@@ -94,4 +94,5 @@ fn kernel_messages_are_read_and_user_written_lines_are_ignored() {
         .collect();
     assert!(forged.is_empty(), "{forged:?}");
     assert_eq!(agent.metric("bianque_softlockup_events_total"), Some(0.0));
+    assert_eq!(agent.metric("bianque_softlockup_total"), Some(0.0));
 }

@@ -31,6 +31,8 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+pub mod workloads;
+
 #[path = "../../tests/common/http_client.rs"]
 mod http_client;
 

@@ -12,7 +12,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{check_range, one_line, Compat, ConfigError, ConfigResult};
+use crate::config::{
+    check_range, closest, did_you_mean, one_line, Compat, ConfigError, ConfigResult,
+};
 use crate::container::ContainersConfig;
 use crate::server::ServerConfig;
 use crate::store::shipper::ElasticsearchConfig;
@@ -83,8 +85,12 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone)]
 pub struct MetricsConfig {
-    /// Metric name prefix; `huatuo_bamai` makes HuaTuo dashboards work.
+    /// Metric name prefix: `bianque`, or `huatuo_bamai` under `compat = "huatuo"`.
     pub prefix: String,
+    /// The file set `prefix` (the compat switch then leaves it alone).
+    prefix_set: bool,
+    /// `[metrics] const_labels`: labels put on every series, in the file's order.
+    pub const_labels: Vec<(String, String)>,
     /// A collector that takes longer than this in a scrape reports `success 0`.
     pub collector_timeout_ms: u64,
     /// Collectors running at once in a scrape; one that times out frees its slot. Default: the
@@ -99,6 +105,8 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             prefix: DEFAULT_PREFIX.into(),
+            prefix_set: false,
+            const_labels: Vec::new(),
             collector_timeout_ms: 5000,
             collector_concurrency: std::thread::available_parallelism()
                 .map_or(2, |n| n.get() as u64)
@@ -122,6 +130,24 @@ fn deserialize_metrics<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Metrics
                 )))
             }
         };
+        cfg.prefix_set = true;
+    }
+    if let Some(labels) = table.remove("const_labels") {
+        let toml::Value::Table(labels) = labels else {
+            return Err(D::Error::custom(format!(
+                "metrics.const_labels: expected a table of label = \"value\", found {}",
+                labels.type_str()
+            )));
+        };
+        for (name, value) in labels {
+            let toml::Value::String(value) = value else {
+                return Err(D::Error::custom(format!(
+                    "metrics.const_labels.{name}: expected a string, found {}",
+                    value.type_str()
+                )));
+            };
+            cfg.const_labels.push((name, value));
+        }
     }
     for (key, slot) in [
         ("collector_timeout_ms", &mut cfg.collector_timeout_ms),
@@ -145,7 +171,7 @@ fn deserialize_metrics<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Metrics
             }
             other => {
                 return Err(D::Error::custom(format!(
-                    "unknown key `metrics.{name}` ({}): expected `prefix`, `collector_timeout_ms`, `collector_concurrency` or a `[metrics.<collector>]` section",
+                    "unknown key `metrics.{name}` ({}): expected `prefix`, `const_labels`, `collector_timeout_ms`, `collector_concurrency` or a `[metrics.<collector>]` section",
                     other.type_str()
                 )))
             }
@@ -168,7 +194,7 @@ impl Config {
         let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let msg = one_line(&inner.to_string());
+            let msg = did_you_mean(&one_line(&inner.to_string()));
             // toml reports type errors with a source position but no key: name it from the text.
             let key = if path.is_empty() || path == "." {
                 inner
@@ -184,14 +210,45 @@ impl Config {
                 None => ConfigError(msg),
             }
         })?;
+        let mut cfg = cfg;
+        if cfg.compat.is_huatuo() && !cfg.metrics.prefix_set {
+            cfg.metrics.prefix = crate::exposition::HUATUO_PREFIX.into();
+        }
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// How series are named and labelled: the prefix, and the const labels; under
+    /// `compat = "huatuo"` HuaTuo's names and `host`/`region` on every series (the file's
+    /// `const_labels` of those names win). `hostname` is the agent's resolved hostname.
+    pub fn naming(&self, hostname: &str) -> crate::exposition::Naming {
+        let mut labels = self.metrics.const_labels.clone();
+        if self.compat.is_huatuo() {
+            for (name, value) in [("region", self.region.as_str()), ("host", hostname)] {
+                if !labels.iter().any(|(k, _)| k == name) {
+                    labels.push((name.to_string(), value.to_string()));
+                }
+            }
+        }
+        crate::exposition::Naming::new(&self.metrics.prefix, self.compat.is_huatuo(), labels)
     }
 
     /// Checks the framework's own keys (each section checks its own); tracer sections are
     /// checked when tracers are built.
     pub fn validate(&self) -> ConfigResult<()> {
         check_prefix(&self.metrics.prefix)?;
+        check_name("region", &self.region)?;
+        if let Some(hostname) = &self.hostname {
+            check_name("hostname", hostname)?;
+        }
+        if let Some(level) = &self.log.level {
+            check_log_level(level)?;
+        }
+        self.check_tracer_section_names()?;
+        check_elasticsearch(&self.storage.elasticsearch)?;
+        for (name, _) in &self.metrics.const_labels {
+            check_label_name(name)?;
+        }
         check_range(
             "metrics.collector_timeout_ms",
             self.metrics.collector_timeout_ms,
@@ -221,6 +278,151 @@ impl Config {
     }
 }
 
+impl Config {
+    /// A tracer section whose name is a likely typo of a tracer's gets "did you mean"; other
+    /// unknown names are left to the runner, which lists the known ones.
+    fn check_tracer_section_names(&self) -> ConfigResult<()> {
+        let specs = crate::tracer::registry();
+        for (mode, sections) in [
+            (crate::tracer::Mode::Metric, &self.metrics.collectors),
+            (crate::tracer::Mode::Event, &self.events),
+            (crate::tracer::Mode::Autotracing, &self.autotracing),
+        ] {
+            for name in sections.keys() {
+                if specs.iter().any(|s| s.name == name) {
+                    continue;
+                }
+                let same_mode = specs.iter().filter(|s| s.mode == mode).map(|s| s.name);
+                if let Some(near) = closest(name, same_mode) {
+                    return Err(ConfigError(format!(
+                        "[{}.{name}]: unknown tracer; did you mean [{}.{near}]?",
+                        mode.section(),
+                        mode.section()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `region` and `hostname` go into every record: not empty, no control characters.
+fn check_name(key: &str, value: &str) -> ConfigResult<()> {
+    if value.trim().is_empty() {
+        return Err(ConfigError(format!("{key}: must not be empty")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ConfigError(format!(
+            "{key}: `{}` holds a control character",
+            value.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `[log] level`: a level, or comma-separated `target=level` directives (RUST_LOG syntax
+/// without span filters). A target alone, as RUST_LOG allows, is refused: `"%"` or a typo of a
+/// level would silently log nothing of the agent.
+fn check_log_level(level: &str) -> ConfigResult<()> {
+    let bad = |why: String| {
+        Err(ConfigError(format!(
+            "log.level: `{}` {why}; use one of {} or target=level directives",
+            level.escape_debug(),
+            LOG_LEVELS.join(", ")
+        )))
+    };
+    if level.trim().is_empty() {
+        return bad("is empty".into());
+    }
+    let is_level = |l: &str| LOG_LEVELS.contains(&l.to_ascii_lowercase().as_str());
+    for directive in level.split(',').map(str::trim) {
+        let ok = match directive.split_once('=') {
+            None => is_level(directive),
+            Some((target, l)) => {
+                !target.is_empty()
+                    && target
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+                    && is_level(l)
+            }
+        };
+        if !ok {
+            let near = closest(directive, LOG_LEVELS)
+                .map(|l| format!(" (did you mean `{l}`?)"))
+                .unwrap_or_default();
+            return bad(format!(
+                "has an invalid directive `{}`{near}",
+                directive.escape_debug()
+            ));
+        }
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+        return bad(format!("is not a valid filter: {e}"));
+    }
+    Ok(())
+}
+
+/// What `[storage.elasticsearch]`'s own check does not catch (it is the shipper's): an index
+/// pattern that cannot be formatted or holds control characters, address ports out of range.
+fn check_elasticsearch(es: &ElasticsearchConfig) -> ConfigResult<()> {
+    const S: &str = "storage.elasticsearch";
+    if es.index.chars().any(char::is_control) {
+        return Err(ConfigError(format!(
+            "{S}.index: `{}` holds a control character",
+            es.index.escape_debug()
+        )));
+    }
+    index_pattern_formats(&es.index).map_err(|e| ConfigError(format!("{S}.index: {e}")))?;
+    for a in &es.addresses {
+        if let Some(port) = url_port(a) {
+            let valid = port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
+            if !valid {
+                return Err(ConfigError(format!(
+                    "{S}.addresses: `{a}` has port {port}, allowed 1..=65535"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A strftime pattern that chrono parses may still fail to format (`%#z`); formatting it into
+/// a String through `write!` reports that instead of panicking.
+pub fn index_pattern_formats(pattern: &str) -> Result<(), String> {
+    use chrono::format::{Item, StrftimeItems};
+    use std::fmt::Write;
+    let items: Vec<Item<'_>> = StrftimeItems::new(pattern).collect();
+    if items.iter().any(|i| matches!(i, Item::Error)) {
+        return Err(format!(
+            "`{}` has an invalid strftime escape",
+            pattern.escape_debug()
+        ));
+    }
+    let sample = chrono::DateTime::from_timestamp(0, 0).unwrap_or_default();
+    let mut out = String::new();
+    if write!(out, "{}", sample.format_with_items(items.iter())).is_err() {
+        return Err(format!(
+            "`{}` has a strftime escape that cannot be formatted here",
+            pattern.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// The port text of an `http(s)://host:port/…` URL, if it names one.
+fn url_port(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let after_host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']')?.1,
+        None => host_port.find(':').map(|i| &host_port[i..])?,
+    };
+    after_host.strip_prefix(':')
+}
+
 fn check_prefix(prefix: &str) -> ConfigResult<()> {
     let ok = !prefix.is_empty()
         && prefix
@@ -237,6 +439,22 @@ fn check_prefix(prefix: &str) -> ConfigResult<()> {
             "metrics.prefix: `{prefix}` is not a valid metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*)"
         )))
     }
+}
+
+/// A Prometheus label name that is not reserved (`__…`) and not one the agent writes itself.
+fn check_label_name(name: &str) -> ConfigResult<()> {
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__");
+    if !valid {
+        return Err(ConfigError(format!(
+            "metrics.const_labels: `{name}` is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)"
+        )));
+    }
+    Ok(())
 }
 
 /// Byte offset of the line named in a message like `... (at line 3, column 27)`.
@@ -290,6 +508,87 @@ pub struct StorageConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_probe_found_is_rejected_on_one_line() {
+        for (text, needle) in [
+            (
+                "[storage.elasticsearch]\nindex = \"x-%#z\"\n",
+                "storage.elasticsearch.index",
+            ),
+            (
+                "[storage.elasticsearch]\nindex = \"x-\\u0007-%Y\"\n",
+                "control character",
+            ),
+            (
+                "[storage.elasticsearch]\naddresses = [\"http://es:99999\"]\n",
+                "1..=65535",
+            ),
+            (
+                "[storage.elasticsearch]\naddresses = [\"http://es:0/\"]\n",
+                "port 0",
+            ),
+            ("hostname = \"\"\n", "hostname: must not be empty"),
+            ("hostname = \"a\\nb\"\n", "hostname"),
+            ("region = \"\"\n", "region"),
+            ("[log]\nlevel = \"\"\n", "log.level"),
+            ("[log]\nlevel = \"%\"\n", "log.level"),
+            ("[log]\nlevel = \"inf\"\n", "did you mean `info`"),
+            ("[server]\nlisen = \"x\"\n", "did you mean `listen`"),
+            ("[sever]\nlisten = \"x\"\n", "did you mean `server`"),
+            (
+                "[events.dropwach]\nenabled = true\n",
+                "did you mean [events.dropwatch]",
+            ),
+        ] {
+            let err = Config::parse(text).expect_err(text);
+            assert!(err.0.contains(needle), "{text:?}: {err}");
+            assert!(!err.0.contains('\n'), "{text:?}: {err}");
+        }
+        for ok in [
+            "[log]\nlevel = \"debug\"\n",
+            "[log]\nlevel = \"info,bianque::store=debug\"\n",
+            "[storage.elasticsearch]\naddresses = [\"http://es:9200\", \"https://[::1]:9201/x\", \"http://es\"]\n",
+        ] {
+            Config::parse(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn every_float_key_rejects_nan_and_infinity() {
+        let keys = [
+            ("autotracing.cpu_pressure", "threshold_percent"),
+            ("autotracing.cpuidle", "user_threshold_percent"),
+            ("autotracing.cpuidle", "user_delta_threshold_percent"),
+            ("autotracing.cpuidle", "sys_threshold_percent"),
+            ("autotracing.cpuidle", "sys_delta_threshold_percent"),
+            ("autotracing.cpuidle", "usage_threshold_percent"),
+            ("autotracing.cpuidle", "usage_delta_threshold_percent"),
+            ("autotracing.cpusys", "sys_threshold_percent"),
+            ("autotracing.cpusys", "sys_delta_threshold_percent"),
+            ("autotracing.dload", "threshold_load"),
+            ("autotracing.iotracer", "util_threshold_percent"),
+            ("autotracing.iotracer", "await_threshold_ms"),
+            ("autotracing.iotracer", "nvme_read_threshold_mib_per_sec"),
+            ("autotracing.iotracer", "nvme_write_threshold_mib_per_sec"),
+            ("autotracing.memburst", "burst_percent"),
+            ("autotracing.memburst", "anon_threshold_percent"),
+            ("autotracing.waitrate", "wait_threshold_percent"),
+            ("autotracing.waitrate", "wait_delta_threshold_percent"),
+            ("autotracing.waitrate", "throttled_threshold_percent"),
+            ("autotracing.waitrate", "throttled_delta_threshold_percent"),
+        ];
+        let host = crate::host::HostRoot::new(std::path::PathBuf::from("/"));
+        for (section, key) in keys {
+            for value in ["nan", "inf", "-inf"] {
+                let text = format!("[{section}]\n{key} = {value}\n");
+                let cfg = Config::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+                let built = crate::tracer::runner::build_tracers(cfg.tracer_sections(), &[], &host);
+                let err = built.err().unwrap_or_else(|| panic!("{text}: accepted"));
+                assert!(err.0.contains(key), "{text}: {err}");
+            }
+        }
+    }
 
     #[test]
     fn empty_config_is_all_defaults() {
@@ -411,6 +710,54 @@ mod tests {
         );
         let err = Config::parse("[storage]\nelastic = {}\n").unwrap_err();
         assert!(err.0.contains("elastic"), "{err}");
+    }
+
+    #[test]
+    fn const_labels_and_the_compat_switch_make_the_naming() {
+        let cfg =
+            Config::parse("[metrics]\nconst_labels = { dc = \"x\", host = \"h1\" }\n").unwrap();
+        assert_eq!(
+            cfg.naming("me").const_labels(),
+            [("dc".into(), "x".into()), ("host".into(), "h1".into())]
+        );
+        assert_eq!(cfg.naming("me").prefix(), "bianque");
+        assert!(!cfg.naming("me").huatuo_names());
+        let cfg = Config::parse("compat = \"huatuo\"\nregion = \"r1\"\n").unwrap();
+        let n = cfg.naming("me");
+        assert_eq!(n.prefix(), "huatuo_bamai");
+        assert!(n.huatuo_names());
+        assert_eq!(
+            n.const_labels(),
+            [("region".into(), "r1".into()), ("host".into(), "me".into())]
+        );
+        let cfg = Config::parse(
+            "compat = \"huatuo\"\n[metrics]\nprefix = \"site\"\nconst_labels = { host = \"h\" }\n",
+        )
+        .unwrap();
+        let n = cfg.naming("me");
+        assert_eq!(n.prefix(), "site");
+        assert!(n.huatuo_names());
+        assert_eq!(
+            n.const_labels(),
+            [
+                ("host".into(), "h".into()),
+                ("region".into(), "default".into())
+            ]
+        );
+        assert!(Config::parse("")
+            .unwrap()
+            .naming("me")
+            .const_labels()
+            .is_empty());
+        let err = Config::parse("[metrics]\nconst_labels = { __x = \"1\" }\n").unwrap_err();
+        assert!(err.0.contains("metrics.const_labels: `__x`"), "{err}");
+        let err = Config::parse("[metrics]\nconst_labels = { a = 1 }\n").unwrap_err();
+        assert!(
+            err.0.contains("metrics.const_labels.a: expected a string"),
+            "{err}"
+        );
+        let err = Config::parse("[metrics]\nconst_labels = \"a\"\n").unwrap_err();
+        assert!(err.0.contains("metrics.const_labels"), "{err}");
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct RunOptions {
 pub enum AgentError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// A bad command-line flag value (exit 2, like a config error, but not called one).
+    #[error("{0}")]
+    Usage(String),
     #[error("{0:#}")]
     Runtime(#[from] anyhow::Error),
 }
@@ -58,9 +61,24 @@ pub fn load_config(opts: &RunOptions) -> Result<Config, ConfigError> {
     if let Some(region) = &opts.region {
         cfg.region = region.clone();
     }
+    huatuo_storage(&mut cfg);
     cfg.validate()?;
     Ok(cfg)
 }
+
+/// `compat = "huatuo"` reaches the shipper through its section (HuaTuo's document and
+/// mapping); the default index becomes HuaTuo's `huatuo_bamai`, the index its Grafana datasource
+/// reads (`huatuo_bamai*`).
+fn huatuo_storage(cfg: &mut Config) {
+    let es = &mut cfg.storage.elasticsearch;
+    es.compat = cfg.compat;
+    if cfg.compat.is_huatuo() && es.index == crate::store::shipper::config::DEFAULT_ES_INDEX {
+        es.index = HUATUO_ES_INDEX.into();
+    }
+}
+
+/// HuaTuo's Elasticsearch index.
+pub const HUATUO_ES_INDEX: &str = "huatuo_bamai";
 
 pub fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
@@ -110,6 +128,22 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     let host_root = HostRoot::new(opts.host_root.clone().unwrap_or_else(|| PathBuf::from("/")));
     let entries = runner::build_tracers(cfg.tracer_sections(), &opts.disable, &host_root)?;
 
+    // Every connection, BPF object and open file is an fd: take the whole hard limit.
+    let nofile = match server::listen::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE");
+            1024
+        }
+    };
+    let conn_limits = server::listen::ConnLimits {
+        max_connections: server::listen::effective_max_connections(
+            cfg.server.max_connections,
+            nofile,
+        ),
+        header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
+        write_timeout: Duration::from_millis(cfg.server.write_timeout_ms),
+    };
     let addr: SocketAddr = cfg.server.listen_addr()?;
     let listener =
         std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
@@ -135,11 +169,10 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     crate::bpf::route_libbpf_log();
     let patterns = crate::container::filter::Patterns::from_config(&cfg.containers)?;
     let filter = crate::container::filter::ContainerFilter::new(patterns)?;
-    let containers = Arc::new(ContainerRegistry::with_filter(
-        host_root.clone(),
-        cfg.containers.clone(),
-        filter,
-    ));
+    let containers = Arc::new(
+        ContainerRegistry::with_filter(host_root.clone(), cfg.containers.clone(), filter)
+            .with_labels(cfg.compat),
+    );
     // One walk before anything scrapes or traces, so the first metrics and events are attributed.
     containers.resync();
     let containers_stop = Arc::new(AtomicBool::new(false));
@@ -154,19 +187,25 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     records
         .start()
         .context("starting the record pipeline thread")?;
+    let hostname = cfg.hostname.clone().unwrap_or_else(host::hostname);
+    let naming = Arc::new(cfg.naming(&hostname));
     let services = Arc::new(Services {
         host: host_root.clone(),
-        hostname: cfg.hostname.clone().unwrap_or_else(host::hostname),
+        hostname,
         region: cfg.region.clone(),
         records: records.clone(),
         containers: containers.clone(),
         symbolizer: KernelSymbolizer::new(),
         shared: Default::default(),
+        agent_port: listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(addr.port()),
     });
     let runner = Arc::new(Runner::new(entries, services));
     let state = Arc::new(AppState {
         scraper: Scraper::new(
-            &cfg.metrics.prefix,
+            naming,
             Duration::from_millis(cfg.metrics.collector_timeout_ms),
             cfg.metrics.collector_concurrency as usize,
             &runner,
@@ -179,11 +218,14 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         ready: AtomicBool::new(false),
         shipper: shipper_stats,
         stream: stream_stats,
+        connections: Default::default(),
+        readers: server::readers::ReadPool::new(store.path()),
         stream_limits: StreamLimits {
             max_clients: cfg.server.stream_max_clients,
             client_buffer: cfg.server.stream_client_buffer,
             keepalive: Duration::from_secs(cfg.server.stream_keepalive_secs),
         },
+        compat: cfg.compat,
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -204,14 +246,23 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
             cfg.server.max_body_bytes,
         );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let http = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await
-        });
-        tracing::info!(listen = %addr, data_dir = %cfg.store.data_dir.display(), "bianque started");
+        let conn_stats = state.connections.clone();
+        let http = tokio::spawn(server::listen::serve(
+            listener,
+            app,
+            conn_limits,
+            conn_stats,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        tracing::info!(
+            listen = %addr,
+            data_dir = %cfg.store.data_dir.display(),
+            max_connections = conn_limits.max_connections,
+            nofile,
+            "bianque started"
+        );
 
         let start_runner = runner.clone();
         let start_state = state.clone();
@@ -247,6 +298,36 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
             }
         });
 
+        // Closed incidents become records (shipped and streamed like any other); the store
+        // ignores an id it has, so each is written once, across restarts too.
+        let incident_store = store.clone();
+        let incident_host = runner.services().hostname.clone();
+        let incident_region = cfg.region.clone();
+        let incident_writer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(INCIDENT_WRITE_EVERY);
+            loop {
+                tick.tick().await;
+                let (s, h, r) = (
+                    incident_store.clone(),
+                    incident_host.clone(),
+                    incident_region.clone(),
+                );
+                let written = tokio::task::spawn_blocking(move || {
+                    crate::incidents::write_closed(
+                        &s,
+                        &h,
+                        &r,
+                        INCIDENT_WRITE_WINDOW_NS,
+                        crate::record::now_ns(),
+                    )
+                })
+                .await;
+                if let Ok(Err(e)) = written {
+                    tracing::warn!(error = %format!("{e:#}"), "writing closed incidents");
+                }
+            }
+        });
+
         // SIGHUP re-reads the config file; SIGINT/SIGTERM end the loop.
         let mut current = cfg.clone();
         while signals.next().await == Signal::Reload {
@@ -263,6 +344,7 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
             }
         }
         housekeeping.abort();
+        incident_writer.abort();
         tracing::info!("shutting down");
         // The shipper stops at once: whatever it had not confirmed is sent on the next start.
         if let Some(s) = &shipper {
@@ -271,11 +353,13 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         let stop_runner = runner.clone();
         let stop_store = store.clone();
         let stop_containers = containers_stop.clone();
+        let stop_registry = containers.clone();
         tokio::task::spawn_blocking(move || {
             stop_runner.shutdown(Duration::from_millis(1500));
             // Records held for a container's name are saved before the store closes.
             records.stop();
             stop_containers.store(true, Ordering::Relaxed);
+            stop_registry.stop_keeping_current();
             let _ = containers_thread.join();
             stop_store.close();
             if let Some(s) = shipper {
@@ -293,6 +377,10 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
     tracing::info!("bianque stopped");
     Ok(())
 }
+
+/// How often closed incidents are looked for, and how far back.
+const INCIDENT_WRITE_EVERY: Duration = Duration::from_secs(30);
+const INCIDENT_WRITE_WINDOW_NS: i64 = 6 * 3600 * 1_000_000_000;
 
 /// The kernel symbol table is dropped after this long without a new address to resolve.
 const SYMBOL_TABLE_IDLE: Duration = Duration::from_secs(60);

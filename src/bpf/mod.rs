@@ -6,8 +6,9 @@ pub mod counters;
 pub mod hist;
 pub mod symbolizer;
 
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, PrintLevel, RingBufferBuilder};
@@ -15,9 +16,14 @@ use libbpf_rs::{MapCore, PrintLevel, RingBufferBuilder};
 pub use counters::PerCpuCounters;
 pub use symbolizer::{kallsyms_address, KernelSymbolizer};
 
-/// How often a ring-buffer reader wakes up when the BPF side did not wake it (the BPF side
-/// submits without wakeups below a backlog threshold: see `bpf/bianque.bpf.h`).
+/// How often a ring-buffer reader drains its ring while records are coming: the BPF side wakes
+/// the reader for the first record after a quiet spell of this long (or for a backlog) and
+/// submits the rest without wakeups (see `bpf/bianque.bpf.h`, `RINGBUF_WAKEUP_GAP_NS`).
 pub const RING_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long a reader with nothing to read sleeps in the kernel before it looks again (a bound,
+/// not a tick: records and the stop signal wake it at once).
+pub const RING_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sizes an event tracer's ring buffer for two seconds of records at its rate limit (the reader
 /// drains it at least every [`RING_POLL_INTERVAL`]), as a power of two within 64 KiB..16 MiB;
@@ -88,11 +94,18 @@ pub fn tracefs_dir() -> Result<PathBuf, String> {
 }
 
 /// Polls the ring buffer in `map` and hands each record to `handle` until `stopping` turns
-/// true (checked at least every [`RING_POLL_INTERVAL`]), calling `tick` once per poll round:
-/// for tracers that refresh something the BPF side reads. Records are also drained on a
-/// timer, since producers submit without wakeups.
+/// true, calling `tick` once per poll round: for tracers that refresh something the BPF side
+/// reads.
+///
+/// While records come, the ring is drained every [`RING_POLL_INTERVAL`] (producers submit
+/// without wakeups for that long after one that woke the reader). Once a round finds nothing
+/// for twice that long, the reader sleeps in the kernel on the ring's epoll fd and `stop_fd`
+/// (readable when the tracer is told to stop) for up to [`RING_IDLE_TIMEOUT`]: an idle tracer
+/// wakes once per timeout instead of ten times a second. Without a `stop_fd` it polls on the
+/// short interval throughout.
 pub fn poll_ring_buffer_with_tick<F, T>(
     stopping: &dyn Fn() -> bool,
+    stop_fd: Option<BorrowedFd<'_>>,
     map: &dyn MapCore,
     handle: F,
     mut tick: T,
@@ -108,18 +121,107 @@ where
     let ring = builder
         .build()
         .context("setting up the ring buffer reader")?;
+    // SAFETY: the ring's epoll fd stays open as long as `ring`, which outlives `ring_fd`.
+    let ring_fd = unsafe { BorrowedFd::borrow_raw(ring.epoll_fd()) };
+    let waiter = Waiter::new(ring_fd, stop_fd).context("setting up the ring buffer reader")?;
+    // Records came within this long: keep draining on the short interval.
+    let quiet_after = RING_POLL_INTERVAL * 2;
+    let mut last_record = Instant::now();
     while !stopping() {
-        match ring.poll(RING_POLL_INTERVAL) {
-            // A signal (a debugger attaching, SIGSTOP/SIGCONT) interrupts the wait; not a fault.
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
-            other => other.context("polling the ring buffer")?,
+        let idle = last_record.elapsed() >= quiet_after && waiter.has_stop_fd();
+        waiter.wait(if idle {
+            RING_IDLE_TIMEOUT
+        } else {
+            RING_POLL_INTERVAL
+        })?;
+        // Always consume after a wait: records submitted without a wakeup do not make the
+        // epoll fd ready.
+        let n = ring.consume_raw();
+        if n < 0 {
+            return Err(std::io::Error::from_raw_os_error(-n)).context("reading the ring buffer");
         }
-        ring.consume().context("reading the ring buffer")?;
+        if n > 0 {
+            last_record = Instant::now();
+        }
         tick();
     }
     // Whatever the kernel queued before detaching is still delivered.
     ring.consume().context("reading the ring buffer")?;
     Ok(())
+}
+
+/// An epoll set of a ring buffer's epoll fd and, optionally, a stop fd.
+struct Waiter {
+    epoll: OwnedFd,
+    has_stop: bool,
+}
+
+impl Waiter {
+    fn new(ring: BorrowedFd<'_>, stop: Option<BorrowedFd<'_>>) -> std::io::Result<Waiter> {
+        // SAFETY: epoll_create1 has no memory preconditions; a valid fd is owned below.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh epoll fd that nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        let waiter = Waiter {
+            epoll,
+            has_stop: stop.is_some(),
+        };
+        waiter.add(ring)?;
+        if let Some(stop) = stop {
+            waiter.add(stop)?;
+        }
+        Ok(waiter)
+    }
+
+    fn add(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: fd.as_raw_fd() as u64,
+        };
+        // SAFETY: both fds are open for the call; ev is a valid epoll_event.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd.as_raw_fd(),
+                &mut ev,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn has_stop_fd(&self) -> bool {
+        self.has_stop
+    }
+
+    /// Sleeps until a member is readable or `timeout`; a signal ends the wait early.
+    fn wait(&self, timeout: Duration) -> Result<()> {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: events is a valid, writable array of the length passed.
+        let rc = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                ms,
+            )
+        };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            // A signal (a debugger attaching, SIGSTOP/SIGCONT) interrupts the wait; not a fault.
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(err).context("waiting on the ring buffer");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Turns CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`, what the programs stamp records
@@ -215,6 +317,47 @@ mod tests {
         assert_eq!(ring_buffer_bytes(0, 200), 4 << 20);
         assert_eq!(ring_buffer_bytes(u32::MAX, 200), 16 << 20);
         assert!(ring_buffer_bytes(333, 97).is_power_of_two());
+    }
+
+    fn eventfd() -> OwnedFd {
+        // SAFETY: eventfd has no memory preconditions; the fd is owned at once.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh fd nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    fn signal(fd: &OwnedFd) {
+        let one: u64 = 1;
+        // SAFETY: 8 bytes from a valid u64 to an eventfd.
+        assert_eq!(
+            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) },
+            8
+        );
+    }
+
+    #[test]
+    fn an_idle_reader_sleeps_until_the_stop_fd_or_its_ring_turns_readable() {
+        use std::os::fd::AsFd;
+        let (ring, stop) = (eventfd(), eventfd());
+        let waiter = Waiter::new(ring.as_fd(), Some(stop.as_fd())).unwrap();
+        assert!(waiter.has_stop_fd());
+        // Nothing readable: the whole timeout passes.
+        let t0 = Instant::now();
+        waiter.wait(Duration::from_millis(50)).unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+        // The stop fd ends a long wait at once.
+        signal(&stop);
+        let t0 = Instant::now();
+        waiter.wait(Duration::from_secs(30)).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        // So does the ring.
+        let waiter = Waiter::new(ring.as_fd(), None).unwrap();
+        assert!(!waiter.has_stop_fd());
+        signal(&ring);
+        let t0 = Instant::now();
+        waiter.wait(Duration::from_secs(30)).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5));
     }
 
     fn name(s: &str) -> [i8; 8] {

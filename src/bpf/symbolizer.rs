@@ -27,6 +27,10 @@ const SCAN_MAX_ADDRS: usize = 256;
 const SCANS_PER_WINDOW: usize = 3;
 const SCAN_WINDOW: Duration = Duration::from_secs(60);
 
+/// What stands for a kernel address when kallsyms shows this process no addresses: never the
+/// raw address (a KASLR leak into the store, Elasticsearch and every reader of them).
+pub const SYMBOLS_UNREADABLE: &str = "(kernel symbols unreadable)";
+
 pub struct KernelSymbolizer {
     kallsyms: PathBuf,
     inner: Mutex<Inner>,
@@ -78,8 +82,10 @@ impl KernelSymbolizer {
         }
     }
 
-    /// `name+0xoff` (`name+0xoff [module]` in a module), or the hex address when it cannot be
-    /// resolved.
+    /// `name+0xoff` (`name+0xoff [module]` in a module); the hex address when kallsyms was read
+    /// and does not know it; [`SYMBOLS_UNREADABLE`] when kallsyms cannot be read or shows no
+    /// addresses (no CAP_SYSLOG, `kernel.kptr_restrict`): the raw address is then exactly what
+    /// the kernel hides from this reader, and a record must not carry it.
     pub fn symbolize(&self, addr: u64) -> String {
         self.symbolize_many(&[addr]).pop().unwrap_or_default()
     }
@@ -125,6 +131,11 @@ impl KernelSymbolizer {
     pub fn stack(&self, addrs: &[u64]) -> Vec<String> {
         let n = addrs.iter().take_while(|&&a| a != 0).count();
         let mut frames = self.symbolize_many(&addrs[..n]);
+        // A stack of markers says no more than one.
+        if frames.iter().all(|f| f == SYMBOLS_UNREADABLE) {
+            frames.truncate(1);
+            return frames;
+        }
         let bpf = frames
             .iter()
             .take_while(|f| {
@@ -149,10 +160,12 @@ impl Inner {
             .filter(|(_, hit)| hit.is_none())
             .map(|(&a, _)| a)
             .collect();
+        let mut read_ok = true;
         if !misses.is_empty() {
             misses.sort_unstable();
             misses.dedup();
-            let (answers, read_ok) = self.resolve(path, &misses);
+            let answers;
+            (answers, read_ok) = self.resolve(path, &misses);
             if self.cache.len() + misses.len() > CACHE_MAX {
                 self.cache.clear();
             }
@@ -179,7 +192,11 @@ impl Inner {
         }
         out.into_iter()
             .zip(addrs)
-            .map(|(s, a)| s.unwrap_or_else(|| format!("{a:#x}")))
+            .map(|(s, a)| match s {
+                Some(s) => s,
+                None if read_ok => format!("{a:#x}"),
+                None => SYMBOLS_UNREADABLE.to_string(),
+            })
             .collect()
     }
 
@@ -503,7 +520,12 @@ mod tests {
         )
         .unwrap();
         let s = KernelSymbolizer::with_kallsyms(&path);
-        assert_eq!(s.symbolize(0xffffffff81000010), "0xffffffff81000010");
+        assert_eq!(s.symbolize(0xffffffff81000010), SYMBOLS_UNREADABLE);
+        assert_eq!(
+            s.stack(&[0xffffffff81000010, 0xffffffff81000020, 0]),
+            [SYMBOLS_UNREADABLE],
+            "one marker for a whole stack"
+        );
         std::fs::write(&path, "ffffffff81000000 T _stext\n").unwrap();
         assert_eq!(
             s.symbolize(0xffffffff81000010),
@@ -529,8 +551,19 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_kallsyms_gives_addresses() {
+    fn unreadable_kallsyms_gives_no_address() {
         let s = KernelSymbolizer::with_kallsyms("/nonexistent/kallsyms");
-        assert_eq!(s.symbolize(0x1234), "0x1234");
+        assert_eq!(s.symbolize(0x1234), SYMBOLS_UNREADABLE);
+    }
+
+    #[test]
+    fn an_address_a_readable_kallsyms_does_not_know_stays_hex() {
+        let path = std::env::temp_dir().join(format!("bianque-known-{}", std::process::id()));
+        std::fs::write(&path, "ffffffff81000000 T _stext\n").unwrap();
+        let s = KernelSymbolizer::with_kallsyms(&path);
+        assert_eq!(s.symbolize(0xffffffff81000010), "_stext+0x10");
+        // Below every symbol: the reader may see addresses, so this one is no secret to it.
+        assert_eq!(s.symbolize(0x1000), "0x1000");
+        std::fs::remove_file(&path).unwrap();
     }
 }

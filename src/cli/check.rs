@@ -92,7 +92,7 @@ pub fn run(a: CheckArgs) -> Result<bool, AgentError> {
             r.mode,
             if r.supported.is_ok() { "yes" } else { "no" },
             if r.enabled { "yes" } else { "no" },
-            reason
+            super::text::escape(&reason)
         );
     }
     if !ok {

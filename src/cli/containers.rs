@@ -25,7 +25,7 @@ pub fn run(a: ContainersArgs) -> Result<(), AgentError> {
         .ok_or_else(|| anyhow::anyhow!("no agent answers at {addr}"))?;
     let mut out = std::io::stdout().lock();
     if a.json {
-        let _ = writeln!(out, "{body}");
+        let _ = writeln!(out, "{}", super::text::json_safe(&body));
         return Ok(());
     }
     let v: serde_json::Value =
@@ -36,12 +36,12 @@ pub fn run(a: ContainersArgs) -> Result<(), AgentError> {
         "ID", "RUNTIME", "NAME", "NAMESPACE", "QOS", "PID"
     );
     for c in v["containers"].as_array().into_iter().flatten() {
-        let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
-        let id = s("id");
+        // Names come from the runtimes and the kubelet: escaped.
+        let s = |k: &str| super::text::escape(c[k].as_str().unwrap_or(""));
         let _ = writeln!(
             out,
             "{:<12}  {:<10}  {:<24}  {:<16}  {:<10}  {:>7}  {}",
-            &id[..id.len().min(12)],
+            super::text::escape_prefix(c["id"].as_str().unwrap_or(""), 12),
             s("runtime"),
             s("name"),
             s("namespace"),

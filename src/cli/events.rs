@@ -7,14 +7,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bianque::agent::AgentError;
-use bianque::config::ConfigError;
-use bianque::store::{self, Query, Store, DEFAULT_DATA_DIR};
+use bianque::store::{self, Query, Store};
 use clap::{Args, Subcommand};
+
+use super::text::{escape, escape_cut, escape_prefix, json_safe};
 
 #[derive(Args)]
 pub struct EventsArgs {
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
+    /// The store's directory (default: the config's store.data_dir, else /var/lib/bianque).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Only this tracer's events.
     #[arg(long)]
     pub tracer: Option<String>,
@@ -31,7 +33,8 @@ pub struct EventsArgs {
     /// (a `data.` prefix is allowed; dots reach into nested objects). Repeatable.
     #[arg(long = "data", value_name = "FIELD=VALUE")]
     pub data: Vec<String>,
-    #[arg(long, default_value_t = 50)]
+    /// Records at most, 1..=10000.
+    #[arg(long, default_value_t = 50, allow_hyphen_values = true, value_parser = parse_limit)]
     pub limit: usize,
     /// Continue after this point: the `next` cursor printed with the previous page.
     #[arg(long)]
@@ -45,7 +48,7 @@ pub struct EventsArgs {
     /// The running agent's address for --follow (default: the config's server.listen).
     #[arg(long)]
     pub listen: Option<String>,
-    /// Config file, for --follow to find the agent's address.
+    /// Config file: its store.data_dir, and for --follow the agent's address.
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
@@ -60,13 +63,52 @@ pub enum EventsAction {
 
 #[derive(Args)]
 pub struct ShowArgs {
-    /// The event's tracer_id.
+    /// The event's tracer_id, or a prefix of it that only one event has.
     pub id: String,
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
+    /// The store's directory (default: the config's store.data_dir, else /var/lib/bianque).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Config file, for its store.data_dir.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Write the record's profile as an SVG flame graph to this file.
     #[arg(long, value_name = "FILE")]
     pub flamegraph: Option<PathBuf>,
+}
+
+/// `--limit`: a count in 1..=10000 (a negative one is an error naming the flag, not a flag).
+fn parse_limit(v: &str) -> Result<usize, String> {
+    let max = bianque::server::EVENTS_MAX_LIMIT;
+    match v.parse::<i64>() {
+        Ok(n) if (1..=max as i64).contains(&n) => Ok(n as usize),
+        Ok(n) => Err(format!("{n} is out of range, allowed 1..={max}")),
+        Err(_) => Err(format!("`{v}` is not a number")),
+    }
+}
+
+/// The store directory: `--data-dir`, else the config file's `store.data_dir`, else the default.
+fn data_dir(flag: &Option<PathBuf>, config: &Option<PathBuf>) -> Result<PathBuf, AgentError> {
+    if let Some(dir) = flag {
+        return Ok(dir.clone());
+    }
+    Ok(super::load_config(config, &None)?.store.data_dir)
+}
+
+fn usage(msg: String) -> AgentError {
+    AgentError::Usage(msg)
+}
+
+/// `--tracer` must name a tracer this build has.
+fn check_tracer(name: &Option<String>) -> Result<(), AgentError> {
+    let Some(name) = name else { return Ok(()) };
+    let known: Vec<&str> = bianque::tracer::registry().iter().map(|t| t.name).collect();
+    if known.contains(&name.as_str()) {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "--tracer: unknown tracer `{name}`; known: {}",
+        known.join(", ")
+    )))
 }
 
 /// `bianque events`: stored records, newest first (or the live stream with `--follow`).
@@ -74,12 +116,12 @@ pub fn run(a: EventsArgs) -> Result<(), AgentError> {
     if let Some(EventsAction::Show(s)) = a.action {
         return show_event(s);
     }
+    check_tracer(&a.tracer)?;
     let now = bianque::record::now_ns();
     let time = |key: &str, v: &Option<String>| -> Result<Option<i64>, AgentError> {
         v.as_deref()
             .map(|s| {
-                bianque::record::parse_time_arg(s, now)
-                    .map_err(|e| ConfigError(format!("--{key}: {e}")).into())
+                bianque::record::parse_time_arg(s, now).map_err(|e| usage(format!("--{key}: {e}")))
             })
             .transpose()
     };
@@ -87,13 +129,12 @@ pub fn run(a: EventsArgs) -> Result<(), AgentError> {
     for m in &a.data {
         let (k, v) = m
             .split_once('=')
-            .ok_or_else(|| ConfigError(format!("--data: `{m}` is not FIELD=VALUE")))?;
+            .ok_or_else(|| usage(format!("--data: `{m}` is not FIELD=VALUE")))?;
         let k = k.strip_prefix("data.").unwrap_or(k);
         if !store::valid_data_path(k) {
-            return Err(ConfigError(format!(
+            return Err(usage(format!(
                 "--data: `{k}` is not a field path (letters, digits, _ and dots)"
-            ))
-            .into());
+            )));
         }
         data.push((k.to_string(), v.to_string()));
     }
@@ -109,64 +150,70 @@ pub fn run(a: EventsArgs) -> Result<(), AgentError> {
         cursor: a.cursor.clone(),
         limit: a.limit.max(1),
     };
-    let store = Store::open_read_only(&a.data_dir)?;
+    let store = Store::open_read_only(&data_dir(&a.data_dir, &a.config)?)?;
     let page = store.query_page(&q).map_err(anyhow::Error::from)?;
-    let rows = &page.rows;
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        for r in rows {
-            let _ = writeln!(out, "{r}");
+    // A closed pipe (`| head`) ends the listing quietly.
+    let _ = print_page(&mut std::io::stdout().lock(), &page, a.json);
+    Ok(())
+}
+
+fn print_page(out: &mut impl Write, page: &store::Page, json: bool) -> std::io::Result<()> {
+    if json {
+        for r in &page.rows {
+            writeln!(out, "{}", json_safe(r))?;
         }
         if let Some(next) = &page.next {
-            eprintln!("next page: --cursor {next}");
+            eprintln!("next page: --cursor {}", escape(next));
         }
         return Ok(());
     }
-    let _ = writeln!(
-        out,
-        "{:<30}  {:<14}  {:<12}  DETAILS",
-        "TIME", "TRACER", "CONTAINER"
-    );
-    for r in rows {
+    print_header(out)?;
+    for r in &page.rows {
         let v: serde_json::Value = serde_json::from_str(r).unwrap_or_default();
-        print_row(&mut out, &v);
+        print_row(out, &v)?;
     }
-    if rows.is_empty() {
-        let _ = writeln!(out, "(no events)");
+    if page.rows.is_empty() {
+        writeln!(out, "(no events)")?;
     }
     if let Some(next) = &page.next {
-        let _ = writeln!(out, "(more: --cursor {next})");
+        writeln!(out, "(more: --cursor {})", escape(next))?;
     }
     Ok(())
 }
 
-fn print_row(out: &mut impl Write, v: &serde_json::Value) {
-    let container = v
-        .get("container_id")
-        .and_then(|c| c.as_str())
-        .map(|c| &c[..c.len().min(12)])
-        .unwrap_or("-");
-    let _ = writeln!(
+fn print_header(out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
         out,
-        "{:<30}  {:<14}  {:<12}  {}",
-        v.get("tracer_time").and_then(|t| t.as_str()).unwrap_or("?"),
-        v.get("tracer_name").and_then(|t| t.as_str()).unwrap_or("?"),
+        "{:<32}  {:<30}  {:<14}  {:<12}  DETAILS",
+        "ID", "TIME", "TRACER", "CONTAINER"
+    )
+}
+
+/// One record as a table row; every field is escaped (they come from the kernel and runtimes).
+fn print_row(out: &mut impl Write, v: &serde_json::Value) -> std::io::Result<()> {
+    let text = |k: &str| v.get(k).and_then(|t| t.as_str());
+    let container = text("container_id").map_or("-".to_string(), |c| escape_prefix(c, 12));
+    writeln!(
+        out,
+        "{:<32}  {:<30}  {:<14}  {:<12}  {}",
+        escape_cut(text("tracer_id").unwrap_or("?"), 40),
+        escape_cut(text("tracer_time").unwrap_or("?"), 40),
+        escape_cut(text("tracer_name").unwrap_or("?"), 40),
         container,
         summarize(
             v.get("tracer_data").unwrap_or(&serde_json::Value::Null),
             140
         )
-    );
+    )
 }
 
 /// `bianque events --follow`: prints records from the agent's live stream as they come.
 fn follow(a: &EventsArgs) -> Result<(), AgentError> {
     if a.since.is_some() || a.until.is_some() || a.cursor.is_some() || !a.data.is_empty() {
-        return Err(ConfigError(
+        return Err(usage(
             "--follow takes --tracer and --container only (it shows new events as they come)"
                 .into(),
-        )
-        .into());
+        ));
     }
     let cfg = super::load_config(&a.config, &a.listen)?;
     let mut url = format!("http://{}/v1/events/watch", cfg.server.client_addr()?);
@@ -201,12 +248,9 @@ fn follow(a: &EventsArgs) -> Result<(), AgentError> {
             anyhow::bail!("the agent answered {status}: {body}");
         }
         let mut out = std::io::stdout();
-        if !json {
-            let _ = writeln!(
-                out,
-                "{:<30}  {:<14}  {:<12}  DETAILS",
-                "TIME", "TRACER", "CONTAINER"
-            );
+        // A closed pipe (`| head -1`) ends the stream quietly.
+        if !json && print_header(&mut out).is_err() {
+            return Ok(());
         }
         let mut buf = String::new();
         let mut sse = SseParser::default();
@@ -218,16 +262,18 @@ fn follow(a: &EventsArgs) -> Result<(), AgentError> {
                     continue;
                 };
                 if event == "dropped" {
-                    anyhow::bail!("the agent dropped this stream: {data}");
+                    anyhow::bail!("the agent dropped this stream: {}", escape(&data));
                 }
                 let ce: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
                 let record = ce.get("data").cloned().unwrap_or_default();
-                if json {
-                    let _ = writeln!(out, "{record}");
+                let written = if json {
+                    writeln!(out, "{}", json_safe(&record.to_string()))
                 } else {
-                    print_row(&mut out, &record);
+                    print_row(&mut out, &record)
+                };
+                if written.and_then(|()| out.flush()).is_err() {
+                    return Ok(());
                 }
-                let _ = out.flush();
             }
         }
         anyhow::bail!("the agent closed the stream")
@@ -286,15 +332,35 @@ const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUM
     .remove(b'~');
 
 fn show_event(a: ShowArgs) -> Result<(), AgentError> {
-    let store = Store::open_read_only(&a.data_dir)?;
-    let Some(row) = store.get(&a.id)? else {
-        return Err(anyhow::anyhow!("no event with id {}", a.id).into());
+    let store = Store::open_read_only(&data_dir(&a.data_dir, &a.config)?)?;
+    let id = match store.get(&a.id)? {
+        Some(_) => a.id.clone(),
+        None => {
+            let ids = if a.id.is_empty() {
+                Vec::new()
+            } else {
+                store.ids_with_prefix(&a.id, 2)?
+            };
+            match ids.as_slice() {
+                [one] => one.clone(),
+                [] => return Err(anyhow::anyhow!("no event with id {}", escape(&a.id)).into()),
+                _ => {
+                    return Err(usage(format!(
+                        "id prefix `{}` matches more than one event: give more of it",
+                        escape(&a.id)
+                    )))
+                }
+            }
+        }
+    };
+    let Some(row) = store.get(&id)? else {
+        return Err(anyhow::anyhow!("no event with id {}", escape(&id)).into());
     };
     let v: serde_json::Value =
         serde_json::from_str(&row).map_err(|e| anyhow::anyhow!("stored record: {e}"))?;
     if let Some(path) = &a.flamegraph {
         let folded = bianque::profiler::folded_of_record(&v)
-            .ok_or_else(|| anyhow::anyhow!("event {} holds no profile", a.id))?;
+            .ok_or_else(|| anyhow::anyhow!("event {} holds no profile", escape(&id)))?;
         let svg = bianque::profiler::flamegraph_svg(&flamegraph_title(&v), &folded)?;
         std::fs::write(path, svg)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
@@ -302,7 +368,7 @@ fn show_event(a: ShowArgs) -> Result<(), AgentError> {
         return Ok(());
     }
     let text = serde_json::to_string_pretty(&v).unwrap_or(row);
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    let _ = writeln!(std::io::stdout().lock(), "{}", json_safe(&text));
     Ok(())
 }
 
@@ -310,7 +376,8 @@ fn flamegraph_title(v: &serde_json::Value) -> String {
     bianque::profiler::flamegraph_title(v)
 }
 
-/// `key=value` pairs of a record's scalar fields, in the tracer's own order, cut to `width`.
+/// `key=value` pairs of a record's scalar fields, in the tracer's own order, escaped and cut to
+/// `width`.
 fn summarize(data: &serde_json::Value, width: usize) -> String {
     let mut s = String::new();
     if let Some(obj) = data.as_object() {
@@ -332,13 +399,5 @@ fn summarize(data: &serde_json::Value, width: usize) -> String {
             }
         }
     }
-    if s.len() > width {
-        let mut cut = width;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push('…');
-    }
-    s
+    escape_cut(&s, width)
 }

@@ -5,7 +5,9 @@ pub mod check;
 pub mod completions;
 pub mod containers;
 pub mod events;
+pub mod incidents;
 pub mod run;
+pub mod text;
 pub mod tracers;
 
 use std::net::SocketAddr;

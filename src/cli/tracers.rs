@@ -57,7 +57,8 @@ pub fn run(a: TracersArgs) -> Result<(), AgentError> {
     };
     let mut out = std::io::stdout().lock();
     if a.json {
-        let _ = writeln!(out, "{}", serde_json::json!({"tracers": rows}));
+        let json = serde_json::json!({"tracers": rows}).to_string();
+        let _ = writeln!(out, "{}", super::text::json_safe(&json));
         return Ok(());
     }
     let _ = writeln!(
@@ -66,7 +67,8 @@ pub fn run(a: TracersArgs) -> Result<(), AgentError> {
         "NAME", "MODE", "STATUS", "HITS", "RESTARTS"
     );
     for r in rows {
-        let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        // The agent's answer is text from the kernel and the tracers: escaped.
+        let s = |k: &str| super::text::escape(r.get(k).and_then(|v| v.as_str()).unwrap_or(""));
         let n = |k: &str| r.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
         let _ = writeln!(
             out,

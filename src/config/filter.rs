@@ -38,7 +38,7 @@ impl Filter {
                 Some(p) => Regex::new(p).map(Some).map_err(|e| {
                     ConfigError(format!(
                         "{section}.{key}: `{p}` is not a valid regex: {}",
-                        e.to_string().lines().last().unwrap_or("")
+                        super::regex_error_line(&e)
                     ))
                 }),
             }

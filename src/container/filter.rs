@@ -38,7 +38,10 @@ fn compile(key: &str, list: &[String]) -> ConfigResult<Vec<Regex>> {
     list.iter()
         .map(|p| {
             Regex::new(&format!("^(?:{p})$")).map_err(|e| {
-                ConfigError(format!("containers.{key}: `{p}` is not a valid regex: {e}"))
+                ConfigError(format!(
+                    "containers.{key}: `{p}` is not a valid regex: {}",
+                    crate::config::regex_error_line(&e)
+                ))
             })
         })
         .collect()

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -187,7 +187,40 @@ pub struct Sources {
     /// Engine API clients by socket path (under the host root).
     engines: HashMap<PathBuf, PlainGet>,
     kubelet_read_only: Option<PlainGet>,
+    /// Asks of the read-only port after it failed come less and less often: on a host without
+    /// a kubelet, each ask is a connection refused (a packet drop) every resync.
+    read_only_backoff: Backoff,
     kubelet: Option<KubeletAuth>,
+}
+
+/// When a failing source may be asked again: [`Backoff::FIRST`] after the first failure,
+/// doubling up to [`Backoff::MAX`]; at once again after an answer.
+#[derive(Debug, Default)]
+struct Backoff {
+    next: Option<Instant>,
+    delay: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(10);
+    const MAX: Duration = Duration::from_secs(300);
+
+    fn ready(&self, now: Instant) -> bool {
+        self.next.is_none_or(|t| now >= t)
+    }
+
+    fn failed(&mut self, now: Instant) {
+        self.delay = if self.delay.is_zero() {
+            Self::FIRST
+        } else {
+            (self.delay * 2).min(Self::MAX)
+        };
+        self.next = Some(now + self.delay);
+    }
+
+    fn answered(&mut self) {
+        *self = Backoff::default();
+    }
 }
 
 impl Sources {
@@ -199,6 +232,7 @@ impl Sources {
             timeout,
             engines: HashMap::new(),
             kubelet_read_only: None,
+            read_only_backoff: Backoff::default(),
             kubelet: KubeletAuth::new(cfg, timeout),
         }
     }
@@ -241,10 +275,20 @@ impl Sources {
         // The kubelet knows pods; the engine may know better names for plain containers.
         // The authenticated port first; the read-only one when that gave nothing.
         let mut pods = self.kubelet.as_mut().and_then(|k| k.fetch());
-        if pods.is_none() && !self.kubelet_read_only_address.is_empty() {
+        let now = Instant::now();
+        if pods.is_none()
+            && !self.kubelet_read_only_address.is_empty()
+            && self.read_only_backoff.ready(now)
+        {
             match self.read_only_pods() {
-                Ok(m) => pods = Some(m),
-                Err(e) => tracing::debug!(error = %format!("{e:#}"), "kubelet pod list"),
+                Ok(m) => {
+                    self.read_only_backoff.answered();
+                    pods = Some(m);
+                }
+                Err(e) => {
+                    self.read_only_backoff.failed(now);
+                    tracing::debug!(error = %format!("{e:#}"), next_in = ?self.read_only_backoff.delay, "kubelet pod list")
+                }
             }
         }
         out.extend(pods.unwrap_or_default());
@@ -281,6 +325,27 @@ mod tests {
         assert_eq!(m["bbb"].pod, "pod-1");
         assert_eq!(m["ccc"].name, "");
         assert!(parse_engine_containers("{").is_err());
+    }
+
+    #[test]
+    fn a_failing_source_is_asked_less_and_less_often_until_it_answers() {
+        let t0 = Instant::now();
+        let mut b = Backoff::default();
+        assert!(b.ready(t0), "asked at once the first time");
+        let mut delays = Vec::new();
+        let mut now = t0;
+        for _ in 0..8 {
+            b.failed(now);
+            assert!(!b.ready(now + b.delay - Duration::from_millis(1)));
+            now += b.delay;
+            assert!(b.ready(now));
+            delays.push(b.delay.as_secs());
+        }
+        assert_eq!(delays, [10, 20, 40, 80, 160, 300, 300, 300]);
+        b.answered();
+        assert!(b.ready(now));
+        b.failed(now);
+        assert_eq!(b.delay, Backoff::FIRST, "an answer starts over");
     }
 
     #[test]

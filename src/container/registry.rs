@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::{cgroup_path, filter, is_container_id, metadata, view};
 use super::{CgroupMatch, Container, ContainersConfig, Runtime};
 use crate::cgroupfs::tree;
+use crate::config::Compat;
 use crate::host::HostRoot;
 use crate::procfs::pid_ns;
 use crate::record::ContainerFields;
@@ -56,6 +57,8 @@ pub struct ContainerRegistry {
     refresh_tx: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
     /// The last view for collectors ([`ContainerRegistry::cgroups`]) and when it was taken.
     view: Mutex<Option<(Instant, Arc<view::ContainerCgroups>)>>,
+    /// Whose container label names and values the view carries (`compat = "huatuo"`).
+    labels: Compat,
 }
 
 /// Metadata by container id, as the sources last answered.
@@ -84,7 +87,14 @@ impl ContainerRegistry {
             fetching: Mutex::new(sources),
             refresh_tx: Mutex::new(None),
             view: Mutex::new(None),
+            labels: Compat::default(),
         }
+    }
+
+    /// Container series carry HuaTuo's label names and values under `compat = "huatuo"`.
+    pub fn with_labels(mut self, compat: Compat) -> ContainerRegistry {
+        self.labels = compat;
+        self
     }
 
     pub fn config(&self) -> &ContainersConfig {
@@ -190,7 +200,7 @@ impl ContainerRegistry {
             containers: self
                 .list()
                 .iter()
-                .map(|c| view::ContainerCgroup::of(c))
+                .map(|c| view::ContainerCgroup::of(c, self.labels))
                 .collect(),
         });
         *cached = Some((Instant::now(), v.clone()));
@@ -527,7 +537,10 @@ impl ContainerRegistry {
                         me.resync();
                         next_resync = Instant::now() + period;
                     }
-                    match rx.recv_timeout(Duration::from_millis(100)) {
+                    // Sleeps until the next resync: a miss or the stop (the sender dropped by
+                    // `stop_keeping_current`) ends the wait early.
+                    let wait = next_resync.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(wait) {
                         Ok(()) => me.refresh_metadata_older_than(MISS_RESYNC_MIN_INTERVAL),
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -535,6 +548,19 @@ impl ContainerRegistry {
                 }
                 *me.refresh_tx.lock().unwrap_or_else(|e| e.into_inner()) = None;
             })
+    }
+}
+
+impl ContainerRegistry {
+    /// Ends the `keep_current` thread at once (with its stop flag set, it would end only at the
+    /// next resync or miss).
+    pub fn stop_keeping_current(&self) {
+        drop(
+            self.refresh_tx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
     }
 }
 

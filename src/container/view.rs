@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cgroupfs::Layout;
+use crate::config::Compat;
 use crate::container::Container;
 use crate::host::{file::read_optional, HostRoot};
 
@@ -23,39 +24,83 @@ pub const CONTAINER_LABELS: [&str; 5] = [
     "container_qos",
 ];
 
+/// Label names of container series under `compat = "huatuo"`, in HuaTuo's order (HuaTuo has
+/// no container id label; `container_host` is the pod's hostname, `container_level` its QoS).
+pub const HUATUO_CONTAINER_LABELS: [&str; 5] = [
+    "container_host",
+    "container_name",
+    "container_type",
+    "container_level",
+    "container_hostnamespace",
+];
+
 /// One container's cgroup.
 #[derive(Debug, Clone)]
 pub struct ContainerCgroup {
     pub id: String,
     /// Path relative to the hierarchy root, starting with `/`.
     pub rel: String,
-    /// Values of [`CONTAINER_LABELS`].
+    /// [`CONTAINER_LABELS`] or [`HUATUO_CONTAINER_LABELS`].
+    names: &'static [&'static str; 5],
+    /// Their values.
     values: [String; 5],
 }
 
 impl ContainerCgroup {
-    pub fn of(c: &Container) -> ContainerCgroup {
+    /// `compat`: whose label names and values container series carry.
+    pub fn of(c: &Container, compat: Compat) -> ContainerCgroup {
+        let (names, values) = if compat.is_huatuo() {
+            // HuaTuo spells the DaemonSet type in camel case.
+            let kind = if c.kind == "daemonset" {
+                "daemonSet".to_string()
+            } else {
+                c.kind.clone()
+            };
+            // Without an id label, two unnamed containers would write the same series: an
+            // unnamed one is named by its short id, as `docker ps` shows it.
+            let name = if c.name.is_empty() {
+                c.id.chars().take(12).collect()
+            } else {
+                c.name.clone()
+            };
+            (
+                &HUATUO_CONTAINER_LABELS,
+                [
+                    c.hostname.clone(),
+                    name,
+                    kind,
+                    c.qos.clone(),
+                    c.namespace.clone(),
+                ],
+            )
+        } else {
+            (
+                &CONTAINER_LABELS,
+                [
+                    c.id.clone(),
+                    c.name.clone(),
+                    c.namespace.clone(),
+                    c.kind.clone(),
+                    c.qos.clone(),
+                ],
+            )
+        };
         ContainerCgroup {
             id: c.id.clone(),
             rel: c.cgroup_path.clone(),
-            values: [
-                c.id.clone(),
-                c.name.clone(),
-                c.namespace.clone(),
-                c.kind.clone(),
-                c.qos.clone(),
-            ],
+            names,
+            values,
         }
     }
 
     /// The container labels, ready for [`crate::exposition::MetricSink::sample2`].
     pub fn labels(&self) -> [(&str, &str); 5] {
         [
-            (CONTAINER_LABELS[0], self.values[0].as_str()),
-            (CONTAINER_LABELS[1], self.values[1].as_str()),
-            (CONTAINER_LABELS[2], self.values[2].as_str()),
-            (CONTAINER_LABELS[3], self.values[3].as_str()),
-            (CONTAINER_LABELS[4], self.values[4].as_str()),
+            (self.names[0], self.values[0].as_str()),
+            (self.names[1], self.values[1].as_str()),
+            (self.names[2], self.values[2].as_str()),
+            (self.names[3], self.values[3].as_str()),
+            (self.names[4], self.values[4].as_str()),
         ]
     }
 }

@@ -42,16 +42,11 @@ impl HostRoot {
         self.root.join("dev").join(rel)
     }
 
-    /// The host's copy of a `/proc/net` file: `proc/1/net/<name>` (pid 1's namespace, right
-    /// even when the agent runs in a container with the host's /proc) if present, else
-    /// `proc/net/<name>`.
+    /// The host's copy of a `/proc/net` file: `proc/1/net/<name>`, pid 1's network namespace.
+    /// `proc/net` is the reader's own namespace, which is not the host's when the agent runs in
+    /// a container with the host's /proc at `--host-root`.
     pub fn net_file(&self, name: &str) -> PathBuf {
-        let p1 = self.proc(&format!("1/net/{name}"));
-        if p1.exists() {
-            p1
-        } else {
-            self.proc(&format!("net/{name}"))
-        }
+        self.proc(&format!("1/net/{name}"))
     }
 
     /// True when this is the real `/`, so kernel-facing tracers (BPF) make sense.

@@ -17,7 +17,7 @@ static SPEC: TracerSpec = TracerSpec {
     name: "arp",
     mode: Mode::Metric,
     description: "ARP table entries: host namespace, all namespaces, containers",
-    requires: &[Requirement::HostFile("proc/net/arp")],
+    requires: &[Requirement::HostFile("proc/1/net/arp")],
     default_enabled: true,
     build,
 };

@@ -19,3 +19,4 @@ pub mod runqlat;
 pub mod sockstat;
 pub mod tcp_memory;
 pub mod uptime;
+pub mod xfs;

@@ -20,7 +20,7 @@ static SPEC: TracerSpec = TracerSpec {
     mode: Mode::Metric,
     description:
         "network device counters (/proc/net/dev), host and per container network namespace",
-    requires: &[Requirement::HostFile("proc/net/dev")],
+    requires: &[Requirement::HostFile("proc/1/net/dev")],
     default_enabled: true,
     build,
 };

@@ -23,7 +23,7 @@ static SPEC: TracerSpec = TracerSpec {
     name: "netstat",
     mode: Mode::Metric,
     description: "protocol counters from /proc/net/netstat and /proc/net/snmp, host and containers",
-    requires: &[Requirement::HostFile("proc/net/snmp")],
+    requires: &[Requirement::HostFile("proc/1/net/snmp")],
     default_enabled: true,
     build,
 };

@@ -18,7 +18,7 @@ static SPEC: TracerSpec = TracerSpec {
     name: "sockstat",
     mode: Mode::Metric,
     description: "socket counts and memory (/proc/net/sockstat), host and containers",
-    requires: &[Requirement::HostFile("proc/net/sockstat")],
+    requires: &[Requirement::HostFile("proc/1/net/sockstat")],
     default_enabled: true,
     build,
 };

@@ -18,7 +18,7 @@ static SPEC: TracerSpec = TracerSpec {
     description: "TCP memory in use vs the net.ipv4.tcp_mem limit",
     requires: &[
         Requirement::HostFile("proc/sys/net/ipv4/tcp_mem"),
-        Requirement::HostFile("proc/net/sockstat"),
+        Requirement::HostFile("proc/1/net/sockstat"),
     ],
     default_enabled: true,
     build,

@@ -12,6 +12,7 @@ pub mod arp_cache;
 pub mod buddyinfo;
 pub mod cpulist;
 pub mod diskstats;
+pub mod limits;
 pub mod loadavg;
 pub mod meminfo;
 pub mod mountinfo;
@@ -29,6 +30,7 @@ pub mod stat;
 pub mod tasks;
 pub mod tcp_mem;
 pub mod uptime;
+pub mod xfs_stat;
 
 use anyhow::{Context, Result};
 

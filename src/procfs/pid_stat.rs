@@ -62,6 +62,45 @@ pub fn parse(text: &str) -> Result<PidStat<'_>> {
     })
 }
 
+/// What a process exporter reports of itself (the standard `process_*` metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessStat {
+    /// CPU time in user and kernel mode, USER_HZ ticks.
+    pub utime: u64,
+    pub stime: u64,
+    /// Start after boot, USER_HZ ticks.
+    pub starttime: u64,
+    /// Virtual memory size, bytes.
+    pub vsize: u64,
+    /// Resident set, pages.
+    pub rss_pages: u64,
+}
+
+/// After `)`, counted from the state (field 3): starttime is field 22, vsize 23, rss 24.
+const STARTTIME: usize = 19;
+
+/// utime, stime, starttime, vsize and rss. Strict like [`parse`].
+pub fn parse_process(text: &str) -> Result<ProcessStat> {
+    let line = text.trim_end();
+    let Some((_, _, rest)) = split(line) else {
+        bail!("line {line:?}: no `(comm)`");
+    };
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let field = |i: usize| -> Result<u64> {
+        match fields.get(i) {
+            Some(f) => parse_u64(f, line),
+            None => bail!("line {line:?}: truncated"),
+        }
+    };
+    Ok(ProcessStat {
+        utime: field(UTIME)?,
+        stime: field(STIME)?,
+        starttime: field(STARTTIME)?,
+        vsize: field(STARTTIME + 1)?,
+        rss_pages: field(STARTTIME + 2)?,
+    })
+}
+
 /// (before `(`, comm, after `)`).
 fn split(text: &str) -> Option<(&str, &str, &str)> {
     let open = text.find('(')?;
@@ -100,6 +139,28 @@ mod tests {
             ("a (b) c", 'D', 250, 50)
         );
         assert_eq!(parse("1 () S 0 0 0 0 0 0 0 0 0 0 1 2").unwrap().comm, "");
+    }
+
+    #[test]
+    fn process_fields_for_the_process_metrics() {
+        assert_eq!(
+            parse_process(CAT).unwrap(),
+            ProcessStat {
+                utime: 7,
+                stime: 3,
+                starttime: 287015,
+                vsize: 3133440,
+                rss_pages: 408
+            }
+        );
+        assert_eq!(parse_process(ODD).unwrap().rss_pages, 10);
+        for bad in [
+            "garbage",
+            "1234 (x) R 1 1234 1234 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 1 0 100 1000",
+            "1234 (x) R 1 1234 1234 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 1 0 100 1000 x",
+        ] {
+            assert_err_quotes(parse_process(bad), bad);
+        }
     }
 
     #[test]

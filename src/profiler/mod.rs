@@ -181,7 +181,7 @@ fn open_cpu_clock(cpu: u32, frequency_hz: u64) -> Result<OwnedFd> {
 pub fn profile(
     opts: &ProfileOptions,
     ksyms: &KernelSymbolizer,
-    sleep: impl FnOnce(Duration) -> bool,
+    mut sleep: impl FnMut(Duration) -> bool,
 ) -> Result<Profile> {
     if opts.frequency_hz == 0 {
         bail!("profiler frequency must be above 0 Hz");
@@ -220,7 +220,24 @@ pub fn profile(
         let _ = fd.into_raw_fd();
         links.push(link);
     }
-    sleep(opts.duration);
+    // A process that exits before the window ends takes its maps along: its frames would stay
+    // addresses (one short-lived python3 made a 128-frame stack of numbers). Name the frames of
+    // the processes seen so far every SYMBOLIZE_EVERY, while they still exist.
+    let mut users = UserSymbolizer::new();
+    let mut stack_cache: HashMap<i32, Vec<u64>> = HashMap::new();
+    let deadline = start + opts.duration;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !sleep(left.min(SYMBOLIZE_EVERY)) {
+            break;
+        }
+        for k in skel.maps.counts.keys() {
+            if let Some(key) = parse_key(&k) {
+                let addrs = map_stack(&skel, &mut stack_cache, key.ustack);
+                users.stack(key.pid, &addrs);
+            }
+        }
+    }
     // Detach first so the maps stop changing while they are read.
     drop(links);
     let duration = start.elapsed();
@@ -241,24 +258,7 @@ pub fn profile(
             raw.push((key, parse_u64(&v)));
         }
     }
-    let mut stack_cache: HashMap<i32, Vec<u64>> = HashMap::new();
-    let mut stack = |id: i32| -> Vec<u64> {
-        if id < 0 {
-            return Vec::new();
-        }
-        stack_cache
-            .entry(id)
-            .or_insert_with(|| {
-                skel.maps
-                    .stacks
-                    .lookup(&(id as u32).to_ne_bytes(), MapFlags::ANY)
-                    .ok()
-                    .flatten()
-                    .map(|b| parse_stack(&b))
-                    .unwrap_or_default()
-            })
-            .clone()
-    };
+    let mut stack = |id: i32| -> Vec<u64> { map_stack(&skel, &mut stack_cache, id) };
     // Every kernel frame in one kallsyms scan (a profile holds thousands).
     let mut kaddrs: Vec<u64> = raw.iter().flat_map(|(k, _)| stack(k.kstack)).collect();
     kaddrs.sort_unstable();
@@ -269,7 +269,6 @@ pub fn profile(
         .zip(ksyms.symbolize_many(&kaddrs))
         .map(|(a, s)| (a, function_name(&s)))
         .collect();
-    let mut users = UserSymbolizer::new();
     let mut folded: HashMap<String, u64> = HashMap::new();
     let mut per_process: HashMap<u32, (String, u64, u64)> = HashMap::new();
     let mut per_cgroup: HashMap<u64, u64> = HashMap::new();
@@ -336,6 +335,32 @@ pub fn profile(
         top_processes,
         cgroups,
     })
+}
+
+/// How often a running profile names the user frames of the processes it has seen.
+const SYMBOLIZE_EVERY: Duration = Duration::from_secs(1);
+
+/// The addresses of stack `id` (kernel or user) from the stack map, read once per id.
+fn map_stack(
+    skel: &skel::ProfilerSkel<'_>,
+    cache: &mut HashMap<i32, Vec<u64>>,
+    id: i32,
+) -> Vec<u64> {
+    if id < 0 {
+        return Vec::new();
+    }
+    cache
+        .entry(id)
+        .or_insert_with(|| {
+            skel.maps
+                .stacks
+                .lookup(&(id as u32).to_ne_bytes(), MapFlags::ANY)
+                .ok()
+                .flatten()
+                .map(|b| parse_stack(&b))
+                .unwrap_or_default()
+        })
+        .clone()
 }
 
 /// `name+0x1f` → `name` (flame graphs merge frames by function).
@@ -434,13 +459,126 @@ impl UserSymbolizer {
     }
 }
 
-/// Renders folded lines (`a;b;c count`) as an interactive SVG flame graph.
+/// Stacks drawn deeper than this are cut in the middle (outermost and innermost frames kept).
+pub const FLAME_MAX_DEPTH: usize = 40;
+const FLAME_KEEP_OUTER: usize = 12;
+
+/// Folded stacks made fit to draw, and what was changed to get there.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TidyFolded {
+    /// `frames count`, merged where tidying made two stacks equal, most samples first.
+    pub folded: Vec<String>,
+    /// Stacks deeper than the limit whose middle frames became one `[N frames folded]` frame.
+    pub capped_stacks: usize,
+    /// Unsymbolized frames (bare addresses) that became `[N unsymbolized frames]` frames.
+    pub unsymbolized_frames: usize,
+    pub max_depth: usize,
+}
+
+impl TidyFolded {
+    /// What the picture should say about the tidying; empty when nothing changed.
+    pub fn note(&self) -> String {
+        let mut parts = Vec::new();
+        if self.unsymbolized_frames > 0 {
+            parts.push(format!(
+                "{} unsymbolized frames folded into [N unsymbolized frames]",
+                self.unsymbolized_frames
+            ));
+        }
+        if self.capped_stacks > 0 {
+            parts.push(format!(
+                "{} stacks deeper than {} frames cut to their outer and inner frames",
+                self.capped_stacks, self.max_depth
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+/// A frame that is a bare address (`0xffff…` or `0x…_[k]`): the process was gone, or the
+/// binary has no symbols.
+fn unsymbolized(frame: &str) -> bool {
+    let f = frame.strip_suffix("_[k]").unwrap_or(frame);
+    f.strip_prefix("0x")
+        .is_some_and(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Folds each run of unsymbolized frames into one frame and cuts stacks deeper than
+/// `max_depth` (≥ 16) in the middle, so a runaway stack no longer sets the picture's height and
+/// the busy frames stay in the first screen.
+pub fn tidy_folded(folded: &[String], max_depth: usize) -> TidyFolded {
+    let max_depth = max_depth.max(16);
+    let mut out = TidyFolded {
+        max_depth,
+        ..Default::default()
+    };
+    let mut merged: Vec<(String, u64)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for line in folded {
+        let Some((stack, count)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(count) = count.parse::<u64>() else {
+            continue;
+        };
+        let mut frames: Vec<String> = Vec::new();
+        let mut run = 0usize;
+        let flush = |run: &mut usize, frames: &mut Vec<String>| {
+            if *run > 0 {
+                frames.push(format!("[{run}_unsymbolized_frames]"));
+                *run = 0;
+            }
+        };
+        for (i, f) in stack.split(';').enumerate() {
+            // The first part is the comm, whatever it looks like.
+            if i > 0 && unsymbolized(f) {
+                run += 1;
+                out.unsymbolized_frames += 1;
+            } else {
+                flush(&mut run, &mut frames);
+                frames.push(f.to_string());
+            }
+        }
+        flush(&mut run, &mut frames);
+        if frames.len() > max_depth {
+            let inner = max_depth - FLAME_KEEP_OUTER - 1;
+            let cut = frames.len() - FLAME_KEEP_OUTER - inner;
+            frames.splice(
+                FLAME_KEEP_OUTER..frames.len() - inner,
+                [format!("[{cut}_frames_folded]")],
+            );
+            out.capped_stacks += 1;
+        }
+        let key = frames.join(";");
+        match index.get(&key) {
+            Some(&i) => merged[i].1 += count,
+            None => {
+                index.insert(key.clone(), merged.len());
+                merged.push((key, count));
+            }
+        }
+    }
+    merged.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out.folded = merged
+        .into_iter()
+        .map(|(s, c)| format!("{s} {c}"))
+        .collect();
+    out
+}
+
+/// Renders folded lines (`a;b;c count`) as an interactive SVG flame graph, tidied first
+/// ([`tidy_folded`]); what tidying changed is said under the title.
 pub fn flamegraph_svg(title: &str, folded: &[String]) -> Result<Vec<u8>> {
+    let tidy = tidy_folded(folded, FLAME_MAX_DEPTH);
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = title.to_string();
     opts.count_name = "samples".to_string();
+    let note = tidy.note();
+    if !note.is_empty() {
+        opts.subtitle = Some(note);
+    }
     let mut out = Vec::new();
-    let lines: Vec<&str> = folded.iter().map(String::as_str).collect();
+    let lines: Vec<&str> = tidy.folded.iter().map(String::as_str).collect();
     if lines.is_empty() {
         bail!("the record holds no stacks");
     }
@@ -504,6 +642,52 @@ mod tests {
         let s = String::from_utf8(svg).unwrap();
         assert!(s.contains("<svg") && s.contains("bq_burn"));
         assert!(flamegraph_svg("t", &[]).is_err());
+    }
+
+    #[test]
+    fn tidying_folds_address_runs_and_caps_runaway_stacks() {
+        let mut runaway = vec!["python3".to_string()];
+        runaway.extend((0..128).map(|i| format!("0x7f00{i:04x}")));
+        let deep: Vec<String> = (0..60).map(|i| format!("f{i}")).collect();
+        let folded = vec![
+            "dd;main;write;ksys_write_[k] 90".to_string(),
+            format!("{} 3", runaway.join(";")),
+            format!("dd;{} 2", deep.join(";")),
+            "dd;main;0xdead;0xbeef_[k] 1".to_string(),
+            "dd;main;0x1;0x2 1".to_string(),
+        ];
+        let t = tidy_folded(&folded, FLAME_MAX_DEPTH);
+        assert_eq!(t.unsymbolized_frames, 132);
+        assert_eq!(t.capped_stacks, 1);
+        assert_eq!(t.folded[0], "dd;main;write;ksys_write_[k] 90");
+        assert!(t
+            .folded
+            .contains(&"python3;[128_unsymbolized_frames] 3".to_string()));
+        // Two stacks that differ only in their addresses merge.
+        assert!(t
+            .folded
+            .contains(&"dd;main;[2_unsymbolized_frames] 2".to_string()));
+        let capped = t
+            .folded
+            .iter()
+            .find(|l| l.contains("frames_folded"))
+            .unwrap();
+        let frames: Vec<&str> = capped.rsplit_once(' ').unwrap().0.split(';').collect();
+        assert_eq!(frames.len(), FLAME_MAX_DEPTH);
+        assert_eq!(frames[1], "f0");
+        assert_eq!(frames[FLAME_KEEP_OUTER], "[22_frames_folded]");
+        assert_eq!(*frames.last().unwrap(), "f59");
+        assert!(t.note().contains("132 unsymbolized frames"), "{}", t.note());
+        let svg = String::from_utf8(flamegraph_svg("t", &folded).unwrap()).unwrap();
+        assert!(svg.contains("128_unsymbolized_frames") && svg.contains("stacks deeper than 40"));
+        // The SVG's height follows the tidied depth, not the runaway one (16 px a frame).
+        let height: f64 = svg
+            .split("height=\"")
+            .nth(1)
+            .and_then(|h| h.split('"').next())
+            .and_then(|h| h.parse().ok())
+            .unwrap();
+        assert!(height < 1000.0, "{height}");
     }
 
     #[test]

@@ -22,6 +22,14 @@ pub struct ServerConfig {
     pub stream_client_buffer: usize,
     /// Seconds between keep-alive comments on an idle stream.
     pub stream_keepalive_secs: u64,
+    /// Open HTTP connections at most (kept below the fd limit); at the cap a new connection
+    /// closes the oldest idle one.
+    pub max_connections: usize,
+    /// A request head must arrive within this long of connecting or of the previous response
+    /// (slow headers and idle keep-alive connections are closed).
+    pub header_read_timeout_ms: u64,
+    /// A response or stream the client reads nothing of for this long is cut.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -34,6 +42,9 @@ impl Default for ServerConfig {
             stream_max_clients: 32,
             stream_client_buffer: 256,
             stream_keepalive_secs: 15,
+            max_connections: 1024,
+            header_read_timeout_ms: 10_000,
+            write_timeout_ms: 30_000,
         }
     }
 }
@@ -88,6 +99,24 @@ impl ServerConfig {
             self.stream_keepalive_secs,
             1,
             3600,
+        )?;
+        check_range(
+            "server.max_connections",
+            self.max_connections,
+            16,
+            1_000_000,
+        )?;
+        check_range(
+            "server.header_read_timeout_ms",
+            self.header_read_timeout_ms,
+            100,
+            600_000,
+        )?;
+        check_range(
+            "server.write_timeout_ms",
+            self.write_timeout_ms,
+            100,
+            600_000,
         )?;
         self.listen_addr()?;
         if let Some(token) = &self.token {

@@ -2,7 +2,12 @@
 //! Errors are JSON `{"error":{"code","message"}}` with a matching status code.
 
 pub mod config;
+pub mod console;
+pub mod huatuo;
+pub mod listen;
+pub mod readers;
 pub mod scrape;
+pub mod vitals;
 pub mod watch;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +39,12 @@ pub struct AppState {
     /// The Elasticsearch shipper's counters, when it is configured.
     pub shipper: Option<Arc<ShipperStats>>,
     pub stream: Arc<watch::StreamStats>,
+    pub connections: Arc<listen::ConnStats>,
+    /// Read-only connections for `/events` and the other store reads.
+    pub readers: readers::ReadPool,
     pub stream_limits: watch::StreamLimits,
+    /// `compat = "huatuo"`: HuaTuo's routes too ([`huatuo`]).
+    pub compat: crate::config::Compat,
 }
 
 pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: usize) -> Router {
@@ -42,6 +52,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: u
     // would otherwise only bound the time to the response head, but keep it explicit).
     let streams = Router::new()
         .route("/v1/events/watch", get(watch::watch))
+        .merge(huatuo::stream_routes(&state))
         .with_state(state.clone());
     Router::new()
         // gzip when the scraper asks (Prometheus does): ~10x fewer bytes per scrape.
@@ -57,14 +68,67 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: u
         .route("/containers", get(containers))
         .route("/containers/{id}", get(container_by_id))
         .route("/shipper", get(shipper))
+        .merge(huatuo::routes(&state))
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(console::routes(state))
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,
         ))
         .merge(streams)
+        .layer(axum::middleware::from_fn(limit_uri))
+        .layer(axum::middleware::map_response(json_errors))
+}
+
+/// 414 for a request target past [`MAX_URI_BYTES`] (hyper itself only refuses far longer ones).
+async fn limit_uri(req: Request, next: axum::middleware::Next) -> Response {
+    let len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if len > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is {len} bytes, at most {MAX_URI_BYTES}"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Error answers made by layers and axum itself (405, 408, 413 …) in the JSON error shape.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed here"),
+        StatusCode::REQUEST_TIMEOUT => (
+            "timeout",
+            "the request took longer than server.request_timeout_ms",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "body_too_large",
+            "the request body is larger than server.max_body_bytes",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "unsupported content type")
+        }
+        s if s.is_server_error() => ("internal_error", "internal error"),
+        _ => ("invalid_request", "invalid request"),
+    };
+    let (mut parts, _) = resp.into_parts();
+    let error = ApiError::new(status, code, message).into_response();
+    // Keep headers such as `Allow`; the body and its type are the JSON error's.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let (eparts, body) = error.into_parts();
+    parts.headers.extend(eparts.headers);
+    Response::from_parts(parts, body)
 }
 
 /// An API error: status code, machine-readable code, human message.
@@ -128,7 +192,15 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    if app.ready.load(Ordering::Relaxed) {
+    let store = app.store.stats();
+    if !store.writable() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_not_writable",
+            format!("the local store cannot write: {}", store.last_error()),
+        )
+        .into_response()
+    } else if app.ready.load(Ordering::Relaxed) {
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
         ApiError::new(
@@ -140,12 +212,16 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn version() -> impl IntoResponse {
-    axum::Json(serde_json::json!({
+async fn version(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    let mut body = serde_json::json!({
         "name": env!("CARGO_PKG_NAME"),
         "version": env!("CARGO_PKG_VERSION"),
         "target": std::env::consts::ARCH,
-    }))
+    });
+    if app.compat.is_huatuo() {
+        body["data"] = huatuo::version_data();
+    }
+    axum::Json(body)
 }
 
 #[derive(Serialize)]
@@ -179,7 +255,11 @@ pub fn tracer_table(runner: &Runner) -> Vec<TracerInfo> {
 }
 
 async fn tracers(State(app): State<Arc<AppState>>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({"tracers": tracer_table(&app.runner)}))
+    let mut body = serde_json::json!({"tracers": tracer_table(&app.runner)});
+    if app.compat.is_huatuo() {
+        body["data"] = huatuo::tracers_data(&app.runner);
+    }
+    axum::Json(body)
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
@@ -244,10 +324,15 @@ async fn control(
 
 pub const EVENTS_DEFAULT_LIMIT: usize = 100;
 pub const EVENTS_MAX_LIMIT: usize = 10_000;
+/// `data.<field>` matches per query at most: each is a term of one SQL expression, and SQLite
+/// refuses an expression tree past a depth of 1000.
+pub const EVENTS_MAX_DATA_MATCHES: usize = 32;
+/// Request targets (path and query) longer than this get 414.
+pub const MAX_URI_BYTES: usize = 8192;
 
 /// `/events` query: `tracer`, `since`, `until`, `container`, `limit`, `cursor`, and any number
 /// of `data.<field>=<value>` matches inside `tracer_data`.
-fn events_query(pairs: Vec<(String, String)>) -> Result<store::Query, ApiError> {
+pub fn events_query(pairs: Vec<(String, String)>) -> Result<store::Query, ApiError> {
     let now = crate::record::now_ns();
     let time = |key: &str, v: &str| -> Result<Option<i64>, ApiError> {
         crate::record::parse_time_arg(v, now)
@@ -278,6 +363,11 @@ fn events_query(pairs: Vec<(String, String)>) -> Result<store::Query, ApiError> 
             }
             other => match other.strip_prefix("data.") {
                 Some(path) if store::valid_data_path(path) => {
+                    if q.data.len() == EVENTS_MAX_DATA_MATCHES {
+                        return Err(ApiError::bad_request(format!(
+                            "too many data.<field> parameters: at most {EVENTS_MAX_DATA_MATCHES}"
+                        )));
+                    }
                     q.data.push((path.to_string(), value));
                 }
                 _ => {
@@ -297,10 +387,11 @@ async fn events(
 ) -> Result<Response, ApiError> {
     let Query(pairs) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let q = events_query(pairs)?;
-    let store = app.store.clone();
-    let page = tokio::task::spawn_blocking(move || store.query_page(&q))
+    let reads = app.clone();
+    let page = tokio::task::spawn_blocking(move || reads.readers.with(|s| s.query_page(&q)))
         .await
         .map_err(|e| ApiError::internal(e.into()))?
+        .map_err(ApiError::internal)?
         .map_err(|e| match e {
             store::QueryError::InvalidCursor(_) | store::QueryError::InvalidField(_) => {
                 ApiError::bad_request(e.to_string())
@@ -330,11 +421,13 @@ async fn shipper(State(app): State<Arc<AppState>>) -> Result<Response, ApiError>
     let Some(stats) = app.shipper.clone() else {
         return Ok(axum::Json(serde_json::json!({"enabled": false})).into_response());
     };
-    let store = app.store.clone();
-    let failures = tokio::task::spawn_blocking(move || store.ship_failures(100))
-        .await
-        .map_err(|e| ApiError::internal(e.into()))?
-        .map_err(ApiError::internal)?;
+    let reads = app.clone();
+    let failures =
+        tokio::task::spawn_blocking(move || reads.readers.with(|s| s.ship_failures(100)))
+            .await
+            .map_err(|e| ApiError::internal(e.into()))?
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
     let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     Ok(axum::Json(serde_json::json!({
         "enabled": true,
@@ -354,11 +447,12 @@ async fn event_by_id(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let store = app.store.clone();
+    let reads = app.clone();
     let lookup = id.clone();
-    let row = tokio::task::spawn_blocking(move || store.get(&lookup))
+    let row = tokio::task::spawn_blocking(move || reads.readers.with(|s| s.get(&lookup)))
         .await
         .map_err(|e| ApiError::internal(e.into()))?
+        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     match row {
         Some(body) => Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response()),
@@ -375,11 +469,12 @@ async fn event_flamegraph(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let store = app.store.clone();
+    let reads = app.clone();
     let lookup = id.clone();
-    let row = tokio::task::spawn_blocking(move || store.get(&lookup))
+    let row = tokio::task::spawn_blocking(move || reads.readers.with(|s| s.get(&lookup)))
         .await
         .map_err(|e| ApiError::internal(e.into()))?
+        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?
         .ok_or_else(|| {
             ApiError::new(

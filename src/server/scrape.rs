@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use tokio::sync::Semaphore;
 
-use crate::exposition::{Kind, MetricSink};
+use crate::exposition::{Kind, MetricSink, Naming};
 use crate::server::watch::StreamStats;
 use crate::store::shipper::ShipperStats;
 use crate::store::Store;
@@ -32,12 +32,14 @@ impl Drop for BusyGuard {
 }
 
 pub struct Scraper {
-    prefix: String,
+    naming: Arc<Naming>,
     timeout: Duration,
     slots: Arc<Semaphore>,
     busy: HashMap<&'static str, Arc<AtomicBool>>,
     shipper: Option<Arc<ShipperStats>>,
     stream: Option<Arc<StreamStats>>,
+    /// When this process started, Unix seconds (boot time + start ticks; read once).
+    start_time_seconds: Option<f64>,
 }
 
 struct Outcome {
@@ -49,19 +51,25 @@ struct Outcome {
 
 impl Scraper {
     /// `concurrency` collectors run at once (at least one).
-    pub fn new(prefix: &str, timeout: Duration, concurrency: usize, runner: &Runner) -> Scraper {
+    pub fn new(
+        naming: Arc<Naming>,
+        timeout: Duration,
+        concurrency: usize,
+        runner: &Runner,
+    ) -> Scraper {
         let busy = runner
             .entries()
             .iter()
             .map(|e| (e.spec.name, Arc::new(AtomicBool::new(false))))
             .collect();
         Scraper {
-            prefix: prefix.to_string(),
+            naming,
             timeout,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
             busy,
             shipper: None,
             stream: None,
+            start_time_seconds: process_start_time_seconds(),
         }
     }
 
@@ -105,14 +113,14 @@ impl Scraper {
                 continue;
             }
             let entry = entry.clone();
-            let prefix = self.prefix.clone();
+            let naming = self.naming.clone();
             let ctx = ctx.clone();
             let collect = move || {
                 // Cleared however the collector ends, a panic included: the next scrape tries
                 // it again.
                 let _busy = BusyGuard(busy);
                 let start = Instant::now();
-                let mut sink = MetricSink::new(&prefix, entry.spec.name);
+                let mut sink = MetricSink::named(naming, entry.spec.name);
                 let result =
                     catch_unwind(AssertUnwindSafe(|| entry.tracer.collect(&ctx, &mut sink)))
                         .unwrap_or_else(|p| {
@@ -136,7 +144,14 @@ impl Scraper {
                     tracing::warn!(collector = entry.spec.name, error = %format!("{e:#}"), "collector failed");
                     sink.clear();
                 }
-                (sink.into_string(), result.is_ok(), start.elapsed())
+                // Success means the tracer works: a collector whose tracer is inactive or
+                // failed (its program did not load) reports 0 even though its counters were read.
+                let active = entry.state.status().0 == Status::Active;
+                (
+                    sink.into_string(),
+                    result.is_ok() && active,
+                    start.elapsed(),
+                )
             };
             let slots = self.slots.clone();
             let timeout = self.timeout;
@@ -193,7 +208,7 @@ impl Scraper {
     }
 
     fn framework_metrics(&self, runner: &Runner, store: &Store, outcomes: &[Outcome]) -> String {
-        let mut m = MetricSink::framework(&self.prefix);
+        let mut m = MetricSink::framework_named(self.naming.clone());
         m.family(
             "scrape_collector_duration_seconds",
             "Time each collector took in this scrape.",
@@ -244,37 +259,29 @@ impl Scraper {
         for e in runner.entries() {
             m.sample(&[("tracer", e.spec.name)], e.state.restarts() as f64);
         }
-        let st = store.stats();
-        m.single(
-            "store_records_written_total",
-            "Records written to the local store.",
-            Kind::Counter,
-            st.written.load(Ordering::Relaxed) as f64,
-        );
-        m.single(
-            "store_write_errors_total",
-            "Records that could not be written to the local store.",
-            Kind::Counter,
-            st.write_errors.load(Ordering::Relaxed) as f64,
-        );
-        m.single(
-            "store_queue_length",
-            "Records waiting to be written.",
+        // HuaTuo's tracing_status collector: records per tracer, and how many run.
+        m.set_collector("tracing_status");
+        m.family(
+            "hitcount",
+            "Records each tracer produced (HuaTuo's name).",
             Kind::Gauge,
-            st.queued.load(Ordering::Relaxed) as f64,
         );
+        for e in runner.entries() {
+            m.sample(&[("tracing", e.spec.name)], e.state.hits() as f64);
+        }
+        let running = runner
+            .entries()
+            .iter()
+            .filter(|e| e.state.status().0 == Status::Active)
+            .count();
         m.single(
-            "store_retention_deleted_total",
-            "Records removed by retention (age or size limit).",
-            Kind::Counter,
-            st.retention_deleted.load(Ordering::Relaxed) as f64,
-        );
-        m.single(
-            "store_size_bytes",
-            "Bytes used by records in the local store.",
+            "running",
+            "Tracers running now (HuaTuo's name).",
             Kind::Gauge,
-            st.size_bytes.load(Ordering::Relaxed) as f64,
+            running as f64,
         );
+        m.set_framework();
+        store.stats().write_metrics(&mut m);
         if let Some(sh) = &self.shipper {
             let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
             m.single(
@@ -300,6 +307,12 @@ impl Scraper {
                 "Records that retention deleted before they could be shipped.",
                 Kind::Counter,
                 n(&sh.expired),
+            );
+            m.single(
+                "shipper_malformed_answers_total",
+                "Answers to _bulk with a 2xx status that were not bulk answers (no items, wrong count); the records were sent again.",
+                Kind::Counter,
+                n(&sh.malformed),
             );
             m.single(
                 "shipper_backlog",
@@ -340,8 +353,133 @@ impl Scraper {
         }
         m.family("build_info", "Build of the running agent.", Kind::Gauge)
             .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+        process_metrics(&mut m, self.start_time_seconds);
         m.into_string()
     }
+}
+
+/// The agent's own process (the real /proc, not the host root), as every Prometheus exporter
+/// reports itself: unprefixed `process_*` names; under HuaTuo's names `<prefix>_process_*`, as
+/// HuaTuo registers its process collector and its dashboards chart it. A file that cannot be
+/// read leaves its families out.
+fn process_metrics(m: &mut MetricSink, start_time_seconds: Option<f64>) {
+    let prefixed = m.huatuo_names();
+    let family = |m: &mut MetricSink, name: &str, help: &str, kind: Kind| {
+        if prefixed {
+            m.family(name, help, kind);
+        } else {
+            m.family_unprefixed(name, help, kind);
+        }
+    };
+    use crate::procfs::{clk_tck, limits, netstat, page_size, pid_stat};
+    let ticks = clk_tck() as f64;
+    if let Some(st) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|t| pid_stat::parse_process(&t).ok())
+    {
+        family(
+            m,
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+            Kind::Counter,
+        );
+        m.sample(&[], (st.utime + st.stime) as f64 / ticks);
+        family(
+            m,
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            Kind::Gauge,
+        );
+        m.sample(&[], st.vsize as f64);
+        family(
+            m,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            Kind::Gauge,
+        );
+        m.sample(&[], (st.rss_pages * page_size()) as f64);
+    }
+    if let Some(t) = start_time_seconds {
+        family(
+            m,
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            Kind::Gauge,
+        );
+        m.sample(&[], t);
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        family(
+            m,
+            "process_open_fds",
+            "Number of open file descriptors.",
+            Kind::Gauge,
+        );
+        m.sample(&[], dir.count() as f64);
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/self/limits") {
+        let value = |l: limits::Limit| match l {
+            limits::Limit::Value(n) => n as f64,
+            // As Go's client reports an unlimited resource.
+            limits::Limit::Unlimited => u64::MAX as f64,
+        };
+        if let Some((soft, _)) = limits::find(&text, "Max open files") {
+            family(
+                m,
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                Kind::Gauge,
+            );
+            m.sample(&[], value(soft));
+        }
+        if let Some((soft, _)) = limits::find(&text, "Max address space") {
+            family(
+                m,
+                "process_virtual_memory_max_bytes",
+                "Maximum amount of virtual memory available in bytes.",
+                Kind::Gauge,
+            );
+            m.sample(&[], value(soft));
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/self/net/netstat") {
+        if let Ok(entries) = netstat::parse(&text) {
+            let octets = |name: &str| {
+                entries
+                    .iter()
+                    .find(|e| e.proto == "IpExt" && e.name == name)
+                    .map(|e| e.value as f64)
+            };
+            for (name, field, help) in [
+                (
+                    "process_network_receive_bytes_total",
+                    "InOctets",
+                    "Number of bytes received by the process over the network.",
+                ),
+                (
+                    "process_network_transmit_bytes_total",
+                    "OutOctets",
+                    "Number of bytes sent by the process over the network.",
+                ),
+            ] {
+                if let Some(v) = octets(field) {
+                    family(m, name, help, Kind::Counter);
+                    m.sample(&[], v);
+                }
+            }
+        }
+    }
+}
+
+/// Boot time (`/proc/stat` btime) plus this process's start (`/proc/self/stat` starttime).
+fn process_start_time_seconds() -> Option<f64> {
+    let boot = crate::procfs::stat::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+        .ok()?
+        .btime?;
+    let st =
+        crate::procfs::pid_stat::parse_process(&std::fs::read_to_string("/proc/self/stat").ok()?)
+            .ok()?;
+    Some(boot as f64 + st.starttime as f64 / crate::procfs::clk_tck() as f64)
 }
 
 #[cfg(test)]
@@ -377,6 +515,61 @@ mod tests {
         build: never_build,
     };
 
+    /// Owns a program that cannot run here; its counters can still be read.
+    struct UnsupportedProgram;
+
+    impl Collector for UnsupportedProgram {
+        fn collect(&self, _ctx: &ScrapeContext, out: &mut MetricSink) -> anyhow::Result<()> {
+            out.single("lost", "x", Kind::Counter, 0.0);
+            Ok(())
+        }
+
+        fn owns_program(&self) -> bool {
+            true
+        }
+
+        fn run(&self, _ctx: &crate::tracer::RunContext) -> Result<(), crate::tracer::TracerError> {
+            Err(crate::tracer::TracerError::Failed(anyhow!("no such hook")))
+        }
+    }
+
+    static UNSUPPORTED_SPEC: TracerSpec = TracerSpec {
+        name: "unsupported_program",
+        mode: Mode::Metric,
+        description: "test",
+        requires: &[],
+        default_enabled: true,
+        build: never_build,
+    };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tracer_that_is_not_active_does_not_report_success() {
+        let (services, store, dir) = services_and_store("scrape-inactive");
+        let e = entry(
+            &UNSUPPORTED_SPEC,
+            Tracer::Metric(Box::new(UnsupportedProgram)),
+            Duration::from_secs(60),
+        );
+        let runner = Runner::new(vec![e.clone()], services);
+        runner.start_all();
+        runner.wait_started(Duration::from_secs(5));
+        assert_eq!(e.state.status().0, Status::Failed);
+        let scraper = Scraper::new(
+            Arc::new(Naming::plain("bq")),
+            Duration::from_secs(5),
+            2,
+            &runner,
+        );
+        let text = scraper.scrape(&runner, &store).await;
+        assert!(
+            text.contains("bq_scrape_collector_success{collector=\"unsupported_program\"} 0"),
+            "{text}"
+        );
+        runner.shutdown(Duration::from_secs(1));
+        store.close();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_collector_reports_failure_and_is_tried_again() {
         let (services, store, dir) = services_and_store("scrape-panic");
@@ -387,7 +580,12 @@ mod tests {
         );
         let runner = Runner::new(vec![e.clone()], services);
         runner.start_all();
-        let scraper = Scraper::new("bq", Duration::from_secs(5), 2, &runner);
+        let scraper = Scraper::new(
+            Arc::new(Naming::plain("bq")),
+            Duration::from_secs(5),
+            2,
+            &runner,
+        );
         let first = scraper.scrape(&runner, &store).await;
         assert!(
             first.contains("bq_scrape_collector_success{collector=\"panics_once\"} 0"),
@@ -402,6 +600,27 @@ mod tests {
             "{second}"
         );
         assert!(second.contains("\nbq_panics_once_up 1\n"), "{second}");
+        // The agent's own process, unprefixed.
+        for family in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(second.contains(&format!("\n# TYPE {family} ")), "{family}");
+            let value: f64 = second
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{family} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{family} has a value"));
+            // CPU time may still be below one tick.
+            assert!(
+                value > 0.0 || family == "process_cpu_seconds_total",
+                "{family} {value}"
+            );
+        }
         assert_eq!(e.state.status().0, Status::Active);
         store.close();
         let _ = std::fs::remove_dir_all(dir);

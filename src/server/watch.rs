@@ -4,22 +4,23 @@
 //! The store's writer hands each committed record to a broadcast ring (nothing is kept when no
 //! one watches). Per client, a small task takes records from the ring, filters them, formats
 //! the CloudEvent and puts it in the client's bounded queue. A client that falls behind — its
-//! queue is full, or it lagged past the ring — is told with an `event: dropped` message (once
+//! queue stays full for a second, or it lagged past the ring — is told with an `event: dropped` message (once
 //! it reads again) and its stream ends: it never blocks the writer and never grows memory past
 //! its queue. The number of clients is capped (429 beyond).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
+use super::listen::ConnHandle;
 use super::{ApiError, AppState};
 use crate::record::{Record, TracerType};
 use crate::store::Published;
@@ -81,6 +82,7 @@ pub fn cloudevent(p: &Published) -> String {
     let kind = match r.tracer_type {
         TracerType::Event => "event",
         TracerType::Autotracing => "autotracing",
+        TracerType::Incident => "incident",
     };
     let mut head = serde_json::json!({
         "specversion": "1.0",
@@ -102,13 +104,13 @@ pub fn cloudevent(p: &Published) -> String {
     s
 }
 
-/// What the per-client task puts in the client's queue.
-enum Item {
-    Record { id: String, json: String },
-    Dropped(String),
+/// One queued event: its id and its CloudEvent JSON.
+struct Item {
+    id: String,
+    json: String,
 }
 
-/// Releases the client's slot when its stream ends.
+/// Releases the client's slot when its connection (or, without one, its stream) ends.
 struct Slot(Arc<StreamStats>);
 
 impl Drop for Slot {
@@ -117,11 +119,33 @@ impl Drop for Slot {
     }
 }
 
+/// How long a client's queue may stay full before the client counts as too slow: a reader
+/// that keeps up empties it far sooner, even while a whole store batch arrives (the shared
+/// ring buffers the burst meanwhile).
+const FULL_QUEUE_GRACE: Duration = Duration::from_secs(1);
+
 pub async fn watch(
     State(app): State<Arc<AppState>>,
+    conn: Option<Extension<ConnHandle>>,
     params: Result<Query<WatchParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    live_stream(
+        &app,
+        conn.map(|Extension(c)| c),
+        move |r| params.matches(r),
+        cloudevent,
+    )
+}
+
+/// The live stream of the records `matches` keeps, each sent as `format` makes it; shared by
+/// this route and HuaTuo's (`server::huatuo`).
+pub(super) fn live_stream(
+    app: &AppState,
+    conn: Option<ConnHandle>,
+    matches: impl Fn(&Record) -> bool + Send + 'static,
+    format: fn(&Published) -> String,
+) -> Result<Response, ApiError> {
     let stats = app.stream.clone();
     let limits = app.stream_limits;
     // Take a slot, or 429.
@@ -132,6 +156,7 @@ pub async fn watch(
         });
     if taken.is_err() {
         stats.rejected_total.fetch_add(1, Ordering::Relaxed);
+        // The accept loop closes the connection of a 429: a refused client holds none.
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_clients",
@@ -142,14 +167,36 @@ pub async fn watch(
         ));
     }
     stats.connected_total.fetch_add(1, Ordering::Relaxed);
+    // The slot is the client's TCP connection: freed when that closes, not when the stream
+    // ends (a dropped client that reads nothing keeps its connection until the write timeout
+    // cuts it, and holds its slot until then).
     let slot = Slot(stats.clone());
+    let slot = match &conn {
+        Some(conn) => {
+            conn.hold(slot);
+            None
+        }
+        None => Some(slot),
+    };
     let mut ring = app.store.subscribe();
-    // One slot more than the buffer: the last one is kept for the `dropped` notice.
-    let (tx, rx) = mpsc::channel::<Item>(limits.client_buffer.max(1) + 1);
+    let (tx, rx) = mpsc::channel::<Item>(limits.client_buffer.max(1));
+    // Why the client was dropped, told after what was queued before.
+    let dropped: Arc<Mutex<Option<String>>> = Arc::default();
+    let task_dropped = dropped.clone();
     let task_stats = stats.clone();
     tokio::spawn(async move {
         // Ends when the client goes away (the queue's receiver is dropped) or is dropped.
-        let _slot = slot;
+        let drop_client = |why: String| {
+            task_stats
+                .dropped_clients_total
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(reason = %why, "live stream: dropping a slow client");
+            *task_dropped.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            // The connection closes after the notice, which frees the slot.
+            if let Some(conn) = &conn {
+                conn.close_when_done();
+            }
+        };
         loop {
             let got = tokio::select! {
                 r = ring.recv() => r,
@@ -158,54 +205,53 @@ pub async fn watch(
             let p = match got {
                 Ok(p) => p,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    drop_client(
-                        &tx,
-                        &task_stats,
-                        format!("the client fell {n} records behind"),
-                    );
+                    drop_client(format!("the client fell {n} records behind"));
                     return;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
-            if !params.matches(&p.record) {
+            if !matches(&p.record) {
                 continue;
             }
-            if tx.capacity() <= 1 {
-                drop_client(
-                    &tx,
-                    &task_stats,
-                    format!(
-                        "the client did not keep up: {} events waited unread",
-                        limits.client_buffer
-                    ),
-                );
-                return;
-            }
-            let item = Item::Record {
-                id: p.record.tracer_id.clone(),
-                json: cloudevent(&p),
+            let room = match tokio::time::timeout(FULL_QUEUE_GRACE, tx.reserve()).await {
+                Ok(Ok(room)) => room,
+                Ok(Err(_)) => return, // the client went away
+                Err(_) => {
+                    drop_client(format!(
+                        "the client did not keep up: {} events waited unread for {} ms",
+                        limits.client_buffer,
+                        FULL_QUEUE_GRACE.as_millis()
+                    ));
+                    return;
+                }
             };
-            if tx.try_send(item).is_err() {
-                return;
-            }
+            room.send(Item {
+                id: p.record.tracer_id.clone(),
+                json: format(&p),
+            });
         }
     });
     let sent = stats.clone();
     let stream = futures_util::stream::unfold((rx, false), move |(mut rx, done)| {
         let sent = sent.clone();
+        let dropped = dropped.clone();
+        // Without a connection to hold it, the slot lives as long as the stream.
+        let _slot = &slot;
         async move {
             if done {
                 return None;
             }
-            match rx.recv().await? {
-                Item::Record { id, json } => {
+            match rx.recv().await {
+                Some(Item { id, json }) => {
                     sent.sent_total.fetch_add(1, Ordering::Relaxed);
                     Some((
                         Ok::<_, Infallible>(Event::default().id(id).data(json)),
                         (rx, false),
                     ))
                 }
-                Item::Dropped(why) => {
+                // The task ended: the client is told why if it was dropped.
+                None => {
+                    let why = dropped.lock().unwrap_or_else(|e| e.into_inner()).take()?;
                     let body =
                         serde_json::json!({"error": {"code": "slow_client", "message": why}});
                     Some((
@@ -223,14 +269,6 @@ pub async fn watch(
                 .text("keep-alive"),
         )
         .into_response())
-}
-
-/// Tells a slow client why it is dropped, after what is already queued (in the slot kept for
-/// the notice); its stream ends there.
-fn drop_client(tx: &mpsc::Sender<Item>, stats: &StreamStats, why: String) {
-    stats.dropped_clients_total.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(reason = %why, "live stream: dropping a slow client");
-    let _ = tx.try_send(Item::Dropped(why));
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ pub struct Services {
     pub symbolizer: KernelSymbolizer,
     /// What one tracer measures for others to read.
     pub shared: SharedMeasurements,
+    /// The TCP port the agent's own HTTP server listens on (0: none), so tracers can leave the
+    /// agent's own traffic out.
+    pub agent_port: u16,
 }
 
 /// Measurements one tracer makes and others read, so that no tracer imports another: the
@@ -130,10 +133,45 @@ impl RunContext {
         self.shutdown.load(Ordering::Relaxed) || self.state.stop_requested()
     }
 
+    /// Readable once the tracer is told to stop, for a thread that sleeps in epoll/poll (None:
+    /// no eventfd; poll [`RunContext::stopping`] instead).
+    pub fn stop_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.state.stop_fd()
+    }
+
+    /// Sleeps until `fd` is readable, the tracer is told to stop, or `timeout`: a reader of a
+    /// socket or device sleeps in the kernel instead of polling its stop flag. Without a stop
+    /// fd, the wait is capped at 100 ms so that a stop is still seen soon.
+    pub fn wait_readable(&self, fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) {
+        use std::os::fd::AsRawFd;
+        let stop = self.stop_fd();
+        let timeout = match stop {
+            Some(_) => timeout,
+            None => timeout.min(Duration::from_millis(100)),
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.map_or(-1, |s| s.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: two valid pollfds for the duration of the call (poll skips a negative fd). An
+        // error or a signal only ends the wait early; the caller reads and checks again.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    }
+
     /// Sleeps up to `d`, waking early when told to stop. Returns false if stopping.
     ///
-    /// The runner wakes the thread when it stops the tracer or the agent, so an idle tracer
-    /// costs no wake-ups; the wait is still cut into 1 s pieces as a bound on a missed wake-up.
+    /// The runner wakes the thread when it stops the tracer or the agent (under the lock the
+    /// sleeper checks the stop flags under, so no wake-up is missed), so an idle tracer costs no
+    /// wake-ups; the wait is still cut into 60 s pieces as a bound.
     pub fn sleep(&self, d: Duration) -> bool {
         let end = Instant::now() + d;
         while !self.stopping() {
@@ -142,7 +180,7 @@ impl RunContext {
                 return true;
             }
             self.state
-                .wait((end - now).min(Duration::from_secs(1)), || self.stopping());
+                .wait((end - now).min(Duration::from_secs(60)), || self.stopping());
         }
         false
     }
@@ -189,6 +227,11 @@ impl RunContext {
 
     pub fn symbolizer(&self) -> &KernelSymbolizer {
         &self.services.symbolizer
+    }
+
+    /// The TCP port of the agent's own HTTP server (0: none).
+    pub fn agent_port(&self) -> u16 {
+        self.services.agent_port
     }
 
     /// The live containers' cgroups (a view at most [`view::MAX_AGE`] old).

@@ -108,7 +108,14 @@ impl<'t> BpfProgram<'t> {
                         bpf::size_ring_buffer(&mut map, rate, bytes)?;
                     }
                 }
-                Some(CONTAINER_FILTER_MAP) => filter.share_map(&mut map)?,
+                Some(CONTAINER_FILTER_MAP) if filter.map_fd().is_some() => {
+                    filter.share_map(&mut map)?
+                }
+                // No filter configured: the program never looks in its own map (mode off), so
+                // one entry instead of 16,384 preallocated (1.3 MiB of kernel memory a tracer).
+                Some(CONTAINER_FILTER_MAP) => map
+                    .set_max_entries(1)
+                    .context("sizing the unused container filter map")?,
                 _ => {}
             }
         }
@@ -197,8 +204,8 @@ impl<'t, 'obj, S: Skel<'obj>> Loaded<'t, S> {
         self.poll_with_tick(handle, || {})
     }
 
-    /// [`Loaded::poll`], calling `tick` once per poll round (at least every
-    /// [`bpf::RING_POLL_INTERVAL`]).
+    /// [`Loaded::poll`], calling `tick` once per poll round (every [`bpf::RING_POLL_INTERVAL`]
+    /// while records come, at least every [`bpf::RING_IDLE_TIMEOUT`] when idle).
     pub fn poll_with_tick<T: Plain>(
         &self,
         mut handle: impl FnMut(&T, &BootClock),
@@ -209,6 +216,7 @@ impl<'t, 'obj, S: Skel<'obj>> Loaded<'t, S> {
         let mut capture = Capture::open(self.ctx.name());
         bpf::poll_ring_buffer_with_tick(
             &|| self.ctx.stopping(),
+            self.ctx.stop_fd(),
             &events as &dyn MapCore,
             |data| {
                 if let Some(c) = capture.as_mut() {

@@ -26,6 +26,42 @@ pub struct TracerState {
     stop: AtomicBool,
     /// Wakes the tracer's [`RunContext::sleep`] when it is told to stop (no polling).
     wake: (Mutex<()>, Condvar),
+    /// Readable once the tracer is told to stop: ring-buffer readers sleep in epoll on it.
+    stop_event: Option<StopEvent>,
+}
+
+/// An eventfd that turns readable on [`StopEvent::signal`] until [`StopEvent::clear`].
+#[derive(Debug)]
+struct StopEvent(std::os::fd::OwnedFd);
+
+impl StopEvent {
+    fn new() -> Option<StopEvent> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd has no memory preconditions; a valid fd is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "no eventfd: ring-buffer readers poll");
+            return None;
+        }
+        // SAFETY: fd is a fresh eventfd that nothing else owns.
+        Some(StopEvent(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn signal(&self) {
+        use std::os::fd::AsRawFd;
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own. A full counter
+        // (EAGAIN) is already readable.
+        let _ = unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn clear(&self) {
+        use std::os::fd::AsRawFd;
+        let mut n: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64 from a non-blocking eventfd we own; EAGAIN
+        // means it was clear.
+        let _ = unsafe { libc::read(self.0.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+    }
 }
 
 impl TracerState {
@@ -36,7 +72,14 @@ impl TracerState {
             restarts: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             wake: (Mutex::new(()), Condvar::new()),
+            stop_event: StopEvent::new(),
         }
+    }
+
+    /// Readable once the tracer is told to stop (None: no eventfd, poll instead).
+    pub(crate) fn stop_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.stop_event.as_ref().map(|e| e.0.as_fd())
     }
 
     /// Wakes a sleeping tracer thread so that it sees a stop request at once.
@@ -44,6 +87,9 @@ impl TracerState {
         // Taking the lock orders this after a sleeper's check of the stop flags.
         let _g = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
         self.wake.1.notify_all();
+        if let Some(e) = &self.stop_event {
+            e.signal();
+        }
     }
 
     /// Waits up to `d` or until [`TracerState::wake`]; `check` (under the lock) ends the wait
@@ -348,6 +394,9 @@ impl Runner {
             return;
         }
         entry.state.stop.store(false, Ordering::Relaxed);
+        if let Some(e) = &entry.state.stop_event {
+            e.clear();
+        }
         match entry.tracer.as_ref() {
             Tracer::Metric(c) if !c.owns_program() => {
                 entry.state.set_status(Status::Active, "");
@@ -618,6 +667,7 @@ pub(crate) mod testing {
             containers,
             symbolizer: crate::bpf::KernelSymbolizer::new(),
             shared: Default::default(),
+            agent_port: 0,
         });
         (services, store, dir)
     }
@@ -636,6 +686,32 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stop_makes_the_stop_fd_readable_until_the_tracer_starts_again() {
+        use std::os::fd::AsRawFd;
+        let readable = |st: &TracerState| {
+            let mut p = libc::pollfd {
+                fd: st.stop_fd().expect("an eventfd").as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; a zero timeout does not block.
+            unsafe { libc::poll(&mut p, 1, 0) == 1 }
+        };
+        let st = TracerState::new(Status::Active, String::new());
+        assert!(!readable(&st));
+        st.wake();
+        assert!(readable(&st));
+        assert!(
+            readable(&st),
+            "stays readable: every later wait sees the stop"
+        );
+        if let Some(e) = &st.stop_event {
+            e.clear();
+        }
+        assert!(!readable(&st));
+    }
+
     use super::*;
 
     /// Builds every tracer from a config file's tracer sections.

@@ -71,6 +71,32 @@ impl Agent {
     /// Starts the agent in `dir` (its config, log and `data/` live there): a restart on the same
     /// store after [`Agent::kill9`].
     pub fn start_in(dir: TempDir, config: &str, args: &[&str]) -> Agent {
+        Agent::start_full(&[], dir, config, args, |_| {})
+    }
+
+    /// [`Agent::start_in`] with a last change to the command (limits, environment).
+    pub fn start_with(
+        dir: TempDir,
+        config: &str,
+        args: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> Agent {
+        Agent::start_full(&[], dir, config, args, customize)
+    }
+
+    /// [`Agent::start_in`] through a wrapper command (`setpriv …`) that execs the agent; the
+    /// child's pid is the agent's then.
+    pub fn start_wrapped(wrapper: &[&str], dir: TempDir, config: &str, args: &[&str]) -> Agent {
+        Agent::start_full(wrapper, dir, config, args, |_| {})
+    }
+
+    fn start_full(
+        wrapper: &[&str],
+        dir: TempDir,
+        config: &str,
+        args: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> Agent {
         let cfg_path = dir.path().join("bianque.toml");
         std::fs::write(&cfg_path, config).expect("write config");
         let addr = format!("127.0.0.1:{}", free_port());
@@ -79,8 +105,15 @@ impl Agent {
             .append(true)
             .open(dir.path().join("agent.log"))
             .expect("log file");
-        let child = Command::new(BIN)
-            .arg("run")
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.arg("run")
             .arg("--config")
             .arg(&cfg_path)
             .arg("--listen")
@@ -90,9 +123,9 @@ impl Agent {
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn bianque");
+            .stderr(log);
+        customize(&mut cmd);
+        let child = cmd.spawn().expect("spawn bianque");
         let agent = Agent {
             child: Some(child),
             addr,

@@ -3,6 +3,7 @@
  * then filters by protocol/port, rate-limits, and only then pays for the header reads. It is the
  * only program writing its counters, so the adds need no locked instruction (a drop storm makes
  * two per drop). */
+#define BIANQUE_SOURCE_LIMIT
 #include "bianque.bpf.h"
 #include "dropwatch.h"
 
@@ -11,9 +12,15 @@
 #define IPPROTO_ICMPV6_NR 58
 
 const volatile __u32 max_events_per_second = 100;
+const volatile __u32 max_events_per_second_per_source = 25;
 const volatile __u32 filter_protocols = 0;
 const volatile __u16 filter_ports[MAX_FILTER_PORTS] = {};
 const volatile __u32 filter_port_count = 0;
+/* Drop reasons of a normal connection teardown (bit per reason), counted but not recorded. */
+const volatile __u64 teardown_reasons[TEARDOWN_MASK_WORDS] = {};
+/* The agent's own process (its probes, its HTTP sockets' teardown) and its listen port. */
+const volatile __u32 agent_tgid = 0;
+const volatile __u16 agent_port = 0;
 
 /* Globals of the record and enum types, so that the skeleton generates them for user space. */
 struct drop_event _event_type = {};
@@ -122,24 +129,55 @@ static __always_inline bool filter_match(const struct drop_event *e)
 	return true;
 }
 
+static __always_inline bool is_teardown(__u32 reason)
+{
+	__u32 word = reason / 64;
+
+	/* Checked on the index register itself: the compiler would otherwise reuse an earlier
+	 * bound on another copy of `reason`, which the verifier does not carry over. */
+	barrier_var(word);
+	if (word >= TEARDOWN_MASK_WORDS)
+		return false;
+	return (teardown_reasons[word] >> (reason % 64)) & 1;
+}
+
+/* The per-source limit, then the global one; each counts what it refuses. */
+static __always_inline bool limit_pass(__u64 memcg_id)
+{
+	switch (rate_limit_source(max_events_per_second, max_events_per_second_per_source, memcg_id)) {
+	case RATE_PASS:
+		return true;
+	case RATE_SOURCE_LIMITED:
+		counter_add_owned(SLOT_SOURCE_SUPPRESSED, 1);
+		return false;
+	default:
+		counter_add_owned(SLOT_SUPPRESSED, 1);
+		return false;
+	}
+}
+
 /* Everything past the storm path's checks: the record (zeroed here, not on every drop). */
 static __always_inline void record_drop(struct sk_buff *skb, void *location,
-					enum skb_drop_reason reason, bool filtering)
+					enum skb_drop_reason reason, bool filtering,
+					__u64 memcg_id)
 {
 	struct drop_event e = {};
-	struct task_struct *task;
 	struct net_device *dev;
 
 	parse_headers(skb, &e);
+	/* Traffic of the agent's listen port seen from another context (a remote scraper). */
+	if (agent_port && e.l4_proto == IPPROTO_TCP && e.has_l4 &&
+	    (e.sport == agent_port || e.dport == agent_port)) {
+		counter_add_owned(SLOT_AGENT_TRAFFIC, 1);
+		return;
+	}
 	if (filtering) {
 		if (!filter_match(&e)) {
 			counter_add_owned(SLOT_FILTERED, 1);
 			return;
 		}
-		if (!rate_limit_pass(max_events_per_second)) {
-			counter_add_owned(SLOT_SUPPRESSED, 1);
+		if (!limit_pass(memcg_id))
 			return;
-		}
 	}
 
 	e.time_ns = bpf_ktime_get_boot_ns();
@@ -149,8 +187,7 @@ static __always_inline void record_drop(struct sk_buff *skb, void *location,
 	e.tid = (__u32)bpf_get_current_pid_tgid();
 	e.cpu = bpf_get_smp_processor_id();
 	bpf_get_current_comm(e.comm, sizeof(e.comm));
-	task = (struct task_struct *)bpf_get_current_task();
-	e.memcg_id = task_memcg_id(task);
+	e.memcg_id = memcg_id;
 	dev = BPF_CORE_READ(skb, dev);
 	if (dev) {
 		e.ifindex = BPF_CORE_READ(dev, ifindex);
@@ -170,21 +207,30 @@ SEC("tp_btf/kfree_skb")
 int BPF_PROG(bq_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
 	bool filtering = filter_protocols || filter_port_count;
+	__u64 memcg_id;
 
 	counter_add_owned(reason < REASON_SLOTS ? reason : REASON_SLOTS - 1, 1);
 
-	if (container_filter_mode &&
-	    !container_filter_pass(task_memcg_id((struct task_struct *)bpf_get_current_task()))) {
+	/* Both before the limit: neither uses up a pass. */
+	if (is_teardown(reason)) {
+		counter_add_owned(SLOT_TEARDOWN, 1);
+		return 0;
+	}
+	if (agent_tgid && bpf_get_current_pid_tgid() >> 32 == agent_tgid) {
+		counter_add_owned(SLOT_AGENT_TRAFFIC, 1);
+		return 0;
+	}
+
+	memcg_id = task_memcg_id((struct task_struct *)bpf_get_current_task());
+	if (container_filter_mode && !container_filter_pass(memcg_id)) {
 		counter_add_owned(SLOT_FILTERED, 1);
 		return 0;
 	}
 
 	/* Without a filter, refuse before touching the packet: the storm path stays cheap. */
-	if (!filtering && !rate_limit_pass(max_events_per_second)) {
-		counter_add_owned(SLOT_SUPPRESSED, 1);
+	if (!filtering && !limit_pass(memcg_id))
 		return 0;
-	}
-	record_drop(skb, location, reason, filtering);
+	record_drop(skb, location, reason, filtering, memcg_id);
 	return 0;
 }
 

@@ -8,9 +8,12 @@
  * reads these names, and those of the enums below, through the skeleton (`types::…`). */
 enum counter_slot {
 	REASON_SLOTS = 512,
-	SLOT_SUPPRESSED = REASON_SLOTS, /* matched the filter, refused by the rate limit */
+	SLOT_SUPPRESSED = REASON_SLOTS, /* matched the filter, refused by the global rate limit */
 	SLOT_RINGBUF_FULL,              /* passed the limit, ring buffer had no room */
 	SLOT_FILTERED,                  /* did not match the protocol/port or container filter */
+	SLOT_SOURCE_SUPPRESSED,         /* refused by the per-source (memcg, uid) rate limit */
+	SLOT_TEARDOWN,                  /* a normal-teardown reason, not recorded unless asked */
+	SLOT_AGENT_TRAFFIC,             /* the agent's own traffic (its task, its listen port) */
 	COUNTER_SLOTS,
 };
 
@@ -24,6 +27,7 @@ enum proto_bit {
 
 enum filter_limit {
 	MAX_FILTER_PORTS = 8,
+	TEARDOWN_MASK_WORDS = REASON_SLOTS / 64, /* one bit per drop reason */
 };
 
 struct drop_event {

@@ -2,8 +2,10 @@
 //! the packet's addresses and ports, and who was running.
 //!
 //! Hook: `tp_btf/kfree_skb` (no kprobes needed). In BPF every drop is counted by reason; drops
-//! that match the protocol/port filter pass a global rate limit (default 100/s) before their
-//! headers are read and sent up. Suppressed, filtered and ring-buffer-lost drops are counted.
+//! that match the protocol/port filter pass a per-source limit (a source is the memory cgroup
+//! and uid of the running task; default 25/s) and a global one (default 100/s) before their
+//! headers are read and sent up, so one flooding source cannot hide the others' drops.
+//! Suppressed (by each limit), filtered and ring-buffer-lost drops are counted.
 
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -58,23 +60,51 @@ static SPEC: TracerSpec = TracerSpec {
 pub struct DropwatchConfig {
     /// Records per second at most (0 = no limit); the rest are counted as suppressed.
     pub max_events_per_second: u32,
+    /// Records per second at most from one source (memory cgroup and uid of the running task);
+    /// 0 = no per-source limit. Default: a quarter of `max_events_per_second`.
+    pub max_events_per_second_per_source: Option<u32>,
     /// Only these L4 protocols (`tcp`, `udp`, `icmp`, `other`); empty = all.
     pub protocols: Vec<String>,
     /// Only TCP/UDP packets with one of these source or destination ports; empty = all.
     pub ports: Vec<u16>,
+    /// Leave out the agent's own traffic: drops in its own process (its probes, its sockets'
+    /// teardown) and TCP drops to or from its listen port. Counted, not recorded.
+    pub ignore_agent_traffic: bool,
+    /// Record drops whose reason is one of `teardown_reasons` too (they are always counted).
+    pub record_teardown: bool,
+    /// Drop reasons of a normal connection teardown (kernel names without `SKB_DROP_REASON_`).
+    pub teardown_reasons: Vec<String>,
 }
 
 impl Default for DropwatchConfig {
     fn default() -> Self {
         DropwatchConfig {
             max_events_per_second: 100,
+            max_events_per_second_per_source: None,
             protocols: Vec::new(),
             ports: Vec::new(),
+            ignore_agent_traffic: true,
+            record_teardown: false,
+            // A closing socket's queues purged (the peer's FIN still queued: every HTTP
+            // connection), a segment for a socket already closed, the receive queue at close.
+            teardown_reasons: ["QUEUE_PURGE", "SOCKET_CLOSE", "TCP_CLOSE"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
 
 impl DropwatchConfig {
+    /// The per-source limit in force: the configured one, else a quarter of the global one
+    /// (at least 1; none without a global limit).
+    fn per_source_limit(&self) -> u32 {
+        self.max_events_per_second_per_source
+            .unwrap_or(match self.max_events_per_second {
+                0 => 0,
+                n => (n / 4).max(1),
+            })
+    }
+
     fn protocol_mask(&self, section: &str) -> ConfigResult<u32> {
         let mut mask = 0;
         for p in &self.protocols {
@@ -102,7 +132,28 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
         0,
         1_000_000,
     )?;
+    let per_source = format!("{}.max_events_per_second_per_source", ctx.section);
+    if let Some(n) = cfg.max_events_per_second_per_source {
+        check_range(&per_source, n, 0, 1_000_000)?;
+        if cfg.max_events_per_second > 0 && n > cfg.max_events_per_second {
+            return Err(ConfigError(format!(
+                "{per_source} = {n} is above max_events_per_second = {}: one source could use the whole limit",
+                cfg.max_events_per_second
+            )));
+        }
+    }
     let protocol_mask = cfg.protocol_mask(ctx.section)?;
+    if let Some(bad) = cfg.teardown_reasons.iter().find(|r| {
+        r.is_empty()
+            || !r
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    }) {
+        return Err(ConfigError(format!(
+            "{}.teardown_reasons: `{bad}` is not a drop reason name (like QUEUE_PURGE)",
+            ctx.section
+        )));
+    }
     if cfg.ports.len() > MAX_FILTER_PORTS {
         return Err(ConfigError(format!(
             "{}.ports: at most {MAX_FILTER_PORTS} ports, found {}",
@@ -139,6 +190,29 @@ fn load_reason_names() -> Result<EnumNames> {
     }
 }
 
+const TEARDOWN_MASK_WORDS: usize = filter_limit::TEARDOWN_MASK_WORDS.0 as usize;
+
+/// One bit per drop reason of `wanted` that this kernel has (names without the prefix); a name
+/// it does not have is left out (kernels add and rename reasons).
+fn teardown_mask(names: &EnumNames, wanted: &[String]) -> [u64; TEARDOWN_MASK_WORDS] {
+    let mut mask = [0u64; TEARDOWN_MASK_WORDS];
+    for reason in 0..Slot::REASON_SLOTS.0 {
+        if wanted.iter().any(|w| *w == names.name(reason)) {
+            mask[reason as usize / 64] |= 1 << (reason % 64);
+        }
+    }
+    mask
+}
+
+/// The agent's tgid as BPF sees it (the host's pid namespace): `<host root>/proc/self` names
+/// it when the host's /proc is mounted there; else this namespace's pid.
+fn agent_tgid(ctx: &RunContext) -> u32 {
+    std::fs::read_link(ctx.host().proc("self"))
+        .ok()
+        .and_then(|p| p.to_str()?.parse().ok())
+        .unwrap_or_else(std::process::id)
+}
+
 impl EventTracer for Dropwatch {
     fn run(&self, ctx: &RunContext) -> Result<(), TracerError> {
         match load_reason_names() {
@@ -154,10 +228,19 @@ impl EventTracer for Dropwatch {
             .load(DropwatchSkelBuilder::default(), &mut storage, |open| {
                 let rodata = program::rodata(open.maps.rodata_data.as_deref_mut())?;
                 rodata.max_events_per_second = self.cfg.max_events_per_second;
+                rodata.max_events_per_second_per_source = self.cfg.per_source_limit();
                 rodata.filter_protocols = self.protocol_mask;
                 rodata.filter_port_count = self.cfg.ports.len() as u32;
                 for (slot, port) in rodata.filter_ports.iter_mut().zip(&self.cfg.ports) {
                     *slot = *port;
+                }
+                if !self.cfg.record_teardown {
+                    let names = self.reasons.read().unwrap_or_else(|e| e.into_inner());
+                    rodata.teardown_reasons = teardown_mask(&names, &self.cfg.teardown_reasons);
+                }
+                if self.cfg.ignore_agent_traffic {
+                    rodata.agent_tgid = agent_tgid(ctx);
+                    rodata.agent_port = ctx.agent_port();
                 }
                 Ok(())
             })?
@@ -182,9 +265,34 @@ impl EventTracer for Dropwatch {
                 out.sample(&[("reason", &names.name(reason))], n as f64);
             }
         }
+        let by_source = c.get(Slot::SLOT_SOURCE_SUPPRESSED.0 as usize);
         Refused::new("Drops", Slot::SLOT_SUPPRESSED.0, Slot::SLOT_RINGBUF_FULL.0)
+            .also_suppressed(by_source, "the per-source limit")
             .filtered(Slot::SLOT_FILTERED.0, "protocol/port")
             .write(&c, out);
+        out.family(
+            "not_recorded_total",
+            "Drops counted but not recorded: `teardown` (a normal-teardown reason, see events_total by reason; record_teardown = true records them) or `agent` (the agent's own traffic; ignore_agent_traffic = false records it).",
+            Kind::Counter,
+        );
+        out.sample(
+            &[("why", "teardown")],
+            c.get(Slot::SLOT_TEARDOWN.0 as usize) as f64,
+        );
+        out.sample(
+            &[("why", "agent")],
+            c.get(Slot::SLOT_AGENT_TRAFFIC.0 as usize) as f64,
+        );
+        out.family(
+            "suppressed_by_limit_total",
+            "Drops not recorded, by the limit that refused them: `source` (one memory cgroup and uid over max_events_per_second_per_source) or `global` (max_events_per_second).",
+            Kind::Counter,
+        );
+        out.sample(&[("limit", "source")], by_source as f64);
+        out.sample(
+            &[("limit", "global")],
+            c.get(Slot::SLOT_SUPPRESSED.0 as usize) as f64,
+        );
         Ok(())
     }
 }
@@ -490,9 +598,52 @@ mod tests {
         );
         let t: toml::Table = toml::from_str("ports = [1,2,3,4,5,6,7,8,9]").unwrap();
         assert!(build(&bctx, &t).is_err());
+        let t: toml::Table =
+            toml::from_str("max_events_per_second = 10\nmax_events_per_second_per_source = 11")
+                .unwrap();
+        let err = build(&bctx, &t).err().unwrap();
+        assert!(
+            err.0
+                .contains("events.dropwatch.max_events_per_second_per_source = 11"),
+            "{err}"
+        );
+        let t: toml::Table = toml::from_str("teardown_reasons = [\"queue purge\"]").unwrap();
+        let err = build(&bctx, &t).err().unwrap();
+        assert!(err.0.contains("events.dropwatch.teardown_reasons"), "{err}");
         let t: toml::Table = toml::from_str("max_events = 5").unwrap();
         let err = build(&bctx, &t).err().unwrap();
         assert!(err.0.contains("max_events"), "{err}");
+    }
+
+    #[test]
+    fn the_per_source_limit_defaults_to_a_quarter_of_the_global_one() {
+        let cfg = |global, per_source| DropwatchConfig {
+            max_events_per_second: global,
+            max_events_per_second_per_source: per_source,
+            ..Default::default()
+        };
+        assert_eq!(cfg(100, None).per_source_limit(), 25);
+        assert_eq!(cfg(3, None).per_source_limit(), 1);
+        assert_eq!(cfg(0, None).per_source_limit(), 0, "no limit, no share");
+        assert_eq!(cfg(100, Some(0)).per_source_limit(), 0);
+        assert_eq!(cfg(100, Some(60)).per_source_limit(), 60);
+    }
+
+    #[test]
+    fn teardown_reasons_become_bits_of_the_kernels_reason_numbers() {
+        let names = EnumNames::from_members(&[
+            (3, "NO_SOCKET".into()),
+            (4, "SOCKET_CLOSE".into()),
+            (104, "QUEUE_PURGE".into()),
+        ]);
+        let mask = teardown_mask(
+            &names,
+            &DropwatchConfig::default().teardown_reasons, // TCP_CLOSE is not on this kernel
+        );
+        assert_eq!(mask[0], 1 << 4);
+        assert_eq!(mask[1], 1 << (104 - 64));
+        assert!(mask[2..].iter().all(|w| *w == 0));
+        assert_eq!(teardown_mask(&names, &[]), [0; TEARDOWN_MASK_WORDS]);
     }
 
     #[test]

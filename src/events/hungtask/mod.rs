@@ -153,6 +153,13 @@ impl EventTracer for Hungtask {
             Kind::Counter,
             c.get(Slot::SLOT_REPORTED.0 as usize) as f64,
         );
+        // HuaTuo's name for the same count.
+        out.single(
+            "total",
+            "Hung-task reports of the kernel's detector.",
+            Kind::Counter,
+            c.get(Slot::SLOT_REPORTED.0 as usize) as f64,
+        );
         Refused::new(
             "Hung-task reports",
             Slot::SLOT_SUPPRESSED.0,

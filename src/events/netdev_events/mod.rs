@@ -7,7 +7,7 @@
 //! name comes from the ethtool GDRVINFO ioctl. Links in the agent's network namespace only.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
@@ -70,6 +70,7 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     Ok(Tracer::Event(Box::new(NetdevEvents {
         cfg,
         changes: Default::default(),
+        by_device: Default::default(),
         lost: AtomicU64::new(0),
     })))
 }
@@ -78,6 +79,9 @@ pub struct NetdevEvents {
     cfg: NetdevEventsConfig,
     /// Per entry of CHANGES.
     changes: [AtomicU64; 4],
+    /// Per device (name, driver, driver version, firmware version) that changed, per entry of
+    /// CHANGES: HuaTuo's `linkstatus_*_total{device,driver,…}` (devices are few: bounded).
+    by_device: std::sync::Mutex<std::collections::BTreeMap<[String; 4], [u64; 4]>>,
     /// Times the kernel dropped notifications (socket overrun); states are re-read then.
     lost: AtomicU64,
 }
@@ -370,6 +374,10 @@ fn recv(sock: &OwnedFd, buf: &mut [u8]) -> Result<Recv> {
     }
 }
 
+/// How long the reader sleeps with no notification before it looks again (a bound: a
+/// notification or the stop wakes it at once).
+const IDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn wait_readable(sock: &OwnedFd, timeout_ms: i32) {
     let mut pfd = libc::pollfd {
         fd: sock.as_raw_fd(),
@@ -444,6 +452,21 @@ impl NetdevEvents {
             }
         }
         let (driver, driver_version, firmware_version) = driver_info(&link.ifname);
+        {
+            let key = [
+                link.ifname.clone(),
+                driver.clone().unwrap_or_default(),
+                driver_version.clone().unwrap_or_default(),
+                firmware_version.clone().unwrap_or_default(),
+            ];
+            let mut by_device = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
+            let counts = by_device.entry(key).or_default();
+            for c in &changes {
+                if let Some(i) = CHANGES.iter().position(|x| x == c) {
+                    counts[i] += 1;
+                }
+            }
+        }
         let data = NetdevData {
             ifname: link.ifname,
             index: link.index,
@@ -474,7 +497,7 @@ impl EventTracer for NetdevEvents {
                         self.handle(ctx, link, &mut states);
                     }
                 }
-                Recv::Empty => wait_readable(&sock, 100),
+                Recv::Empty => ctx.wait_readable(sock.as_fd(), IDLE_WAIT),
                 Recv::Overrun => {
                     // Changes in the lost notifications cannot be told; re-learn the states.
                     self.lost.fetch_add(1, Ordering::Relaxed);
@@ -498,6 +521,37 @@ impl EventTracer for NetdevEvents {
                 self.changes[i].load(Ordering::Relaxed) as f64,
             );
         }
+        // HuaTuo's per-device counters, one family per change.
+        let by_device = self.by_device.lock().unwrap_or_else(|e| e.into_inner());
+        if !by_device.is_empty() {
+            for (i, name) in [
+                "linkstatus_adminup_total",
+                "linkstatus_admindown_total",
+                "linkstatus_carrierup_total",
+                "linkstatus_carrierdown_total",
+            ]
+            .iter()
+            .enumerate()
+            {
+                out.family(
+                    name,
+                    "Link state changes recorded on a device.",
+                    Kind::Counter,
+                );
+                for (key, counts) in by_device.iter() {
+                    out.sample(
+                        &[
+                            ("device", key[0].as_str()),
+                            ("driver", key[1].as_str()),
+                            ("driver_version", key[2].as_str()),
+                            ("firmware_version", key[3].as_str()),
+                        ],
+                        counts[i] as f64,
+                    );
+                }
+            }
+        }
+        drop(by_device);
         out.single(
             "lost_total",
             "Times link notifications were lost (socket overrun) and link states were re-read.",

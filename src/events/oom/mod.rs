@@ -136,6 +136,13 @@ impl EventTracer for Oom {
             &[("constraint", "memcg")],
             c.get(Slot::SLOT_MEMCG.0 as usize) as f64,
         );
+        // HuaTuo's name for the host's count.
+        out.single(
+            "host_total",
+            "Tasks the OOM killer picked for the host (global constraint).",
+            Kind::Counter,
+            c.get(Slot::SLOT_GLOBAL.0 as usize) as f64,
+        );
         Refused::new(
             "OOM victims",
             Slot::SLOT_SUPPRESSED.0,

@@ -10,7 +10,7 @@ pub mod kmsg;
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,7 +31,9 @@ use kmsg::{Lockup, LockupParser};
 /// A report still open this long after its last line is complete (the kernel prints one
 /// report in a burst).
 const REPORT_IDLE: Duration = Duration::from_millis(500);
-const POLL_INTERVAL_MS: i32 = 100;
+/// How long the reader sleeps with nothing logged before it looks again (a bound: a record
+/// or the stop wakes it at once).
+const IDLE_WAIT: Duration = Duration::from_secs(5);
 /// Longest /dev/kmsg record (the kernel's limit is 1024 bytes of text plus the dictionary).
 const RECORD_BUF: usize = 8192;
 const MAX_EXTRA_PATTERNS: usize = 32;
@@ -192,6 +194,12 @@ impl EventTracer for Softlockup {
                 std::io::ErrorKind::NotFound => {
                     TracerError::Unsupported(format!("{} does not exist", path.display()))
                 }
+                // Without privilege this never changes by itself: `inactive` once, not an
+                // ERROR every restart interval.
+                std::io::ErrorKind::PermissionDenied => TracerError::Unsupported(format!(
+                    "no permission to read {} (needs root or CAP_SYSLOG when kernel.dmesg_restrict = 1)",
+                    path.display()
+                )),
                 _ => TracerError::Failed(
                     anyhow::Error::new(e).context(format!("opening {}", path.display())),
                 ),
@@ -219,13 +227,14 @@ impl EventTracer for Softlockup {
         };
         let mut buf = vec![0u8; RECORD_BUF];
         while !ctx.stopping() {
-            let mut pfd = libc::pollfd {
-                fd: file.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
+            // An open report is closed REPORT_IDLE after its last line; otherwise sleep until
+            // the kernel logs something (or the stop).
+            let wait = if parser.pending() {
+                REPORT_IDLE.saturating_sub(last_line.elapsed()) + Duration::from_millis(10)
+            } else {
+                IDLE_WAIT
             };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&mut pfd, 1, POLL_INTERVAL_MS) };
+            ctx.wait_readable(file.as_fd(), wait);
             while let Some(n) =
                 read_record(&mut file, &mut buf, &self.lost).context("reading /dev/kmsg")?
             {
@@ -262,6 +271,13 @@ impl EventTracer for Softlockup {
     fn collect(&self, out: &mut MetricSink) -> anyhow::Result<()> {
         out.single(
             "events_total",
+            "Soft lockups the kernel reported.",
+            Kind::Counter,
+            self.lockups.load(Ordering::Relaxed) as f64,
+        );
+        // HuaTuo's name for the same count.
+        out.single(
+            "total",
             "Soft lockups the kernel reported.",
             Kind::Counter,
             self.lockups.load(Ordering::Relaxed) as f64,

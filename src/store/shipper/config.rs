@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::{check_range, ConfigError, ConfigResult};
+use crate::config::{check_range, Compat, ConfigError, ConfigResult};
 
 /// `[storage.elasticsearch]`: the shipper is on when `addresses` is not empty.
 #[derive(Clone, Deserialize)]
@@ -36,6 +36,9 @@ pub struct ElasticsearchConfig {
     pub retry_max_backoff_ms: u64,
     /// gzip the `_bulk` body (`Content-Encoding: gzip`).
     pub gzip: bool,
+    /// The top-level `compat` switch (not a key of this section): HuaTuo's document and mapping.
+    #[serde(skip)]
+    pub compat: Compat,
 }
 
 pub const DEFAULT_ES_INDEX: &str = "bianque-%Y.%m.%d";
@@ -58,6 +61,7 @@ impl Default for ElasticsearchConfig {
             retry_initial_backoff_ms: 200,
             retry_max_backoff_ms: 30_000,
             gzip: true,
+            compat: Compat::default(),
         }
     }
 }

@@ -3,6 +3,8 @@
 
 use chrono::format::{Item, StrftimeItems};
 
+use crate::config::Compat;
+
 /// The index name pattern, parsed once; strftime on the record's time (UTC).
 pub struct IndexName {
     items: Vec<Item<'static>>,
@@ -53,9 +55,56 @@ pub fn template_name(index: &str) -> String {
     }
 }
 
-/// The composable index template: the record's fields with their types.
-pub fn index_template(index: &str) -> serde_json::Value {
+/// The composable index template: the record's fields with their types. Under
+/// `compat = "huatuo"` the fields of HuaTuo's document, strings typed the way a default
+/// Elasticsearch dynamic mapping types them (`text` with a `.keyword` sub-field), which HuaTuo's
+/// dashboard queries (`region.keyword`, `hostname.keyword`) rely on.
+pub fn index_template(index: &str, compat: Compat) -> serde_json::Value {
     let kw = serde_json::json!({"type": "keyword"});
+    let (strings, properties) = if compat.is_huatuo() {
+        let text = serde_json::json!({
+            "type": "text",
+            "fields": {"keyword": {"type": "keyword", "ignore_above": 256}}
+        });
+        let properties = serde_json::json!({
+            "uploaded_time": {"type": "date"},
+            "tracer_id": text,
+            "tracer_name": text,
+            "tracer_type": text,
+            "tracer_time": text,
+            "time": text,
+            "hostname": text,
+            "region": text,
+            "container_id": text,
+            "container_name": text,
+            "container_hostname": text,
+            "container_host_namespace": text,
+            "container_type": text,
+            "container_qos": text,
+            "tracer_data": {"type": "object", "dynamic": true}
+        });
+        (text, properties)
+    } else {
+        let properties = serde_json::json!({
+            "tracer_id": kw,
+            "tracer_name": kw,
+            "tracer_type": kw,
+            "tracer_time": {"type": "date"},
+            "hostname": kw,
+            "region": kw,
+            "container_id": kw,
+            "container_name": kw,
+            "container_hostname": kw,
+            "container_host_namespace": kw,
+            "container_type": kw,
+            "container_qos": kw,
+            "tracer_data": {"type": "object", "dynamic": true}
+        });
+        (
+            serde_json::json!({"type": "keyword", "ignore_above": 1024}),
+            properties,
+        )
+    };
     serde_json::json!({
         "index_patterns": [template_patterns(index)],
         "priority": 200,
@@ -67,23 +116,9 @@ pub fn index_template(index: &str) -> serde_json::Value {
                     {"tracer_data_bytes": {"path_match": "tracer_data.*_bytes", "mapping": {"type": "long"}}},
                     {"tracer_data_percent": {"path_match": "tracer_data.*_percent", "mapping": {"type": "double"}}},
                     {"tracer_data_pid": {"path_match": "tracer_data.*pid", "mapping": {"type": "long"}}},
-                    {"strings": {"match_mapping_type": "string", "mapping": {"type": "keyword", "ignore_above": 1024}}}
+                    {"strings": {"match_mapping_type": "string", "mapping": strings}}
                 ],
-                "properties": {
-                    "tracer_id": kw,
-                    "tracer_name": kw,
-                    "tracer_type": kw,
-                    "tracer_time": {"type": "date"},
-                    "hostname": kw,
-                    "region": kw,
-                    "container_id": kw,
-                    "container_name": kw,
-                    "container_hostname": kw,
-                    "container_host_namespace": kw,
-                    "container_type": kw,
-                    "container_qos": kw,
-                    "tracer_data": {"type": "object", "dynamic": true}
-                }
+                "properties": properties
             }
         }
     })
@@ -105,11 +140,36 @@ mod tests {
         assert_eq!(template_patterns("huatuo_bamai"), "huatuo_bamai");
         assert_eq!(template_name("bianque-%Y.%m.%d"), "bianque");
         assert_eq!(template_name("huatuo_bamai"), "bianque-huatuo_bamai");
-        let tpl = index_template("bianque-%Y.%m.%d");
+        let tpl = index_template("bianque-%Y.%m.%d", Compat::Bianque);
         assert_eq!(tpl["index_patterns"][0], "bianque-*");
-        assert_eq!(
-            tpl["template"]["mappings"]["properties"]["tracer_time"]["type"],
-            "date"
-        );
+        let props = &tpl["template"]["mappings"]["properties"];
+        assert_eq!(props["tracer_time"]["type"], "date");
+        assert_eq!(props["hostname"]["type"], "keyword");
+    }
+
+    #[test]
+    fn huatuo_template_types_strings_as_text_with_keyword() {
+        let tpl = index_template("huatuo_bamai", Compat::Huatuo);
+        assert_eq!(tpl["index_patterns"][0], "huatuo_bamai");
+        let props = &tpl["template"]["mappings"]["properties"];
+        assert_eq!(props["uploaded_time"]["type"], "date");
+        for f in [
+            "hostname",
+            "region",
+            "tracer_name",
+            "tracer_time",
+            "container_hostname",
+        ] {
+            assert_eq!(props[f]["type"], "text", "{f}");
+            assert_eq!(props[f]["fields"]["keyword"]["type"], "keyword", "{f}");
+        }
+        let dynamic = &tpl["template"]["mappings"]["dynamic_templates"];
+        let strings = dynamic
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|t| t.get("strings"))
+            .unwrap();
+        assert_eq!(strings["mapping"]["type"], "text");
     }
 }

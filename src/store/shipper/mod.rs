@@ -19,6 +19,7 @@
 mod bulk;
 pub mod config;
 mod db;
+mod document;
 mod index;
 mod worker;
 
@@ -55,6 +56,8 @@ pub struct ShipperStats {
     pub cursor: AtomicI64,
     /// Records that retention deleted before they could be shipped.
     pub expired: AtomicU64,
+    /// 2xx answers to `_bulk` that were not bulk answers (no `items`, wrong count, no status).
+    pub malformed: AtomicU64,
     /// The last error, empty once shipping works again.
     pub last_error: Mutex<String>,
 }

@@ -7,13 +7,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bulk::{
-    bulk_body, gzip, parse_bulk_response, retryable_status, truncate, ItemOutcome, SendError,
+    bulk_body, gzip, parse_bulk_response, retry_after, retryable_status, truncate, ItemOutcome,
+    SendError,
 };
 use super::db::{Doc, Refused, ShipDb};
+use super::document;
 use super::index::{index_template, template_name, IndexName};
 use super::{ElasticsearchConfig, ShipperStats};
 use crate::http::err_text;
 
+/// A `Retry-After` longer than this is cut to it.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 /// How often an idle shipper looks for new records.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -161,7 +165,7 @@ impl Worker {
                     .db
                     .page(cursor, self.cfg.batch_max_records, self.cfg.batch_max_bytes)
                 {
-                    Ok(d) => d,
+                    Ok(d) => document::shape(d, self.cfg.compat),
                     Err(e) => {
                         tracing::warn!(error = %e, "shipper: reading the store failed");
                         if !self.sleep(Duration::from_secs(1)).await {
@@ -216,7 +220,7 @@ impl Worker {
     /// stopping.
     async fn install_template(&mut self) -> bool {
         let name = template_name(&self.cfg.index);
-        let body = index_template(&self.cfg.index).to_string();
+        let body = index_template(&self.cfg.index, self.cfg.compat).to_string();
         loop {
             if self.stopping() {
                 return false;
@@ -350,6 +354,30 @@ impl Worker {
                         return None;
                     }
                 }
+                Err(SendError::RetryAfter(msg, wait)) => {
+                    self.stats
+                        .retried
+                        .fetch_add(part.len() as u64, Ordering::Relaxed);
+                    self.failed("a bulk request", &msg);
+                    // The server's wait, never shorter than our own back-off.
+                    let d = self.backoff().max(wait.min(MAX_RETRY_AFTER));
+                    if !self.sleep(d).await {
+                        return None;
+                    }
+                }
+                Err(SendError::Malformed(why)) => {
+                    // Nothing is known to be indexed: the records stay and are sent again.
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .retried
+                        .fetch_add(part.len() as u64, Ordering::Relaxed);
+                    let msg = format!("the server's answer is not a bulk answer: {why}");
+                    self.failed("a bulk request", &msg);
+                    let d = self.backoff();
+                    if !self.sleep(d).await {
+                        return None;
+                    }
+                }
                 Err(SendError::Stopped) => return None,
             }
         }
@@ -377,17 +405,17 @@ impl Worker {
         };
         let resp = res.map_err(|e| SendError::Retry(err_text(e)))?;
         let status = resp.status().as_u16();
+        let wait = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry_after(v, chrono::Utc::now()));
         let bytes = resp
             .bytes()
             .await
             .map_err(|e| SendError::Retry(err_text(e)))?;
         match status {
-            200..=299 => parse_bulk_response(&bytes, n).ok_or_else(|| {
-                SendError::Retry(format!(
-                    "an answer that does not describe {n} items: {}",
-                    truncate(&String::from_utf8_lossy(&bytes), 300)
-                ))
-            }),
+            200..=299 => parse_bulk_response(&bytes, n).map_err(SendError::Malformed),
             413 => Err(SendError::TooLarge),
             _ => {
                 let text = String::from_utf8_lossy(&bytes);
@@ -398,10 +426,14 @@ impl Worker {
                         "shipper: the server refused a whole bulk request; the records stay in the store and are retried"
                     );
                 }
-                Err(SendError::Retry(format!(
-                    "HTTP {status}: {}",
-                    truncate(&text, 300)
-                )))
+                let msg = format!("HTTP {status}: {}", truncate(&text, 300));
+                match wait {
+                    Some(w) if retryable_status(status) => Err(SendError::RetryAfter(
+                        format!("{msg} (Retry-After {}s)", w.as_secs()),
+                        w,
+                    )),
+                    _ => Err(SendError::Retry(msg)),
+                }
             }
         }
     }

@@ -1,0 +1,651 @@
+//! deploy/: the alert rules, the example config and the Grafana dashboards, each exercised for
+//! real: promtool checks and unit-tests the rules; the example config goes through the agent's
+//! own parser and must equal the built-in defaults; a real Prometheus scrapes a running agent
+//! (shipping to a real OpenSearch-API server) and every query of every dashboard must answer.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bianque::agent::config::Config;
+use bianque::host::HostRoot;
+use bianque::tracer::{self, BuildContext, Mode};
+use common::osmem::Osmem;
+use common::podman::Podman;
+use common::*;
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(path)
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("{cmd:?}: {e} (promtool: Debian package prometheus, installed by `make test`)")
+    });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alert rules
+
+/// `- alert: Name` lines of the rules file.
+fn alert_names(rules: &str) -> Vec<String> {
+    rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let rules_path = deploy("prometheus/alerts.yml");
+    let out = run_ok(
+        Command::new("promtool")
+            .arg("check")
+            .arg("rules")
+            .arg(&rules_path),
+    );
+    let rules = std::fs::read_to_string(&rules_path).unwrap();
+    let names = alert_names(&rules);
+    assert!(
+        out.contains(&format!("SUCCESS: {} rules found", names.len())),
+        "{out}"
+    );
+
+    let mut tests: Vec<PathBuf> = std::fs::read_dir(deploy("prometheus/tests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yml"))
+        .collect();
+    tests.sort();
+    let out = run_ok(
+        Command::new("promtool")
+            .current_dir(deploy("prometheus"))
+            .args(["test", "rules"])
+            .args(&tests),
+    );
+    assert_eq!(
+        out.matches("SUCCESS").count(),
+        tests.len(),
+        "every test file passes:\n{out}"
+    );
+
+    // Each alert has a case where it fires and one where it must stay silent.
+    let texts: Vec<String> = tests
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    for name in &names {
+        let mut fires = false;
+        let mut silent = false;
+        for text in &texts {
+            let mut lines = text.lines().peekable();
+            while let Some(line) = lines.next() {
+                if line.trim() == format!("alertname: {name}") {
+                    match lines.peek().map(|l| l.trim()) {
+                        Some("exp_alerts: []") => silent = true,
+                        Some("exp_alerts:") => fires = true,
+                        other => panic!("{name}: unexpected line after alertname: {other:?}"),
+                    }
+                }
+            }
+        }
+        assert!(fires, "{name}: no promtool test case where it fires");
+        assert!(
+            silent,
+            "{name}: no promtool test case where it does not fire"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The example config
+
+/// The field names a tracer's own section accepts, from its parser's "unknown field" error
+/// (serde lists every expected field).
+fn section_fields(spec: &tracer::TracerSpec, host: &HostRoot) -> BTreeSet<String> {
+    let section = format!("{}.{}", spec.mode.section(), spec.name);
+    let probe: toml::Table = toml::from_str("bq_no_such_key = 1").unwrap();
+    let err = match (spec.build)(
+        &BuildContext {
+            host,
+            section: &section,
+        },
+        &probe,
+    ) {
+        Ok(_) => panic!("{section}: an unknown key was accepted"),
+        Err(e) => e.0,
+    };
+    assert!(err.contains("bq_no_such_key"), "{section}: {err}");
+    // serde: "expected one of `a`, `b`", "expected `a` or `b`", or "there are no fields".
+    let list = err
+        .split_once("expected one of ")
+        .or_else(|| err.split_once("expected "))
+        .map_or("", |(_, list)| list);
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// `key =` (set) and `# key =` (shown commented out) keys of one `[section]` of the example.
+fn example_keys(text: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut section = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix('[') {
+            section = rest.split(']').next().unwrap().to_string();
+            keys.entry(section.clone()).or_default();
+            continue;
+        }
+        let body = t.strip_prefix("# ").unwrap_or(t);
+        if let Some((k, _)) = body.split_once(" = ") {
+            let k = k.trim();
+            if k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                keys.entry(section.clone())
+                    .or_default()
+                    .insert(k.to_string());
+            }
+        }
+    }
+    keys
+}
+
+/// Field names in a `Debug` rendering (`Name { a: 1, b: Inner { c: 2 } }` → a, b, c).
+fn debug_fields(debug: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for part in debug.split(['{', ',']) {
+        if let Some((k, _)) = part.split_once(": ") {
+            let k = k.trim();
+            if !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                out.insert(k.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn example_config_parses_and_every_value_is_the_default() {
+    let path = deploy("bianque.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Through the agent's own parser, as `bianque run --config` reads it.
+    let example = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let empty = Config::parse("").unwrap();
+
+    // The agent's own sections: every value equals the default (Debug shows every field; the
+    // tracer sections are compared below, one tracer at a time).
+    let framework = |c: &Config| {
+        let mut c = c.clone();
+        c.events.clear();
+        c.autotracing.clear();
+        c.metrics.collectors.clear();
+        format!("{c:#?}")
+    };
+    assert_eq!(
+        framework(&example),
+        framework(&empty),
+        "deploy/bianque.example.toml differs from the built-in defaults"
+    );
+    assert_eq!(
+        framework(&Config::default()),
+        framework(&empty),
+        "an empty config is Config::default()"
+    );
+    // Every key of those sections is in the file (set, or commented out when it has no value).
+    let keys = example_keys(&text);
+    let mentioned: BTreeSet<String> = keys.values().flatten().cloned().collect();
+    let skip = [
+        "events",
+        "autotracing",
+        "collectors",
+        "metrics",
+        "storage",
+        "elasticsearch",
+        "log",
+        "server",
+        "store",
+        "containers",
+    ];
+    for field in debug_fields(&framework(&empty)) {
+        if skip.contains(&field.as_str()) {
+            continue;
+        }
+        assert!(
+            mentioned.contains(&field),
+            "key `{field}` is missing from deploy/bianque.example.toml"
+        );
+    }
+
+    // Every tracer has its section, with every key its parser knows, and builds from it.
+    let host = HostRoot::new("/");
+    let mut seen = BTreeSet::new();
+    for spec in tracer::registry() {
+        let section = format!("{}.{}", spec.mode.section(), spec.name);
+        seen.insert(section.clone());
+        let table = example
+            .tracer_sections()
+            .of(spec.mode)
+            .get(spec.name)
+            .cloned()
+            .unwrap_or_else(|| panic!("[{section}] is missing from the example"));
+        let mut wanted = section_fields(spec, &host);
+        wanted.insert("enabled".into());
+        if spec.mode == Mode::Event {
+            wanted.insert("restart_interval_secs".into());
+        }
+        let have = keys.get(&section).cloned().unwrap_or_default();
+        assert_eq!(
+            have, wanted,
+            "[{section}]: keys in the example vs the tracer's keys"
+        );
+        // The common keys are the framework's: their defaults are known here.
+        assert_eq!(
+            table.get("enabled").and_then(|v| v.as_bool()),
+            Some(spec.default_enabled),
+            "[{section}] enabled"
+        );
+        if spec.mode == Mode::Event {
+            assert_eq!(
+                table
+                    .get("restart_interval_secs")
+                    .and_then(|v| v.as_integer()),
+                Some(10),
+                "[{section}] restart_interval_secs"
+            );
+        }
+    }
+    let in_file: BTreeSet<String> = keys
+        .keys()
+        .filter(|s| {
+            ["metrics.", "events.", "autotracing."]
+                .iter()
+                .any(|p| s.starts_with(p))
+        })
+        .cloned()
+        .collect();
+    assert_eq!(
+        in_file, seen,
+        "tracer sections of the example vs the registry"
+    );
+    let entries = tracer::runner::build_tracers(example.tracer_sections(), &[], &host)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(entries.len(), tracer::registry().len());
+
+    // And the CLI accepts it.
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Exit code 2 is a configuration error (others say which tracers cannot run here).
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "bianque check --config deploy/bianque.example.toml: {stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dashboards
+
+/// Every panel of a dashboard, rows' nested panels included.
+fn panels(dash: &serde_json::Value) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        if let Some(inner) = p["panels"].as_array() {
+            out.extend(inner.iter().cloned());
+        }
+        out.push(p.clone());
+    }
+    out
+}
+
+fn datasource_type(target: &serde_json::Value, panel: &serde_json::Value) -> String {
+    target["datasource"]["type"]
+        .as_str()
+        .or(panel["datasource"]["type"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// What Grafana would send: `$__rate_interval` and the template variables substituted (label
+/// variables by `.*` for PromQL, as "All" does; Elasticsearch variables by their "All" value).
+fn substitute(text: &str, vars: &[(String, String)]) -> String {
+    let mut s = text
+        .replace("$__rate_interval", "1m")
+        .replace("$__interval", "15s")
+        .replace("$__range", "1h");
+    // Longest names first so `$instance` does not eat `$instances`.
+    let mut vars = vars.to_vec();
+    vars.sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
+    for (name, value) in &vars {
+        s = s
+            .replace(&format!("${{{name}}}"), value)
+            .replace(&format!("${name}"), value);
+    }
+    s
+}
+
+struct Dashboards {
+    /// (dashboard file, panel title, PromQL with variables substituted)
+    promql: Vec<(String, String, String)>,
+    /// (dashboard file, panel title, Grafana Elasticsearch target, ES variables substituted)
+    elasticsearch: Vec<(String, String, serde_json::Value)>,
+}
+
+fn load_dashboards() -> Dashboards {
+    let mut d = Dashboards {
+        promql: Vec::new(),
+        elasticsearch: Vec::new(),
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy("grafana"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 4,
+        "host, containers, events, agent: {files:?}"
+    );
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let vars = dash["templating"]["list"].as_array().unwrap();
+        let prom_vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|v| (v["name"].as_str().unwrap().to_string(), ".*".to_string()))
+            .collect();
+        let es_vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|v| {
+                let all = v["allValue"].as_str().unwrap_or("*");
+                (v["name"].as_str().unwrap().to_string(), all.to_string())
+            })
+            .collect();
+        // A query variable's own query: label_values(selector, label) must find the label.
+        for v in vars.iter().filter(|v| v["type"] == "query") {
+            let def = v["definition"].as_str().unwrap();
+            if v["datasource"]["type"] == "prometheus" {
+                let inner = def
+                    .strip_prefix("label_values(")
+                    .and_then(|r| r.strip_suffix(')'))
+                    .unwrap_or_else(|| panic!("{name}: variable query {def}"));
+                let (selector, label) = inner.rsplit_once(", ").unwrap();
+                d.promql.push((
+                    name.clone(),
+                    format!("variable ${}", v["name"].as_str().unwrap()),
+                    format!("count by ({label}) ({})", substitute(selector, &prom_vars)),
+                ));
+            } else {
+                let q: serde_json::Value = serde_json::from_str(def).unwrap();
+                d.elasticsearch.push((
+                    name.clone(),
+                    format!("variable ${}", v["name"].as_str().unwrap()),
+                    serde_json::json!({"query": "*", "metrics": [{"type": "count"}],
+                        "bucketAggs": [{"type": "terms", "field": q["field"], "id": "1", "settings": {"size": "10"}}]}),
+                ));
+            }
+        }
+        for p in panels(&dash) {
+            let title = p["title"].as_str().unwrap_or("").to_string();
+            for t in p["targets"].as_array().into_iter().flatten() {
+                match datasource_type(t, &p).as_str() {
+                    "prometheus" => d.promql.push((
+                        name.clone(),
+                        title.clone(),
+                        substitute(t["expr"].as_str().unwrap(), &prom_vars),
+                    )),
+                    "elasticsearch" => {
+                        let mut t = t.clone();
+                        t["query"] = substitute(t["query"].as_str().unwrap(), &es_vars).into();
+                        d.elasticsearch.push((name.clone(), title.clone(), t));
+                    }
+                    other => panic!("{name} / {title}: datasource type {other:?}"),
+                }
+            }
+        }
+    }
+    d
+}
+
+/// A Grafana Elasticsearch target as the `_search` body Grafana sends: the Lucene query over
+/// the last hour, its bucket aggregations nested in order, or raw documents.
+fn es_search_body(target: &serde_json::Value) -> serde_json::Value {
+    let query = serde_json::json!({"bool": {"filter": [
+        {"query_string": {"query": target["query"], "analyze_wildcard": true}},
+        {"range": {"tracer_time": {"gte": "now-1h", "lte": "now"}}}
+    ]}});
+    let metric = target["metrics"][0]["type"].as_str().unwrap_or("count");
+    if metric == "raw_data" || metric == "logs" {
+        return serde_json::json!({"query": query, "size": 100, "sort": [{"tracer_time": "desc"}]});
+    }
+    let mut aggs = serde_json::Value::Null;
+    for b in target["bucketAggs"].as_array().unwrap().iter().rev() {
+        let id = b["id"].as_str().unwrap_or("1").to_string();
+        let mut agg = match b["type"].as_str().unwrap() {
+            "terms" => serde_json::json!({"terms": {"field": b["field"],
+                "size": b["settings"]["size"].as_str().unwrap_or("10").parse::<u64>().unwrap()}}),
+            "date_histogram" => {
+                serde_json::json!({"date_histogram": {"field": b["field"], "fixed_interval": "1m"}})
+            }
+            other => panic!("bucket aggregation {other} not checked here"),
+        };
+        if !aggs.is_null() {
+            agg["aggs"] = aggs;
+        }
+        aggs = serde_json::json!({ id: agg });
+    }
+    serde_json::json!({"query": query, "size": 0, "aggs": aggs})
+}
+
+/// Kills a child process on drop.
+struct Kid(std::process::Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Dashboard queries that cannot return data on this machine, and why. Empty: every one must
+/// answer here.
+const NEEDS_ABSENT_HARDWARE: &[(&str, &str)] = &[];
+
+#[test]
+fn every_dashboard_query_answers_on_a_real_prometheus_scraping_the_agent() {
+    let dash = load_dashboards();
+    let os = Osmem::start();
+    let mut podman = Podman::new();
+    let config = format!(
+        "[storage.elasticsearch]\naddresses = [\"{}\"]\nflush_interval_ms = 200\n\
+         [containers]\nengine_sockets = [\"{}\"]\nkubelet_read_only_address = \"\"\nkubelet_url = \"\"\nresync_secs = 1\n",
+        os.url(),
+        podman.socket()
+    );
+    let agent = Agent::start(&config, &[]);
+
+    // Containers: one idle with a CPU quota, a memory limit and an interface of its own; one
+    // that runs out of memory (a real OOM kill: the OOM panels and records).
+    let tag = std::process::id();
+    let idle_name = format!("bq-dash-idle-{tag}");
+    let idle = podman.run(
+        &idle_name,
+        "--cpus=0.5 --memory=64m",
+        "/bin/busybox sleep 600",
+    );
+    let pid = sh(&format!("podman inspect -f '{{{{.State.Pid}}}}' {idle}"));
+    sh(&format!(
+        "nsenter -t {} -n sh -c 'ip link add bqdash0 type dummy && ip link set bqdash0 up && ip addr add 10.201.0.1/24 dev bqdash0'",
+        pid.trim()
+    ));
+    let oom_name = format!("bq-dash-oom-{tag}");
+    podman.run(&oom_name, "--memory=32m", "/bin/busybox tail /dev/zero");
+    // Packet drops: UDP to a closed port (NO_SOCKET).
+    let port = closed_udp_port();
+    send_udp_from_thread("bq-dash-udp", &format!("127.0.0.1:{port}"), 50);
+
+    let dir = TempDir::new("dash-prometheus");
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: bianque\n    static_configs:\n      - targets: ['{}']\n",
+            agent.addr
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _prom = Kid(Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={prom_addr}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("prometheus (Debian package) is installed by `make test`"));
+    let prom_log =
+        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+    let up = wait_until(Duration::from_secs(40), || {
+        let (code, body) = http(&prom_addr, "GET", "/api/v1/targets", &[]);
+        code == 200 && body.contains("\"health\":\"up\"")
+    });
+    assert!(up, "target never up; prometheus log:\n{}", prom_log());
+
+    // The OOM kill must have happened, and been recorded and shipped, before the checks.
+    let oomed = wait_until(Duration::from_secs(30), || {
+        !agent.events("tracer=oom").is_empty()
+    });
+    assert!(oomed, "no OOM record; agent log:\n{}", agent.log());
+    send_udp_from_thread("bq-dash-udp", &format!("127.0.0.1:{port}"), 50);
+
+    let query = |q: &str| -> Result<usize, String> {
+        let (code, body) = http(
+            &prom_addr,
+            "GET",
+            &format!("/api/v1/query?query={}", urlencode(q)),
+            &[],
+        );
+        if code != 200 {
+            return Err(format!("HTTP {code}: {body}"));
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        Ok(v["data"]["result"].as_array().map_or(0, |r| r.len()))
+    };
+    // Rates need two samples in their window: retry until every query answers (or time is up).
+    let mut failures: Vec<String> = Vec::new();
+    wait_until(Duration::from_secs(60), || {
+        failures = dash
+            .promql
+            .iter()
+            .filter(|(file, title, _)| {
+                !NEEDS_ABSENT_HARDWARE
+                    .iter()
+                    .any(|(t, _)| *t == format!("{file} / {title}"))
+            })
+            .filter_map(|(file, title, q)| match query(q) {
+                Ok(n) if n > 0 => None,
+                Ok(_) => Some(format!("{file} / {title}: no data for {q}")),
+                Err(e) => Some(format!("{file} / {title}: {q}: {e}")),
+            })
+            .collect();
+        failures.is_empty()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} dashboard queries without data:\n{}",
+        failures.len(),
+        dash.promql.len(),
+        failures.join("\n")
+    );
+    assert!(
+        dash.promql.len() > 60,
+        "{} PromQL targets",
+        dash.promql.len()
+    );
+
+    // The events dashboard's Elasticsearch queries, on the records the agent shipped.
+    let shipped = wait_until(Duration::from_secs(30), || {
+        let (code, v) = os.json(
+            "POST",
+            "/bianque-*/_search",
+            r#"{"query":{"query_string":{"query":"tracer_name:oom"}},"size":1}"#,
+        );
+        code == 200 && v["hits"]["hits"].as_array().is_some_and(|h| !h.is_empty())
+    });
+    assert!(
+        shipped,
+        "the OOM record never reached osmem-server; agent log:\n{}",
+        agent.log()
+    );
+    let mut es_failures = Vec::new();
+    for (file, title, target) in &dash.elasticsearch {
+        let body = es_search_body(target);
+        let (code, v) = os.json("POST", "/bianque-*/_search", &body.to_string());
+        let answered = code == 200
+            && if body["size"] == 0 {
+                let first = body["aggs"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .next()
+                    .unwrap()
+                    .clone();
+                v["aggregations"][&first]["buckets"]
+                    .as_array()
+                    .is_some_and(|b| !b.is_empty())
+            } else {
+                v["hits"]["hits"].as_array().is_some_and(|h| !h.is_empty())
+            };
+        if !answered {
+            es_failures.push(format!("{file} / {title}: {body} -> {code} {v}"));
+        }
+    }
+    assert!(
+        es_failures.is_empty(),
+        "Elasticsearch queries without data:\n{}",
+        es_failures.join("\n")
+    );
+    assert!(
+        dash.elasticsearch.len() >= 6,
+        "{} ES targets",
+        dash.elasticsearch.len()
+    );
+    drop(podman);
+}

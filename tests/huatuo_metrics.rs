@@ -1,0 +1,257 @@
+//! HuaTuo's dashboards on bianque: a real Prometheus scrapes an agent running with
+//! `compat = "huatuo"` while a real podman container runs, and one PromQL query per HuaTuo
+//! dashboard panel family (written from HuaTuo's metric names, selecting on `region`/`host` as
+//! its dashboards do) must return data.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::podman::Podman;
+use common::*;
+
+/// Kills the processes it holds when the test ends, however it ends.
+struct Kids(Vec<Child>);
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+const REGION: &str = "bq-region";
+const HOST: &str = "bq-host";
+
+#[test]
+fn huatuo_dashboard_queries_answer_from_a_real_prometheus() {
+    // The xfs collector reads /proc/fs/xfs/stat, there once the module is loaded.
+    sh_quiet("modprobe xfs");
+    assert!(
+        Path::new("/proc/fs/xfs/stat").exists(),
+        "modprobe xfs gives /proc/fs/xfs/stat"
+    );
+    let mut podman = Podman::new();
+    // The container has its own network namespace with only `lo`: the netdev collector keeps
+    // `lo` here so the container's netdev panels have a device to show.
+    let agent = Agent::start(
+        &format!(
+            "compat = \"huatuo\"\nregion = \"{REGION}\"\nhostname = \"{HOST}\"\n\
+             [containers]\nengine_sockets = [\"{}\"]\nkubelet_read_only_address = \"\"\nresync_secs = 1\n\
+             [metrics.netdev]\ndevice_exclude = \"^(docker|veth)\"\n",
+            podman.socket()
+        ),
+        &["--disable", "dropwatch"],
+    );
+    let name = format!("bq-ht-{}", std::process::id());
+    podman.run(&name, "", "/bin/busybox sleep 300");
+    let container = format!("container_name=\"{name}\"");
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            agent
+            .metrics()
+            .contains(&format!("huatuo_bamai_cpu_util_container_usr{{region=\"{REGION}\",host=\"{HOST}\",container_host=\"\",{container}"))
+        }),
+        "the container's series under HuaTuo's labels:\n{}",
+        agent.metrics()
+    );
+
+    let dir = TempDir::new("prometheus-huatuo");
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: huatuo\n    static_configs:\n      - targets: ['{}']\n",
+            agent.addr
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let prom = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={prom_addr}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("prometheus (Debian package) is installed by `make test`");
+    let _prom = Kids(vec![prom]);
+    let prom_log =
+        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+    let up = wait_until(Duration::from_secs(40), || {
+        let (code, body) = http(&prom_addr, "GET", "/api/v1/targets", &[]);
+        code == 200 && body.contains("\"health\":\"up\"")
+    });
+    assert!(up, "target never up; prometheus log:\n{}", prom_log());
+
+    let query = |q: &str| -> Vec<serde_json::Value> {
+        let (code, body) = http(
+            &prom_addr,
+            "GET",
+            &format!("/api/v1/query?query={}", urlencode(q)),
+            &[],
+        );
+        assert_eq!(code, 200, "{q}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    };
+
+    // As HuaTuo's dashboards select: template variables from label_values(…, region/host),
+    // then `{region=~"$region",host=~"$host"}` on every host panel and the container labels on
+    // the container panels. Rates need two samples: they come after a few scrapes.
+    let h = format!("region=~\"{REGION}\",host=~\"{HOST}\"");
+    let c = format!("{h},container_hostnamespace=~\".*\",container_host=~\".*\",{container}");
+    let queries: Vec<(&str, String)> = vec![
+        // Template variables.
+        (
+            "variable region",
+            "count by (region) (huatuo_bamai_cpu_util_usr)".into(),
+        ),
+        (
+            "variable host",
+            format!("count by (host) (huatuo_bamai_cpu_util_usr{{region=~\"{REGION}\"}})"),
+        ),
+        (
+            "variable container",
+            format!("count by (container_name) (huatuo_bamai_cpu_util_container_usr{{{h}}})"),
+        ),
+        // Host dashboard.
+        (
+            "cpu_util",
+            format!("huatuo_bamai_cpu_util_sys{{{h}}} + huatuo_bamai_cpu_util_usr{{{h}}}"),
+        ),
+        ("loadavg", format!("huatuo_bamai_loadavg_load1{{{h}}}")),
+        (
+            "memory_vmstat",
+            format!("rate(huatuo_bamai_memory_vmstat_pgfault{{{h}}}[1m])"),
+        ),
+        (
+            "memory_buddyinfo",
+            format!("sum by (order) (huatuo_bamai_memory_buddyinfo_blocks{{{h}}})"),
+        ),
+        (
+            "diskio",
+            format!("rate(huatuo_bamai_diskio_read_bytes_total{{{h}}}[1m])"),
+        ),
+        (
+            "netdev",
+            format!("rate(huatuo_bamai_netdev_receive_bytes_total{{{h}}}[1m])"),
+        ),
+        (
+            "netdev_qdisc",
+            format!("huatuo_bamai_netdev_qdisc_backlog{{{h}}}"),
+        ),
+        (
+            "netstat",
+            format!("rate(huatuo_bamai_netstat_TcpExt_ListenDrops{{{h}}}[1m])"),
+        ),
+        (
+            "netstat tcp",
+            format!("huatuo_bamai_netstat_Tcp_CurrEstab{{{h}}}"),
+        ),
+        (
+            "sockstat",
+            format!("huatuo_bamai_sockstat_TCP_inuse{{{h}}}"),
+        ),
+        (
+            "tcp_memory",
+            format!("huatuo_bamai_tcp_memory_usage_bytes{{{h}}}"),
+        ),
+        ("arp", format!("huatuo_bamai_arp_entries{{{h}}}")),
+        ("runqlat", format!("huatuo_bamai_runqlat_latency{{{h}}}")),
+        (
+            "scrape",
+            format!("huatuo_bamai_scrape_collector_success{{{h}}}"),
+        ),
+        (
+            "tracing_status",
+            format!("huatuo_bamai_tracing_status_running{{{h}}}"),
+        ),
+        (
+            "process",
+            format!("rate(huatuo_bamai_process_cpu_seconds_total{{{h}}}[1m])"),
+        ),
+        (
+            "process memory",
+            format!("huatuo_bamai_process_resident_memory_bytes{{{h}}}"),
+        ),
+        (
+            "process fds",
+            format!("huatuo_bamai_process_open_fds{{{h}}}"),
+        ),
+        ("xfs fragmentation", format!("increase(huatuo_bamai_xfs_alloc_blocks_total{{{h}}}[5m]) / clamp_min(increase(huatuo_bamai_xfs_alloc_extents_total{{{h}}}[5m]), 1e-6)")),
+        ("xfs inode cache", format!("increase(huatuo_bamai_xfs_inode_attempts_total{{{h}}}[5m]) - increase(huatuo_bamai_xfs_inode_missed_total{{{h}}}[5m])")),
+        ("xfs locks", format!("rate(huatuo_bamai_xfs_buf_locked_waited_total{{{h}}}[30s]) + rate(huatuo_bamai_xfs_buf_busy_locked_total{{{h}}}[30s])")),
+        ("xfs log", format!("rate(huatuo_bamai_xfs_log_space_sleep_total{{{h}}}[30s])")),
+        // Container dashboard.
+        (
+            "container cpu_util",
+            format!("huatuo_bamai_cpu_util_container_usr{{{c}}}"),
+        ),
+        (
+            "container cpu_stat",
+            format!("huatuo_bamai_cpu_stat_container_nr_throttled{{{c}}}"),
+        ),
+        (
+            "container memory",
+            format!("huatuo_bamai_memory_vmstat_container_usage_bytes{{{c}}}"),
+        ),
+        (
+            "container netdev",
+            format!("rate(huatuo_bamai_netdev_container_receive_bytes_total{{{c}}}[1m])"),
+        ),
+        (
+            "container netstat",
+            format!("huatuo_bamai_netstat_container_Tcp_CurrEstab{{{c}}}"),
+        ),
+        (
+            "container sockstat",
+            format!("huatuo_bamai_sockstat_container_sockets_used{{{c}}}"),
+        ),
+        (
+            "container arp",
+            format!("huatuo_bamai_arp_container_entries{{{c}}}"),
+        ),
+    ];
+    let mut missing = Vec::new();
+    let ok = wait_until(Duration::from_secs(30), || {
+        missing = queries
+            .iter()
+            .filter(|(_, q)| query(q).is_empty())
+            .map(|(what, q)| format!("{what}: {q}"))
+            .collect();
+        missing.is_empty()
+    });
+    assert!(
+        ok,
+        "HuaTuo dashboard queries without data:\n{}\nprometheus log:\n{}",
+        missing.join("\n"),
+        prom_log()
+    );
+    // The container series carry HuaTuo's labels, not bianque's.
+    let series = query(&format!("huatuo_bamai_cpu_util_container_usr{{{c}}}"));
+    let labels = &series[0]["metric"];
+    assert_eq!(labels["container_type"], "normal", "{labels}");
+    assert!(labels.get("container_id").is_none(), "{labels}");
+}
