@@ -9,16 +9,18 @@ BUILD_PACKAGES := clang llvm libelf-dev zlib1g-dev pkg-config make gcc bpftool
 # Tests: packet-drop rules, netns/veth, a real Prometheus (promtool) and node_exporter, real
 # containers (podman with runc, containerd) from a busybox-static image built locally, and
 # python3-venv for osmem-server (PyPI), the OpenSearch-API server the shipper tests talk to;
-# a real headless browser (chromium, driven through chromium-driver) for the console tests.
+# a real headless browser (chromium, driven through chromium-driver) for the console tests;
+# systemd (systemd-analyze verify), libcap2-bin (capsh) and passwd (useradd) for the unit tests,
+# man-db and bsdextrautils (col) to render the man page, python3-yaml to turn the DaemonSet into a Pod.
 TEST_PACKAGES := iptables nftables iproute2 prometheus prometheus-node-exporter curl procps \
 	podman runc busybox-static containerd openssl e2fsprogs util-linux mount coreutils python3-venv python3-pip \
-	chromium chromium-driver
+	chromium chromium-driver systemd libcap2-bin passwd man-db bsdextrautils python3-yaml
 # Benchmarks: bpftrace is the peer the hot-path benchmark compares against.
 BENCH_PACKAGES := bpftrace
 OSMEM_VERSION := 0.1.6
 OSMEM_VENV := $(CURDIR)/.test-deps/osmem
 
-.PHONY: all build release run test deps test-deps vmlinux bench fmt lint clean
+.PHONY: all build release run test deps test-deps vmlinux bench fmt lint clean image
 
 all: build
 
@@ -71,6 +73,12 @@ bench: test-deps
 	$(CARGO) bench --bench autotracing_idle
 	$(CARGO) bench --bench console
 	$(CARGO) bench --bench hotpaths
+
+# The container image, built offline: the release binary and the libraries it links, FROM scratch.
+IMAGE ?= localhost/bianque:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+image: release
+	deploy/container/stage.sh target/release/bianque target/image
+	podman build -t $(IMAGE) target/image
 
 fmt:
 	$(CARGO) fmt --all

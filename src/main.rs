@@ -6,7 +6,7 @@ mod cli;
 use std::process::ExitCode;
 
 use bianque::agent::AgentError;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +31,10 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// List the containers a running agent knows.
     Containers(cli::containers::ContainersArgs),
+    /// Print a shell completion script (e.g. `bianque completions bash > /etc/bash_completion.d/bianque`).
+    Completions(cli::completions::CompletionsArgs),
+    /// Print the man page (roff): `bianque man | man -l -`.
+    Man,
     /// Show incidents found in the local store: related records grouped and explained.
     Incidents(cli::incidents::IncidentsArgs),
 }
@@ -41,8 +45,14 @@ fn main() -> ExitCode {
         Command::Run(a) => cli::run::run(a),
         Command::Events(a) => cli::events::run(a),
         Command::Tracers(a) => cli::tracers::run(a),
-        Command::Check(a) => cli::check::run(a),
+        Command::Check(a) => match cli::check::run(a) {
+            // An enabled tracer cannot run: the table says which and why.
+            Ok(false) => return ExitCode::from(1),
+            other => other.map(|_| ()),
+        },
         Command::Containers(a) => cli::containers::run(a),
+        Command::Completions(a) => cli::completions::completions(a, Cli::command()),
+        Command::Man => cli::completions::man(Cli::command()),
         Command::Incidents(a) => cli::incidents::run(a),
     };
     match result {

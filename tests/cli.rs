@@ -198,6 +198,8 @@ fn events_tracers_and_check_commands() {
         .args(["check", "--host-root", "/nonexistent-root", "--json"])
         .output()
         .unwrap();
+    // Enabled tracers that cannot run there: exit 1.
+    assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let la = v["tracers"]
         .as_array()

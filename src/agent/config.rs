@@ -70,6 +70,17 @@ pub struct LogConfig {
     /// `error`, `warn`, `info`, `debug` or `trace`, or a full `RUST_LOG`-style filter.
     /// `RUST_LOG` in the environment wins.
     pub level: Option<String>,
+    /// `text` (default) or `json`: one JSON object per line (timestamp, level, target,
+    /// message and the event's fields at the top level), for log shippers.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone)]
@@ -585,6 +596,16 @@ mod tests {
         assert_eq!(cfg.server.listen, crate::server::config::DEFAULT_LISTEN);
         assert_eq!(cfg.metrics.prefix, "bianque");
         assert_eq!(cfg.store.retention_max_age_hours, 168);
+    }
+
+    #[test]
+    fn log_format_parses_and_rejects_unknown_values() {
+        assert_eq!(Config::parse("").unwrap().log.format, LogFormat::Text);
+        let cfg = Config::parse("[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        let err = Config::parse("[log]\nformat = \"xml\"\n").unwrap_err();
+        assert!(err.0.contains("log.format"), "{err}");
+        assert!(err.0.contains("xml"), "{err}");
     }
 
     #[test]

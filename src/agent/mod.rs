@@ -87,11 +87,20 @@ pub fn init_logging(cfg: &Config) {
         _ => EnvFilter::new(cfg.log.level.as_deref().unwrap_or("info")),
     };
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let _ = match cfg.log.format {
+        config::LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        config::LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
     // A panic is logged as one line; tracer threads catch their own and carry on.
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
@@ -135,12 +144,7 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
         write_timeout: Duration::from_millis(cfg.server.write_timeout_ms),
     };
-    let addr: SocketAddr = cfg.server.listen.parse().map_err(|_| {
-        ConfigError(format!(
-            "server.listen: `{}` is not an address",
-            cfg.server.listen
-        ))
-    })?;
+    let addr: SocketAddr = cfg.server.listen_addr()?;
     let listener =
         std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     listener
@@ -232,6 +236,8 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async {
+        // First, so that a SIGHUP during start-up is a reload, not the default exit.
+        let mut signals = Signals::install()?;
         let listener = tokio::net::TcpListener::from_std(listener)
             .context("configuring the listening socket")?;
         let app = server::router(
@@ -322,7 +328,21 @@ pub fn run(opts: RunOptions) -> Result<(), AgentError> {
             }
         });
 
-        wait_for_signal().await?;
+        // SIGHUP re-reads the config file; SIGINT/SIGTERM end the loop.
+        let mut current = cfg.clone();
+        while signals.next().await == Signal::Reload {
+            let reload_runner = runner.clone();
+            let opts = opts.clone();
+            let host = host_root.clone();
+            let old = current.clone();
+            let outcome =
+                tokio::task::spawn_blocking(move || reload(&reload_runner, &opts, &host, &old))
+                    .await
+                    .context("reloading the config")?;
+            if let Some(new) = outcome {
+                current = new;
+            }
+        }
         housekeeping.abort();
         incident_writer.abort();
         tracing::info!("shutting down");
@@ -365,13 +385,104 @@ const INCIDENT_WRITE_WINDOW_NS: i64 = 6 * 3600 * 1_000_000_000;
 /// The kernel symbol table is dropped after this long without a new address to resolve.
 const SYMBOL_TABLE_IDLE: Duration = Duration::from_secs(60);
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// The signals the agent acts on, installed once (a SIGHUP while reloading is kept for the
+/// next wait, not fatal).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}
+
+/// SIGHUP: reads the config file again (with the same CLI overrides) and hands the tracers
+/// built from it to the runner, which restarts only those whose section changed. A config that
+/// does not load or build is logged with its error and the running one kept. Returns the new
+/// config when it was applied.
+fn reload(runner: &Runner, opts: &RunOptions, host: &HostRoot, old: &Config) -> Option<Config> {
+    tracing::info!("SIGHUP: reloading the config");
+    let built = load_config(opts).and_then(|cfg| {
+        let entries = runner::build_tracers(cfg.tracer_sections(), &opts.disable, host)?;
+        Ok((cfg, entries))
+    });
+    let (cfg, entries) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed; the running config is kept");
+            return None;
+        }
+    };
+    let replaced = runner.reload(entries);
+    let needs_restart = restart_only_changes(old, &cfg);
+    if !needs_restart.is_empty() {
+        tracing::warn!(
+            settings = %needs_restart.join(", "),
+            "changed settings outside the tracer sections take effect on restart"
+        );
+    }
+    tracing::info!(
+        reconfigured = %if replaced.is_empty() { "none".to_string() } else { replaced.join(", ") },
+        "config reloaded"
+    );
+    Some(cfg)
+}
+
+/// The settings a reload does not apply (only tracer sections are), by name, that differ.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let mut out = Vec::new();
+    for (name, changed) in [
+        ("compat", differs(&old.compat, &new.compat)),
+        ("region", differs(&old.region, &new.region)),
+        ("hostname", differs(&old.hostname, &new.hostname)),
+        ("log", differs(&old.log, &new.log)),
+        ("server", differs(&old.server, &new.server)),
+        ("store", differs(&old.store, &new.store)),
+        ("storage", differs(&old.storage, &new.storage)),
+        ("containers", differs(&old.containers, &new.containers)),
+        (
+            "metrics",
+            differs(
+                &(
+                    &old.metrics.prefix,
+                    old.metrics.collector_timeout_ms,
+                    old.metrics.collector_concurrency,
+                ),
+                &(
+                    &new.metrics.prefix,
+                    new.metrics.collector_timeout_ms,
+                    new.metrics.collector_concurrency,
+                ),
+            ),
+        ),
+    ] {
+        if changed {
+            out.push(name);
+        }
+    }
+    out
 }

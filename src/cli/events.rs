@@ -216,7 +216,7 @@ fn follow(a: &EventsArgs) -> Result<(), AgentError> {
         ));
     }
     let cfg = super::load_config(&a.config, &a.listen)?;
-    let mut url = format!("http://{}/v1/events/watch", cfg.server.listen);
+    let mut url = format!("http://{}/v1/events/watch", cfg.server.client_addr()?);
     let mut sep = '?';
     for (k, v) in [("tracer", &a.tracer), ("container", &a.container)] {
         if let Some(v) = v {

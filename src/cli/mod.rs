@@ -2,6 +2,7 @@
 //! the running agent) is here.
 
 pub mod check;
+pub mod completions;
 pub mod containers;
 pub mod events;
 pub mod incidents;
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bianque::agent::{self, Config, RunOptions};
-use bianque::config::{ConfigError, ConfigResult};
+use bianque::config::ConfigResult;
 
 /// The config file (if any) with `--listen` applied: where a running agent listens.
 fn load_config(config: &Option<PathBuf>, listen: &Option<String>) -> ConfigResult<Config> {
@@ -27,10 +28,7 @@ fn load_config(config: &Option<PathBuf>, listen: &Option<String>) -> ConfigResul
 
 /// The running agent's address from the config.
 fn agent_address(cfg: &Config) -> ConfigResult<SocketAddr> {
-    cfg.server
-        .listen
-        .parse()
-        .map_err(|_| ConfigError(format!("bad address {}", cfg.server.listen)))
+    cfg.server.client_addr()
 }
 
 /// `GET path` from a running agent; None when nothing answers (or not with 200).

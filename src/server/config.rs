@@ -1,5 +1,7 @@
 //! `[server]`: where the HTTP API listens and its limits.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+
 use serde::Deserialize;
 
 use crate::config::{check_range, ConfigError, ConfigResult};
@@ -48,6 +50,25 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The address to bind: `IP:PORT`, `[IPv6]:PORT`, `:PORT` (every interface, as Go programs
+    /// and HuaTuo write it) or `HOST:PORT` (resolved now; the first address wins).
+    pub fn listen_addr(&self) -> ConfigResult<SocketAddr> {
+        parse_listen(&self.listen)
+    }
+
+    /// Where a client on this machine reaches the agent: the listen address, with an
+    /// every-interface address replaced by loopback.
+    pub fn client_addr(&self) -> ConfigResult<SocketAddr> {
+        let mut addr = self.listen_addr()?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Ok(addr)
+    }
+
     pub fn validate(&self) -> ConfigResult<()> {
         check_range(
             "server.request_timeout_ms",
@@ -97,12 +118,7 @@ impl ServerConfig {
             100,
             600_000,
         )?;
-        if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError(format!(
-                "server.listen: `{}` is not an address like 127.0.0.1:19704",
-                self.listen
-            )));
-        }
+        self.listen_addr()?;
         if let Some(token) = &self.token {
             if token.len() < 16 {
                 return Err(ConfigError(
@@ -111,5 +127,84 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// See [`ServerConfig::listen_addr`].
+pub fn parse_listen(listen: &str) -> ConfigResult<SocketAddr> {
+    let bad = |why: &str| {
+        ConfigError(format!(
+            "server.listen: `{listen}` {why} (expected e.g. 127.0.0.1:19704, :19704, [::1]:19704 or localhost:19704)"
+        ))
+    };
+    if let Ok(a) = listen.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Some(port) = listen.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| bad("has no valid port"))?;
+        return Ok(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port));
+    }
+    let (host, port) = listen.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("has no valid port"))?;
+    if host.is_empty() || host.contains(':') {
+        return Err(bad("is not an address"));
+    }
+    let mut addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| bad(&format!("does not resolve ({e})")))?;
+    addrs.next().ok_or_else(|| bad("resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            parse_listen("127.0.0.1:19704").unwrap(),
+            "127.0.0.1:19704".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen("[::1]:80").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
+        assert_eq!(
+            parse_listen(":19704").unwrap(),
+            "0.0.0.0:19704".parse().unwrap()
+        );
+        assert!(parse_listen("localhost:19704").unwrap().ip().is_loopback());
+        assert_eq!(parse_listen("localhost:19704").unwrap().port(), 19704);
+        for bad in [
+            "",
+            ":",
+            ":x",
+            "19704",
+            "localhost",
+            "localhost:99999",
+            "no-such-host.invalid:1",
+            "a:b:c",
+        ] {
+            let err = parse_listen(bad).unwrap_err();
+            assert!(err.0.starts_with("server.listen: "), "{bad}: {err}");
+            assert!(!err.0.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn client_addr_turns_every_interface_into_loopback() {
+        let cfg = ServerConfig {
+            listen: ":19704".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            cfg.client_addr().unwrap(),
+            "127.0.0.1:19704".parse().unwrap()
+        );
+        let cfg = ServerConfig {
+            listen: "[::]:5".into(),
+            ..Default::default()
+        };
+        assert_eq!(cfg.client_addr().unwrap(), "[::1]:5".parse().unwrap());
     }
 }

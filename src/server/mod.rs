@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
+use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -54,7 +55,8 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, max_body_bytes: u
         .merge(huatuo::stream_routes(&state))
         .with_state(state.clone());
     Router::new()
-        .route("/metrics", get(metrics))
+        // gzip when the scraper asks (Prometheus does): ~10x fewer bytes per scrape.
+        .route("/metrics", get(metrics).layer(CompressionLayer::new()))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/version", get(version))

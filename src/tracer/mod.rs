@@ -20,7 +20,7 @@ use crate::config::ConfigResult;
 use crate::exposition::MetricSink;
 use crate::host::HostRoot;
 
-pub use check::Requirement;
+pub use check::{Capability, Requirement};
 pub use context::{RunContext, ScrapeContext, Services, SharedMeasurements};
 pub use pipeline::Pipeline;
 pub use runner::{panic_message, Runner, TracerEntry};

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -136,6 +136,9 @@ pub struct TracerEntry {
     pub state: Arc<TracerState>,
     pub restart_interval: Duration,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// What it was built from (its config section as written, and whether `--disable` named
+    /// it): a reload restarts it only when this changed.
+    source: (toml::Table, bool),
 }
 
 impl TracerEntry {
@@ -228,6 +231,7 @@ pub fn build_tracers(
             .get(spec.name)
             .cloned()
             .unwrap_or_default();
+        let source = (table.clone(), disabled.iter().any(|d| d == spec.name));
         let common = take_common_keys(&section_name, &mut table)?;
         let tracer = (spec.build)(
             &BuildContext {
@@ -252,13 +256,15 @@ pub fn build_tracers(
             state: Arc::new(TracerState::new(status, reason)),
             restart_interval: common.restart_interval,
             thread: Mutex::new(None),
+            source,
         }));
     }
     Ok(entries)
 }
 
 pub struct Runner {
-    entries: Vec<Arc<TracerEntry>>,
+    /// Replaced one by one on a config reload ([`Runner::reload`]).
+    entries: RwLock<Vec<Arc<TracerEntry>>>,
     services: Arc<Services>,
     shutdown: Arc<AtomicBool>,
 }
@@ -266,18 +272,85 @@ pub struct Runner {
 impl Runner {
     pub fn new(entries: Vec<Arc<TracerEntry>>, services: Arc<Services>) -> Runner {
         Runner {
-            entries,
+            entries: RwLock::new(entries),
             services,
             shutdown: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    pub fn entries(&self) -> &[Arc<TracerEntry>] {
-        &self.entries
+    /// The tracers now, sorted by name (a reload may replace some later).
+    pub fn entries(&self) -> Vec<Arc<TracerEntry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    pub fn find(&self, name: &str) -> Option<&Arc<TracerEntry>> {
-        self.entries.iter().find(|e| e.spec.name == name)
+    pub fn find(&self, name: &str) -> Option<Arc<TracerEntry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|e| e.spec.name == name)
+            .cloned()
+    }
+
+    /// A config reload: `fresh` is every tracer built from the new config. A tracer whose
+    /// section (and `--disable`) is unchanged keeps running untouched; a changed one is stopped
+    /// (its ring buffer drained into the store first), replaced and started again if enabled.
+    /// Its hits and restarts carry over. Returns the names of the tracers replaced.
+    pub fn reload(&self, fresh: Vec<Arc<TracerEntry>>) -> Vec<&'static str> {
+        let mut replaced = Vec::new();
+        for new in fresh {
+            let Some(old) = self.find(new.spec.name) else {
+                continue;
+            };
+            if old.source == new.source {
+                continue;
+            }
+            self.stop_thread(&old);
+            let (status, reason) = new.state.status();
+            old.state.set_status(status, reason);
+            let entry = Arc::new(TracerEntry {
+                spec: new.spec,
+                tracer: new.tracer.clone(),
+                state: old.state.clone(),
+                restart_interval: new.restart_interval,
+                thread: Mutex::new(None),
+                source: new.source.clone(),
+            });
+            {
+                let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(slot) = entries.iter_mut().find(|e| e.spec.name == new.spec.name) {
+                    *slot = entry.clone();
+                }
+            }
+            if status != Status::Disabled && !self.shutdown.load(Ordering::Relaxed) {
+                self.start_entry(&entry);
+            }
+            tracing::info!(
+                tracer = new.spec.name,
+                status = entry.state.status().0.as_str(),
+                "tracer reconfigured"
+            );
+            replaced.push(new.spec.name);
+        }
+        replaced
+    }
+
+    /// Tells one tracer's thread to stop and waits for it (programs detach, the ring buffer
+    /// is drained).
+    fn stop_thread(&self, entry: &TracerEntry) {
+        entry.state.stop.store(true, Ordering::Relaxed);
+        entry.state.wake();
+        let handle = entry
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 
     pub fn services(&self) -> &Arc<Services> {
@@ -287,7 +360,7 @@ impl Runner {
     /// Starts every tracer not disabled. Returns when event tracers' threads are spawned (they
     /// attach concurrently); see [`Runner::wait_started`].
     pub fn start_all(&self) {
-        for entry in &self.entries {
+        for entry in &self.entries() {
             if entry.state.status().0 != Status::Disabled {
                 self.start_entry(entry);
             }
@@ -298,7 +371,7 @@ impl Runner {
     pub fn wait_started(&self, timeout: Duration) -> bool {
         let end = Instant::now() + timeout;
         loop {
-            let pending = self.entries.iter().any(|e| {
+            let pending = self.entries().iter().any(|e| {
                 let (s, r) = e.state.status();
                 s == Status::Inactive && r == "not started"
                     || s == Status::Active && r == "starting"
@@ -369,7 +442,7 @@ impl Runner {
         if running || (threadless && entry.state.status().0 == Status::Active) {
             return Err(format!("tracer {name} is already running"));
         }
-        self.start_entry(entry);
+        self.start_entry(&entry);
         Ok(())
     }
 
@@ -381,16 +454,7 @@ impl Runner {
         if entry.state.status().0 == Status::Disabled {
             return Err(format!("tracer {name} is not running"));
         }
-        entry.state.stop.store(true, Ordering::Relaxed);
-        entry.state.wake();
-        if let Some(h) = entry
-            .thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            let _ = h.join();
-        }
+        self.stop_thread(&entry);
         entry
             .state
             .set_status(Status::Disabled, "stopped through the API");
@@ -402,11 +466,12 @@ impl Runner {
     /// programs detach) up to `timeout`.
     pub fn shutdown(&self, timeout: Duration) {
         self.shutdown.store(true, Ordering::Relaxed);
-        for entry in &self.entries {
+        let entries = self.entries();
+        for entry in &entries {
             entry.state.wake();
         }
         let end = Instant::now() + timeout;
-        for entry in &self.entries {
+        for entry in &entries {
             let handle = entry
                 .thread
                 .lock()
@@ -614,6 +679,7 @@ pub(crate) mod testing {
             state: Arc::new(TracerState::new(Status::Inactive, "not started".into())),
             restart_interval: restart,
             thread: Mutex::new(None),
+            source: Default::default(),
         })
     }
 }

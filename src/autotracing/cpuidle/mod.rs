@@ -17,7 +17,8 @@ use crate::host::HostRoot;
 use crate::procfs::{clk_tck, cpulist};
 use crate::tracer::detect::{counter_deltas, round2, Jump, JumpState, ProfileConfig};
 use crate::tracer::{
-    Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
+    Anomaly, AutoTracer, BuildContext, Capability, Mode, Requirement, RunContext, Tracer,
+    TracerSpec, TRACERS,
 };
 
 #[linkme::distributed_slice(TRACERS)]
@@ -25,7 +26,15 @@ static SPEC: TracerSpec = TracerSpec {
     name: "cpuidle",
     mode: Mode::Autotracing,
     description: "a container's CPU usage above a threshold and jumped: CPU profile of its cgroup",
-    requires: &[Requirement::Root, Requirement::Btf],
+    requires: &[
+        Requirement::BPF,
+        Requirement::Degrades(Capability::Syslog, "kernel frames of the profile unnamed"),
+        Requirement::Degrades(
+            Capability::SysPtrace,
+            "user frames of other users' processes unnamed",
+        ),
+        Requirement::Btf,
+    ],
     default_enabled: true,
     build,
 };

@@ -12,7 +12,8 @@ use crate::config::{check_range, parse_section, ConfigResult};
 use crate::procfs::stat;
 use crate::tracer::detect::{counter_deltas, round2, Jump, JumpState, ProfileConfig};
 use crate::tracer::{
-    Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
+    Anomaly, AutoTracer, BuildContext, Capability, Mode, Requirement, RunContext, Tracer,
+    TracerSpec, TRACERS,
 };
 
 #[linkme::distributed_slice(TRACERS)]
@@ -21,7 +22,12 @@ static SPEC: TracerSpec = TracerSpec {
     mode: Mode::Autotracing,
     description: "host sys% above a threshold and jumped: host-wide CPU profile (flame graph)",
     requires: &[
-        Requirement::Root,
+        Requirement::BPF,
+        Requirement::Degrades(Capability::Syslog, "kernel frames of the profile unnamed"),
+        Requirement::Degrades(
+            Capability::SysPtrace,
+            "user frames of other users' processes unnamed",
+        ),
         Requirement::Btf,
         Requirement::HostFile("proc/stat"),
     ],

@@ -16,7 +16,8 @@ use crate::container::container_of_cgroup_path;
 use crate::host::HostRoot;
 use crate::procfs::{pid_cgroup, pid_stack, tasks};
 use crate::tracer::{
-    Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
+    Anomaly, AutoTracer, BuildContext, Capability, Mode, Requirement, RunContext, Tracer,
+    TracerSpec, TRACERS,
 };
 
 #[linkme::distributed_slice(TRACERS)]
@@ -24,7 +25,13 @@ static SPEC: TracerSpec = TracerSpec {
     name: "dload",
     mode: Mode::Autotracing,
     description: "D-state task load above a threshold (host or container): kernel stacks of every D-state task",
-    requires: &[Requirement::Root],
+    requires: &[
+        Requirement::BPF,
+        Requirement::Degrades(
+            Capability::SysAdmin,
+            "no kernel stacks of blocked tasks (/proc/<pid>/stack is CAP_SYS_ADMIN only)",
+        ),
+    ],
     default_enabled: true,
     build,
 };

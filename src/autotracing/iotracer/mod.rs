@@ -26,7 +26,8 @@ use crate::host::HostRoot;
 use crate::procfs::diskstats;
 use crate::tracer::detect::{counter_deltas, round2};
 use crate::tracer::{
-    Anomaly, AutoTracer, BuildContext, Mode, Requirement, RunContext, Tracer, TracerSpec, TRACERS,
+    Anomaly, AutoTracer, BuildContext, Capability, Mode, Requirement, RunContext, Tracer,
+    TracerSpec, TRACERS,
 };
 
 mod skel {
@@ -42,7 +43,11 @@ static SPEC: TracerSpec = TracerSpec {
     mode: Mode::Autotracing,
     description: "a disk's util or await above a threshold for consecutive samples: per-process, per-file IO on it (bytes, ops, q2c/d2c latency)",
     requires: &[
-        Requirement::Root,
+        Requirement::BPF,
+        Requirement::Degrades(
+            Capability::SysPtrace,
+            "no open files of other users' processes (/proc/<pid>/fd)",
+        ),
         Requirement::Btf,
         Requirement::HostFile("proc/diskstats"),
         Requirement::BtfTracepoint("block_bio_queue"),

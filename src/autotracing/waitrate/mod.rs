@@ -41,7 +41,7 @@ static SPEC: TracerSpec = TracerSpec {
     name: "waitrate",
     mode: Mode::Autotracing,
     description: "a container's run-queue wait or CFS throttling share jumped: host CPU profile per container, top contending containers",
-    requires: &[Requirement::Root, Requirement::Btf],
+    requires: &[Requirement::BPF, Requirement::Btf],
     default_enabled: true,
     build,
 };

@@ -33,7 +33,7 @@ static SPEC: TracerSpec = TracerSpec {
     mode: Mode::Event,
     description: "containers starting and stopping, from cgroup creation and removal (tp_btf/cgroup_mkdir, cgroup_rmdir)",
     requires: &[
-        Requirement::Root,
+        Requirement::BPF,
         Requirement::Btf,
         Requirement::BtfTracepoint("cgroup_mkdir"),
         Requirement::BtfTracepoint("cgroup_rmdir"),

@@ -20,8 +20,8 @@ use crate::config::{check_range, parse_section, ConfigError, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
 use crate::tracer::program::{self, BpfProgram, Refused};
 use crate::tracer::{
-    BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
-    TRACERS,
+    BuildContext, Capability, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError,
+    TracerSpec, TRACERS,
 };
 
 mod skel {
@@ -43,7 +43,11 @@ static SPEC: TracerSpec = TracerSpec {
     description:
         "packet drops (tp_btf/kfree_skb): reason, location, addresses, ports, task, cgroup",
     requires: &[
-        Requirement::Root,
+        Requirement::BPF,
+        Requirement::Degrades(
+            Capability::Syslog,
+            "drop locations unnamed (/proc/kallsyms shows no addresses)",
+        ),
         Requirement::Btf,
         Requirement::BtfTracepoint("kfree_skb"),
     ],

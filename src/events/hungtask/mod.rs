@@ -23,8 +23,8 @@ use crate::host::HostRoot;
 use crate::procfs;
 use crate::tracer::program::{self, BpfProgram, Refused};
 use crate::tracer::{
-    BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
-    TRACERS,
+    BuildContext, Capability, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError,
+    TracerSpec, TRACERS,
 };
 
 mod skel {
@@ -47,7 +47,11 @@ static SPEC: TracerSpec = TracerSpec {
     mode: Mode::Event,
     description: "hung tasks (tp_btf/sched_process_hang): task, blocked time, kernel stack, other D-state tasks' stacks",
     requires: &[
-        Requirement::Root,
+        Requirement::BPF,
+        Requirement::Degrades(
+            Capability::SysAdmin,
+            "no kernel stacks of blocked tasks (/proc/<pid>/stack is CAP_SYS_ADMIN only)",
+        ),
         Requirement::Btf,
         Requirement::BtfTracepoint("sched_process_hang"),
         Requirement::HostFile("proc/sys/kernel/hung_task_timeout_secs"),

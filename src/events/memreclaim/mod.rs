@@ -51,7 +51,7 @@ static SPEC: TracerSpec = TracerSpec {
     description:
         "direct and memcg reclaim stalls over a threshold (tp_btf/mm_vmscan_*_reclaim_begin/end)",
     requires: &[
-        Requirement::Root,
+        Requirement::BPF,
         Requirement::Btf,
         Requirement::BtfTracepoint("mm_vmscan_direct_reclaim_begin"),
         Requirement::BtfTracepoint("mm_vmscan_direct_reclaim_end"),

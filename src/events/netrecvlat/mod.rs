@@ -57,7 +57,7 @@ static SPEC: TracerSpec = TracerSpec {
     mode: Mode::Event,
     description: "slow packet receive per stage (tp_btf/netif_receive_skb, tcp_probe, skb_copy_datagram_iovec): latency, 5-tuple, netdev, netns, reader",
     requires: &[
-        Requirement::Root,
+        Requirement::BPF,
         Requirement::Btf,
         Requirement::BtfTracepoint("netif_receive_skb"),
         Requirement::BtfTracepoint("tcp_probe"),

@@ -40,7 +40,7 @@ static SPEC: TracerSpec = TracerSpec {
     mode: Mode::Event,
     description: "OOM kills (tp_btf/mark_victim): trigger, victim, memory cgroup usage/limit/events, host meminfo",
     requires: &[
-        Requirement::Root,
+        Requirement::BPF,
         Requirement::Btf,
         Requirement::BtfTracepoint("mark_victim"),
     ],

@@ -34,7 +34,7 @@ static SPEC: TracerSpec = TracerSpec {
     name: "signal",
     mode: Mode::Event,
     description: "fatal signals (SIGKILL, SIGSEGV…): sender and receiver task, container (tp_btf/signal_generate)",
-    requires: &[Requirement::Root, Requirement::Btf, Requirement::BtfTracepoint("signal_generate")],
+    requires: &[Requirement::BPF, Requirement::Btf, Requirement::BtfTracepoint("signal_generate")],
     default_enabled: true,
     build,
 };

@@ -42,8 +42,8 @@ use crate::config::{check_range, parse_section, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
 use crate::tracer::program::{self, BpfProgram, Refused};
 use crate::tracer::{
-    BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
-    TRACERS,
+    BuildContext, Capability, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError,
+    TracerSpec, TRACERS,
 };
 
 mod skel {
@@ -109,7 +109,13 @@ static SPEC: TracerSpec = TracerSpec {
     mode: Mode::Event,
     description: "softirq runs and tick gaps longer than a threshold, seen from the scheduler tick (tp_btf/hrtimer_expire_entry/exit): cpu, type, duration, interrupted task, stack",
     requires: &[
-        Requirement::Root,
+        Requirement::BPF,
+        // Softirq type names come from the tracepoint format in tracefs (mode 0700).
+        Requirement::Caps(&[Capability::DacReadSearch]),
+        Requirement::Degrades(
+            Capability::Syslog,
+            "no tick-gap detection and unnamed stack frames (/proc/kallsyms shows no addresses)",
+        ),
         Requirement::Btf,
         Requirement::BtfTracepoint("hrtimer_expire_entry"),
         Requirement::BtfTracepoint("hrtimer_expire_exit"),

@@ -22,8 +22,8 @@ use crate::config::{check_range, parse_section, ConfigError, ConfigResult};
 use crate::exposition::{Kind, MetricSink};
 use crate::record::ContainerFields;
 use crate::tracer::{
-    BuildContext, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError, TracerSpec,
-    TRACERS,
+    BuildContext, Capability, EventTracer, Mode, Requirement, RunContext, Tracer, TracerError,
+    TracerSpec, TRACERS,
 };
 
 use kmsg::{Lockup, LockupParser};
@@ -43,7 +43,11 @@ static SPEC: TracerSpec = TracerSpec {
     name: "softlockup",
     mode: Mode::Event,
     description: "soft lockups from the kernel log (/dev/kmsg, kernel facility only): cpu, task, stuck time, RIP, call trace",
-    requires: &[Requirement::HostFile("dev/kmsg")],
+    requires: &[
+        // /dev/kmsg refuses readers without it under kernel.dmesg_restrict=1.
+        Requirement::Caps(&[Capability::Syslog]),
+        Requirement::HostFile("dev/kmsg"),
+    ],
     default_enabled: true,
     build,
 };

@@ -45,7 +45,7 @@ static SPEC: TracerSpec = TracerSpec {
     mode: Mode::Event,
     description: "TCP retransmissions (tp_btf/tcp_retransmit_skb, tcp_retransmit_synack): 4-tuple, state, phase, reason, netns",
     requires: &[
-        Requirement::Root,
+        Requirement::BPF,
         Requirement::Btf,
         Requirement::BtfTracepoint("tcp_retransmit_skb"),
         Requirement::BtfTracepoint("tcp_retransmit_synack"),

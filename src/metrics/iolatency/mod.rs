@@ -57,7 +57,7 @@ static SPEC: TracerSpec = TracerSpec {
     mode: Mode::Metric,
     description: "block I/O latency histograms per disk, queue→complete and issue→complete (tp_btf block_rq_*); metrics only",
     requires: &[
-        Requirement::Root,
+        Requirement::BPF,
         Requirement::Btf,
         Requirement::BtfTracepoint("block_rq_insert"),
         Requirement::BtfTracepoint("block_rq_issue"),

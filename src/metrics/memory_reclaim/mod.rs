@@ -43,7 +43,7 @@ static SPEC: TracerSpec = TracerSpec {
     mode: Mode::Metric,
     description: "memory reclaim stall histograms: memcg (host, containers), direct reclaim and direct compaction (tp_btf mm_vmscan_*, mm_compaction_*); metrics only",
     requires: &[
-        Requirement::Root,
+        Requirement::BPF,
         Requirement::Btf,
         Requirement::BtfTracepoint("mm_vmscan_memcg_reclaim_begin"),
         Requirement::BtfTracepoint("mm_vmscan_memcg_reclaim_end"),

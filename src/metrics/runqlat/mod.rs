@@ -47,7 +47,7 @@ static SPEC: TracerSpec = TracerSpec {
     mode: Mode::Metric,
     description: "run-queue latency histograms, host and per container (tp_btf sched_wakeup/sched_switch); metrics only",
     requires: &[
-        Requirement::Root,
+        Requirement::BPF,
         Requirement::Btf,
         Requirement::BtfTracepoint("sched_switch"),
         Requirement::BtfTracepoint("sched_wakeup"),
