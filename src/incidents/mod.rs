@@ -127,7 +127,7 @@ impl Item {
             tracer,
             time_ns,
             container,
-            data: v.get("tracer_data").cloned().unwrap_or_default(),
+            data: v.get("tracer_data").map(slim).unwrap_or_default(),
         })
     }
 
@@ -276,13 +276,26 @@ pub fn load(
     opts: &Options,
     now_ns: i64,
 ) -> Result<Vec<Incident>> {
-    let rows = store.query(&Query {
-        since_ns: q.since_ns.map(|s| s - opts.gap_ns),
-        until_ns: q.until_ns,
-        limit: opts.max_records,
-        ..Default::default()
-    })?;
-    let items: Vec<Item> = rows.iter().filter_map(|r| Item::parse(r)).collect();
+    // Page by page, each page parsed and dropped before the next: a flood's stored records (with
+    // their stacks) never sit in memory at once, only the slim items grouping needs.
+    let mut items: Vec<Item> = Vec::new();
+    let mut read = 0;
+    let mut cursor = None;
+    while read < opts.max_records {
+        let page = store.query_page(&Query {
+            since_ns: q.since_ns.map(|s| s - opts.gap_ns),
+            until_ns: q.until_ns,
+            cursor: cursor.take(),
+            limit: (opts.max_records - read).min(PAGE_ROWS),
+            ..Default::default()
+        })?;
+        read += page.rows.len();
+        items.extend(page.rows.iter().filter_map(|r| Item::parse(r)));
+        match page.next {
+            Some(next) if !page.rows.is_empty() => cursor = Some(next),
+            _ => break,
+        }
+    }
     let mut out = group(&items, opts, now_ns);
     out.retain(|i| {
         q.since_ns.is_none_or(|s| i.end_ns >= s)
@@ -295,6 +308,27 @@ pub fn load(
         out.truncate(q.limit);
     }
     Ok(out)
+}
+
+/// Records the background pass that writes closed incidents reads (newest first).
+const WRITE_PASS_RECORDS: usize = 2_000;
+
+/// Records read from the store per page while grouping.
+const PAGE_ROWS: usize = 500;
+
+/// A record's `tracer_data` without its long lists (stacks, frame lists): no rule reads them,
+/// and a flood of records each carrying a stack would otherwise be held whole while grouping.
+fn slim(data: &serde_json::Value) -> serde_json::Value {
+    const LONGEST_KEPT_LIST: usize = 8;
+    match data {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.iter()
+                .filter(|(_, v)| v.as_array().is_none_or(|a| a.len() <= LONGEST_KEPT_LIST))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// One incident by id: found by grouping around the time its id carries.
@@ -354,7 +388,12 @@ pub fn write_closed(
     window_ns: i64,
     now_ns: i64,
 ) -> Result<usize> {
-    let opts = Options::default();
+    // The background pass reads fewer records than a request: it runs every 30 s whatever the
+    // load, and under a flood the grouped items of 20,000 records cost the agent ~60 MB.
+    let opts = Options {
+        max_records: WRITE_PASS_RECORDS,
+        ..Options::default()
+    };
     let q = IncidentQuery {
         since_ns: Some(now_ns - window_ns),
         ..Default::default()
