@@ -131,7 +131,7 @@ fn two_thousand_idle_and_slow_header_connections_do_not_stop_healthz_or_metrics(
         "[server]\nheader_read_timeout_ms = 3000\n",
         &["--disable", "dropwatch"],
     );
-    let cap = 1024 - 256;
+    let cap = 1024 - 512;
     assert!(
         agent.log().contains(&format!("max_connections={cap}")),
         "{}",
