@@ -20,7 +20,7 @@ BENCH_PACKAGES := bpftrace
 OSMEM_VERSION := 0.1.6
 OSMEM_VENV := $(CURDIR)/.test-deps/osmem
 
-.PHONY: all build release run test deps test-deps vmlinux bench fmt lint clean image
+.PHONY: all build release run test deps test-deps vmlinux bench fmt lint clean image deb
 
 all: build
 
@@ -79,6 +79,10 @@ IMAGE ?= localhost/bianque:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.tom
 image: release
 	deploy/container/stage.sh target/release/bianque target/image
 	podman build -t $(IMAGE) target/image
+
+# The Debian package (binary, systemd unit, /etc/bianque/bianque.toml, man page, completions).
+deb: release
+	deploy/deb/build.sh target/release/bianque target/deb
 
 fmt:
 	$(CARGO) fmt --all
