@@ -111,11 +111,14 @@ pub fn index_template(index: &str, compat: Compat) -> serde_json::Value {
         "_meta": {"managed_by": "bianque", "version": env!("CARGO_PKG_VERSION")},
         "template": {
             "mappings": {
+                // Numbers only: a field named like a number that holds an object (oom's
+                // `memory_snapshot.host_meminfo_bytes`) stays an object instead of making
+                // Elasticsearch refuse the whole document.
                 "dynamic_templates": [
-                    {"tracer_data_ns": {"path_match": "tracer_data.*_ns", "mapping": {"type": "long"}}},
-                    {"tracer_data_bytes": {"path_match": "tracer_data.*_bytes", "mapping": {"type": "long"}}},
+                    {"tracer_data_ns": {"path_match": "tracer_data.*_ns", "match_mapping_type": "long", "mapping": {"type": "long"}}},
+                    {"tracer_data_bytes": {"path_match": "tracer_data.*_bytes", "match_mapping_type": "long", "mapping": {"type": "long"}}},
                     {"tracer_data_percent": {"path_match": "tracer_data.*_percent", "mapping": {"type": "double"}}},
-                    {"tracer_data_pid": {"path_match": "tracer_data.*pid", "mapping": {"type": "long"}}},
+                    {"tracer_data_pid": {"path_match": "tracer_data.*pid", "match_mapping_type": "long", "mapping": {"type": "long"}}},
                     {"strings": {"match_mapping_type": "string", "mapping": strings}}
                 ],
                 "properties": properties
