@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use bianque::agent::config::Config;
@@ -503,27 +503,6 @@ fn es_search_body(target: &serde_json::Value) -> serde_json::Value {
     serde_json::json!({"query": query, "size": 0, "aggs": aggs})
 }
 
-/// Kills a child process on drop.
-struct Kid(std::process::Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Dashboard panels whose data needs what a machine may lack: (dashboard / panel, why). A
 /// panel is excused only where its need is really absent.
 fn needs_absent_here() -> Vec<(&'static str, &'static str)> {
@@ -580,38 +559,7 @@ fn every_dashboard_query_answers_on_a_real_prometheus_scraping_the_agent() {
     let port = closed_udp_port();
     send_udp_from_thread("bq-dash-udp", &format!("127.0.0.1:{port}"), 50);
 
-    let dir = TempDir::new("dash-prometheus");
-    let prom_addr = format!("127.0.0.1:{}", free_port());
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: bianque\n    static_configs:\n      - targets: ['{}']\n",
-            agent.addr
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let _prom = Kid(Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={prom_addr}"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("prometheus (Debian package) is installed by `make test`"));
-    let prom_log =
-        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
-    let up = wait_until(Duration::from_secs(40), || {
-        let (code, body) = http(&prom_addr, "GET", "/api/v1/targets", &[]);
-        code == 200 && body.contains("\"health\":\"up\"")
-    });
-    assert!(up, "target never up; prometheus log:\n{}", prom_log());
+    let prom = common::prometheus::Prometheus::scrape("bianque", &agent.addr);
 
     // The OOM kill must have happened, and been recorded and shipped, before the checks.
     let oomed = wait_until(Duration::from_secs(30), || {
@@ -621,12 +569,7 @@ fn every_dashboard_query_answers_on_a_real_prometheus_scraping_the_agent() {
     send_udp_from_thread("bq-dash-udp", &format!("127.0.0.1:{port}"), 50);
 
     let query = |q: &str| -> Result<usize, String> {
-        let (code, body) = http(
-            &prom_addr,
-            "GET",
-            &format!("/api/v1/query?query={}", urlencode(q)),
-            &[],
-        );
+        let (code, body) = prom.query_raw(q);
         if code != 200 {
             return Err(format!("HTTP {code}: {body}"));
         }

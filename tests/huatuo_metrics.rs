@@ -6,34 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::podman::Podman;
 use common::*;
-
-/// Kills the processes it holds when the test ends, however it ends.
-struct Kids(Vec<Child>);
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 const REGION: &str = "bq-region";
 const HOST: &str = "bq-host";
@@ -72,47 +48,10 @@ fn huatuo_dashboard_queries_answer_from_a_real_prometheus() {
         agent.metrics()
     );
 
-    let dir = TempDir::new("prometheus-huatuo");
-    let prom_addr = format!("127.0.0.1:{}", free_port());
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: huatuo\n    static_configs:\n      - targets: ['{}']\n",
-            agent.addr
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let prom = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={prom_addr}"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("prometheus (Debian package) is installed by `make test`");
-    let _prom = Kids(vec![prom]);
-    let prom_log =
-        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
-    let up = wait_until(Duration::from_secs(40), || {
-        let (code, body) = http(&prom_addr, "GET", "/api/v1/targets", &[]);
-        code == 200 && body.contains("\"health\":\"up\"")
-    });
-    assert!(up, "target never up; prometheus log:\n{}", prom_log());
+    let prom = common::prometheus::Prometheus::scrape("huatuo", &agent.addr);
 
     let query = |q: &str| -> Vec<serde_json::Value> {
-        let (code, body) = http(
-            &prom_addr,
-            "GET",
-            &format!("/api/v1/query?query={}", urlencode(q)),
-            &[],
-        );
+        let (code, body) = prom.query_raw(q);
         assert_eq!(code, 200, "{q}: {body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         v["data"]["result"].as_array().cloned().unwrap_or_default()
@@ -256,7 +195,7 @@ fn huatuo_dashboard_queries_answer_from_a_real_prometheus() {
         ok,
         "HuaTuo dashboard queries without data:\n{}\nprometheus log:\n{}",
         missing.join("\n"),
-        prom_log()
+        prom.log()
     );
     // The container series carry HuaTuo's labels, not bianque's.
     let series = query(&format!("huatuo_bamai_cpu_util_container_usr{{{c}}}"));

@@ -683,18 +683,6 @@ fn qdisc_counters_match_tc_on_a_throttled_veth() {
     );
 }
 
-/// Percent-encodes a PromQL query for a URL.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[test]
 fn prometheus_scrapes_the_agent_and_answers_for_host_and_cgroup() {
     let agent = Agent::start("", &["--disable", "dropwatch"]);
@@ -724,48 +712,10 @@ fn prometheus_scrapes_the_agent_and_answers_for_host_and_cgroup() {
         "series for one idle container: {per_container} (budget 150)"
     );
 
-    let dir = TempDir::new("prometheus");
-    let prom_addr = format!("127.0.0.1:{}", free_port());
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: bianque\n    static_configs:\n      - targets: ['{}']\n",
-            agent.addr
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let prom = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={prom_addr}"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("prometheus (Debian package) is installed by `make test`");
-    let _prom = Kids(vec![prom]);
-    let prom_log =
-        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
-
-    let up = wait_until(Duration::from_secs(40), || {
-        let (code, body) = http(&prom_addr, "GET", "/api/v1/targets", &[]);
-        code == 200 && body.contains("\"health\":\"up\"")
-    });
-    assert!(up, "target never up; prometheus log:\n{}", prom_log());
+    let prom = common::prometheus::Prometheus::scrape("bianque", &agent.addr);
 
     let query = |q: &str| -> serde_json::Value {
-        let (code, body) = http(
-            &prom_addr,
-            "GET",
-            &format!("/api/v1/query?query={}", urlencode(q)),
-            &[],
-        );
+        let (code, body) = prom.query_raw(q);
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     };

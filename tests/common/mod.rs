@@ -4,6 +4,7 @@
 pub mod http_client;
 pub mod osmem;
 pub mod podman;
+pub mod prometheus;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
