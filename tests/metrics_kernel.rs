@@ -572,6 +572,9 @@ fn direct_compaction_and_reclaim_stall_on_huge_page_allocation() {
     // lists that /proc/buddyinfo does not show, so the request grows until /proc/vmstat counts
     // a direct compaction. Transient: the pages and the mapping are given back right after
     // (also on failure).
+    // Clean page cache first: reclaiming it frees whole blocks, which would hand out the extra
+    // huge pages without any compaction (a machine fresh from a build holds gigabytes of it).
+    sh("sync; echo 3 > /proc/sys/vm/drop_caches");
     let spare = 512 << 20;
     let in_pieces = meminfo_bytes("MemFree").saturating_sub(free_huge_blocks() * (2 << 20));
     let frag = FragmentedMemory::new(
@@ -588,13 +591,17 @@ fn direct_compaction_and_reclaim_stall_on_huge_page_allocation() {
     let (stalls0, unfragmented) = (stalls(), free_huge_blocks());
     let mut want = orig + unfragmented;
     let mut got = String::new();
-    for _ in 0..8 {
-        want += 128;
+    // Grows until the kernel compacts or can give no more (a failed request compacted first).
+    let mut last = 0u64;
+    for _ in 0..32 {
+        want += 256;
         sh(&format!("echo {want} > {path}"));
         got = std::fs::read_to_string(path).unwrap();
-        if stalls() > stalls0 {
+        let now: u64 = got.trim().parse().unwrap_or(0);
+        if stalls() > stalls0 || now == last {
             break;
         }
+        last = now;
     }
     sh(&format!("echo {orig} > {path}"));
     let blocks = frag.blocks;
