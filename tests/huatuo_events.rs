@@ -234,6 +234,11 @@ fn get_version_has_huatuos_data_and_nothing_changes_without_the_switch() {
     }
     assert_eq!(v["data"]["name"], "bianque");
     assert_eq!(v["name"], "bianque", "bianque's fields stay");
+    // HuaTuo's probes answer 204 with no body.
+    for path in ["/healthz", "/readyz"] {
+        let (code, body) = agent.get(path);
+        assert_eq!((code, body.as_str()), (204, ""), "{path}");
+    }
     drop(agent);
 
     // Without a token, control is off: 403, as bianque's own route.
@@ -248,6 +253,8 @@ fn get_version_has_huatuos_data_and_nothing_changes_without_the_switch() {
     drop(no_token);
 
     let plain = Agent::start("", &[]);
+    assert_eq!(parse(&plain.get("/healthz").1)["status"], "ok");
+    assert_eq!(parse(&plain.get("/readyz").1)["status"], "ready");
     let v = parse(&plain.get("/version").1);
     assert!(v.get("data").is_none(), "{v}");
     assert!(parse(&plain.get("/tracers").1).get("data").is_none());

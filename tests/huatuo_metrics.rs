@@ -36,7 +36,14 @@ fn huatuo_dashboard_queries_answer_from_a_real_prometheus() {
         &["--disable", "dropwatch"],
     );
     let name = format!("bq-ht-{}", std::process::id());
-    podman.run(&name, "", "/bin/busybox sleep 300");
+    // Its `tail` (comm `busybox`, the applet's binary) runs out of the container's 32 MiB: a
+    // real OOM kill. The shell and the container stay, so oom_container_total has a live
+    // container to be about.
+    podman.run(
+        &name,
+        "--memory=32m",
+        "/bin/busybox sh -c '/bin/busybox tail /dev/zero; exec /bin/busybox sleep 300'",
+    );
     let container = format!("container_name=\"{name}\"");
     assert!(
         wait_until(Duration::from_secs(15), || {
@@ -181,6 +188,10 @@ fn huatuo_dashboard_queries_answer_from_a_real_prometheus() {
             "container arp",
             format!("huatuo_bamai_arp_container_entries{{{c}}}"),
         ),
+        (
+            "container oom",
+            format!("huatuo_bamai_oom_container_total{{{c},latest_victim_comm=\"busybox\"}} >= 1"),
+        ),
     ];
     let mut missing = Vec::new();
     let ok = wait_until(Duration::from_secs(30), || {
@@ -193,8 +204,14 @@ fn huatuo_dashboard_queries_answer_from_a_real_prometheus() {
     });
     assert!(
         ok,
-        "HuaTuo dashboard queries without data:\n{}\nprometheus log:\n{}",
+        "HuaTuo dashboard queries without data:\n{}\noom series:\n{}\nprometheus log:\n{}",
         missing.join("\n"),
+        agent
+            .metrics()
+            .lines()
+            .filter(|l| l.contains("oom_"))
+            .collect::<Vec<_>>()
+            .join("\n"),
         prom.log()
     );
     // The container series carry HuaTuo's labels, not bianque's.

@@ -187,8 +187,12 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok"}))
+/// `compat = "huatuo"`: 204 with no body where HuaTuo answers so; bianque's own JSON otherwise.
+async fn healthz(State(app): State<Arc<AppState>>) -> Response {
+    if app.compat.is_huatuo() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
@@ -201,6 +205,9 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         )
         .into_response()
     } else if app.ready.load(Ordering::Relaxed) {
+        if app.compat.is_huatuo() {
+            return StatusCode::NO_CONTENT.into_response();
+        }
         axum::Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
         ApiError::new(

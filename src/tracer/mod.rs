@@ -120,7 +120,7 @@ pub trait EventTracer: Send + Sync + 'static {
     fn run(&self, ctx: &RunContext) -> Result<(), TracerError>;
 
     /// The tracer's counters for `/metrics` (read from atomics or mmapped BPF maps; cheap).
-    fn collect(&self, _out: &mut MetricSink) -> anyhow::Result<()> {
+    fn collect(&self, _ctx: &ScrapeContext, _out: &mut MetricSink) -> anyhow::Result<()> {
         Ok(())
     }
 }
@@ -144,7 +144,7 @@ pub trait AutoTracer: Send + Sync + 'static {
     fn detect(&self, ctx: &RunContext) -> anyhow::Result<Vec<Anomaly>>;
     /// Captures context for an anomaly; the result is merged into `tracer_data`.
     fn capture(&self, anomaly: &Anomaly, ctx: &RunContext) -> anyhow::Result<serde_json::Value>;
-    fn collect(&self, _out: &mut MetricSink) -> anyhow::Result<()> {
+    fn collect(&self, _ctx: &ScrapeContext, _out: &mut MetricSink) -> anyhow::Result<()> {
         Ok(())
     }
 }
@@ -168,8 +168,8 @@ impl Tracer {
     pub fn collect(&self, ctx: &ScrapeContext, out: &mut MetricSink) -> anyhow::Result<()> {
         match self {
             Tracer::Metric(c) => c.collect(ctx, out),
-            Tracer::Event(e) => e.collect(out),
-            Tracer::Autotracing(a) => a.collect(out),
+            Tracer::Event(e) => e.collect(ctx, out),
+            Tracer::Autotracing(a) => a.collect(ctx, out),
         }
     }
 }

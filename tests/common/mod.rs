@@ -132,7 +132,9 @@ impl Agent {
             addr,
             dir,
         };
-        let ready = wait_until(Duration::from_secs(20), || agent.get("/readyz").0 == 200);
+        let ready = wait_until(Duration::from_secs(20), || {
+            matches!(agent.get("/readyz").0, 200 | 204)
+        });
         if !ready {
             panic!("agent not ready in 20s; log:\n{}", agent.log());
         }

@@ -102,7 +102,7 @@ impl EventTracer for Lifecycle {
         Ok(())
     }
 
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, _ctx: &crate::tracer::ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let Some(c) = self.counters.get() else {
             return Ok(());
         };

@@ -509,7 +509,7 @@ impl EventTracer for NetdevEvents {
         Ok(())
     }
 
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, _ctx: &crate::tracer::ScrapeContext, out: &mut MetricSink) -> Result<()> {
         out.family(
             "events_total",
             "Link state changes recorded, by change (admin_up, admin_down, carrier_up, carrier_down).",

@@ -80,13 +80,20 @@ fn build(ctx: &BuildContext, table: &toml::Table) -> ConfigResult<Tracer> {
     Ok(Tracer::Event(Box::new(Oom {
         cfg,
         counters: Default::default(),
+        by_container: Default::default(),
     })))
 }
 
 pub struct Oom {
     cfg: OomConfig,
     counters: crate::bpf::counters::CountersCell,
+    /// Kills per container id, with the latest victim's comm (HuaTuo's `oom_container_total`).
+    /// Entries of containers gone are dropped once there are more than [`MAX_CONTAINERS`].
+    by_container: std::sync::Mutex<BTreeMap<String, (u64, String)>>,
 }
+
+/// Bound of [`Oom::by_container`] before dead containers' entries go.
+const MAX_CONTAINERS: usize = 1024;
 
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -119,7 +126,7 @@ impl EventTracer for Oom {
         Ok(())
     }
 
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, ctx: &crate::tracer::ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let Some(c) = self.counters.get() else {
             return Ok(());
         };
@@ -143,6 +150,7 @@ impl EventTracer for Oom {
             Kind::Counter,
             c.get(Slot::SLOT_GLOBAL.0 as usize) as f64,
         );
+        self.collect_containers(ctx, out);
         Refused::new(
             "OOM victims",
             Slot::SLOT_SUPPRESSED.0,
@@ -384,7 +392,38 @@ impl Oom {
                     .unwrap_or_default(),
             });
         }
+        if let Some(c) = &container {
+            let mut by = self.by_container.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = by.entry(c.id.clone()).or_default();
+            entry.0 += 1;
+            entry.1.clone_from(&data.victim.task.comm);
+        }
         ctx.save_data_at(clock.wall_ns(e.time_ns), container, &data);
+    }
+
+    /// `container_total{<container labels>, latest_victim_comm}` for the live containers.
+    fn collect_containers(&self, ctx: &crate::tracer::ScrapeContext, out: &mut MetricSink) {
+        let mut by = self.by_container.lock().unwrap_or_else(|e| e.into_inner());
+        if by.is_empty() {
+            return;
+        }
+        let live = &ctx.cgroups().containers;
+        if by.len() > MAX_CONTAINERS {
+            by.retain(|id, _| live.iter().any(|c| &c.id == id));
+        }
+        out.family(
+            "container_total",
+            "Tasks the OOM killer picked in a container, with the latest victim's command name.",
+            Kind::Counter,
+        );
+        for c in live {
+            if let Some((n, comm)) = by.get(&c.id) {
+                let labels = c.labels();
+                let mut all: Vec<(&str, &str)> = labels.to_vec();
+                all.push(("latest_victim_comm", comm));
+                out.sample(&all, *n as f64);
+            }
+        }
     }
 }
 

@@ -221,7 +221,7 @@ impl EventTracer for Softirq {
         self.run_programs(ctx)
     }
 
-    fn collect(&self, out: &mut MetricSink) -> Result<()> {
+    fn collect(&self, _ctx: &crate::tracer::ScrapeContext, out: &mut MetricSink) -> Result<()> {
         let Some(c) = self.counters.get() else {
             return Ok(());
         };

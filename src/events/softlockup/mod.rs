@@ -268,7 +268,11 @@ impl EventTracer for Softlockup {
         Ok(())
     }
 
-    fn collect(&self, out: &mut MetricSink) -> anyhow::Result<()> {
+    fn collect(
+        &self,
+        _ctx: &crate::tracer::ScrapeContext,
+        out: &mut MetricSink,
+    ) -> anyhow::Result<()> {
         out.single(
             "events_total",
             "Soft lockups the kernel reported.",
