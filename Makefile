@@ -39,6 +39,9 @@ deps:
 
 test-deps: deps
 	$(call apt_install,$(TEST_PACKAGES))
+	@# kubectl parses the Kubernetes manifests; any recent one will do (Debian's when none is there).
+	@command -v kubectl >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+		apt-get -o DPkg::Lock::Timeout=300 install -y -q kubernetes-client; }
 	@if ! $(OSMEM_VENV)/bin/python -c 'import osmem_server' >/dev/null 2>&1; then \
 		echo "installing osmem-server $(OSMEM_VERSION) into $(OSMEM_VENV)"; \
 		rm -rf $(OSMEM_VENV) && python3 -m venv $(OSMEM_VENV) && \

@@ -1,7 +1,8 @@
 //! The container image (deploy/container) built offline with podman and run the way the README
 //! says: the host at /host, host PID/network/UTS/cgroup namespaces, privileged. It runs every
 //! tracer, records a drop provoked on the host, and its /metrics shows the host's network
-//! devices. (Attributing a drop inside another container to it does not work from the image
+//! devices. The Kubernetes manifests parse with kubectl and the DaemonSet's pod template runs
+//! under `podman kube play`. (Attributing a drop inside another container to it does not work from the image
 //! yet: the registry lists no containers there; see the ship report.)
 
 mod common;
@@ -228,4 +229,106 @@ fn the_daemonset_pod_template_runs_under_podman_kube_play() {
         logs()
     );
     assert_eq!(http(&addr, "GET", "/healthz", &[]).0, 200);
+}
+
+/// `kubectl create --dry-run=client` parses every manifest and names what it would create.
+/// kubectl maps kinds to resources through API discovery even for a client-side dry run; with
+/// no cluster here, its discovery cache is seeded with the core/v1 and apps/v1 resource lists
+/// (what every API server answers for these kinds) and the server address refuses connections,
+/// so an unknown kind or a YAML error still fails.
+#[test]
+fn every_manifest_parses_with_kubectl_dry_run() {
+    let dir = TempDir::new("kubectl");
+    let server = "127.0.0.1:1";
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: offline\n\
+             clusters: [{{name: offline, cluster: {{server: \"http://{server}\"}}}}]\n\
+             contexts: [{{name: offline, context: {{cluster: offline, user: offline}}}}]\n\
+             users: [{{name: offline, user: {{}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let discovery = dir
+        .path()
+        .join("cache/discovery")
+        .join(server.replace(':', "_"));
+    let group = |name: &str, gv: &str| {
+        serde_json::json!({"name": name, "versions": [{"groupVersion": gv, "version": "v1"}],
+            "preferredVersion": {"groupVersion": gv, "version": "v1"}})
+    };
+    let resource = |name: &str, kind: &str, namespaced: bool| {
+        serde_json::json!({"name": name, "singularName": kind.to_lowercase(), "kind": kind,
+            "namespaced": namespaced, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]})
+    };
+    let write = |rel: &str, v: serde_json::Value| {
+        let p = discovery.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, v.to_string()).unwrap();
+    };
+    write(
+        "servergroups.json",
+        serde_json::json!({"kind": "APIGroupList", "apiVersion": "v1",
+            "groups": [group("", "v1"), group("apps", "apps/v1")]}),
+    );
+    write(
+        "v1/serverresources.json",
+        serde_json::json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
+            "resources": [resource("configmaps", "ConfigMap", true), resource("services", "Service", true),
+                resource("namespaces", "Namespace", false), resource("serviceaccounts", "ServiceAccount", true)]}),
+    );
+    write(
+        "apps/v1/serverresources.json",
+        serde_json::json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "apps/v1",
+            "resources": [resource("daemonsets", "DaemonSet", true)]}),
+    );
+    let kubectl = |file: &Path| {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args([
+                "create",
+                "--dry-run=client",
+                "--validate=false",
+                "-o",
+                "name",
+                "-f",
+            ])
+            .arg(file)
+            .output()
+            .expect("kubectl (make test-deps installs kubernetes-client when none is on PATH)")
+    };
+    let k8s = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut names = Vec::new();
+    for f in ["configmap.yaml", "daemonset.yaml", "service.yaml"] {
+        let out = kubectl(&k8s.join(f));
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            out.status.success(),
+            "{f}: {}{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        names.push(text);
+    }
+    assert_eq!(
+        names,
+        [
+            "configmap/bianque",
+            "daemonset.apps/bianque",
+            "service/bianque"
+        ]
+    );
+    // The check can fail: a misspelt kind and broken YAML are refused.
+    let bad = dir.path().join("bad.yaml");
+    for text in [
+        "apiVersion: apps/v1\nkind: DeamonSet\nmetadata: {name: x}\n",
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: x\n",
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        assert!(!kubectl(&bad).status.success(), "accepted:\n{text}");
+    }
 }
